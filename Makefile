@@ -1,0 +1,39 @@
+# `make test` is the command the README gives and .ci/run calls.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_WORKERS ?= auto
+
+.PHONY: all venv lint typecheck unit test demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+typecheck: venv
+	$(BIN)/mypy --strict src/knightwatch
+
+unit: venv
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
+
+test: lint typecheck unit
+
+demo: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+bench: venv
+	$(BIN)/python bench/bundle.py
+
+clean:
+	rm -rf $(VENV) .demo .bench .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""A toy SMARS order router used by knightwatch's examples and demo."""

@@ -1,0 +1,65 @@
+"""knightwatch: a release-safety control plane.
+
+All-or-nothing deploys, continuous proof of what runs on every node, flags
+that flip only on a consistent fleet, a kill switch, escalating alerts, and a
+reviewed, tamper-evident record of every change.
+"""
+
+from knightwatch.bundle import (
+    BuildResult,
+    Manifest,
+    ReleaseDiff,
+    ReleaseSpec,
+    ReleaseStore,
+    VerifyReport,
+    build_release,
+    diff_releases,
+    generate_keypair,
+    load_signing_key,
+    load_spec,
+    load_trusted_key,
+    verify_release,
+)
+from knightwatch.canonical import canonical_json
+from knightwatch.clock import Clock, SystemClock, VirtualClock
+from knightwatch.errors import (
+    InvalidInputError,
+    KeyFileError,
+    KnightwatchError,
+    ReleaseNotFoundError,
+    SourceTreeError,
+    SpecError,
+    StoreError,
+    VerificationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildResult",
+    "Clock",
+    "InvalidInputError",
+    "KeyFileError",
+    "KnightwatchError",
+    "Manifest",
+    "ReleaseDiff",
+    "ReleaseNotFoundError",
+    "ReleaseSpec",
+    "ReleaseStore",
+    "SourceTreeError",
+    "SpecError",
+    "StoreError",
+    "SystemClock",
+    "VerificationError",
+    "VerifyReport",
+    "VirtualClock",
+    "__version__",
+    "build_release",
+    "canonical_json",
+    "diff_releases",
+    "generate_keypair",
+    "load_signing_key",
+    "load_spec",
+    "load_trusted_key",
+    "verify_release",
+]

@@ -1,0 +1,1 @@
+"""The ``knightwatch`` command: a thin Typer + Rich layer over the library."""

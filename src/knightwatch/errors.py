@@ -1,0 +1,100 @@
+"""The one exception tree of knightwatch.
+
+Every error a user can see is a :class:`KnightwatchError`. Its message is
+written for the user, ``hint`` says what to do next, and ``exit_code`` is the
+status the CLI exits with::
+
+    KnightwatchError                  exit 1  (anything that went wrong)
+    ├── InvalidInputError             exit 2  (refused before anything changed)
+    │   ├── SpecError                         knightwatch.toml is malformed
+    │   ├── SourceTreeError                   a source tree breaks a build rule
+    │   ├── KeyFileError                      a signing key is missing or malformed
+    │   └── ReleaseNotFoundError              no release matches a reference
+    ├── VerificationError             exit 1  (bytes or signatures do not match)
+    └── StoreError                    exit 1  (the disk or database failed us)
+
+Foreign errors (OSError, sqlite3, httpx …) are translated at the boundary
+with ``raise … from exc`` so the user never sees a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "InvalidInputError",
+    "KeyFileError",
+    "KnightwatchError",
+    "ReleaseNotFoundError",
+    "SourceTreeError",
+    "SpecError",
+    "StoreError",
+    "VerificationError",
+]
+
+
+class KnightwatchError(Exception):
+    """Root of every error knightwatch raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class InvalidInputError(KnightwatchError):
+    """An input was refused before anything was changed."""
+
+    exit_code = 2
+
+
+class SpecError(InvalidInputError):
+    """A ``knightwatch.toml`` release spec is malformed; names the file and key."""
+
+    def __init__(
+        self, message: str, *, file: str, key: str | None = None, hint: str | None = None
+    ) -> None:
+        where = f"{file}: {key}: " if key else f"{file}: "
+        super().__init__(where + message, hint=hint)
+        self.file = file
+        self.key = key
+
+
+class SourceTreeError(InvalidInputError):
+    """A file in a source tree breaks a build rule; names the path and the rule."""
+
+    def __init__(self, path: str, rule: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{path}: {rule}", hint=hint)
+        self.path = path
+        self.rule = rule
+
+
+class KeyFileError(InvalidInputError):
+    """A signing or trust key is missing, unreadable or not an Ed25519 key."""
+
+
+class ReleaseNotFoundError(InvalidInputError):
+    """No release in a store matches the reference the user gave."""
+
+    def __init__(self, ref: str, *, hint: str | None = None) -> None:
+        super().__init__(f"no release matches {ref!r}", hint=hint)
+        self.ref = ref
+
+
+class VerificationError(KnightwatchError):
+    """Bytes, digests or signatures do not match what was recorded."""
+
+    def __init__(self, release: str, problems: Sequence[str]) -> None:
+        count = len(problems)
+        super().__init__(
+            f"{release}: {count} verification problem{'s' if count != 1 else ''}",
+            hint="do not deploy this release; rebuild it or restore the store from a good copy",
+        )
+        self.release = release
+        self.problems = list(problems)
+
+
+class StoreError(KnightwatchError):
+    """The blob store, release store or database could not be read or written."""
