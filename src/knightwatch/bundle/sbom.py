@@ -16,7 +16,6 @@ from cyclonedx.model.bom import Bom
 from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.output.json import JsonV1Dot6
 from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
 
 from knightwatch.bundle.manifest import FileEntry, Manifest, component_digest
 
@@ -80,5 +79,8 @@ def _sha256(digest: str) -> HashType:
 
 def sbom_problems(sbom: bytes) -> list[str]:
     """Validate SBOM bytes against the CycloneDX 1.6 JSON schema; return the problems."""
+    # Imported here: the JSON-schema stack costs ~2 s of start-up that only verify needs.
+    from cyclonedx.validation.json import JsonStrictValidator  # noqa: PLC0415
+
     error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom.decode("utf-8"))
     return [] if error is None else [str(error)]

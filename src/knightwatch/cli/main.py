@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from knightwatch import __version__
@@ -33,22 +32,7 @@ def version() -> None:
 def run() -> None:
     """Run the CLI, turning every KnightwatchError into one line, a hint and an exit code."""
     try:
-        app(standalone_mode=False)
+        app()
     except KnightwatchError as exc:
         fail(exc)
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        _click_error(exc)
-
-
-def _click_error(exc: Exception) -> None:
-    if isinstance(exc, click.exceptions.Exit):
-        sys.exit(exc.exit_code)
-    if isinstance(exc, click.ClickException):
-        exc.show()
-        sys.exit(exc.exit_code)
-    raise exc
