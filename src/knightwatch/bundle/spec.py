@@ -162,6 +162,8 @@ class ServiceSpec(_Strict):
     smoke: Annotated[list[SmokeCheck], Field(max_length=256)] = []
     halt: HaltSpec = HaltSpec()
     metrics: MetricsSpec | None = None
+    version_url: Url | None = None
+    """GET returns the version the service reports about itself (else its env is used)."""
     log_pattern: Annotated[list[LogPattern], Field(max_length=256)] = []
 
     @field_validator("data_dirs")

@@ -1,0 +1,180 @@
+"""Messages on the agent WebSocket (``/api/agent/v1/connect``).
+
+Down (server → agent): ``hello``, ``prepare``, ``commit``, ``rollback``,
+``abort``, ``refused``. Up (agent → server): only ``report`` — a
+:class:`SignedReport` wrapping a :class:`Report` (heartbeat, inventory, or
+the acknowledgement of a command).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "Abort",
+    "Ack",
+    "AckPhase",
+    "Commit",
+    "Hello",
+    "NodeState",
+    "Prepare",
+    "Refused",
+    "Report",
+    "Rollback",
+    "ServerMessage",
+    "ServiceState",
+    "ServiceStatus",
+    "SignedReport",
+    "parse_server_message",
+]
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+NodeName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+Reason = Annotated[str, Field(max_length=4096)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hello(_Message):
+    """First message on a connection: the session nonce every report must carry."""
+
+    type: Literal["hello"] = "hello"
+    node: NodeName
+    nonce: Annotated[str, Field(min_length=16, max_length=128)]
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600)]
+    server_time: datetime
+
+
+class Prepare(_Message):
+    """Fetch, stage and verify a release; do not switch to it."""
+
+    type: Literal["prepare"] = "prepare"
+    deployment_id: Annotated[int, Field(ge=1)]
+    digest: Digest
+    release_id: Annotated[str, Field(max_length=200)]
+
+
+class Commit(_Message):
+    """Switch ``current`` to a prepared release, restart, check health and smoke."""
+
+    type: Literal["commit"] = "commit"
+    deployment_id: Annotated[int, Field(ge=1)]
+    digest: Digest
+    release_id: Annotated[str, Field(max_length=200)]
+
+
+class Rollback(_Message):
+    """Return to ``digest`` (the previous release, still on disk), restart, check."""
+
+    type: Literal["rollback"] = "rollback"
+    deployment_id: Annotated[int, Field(ge=1)]
+    digest: Digest
+    release_id: Annotated[str, Field(max_length=200)]
+
+
+class Abort(_Message):
+    """Forget a prepared release: remove its staged tree unless it is current or previous."""
+
+    type: Literal["abort"] = "abort"
+    deployment_id: Annotated[int, Field(ge=1)]
+    digest: Digest
+
+
+class Refused(_Message):
+    """The server refused the agent's last message (the connection is then closed)."""
+
+    type: Literal["refused"] = "refused"
+    reason: Reason
+
+
+ServerMessage = Annotated[
+    Hello | Prepare | Commit | Rollback | Abort | Refused, Field(discriminator="type")
+]
+_SERVER_MESSAGE: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+def parse_server_message(data: str | bytes) -> ServerMessage:
+    """Parse and validate one server → agent message (raises pydantic.ValidationError)."""
+    return _SERVER_MESSAGE.validate_json(data)
+
+
+class ServiceState(StrEnum):
+    """What the supervised service is doing."""
+
+    NONE = "none"  # no release active yet
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    CRASH_LOOP = "crash_loop"
+    HALTED = "halted"
+
+
+class ServiceStatus(_Message):
+    """The supervised service as the agent sees it."""
+
+    state: ServiceState
+    pid: Annotated[int, Field(ge=1)] | None = None
+    started_at: float | None = None
+    """Process start time, seconds since the epoch (from /proc), for stale-process checks."""
+    restarts: Annotated[int, Field(ge=0)] = 0
+    version: Annotated[str, Field(max_length=200)] | None = None
+    """The version the service reports about itself."""
+    detail: Reason | None = None
+
+
+class NodeState(_Message):
+    """What is on the node right now."""
+
+    active_digest: Digest | None = None
+    previous_digest: Digest | None = None
+    staged: Annotated[list[Digest], Field(max_length=64)] = []
+    service: ServiceStatus = ServiceStatus(state=ServiceState.NONE)
+
+
+class AckPhase(StrEnum):
+    """The outcome of a command, as the agent acknowledges it."""
+
+    PREPARED = "PREPARED"
+    PREPARE_FAILED = "PREPARE_FAILED"
+    ACTIVE = "ACTIVE"
+    COMMIT_FAILED = "COMMIT_FAILED"
+    ROLLED_BACK = "ROLLED_BACK"
+    ROLLBACK_FAILED = "ROLLBACK_FAILED"
+    ABORTED = "ABORTED"
+
+
+class Ack(_Message):
+    """The answer to one command (``deployment_id`` + ``digest`` identify it)."""
+
+    deployment_id: Annotated[int, Field(ge=1)]
+    digest: Digest
+    phase: AckPhase
+    reason: Reason | None = None
+
+
+class Report(_Message):
+    """Everything an agent tells the server; always sent signed."""
+
+    node: NodeName
+    nonce: Annotated[str, Field(min_length=16, max_length=128)]
+    seq: Annotated[int, Field(ge=1)]
+    sent_at: datetime
+    kind: Literal["heartbeat", "inventory", "ack"]
+    state: NodeState
+    ack: Ack | None = None
+
+
+class SignedReport(_Message):
+    """A :class:`Report` as canonical JSON (base64) and its Ed25519 signature (base64)."""
+
+    type: Literal["report"] = "report"
+    payload: Annotated[str, Field(max_length=MAX_MESSAGE_BYTES)]
+    signature: Annotated[str, Field(max_length=200)]
