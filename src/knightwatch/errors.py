@@ -10,6 +10,7 @@ status the CLI exits with::
     │   ├── SourceTreeError                   a source tree breaks a build rule
     │   ├── KeyFileError                      a signing key is missing or malformed
     │   └── ReleaseNotFoundError              no release matches a reference
+    ├── GateRefusedError              exit 3  (a safety gate refused the operation)
     ├── VerificationError             exit 1  (bytes or signatures do not match)
     └── StoreError                    exit 1  (the disk or database failed us)
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "GateRefusedError",
     "InvalidInputError",
     "KeyFileError",
     "KnightwatchError",
@@ -81,6 +83,12 @@ class ReleaseNotFoundError(InvalidInputError):
     def __init__(self, ref: str, *, hint: str | None = None) -> None:
         super().__init__(f"no release matches {ref!r}", hint=hint)
         self.ref = ref
+
+
+class GateRefusedError(KnightwatchError):
+    """A safety gate refused the operation; nothing was changed."""
+
+    exit_code = 3
 
 
 class VerificationError(KnightwatchError):

@@ -185,6 +185,11 @@ class TestMissingFields:
 class TestReferences:
     """Cross-references: dependencies resolve, form no cycle, and names are unique."""
 
+    def test_duplicate_dependency(self) -> None:
+        """A ``depends_on`` entry listed twice is refused at its second index."""
+        text = BASE + component("web", depends_on=["core", "core"])
+        refused(text, "component[1].depends_on[1]", "'core' is listed twice")
+
     def test_unknown_dependency(self) -> None:
         """An unknown ``depends_on`` entry is refused with its exact index and the known names."""
         text = BASE + component("web", depends_on=["core", "databse"])
@@ -472,6 +477,12 @@ class TestService:
         """A data_dirs entry that is absolute or climbs with '..' is refused."""
         text = BASE + SERVICE + f"data_dirs = {json.dumps(['var', entry])}\n"
         refused(text, "service.data_dirs", repr(entry), "relative path inside the release")
+
+    @pytest.mark.parametrize("entry", [".", "./", "/"])
+    def test_data_dirs_root(self, entry: str) -> None:
+        """A data_dirs entry naming the release root itself is refused (it would unaudit all)."""
+        text = BASE + SERVICE + f"data_dirs = {json.dumps([entry])}\n"
+        refused(text, "service.data_dirs", repr(entry), "a directory below its root")
 
     def test_health_both(self) -> None:
         """A health check with both http and command is refused."""

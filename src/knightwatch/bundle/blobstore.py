@@ -79,7 +79,8 @@ class StagingArea:
         self.path = Path()
 
     def __enter__(self) -> StagingArea:
-        for directory in (self.store_root, self.store_root / ".tmp"):
+        missing = [p for p in reversed(self.store_root.parents) if not p.exists()]
+        for directory in (*missing, self.store_root, self.store_root / ".tmp"):
             if not directory.exists():
                 try:
                     directory.mkdir(parents=True)

@@ -102,14 +102,21 @@ def build_release(
         digests = _hash_sources(plan, store, blob_stage, workers, on_progress)
         identity = _stage_identity(plan, store, blob_stage)
         manifest = _manifest(plan, digests, identity)
-        sbom = build_sbom(manifest)
-        envelope = sign_statement(release_statement(manifest, sha256_hex(sbom)), key)
-        release_dir = staging.path / "release"
-        release_dir.mkdir()
-        (release_dir / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
-        (release_dir / SBOM_FILE).write_bytes(sbom)
-        (release_dir / ENVELOPE_FILE).write_bytes(canonical_json(envelope))
-        written, written_bytes, created = _publish(store, blob_stage, release_dir, manifest.digest)
+        existing = store.releases_dir / manifest.digest
+        if existing.is_dir():  # an unchanged rebuild: nothing new to describe or sign
+            written, written_bytes = _publish_blobs(store, blob_stage)
+            sbom = (existing / SBOM_FILE).read_bytes()
+            created = False
+        else:
+            sbom = build_sbom(manifest)
+            envelope = sign_statement(release_statement(manifest, sha256_hex(sbom)), key)
+            release_dir = staging.path / "release"
+            release_dir.mkdir()
+            (release_dir / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
+            (release_dir / SBOM_FILE).write_bytes(sbom)
+            (release_dir / ENVELOPE_FILE).write_bytes(canonical_json(envelope))
+            written, written_bytes = _publish_blobs(store, blob_stage)
+            created = store.publish(release_dir, manifest.digest)
     return BuildResult(
         release_id=manifest.release_id,
         digest=manifest.digest,
@@ -230,22 +237,21 @@ def _manifest(plan: BuildPlan, digests: dict[str, FileDigest], identity: FileEnt
     )
 
 
-def _publish(
-    store: ReleaseStore, blob_stage: Path, release_dir: Path, digest: str
-) -> tuple[int, int, bool]:
-    """Publish staged blobs, then the release directory.
+def _publish_blobs(store: ReleaseStore, blob_stage: Path) -> tuple[int, int]:
+    """Make the staged blobs durable, then move them into place.
 
-    Return the blobs and bytes written and whether the release is new.
+    Return the number of blobs and bytes written. Blobs go first and the
+    release directory last, so a crash in between leaves only unreferenced
+    (harmless, content-addressed) blobs and never a release missing its bytes.
     """
+    staged = [p for p in blob_stage.iterdir() if not p.name.startswith(".")]
+    if not staged:
+        return 0, 0
     sync_filesystem([store.root])
-    written = written_bytes = 0
-    for staged in sorted(blob_stage.iterdir()):
-        if staged.name.startswith("."):
-            continue
-        size = staged.stat().st_size
-        if store.blobs.publish(staged, staged.name):
-            written += 1
-            written_bytes += size
-    if written:
-        sync_filesystem([store.root])
-    return written, written_bytes, store.publish(release_dir, digest)
+    written_bytes = sum(p.stat().st_size for p in staged)
+    for shard in {p.name[:2] for p in staged}:
+        (store.blobs.blobs_dir / shard).mkdir(parents=True, exist_ok=True)
+    for path in staged:
+        os.replace(path, store.blobs.path_of(path.name))
+    sync_filesystem([store.root])
+    return len(staged), written_bytes

@@ -20,7 +20,10 @@ def compile_glob(glob: str) -> re.Pattern[str]:
         raise ValueError(f"glob {glob!r} must be relative and must not contain '..'")
     if glob.endswith("/"):
         glob += "**"
-    return re.compile(_translate(glob))
+    try:
+        return re.compile(_translate(glob))
+    except re.error as exc:
+        raise ValueError(f"glob {glob!r} is malformed: {exc.msg}") from None
 
 
 def glob_matches(glob: str, path: str) -> bool:
@@ -58,7 +61,10 @@ def _translate_segment(segment: str, glob: str) -> str:
             body = segment[i + 1 : end]
             if body.startswith("!"):
                 body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\").replace("/", "") + "]")
+            body = body.replace("\\", "\\\\").replace("/", "").replace("[", "\\[")
+            for op in ("&&", "~~", "||", "--"):
+                body = body.replace(op, "\\" + op[0] + "\\" + op[1])
+            out.append("[" + body + "]")
             i = end
         else:
             out.append(re.escape(char))

@@ -13,6 +13,7 @@ import hashlib
 import multiprocessing
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -73,9 +74,15 @@ def _run(tasks: Sequence[HashTask], workers: int) -> Iterator[FileDigest]:
         yield from map(hash_task, tasks)
         return
     chunk = max(1, min(256, len(tasks) // (workers * 16)))
-    context = multiprocessing.get_context("forkserver")
+    context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         yield from pool.map(hash_task, tasks, chunksize=chunk)
+
+
+def _start_method() -> str:
+    # fork starts workers in milliseconds but is only safe while no other thread
+    # holds a lock; forkserver is safe always but re-imports the program (~0.5 s).
+    return "fork" if threading.active_count() == 1 else "forkserver"
 
 
 def hash_path(path: Path) -> tuple[str, int]:

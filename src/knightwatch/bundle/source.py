@@ -80,7 +80,11 @@ def _walk(
             continue
         if _excluded(child_rel, spec):
             continue
-        st = os.lstat(child.path)
+        try:
+            st = os.lstat(child.path)
+        except OSError as exc:
+            problems.append((_display(child_rel), f"cannot be read: {exc.strerror}"))
+            continue
         if stat.S_ISDIR(st.st_mode):
             if child.name in (n.encode() for n in _ALWAYS_SKIPPED):
                 continue
@@ -171,7 +175,10 @@ def _check_symlink(
         )
         return False
     resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
-    if os.path.isabs(target) or resolved == ".." or resolved.startswith("../"):
+    root = os.path.realpath(source)
+    real = os.path.realpath(source / path)
+    escapes = os.path.commonpath([root, real]) != root
+    if os.path.isabs(target) or resolved == ".." or resolved.startswith("../") or escapes:
         problems.append((path, f"symlink target {target!r} leaves the source tree"))
         return False
     return target

@@ -7,13 +7,24 @@ expected form before anything is built.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from knightwatch.bundle.globs import compile_glob
 from knightwatch.bundle.guards import check_cel
@@ -45,8 +56,17 @@ FlagName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,126}$")]
 Version = Annotated[str, Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z._-]{0,62}$")]
 ShortText = Annotated[str, Field(max_length=4096)]
 Glob = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("may not contain NUL (no program argument can)")
+    return text
+
+
 Argv = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(min_length=1, max_length=256)
+    list[Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]],
+    Field(min_length=1, max_length=256),
 ]
 Url = Annotated[str, Field(pattern=r"^https?://[^\s]{1,2040}$")]
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
@@ -141,8 +161,8 @@ class LogPattern(_Strict):
     def _regex_compiles(cls, regex: str) -> str:
         try:
             re.compile(regex)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
+        except (re.error, OverflowError, RecursionError) as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
         return regex
 
 
@@ -171,9 +191,10 @@ class ServiceSpec(_Strict):
     def _relative_dirs(cls, dirs: list[str]) -> list[str]:
         for entry in dirs:
             parts = entry.split("/")
-            if entry.startswith("/") or ".." in parts:
+            if entry.startswith("/") or ".." in parts or entry.strip("/") in ("", "."):
                 raise ValueError(
-                    f"data_dirs entry {entry!r} must be a relative path inside the release"
+                    f"data_dirs entry {entry!r} must be a relative path inside the release "
+                    "(a directory below its root)"
                 )
         return dirs
 
@@ -236,6 +257,11 @@ class ReleaseSpec(_Strict):
                         f"component[{index}].depends_on[{dep_index}]",
                         f"unknown component {dep!r} (expected one of: {', '.join(sorted(known))})",
                     )
+                if dep in component.depends_on[:dep_index]:
+                    raise _KeyedError(
+                        f"component[{index}].depends_on[{dep_index}]",
+                        f"{dep!r} is listed twice",
+                    )
                 if dep == component.name:
                     raise _KeyedError(
                         f"component[{index}].depends_on[{dep_index}]",
@@ -268,27 +294,39 @@ def _refuse_duplicates(table: str, names: list[str]) -> None:
 
 def _refuse_cycles(components: list[ComponentSpec]) -> None:
     graph = {c.name: list(c.depends_on) for c in components}
-    state: dict[str, int] = {}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = " -> ".join([*trail[trail.index(name) :], name])
-            raise _KeyedError("component", f"depends_on forms a cycle: {cycle}")
-        state[name] = 1
-        for dep in graph[name]:
-            visit(dep, [*trail, name])
-        state[name] = 2
-
-    for name in graph:
-        visit(name, [])
+    done: set[str] = set()
+    for start, deps in graph.items():
+        if start in done:
+            continue
+        trail: list[str] = [start]
+        on_trail = {start}
+        stack = [iter(deps)]
+        while stack:
+            dep = next(stack[-1], None)
+            if dep is None:
+                stack.pop()
+                finished = trail.pop()
+                on_trail.discard(finished)
+                done.add(finished)
+            elif dep in on_trail:
+                cycle = " -> ".join([*trail[trail.index(dep) :], dep])
+                raise _KeyedError("component", f"depends_on forms a cycle: {cycle}")
+            elif dep not in done:
+                trail.append(dep)
+                on_trail.add(dep)
+                stack.append(iter(graph[dep]))
 
 
 def parse_spec(text: str, *, file: str = SPEC_FILENAME) -> ReleaseSpec:
     """Parse and validate spec text; raise :class:`SpecError` naming file and key."""
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise SpecError(
+            "not valid TOML: nested too deeply",
+            file=file,
+            hint="flatten the nested arrays or tables",
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(
             f"not valid TOML: {exc}",
@@ -306,7 +344,10 @@ def load_spec(source: Path) -> ReleaseSpec:
     path = source / SPEC_FILENAME
     file = str(path)
     try:
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise SpecError("not a regular file", file=file)
             raw = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(
@@ -315,6 +356,8 @@ def load_spec(source: Path) -> ReleaseSpec:
             hint=f"create {SPEC_FILENAME} at the root of the source tree",
         ) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpecError("is a symlink, not a regular file", file=file) from None
         raise SpecError(f"cannot read: {exc.strerror}", file=file) from exc
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError(f"larger than {MAX_SPEC_BYTES} bytes", file=file)

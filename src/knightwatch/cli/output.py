@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -33,9 +35,9 @@ def print_json(data: Any) -> None:
 
 def fail(exc: KnightwatchError) -> None:
     """Print one error line and a hint on stderr."""
-    err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True, highlight=False)
     if exc.hint:
-        err.print(f"[dim]hint:[/] {exc.hint}", markup=True, highlight=False)
+        err.print(f"[dim]hint:[/] {escape(exc.hint)}", soft_wrap=True, highlight=False)
 
 
 @contextmanager
@@ -51,6 +53,16 @@ def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=True) as progress:
+    # No refresh thread: hashing workers are forked, which is only safe single-threaded.
+    with Progress(*columns, console=err, transient=True, auto_refresh=False) as progress:
         task = progress.add_task(label, total=total)
-        yield lambda amount: progress.advance(task, amount)
+        last = [0.0]
+
+        def advance(amount: int) -> None:
+            progress.advance(task, amount)
+            now = time.monotonic()
+            if now - last[0] > 0.1:
+                last[0] = now
+                progress.refresh()
+
+        yield advance
