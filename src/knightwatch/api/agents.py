@@ -1,0 +1,219 @@
+"""Agent API under /api/agent/v1: enrollment, release bytes, the WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from knightwatch.api.auth import Plane, node_from_headers
+from knightwatch.api.hub import Connection
+from knightwatch.bundle.blobstore import is_digest
+from knightwatch.control.enrollment import enroll
+from knightwatch.control.fleet import ingest_report
+from knightwatch.errors import InvalidInputError, KnightwatchError, ReleaseNotFoundError
+from knightwatch.protocol import (
+    MAX_MESSAGE_BYTES,
+    Hello,
+    Refused,
+    Report,
+    ReportError,
+    SignedReport,
+    open_report,
+    public_key_from_text,
+)
+from knightwatch.store import Node, Release
+
+__all__ = ["router"]
+
+log = logging.getLogger("knightwatch.agents")
+router = APIRouter(prefix="/api/agent/v1")
+
+
+class EnrollBody(BaseModel):
+    """What an agent presents to enroll."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(max_length=63)]
+    token: Annotated[str, Field(min_length=1, max_length=200)]
+    public_key: Annotated[str, Field(max_length=100)]
+
+
+@router.post("/enroll")
+def enroll_agent(body: EnrollBody, plane: Plane) -> dict[str, Any]:
+    """Exchange a join token for a node credential and the release-signing keys."""
+    with plane.db.session() as session:
+        credential = enroll(session, body.name, body.token, body.public_key, now=plane.clock.now())
+    keys = [p.read_text() for p in _trusted_key_files(plane)]
+    return {
+        "node": body.name,
+        "credential": credential,
+        "trusted_keys": keys,
+        "heartbeat_s": plane.settings.heartbeat_s,
+    }
+
+
+@router.get("/releases/{digest}/{document}")
+def release_document(digest: str, document: str, request: Request, plane: Plane) -> Response:
+    """The canonical manifest or the DSSE envelope of a release."""
+    node_from_headers(plane, dict(request.headers))
+    if document not in ("manifest", "envelope"):
+        raise InvalidInputError(f"unknown release document {document!r}")
+    with plane.db.session() as session:
+        release = session.get(Release, digest)
+        if release is None:
+            raise ReleaseNotFoundError(digest)
+        data = release.manifest if document == "manifest" else release.envelope
+    return Response(data, media_type="application/json")
+
+
+@router.get("/blobs/{digest}")
+def blob(digest: str, request: Request, plane: Plane) -> FileResponse:
+    """One blob by digest; Range requests resume an interrupted download."""
+    node_from_headers(plane, dict(request.headers))
+    if not is_digest(digest) or not plane.catalog.blobs.has(digest):
+        raise InvalidInputError(f"no blob {digest}")
+    return FileResponse(plane.catalog.blobs.path_of(digest), media_type="application/octet-stream")
+
+
+@router.websocket("/connect")
+async def connect(socket: WebSocket) -> None:
+    """One agent's session: hello with a nonce, then signed reports up, commands down."""
+    plane = socket.app.state.plane
+    try:
+        name = node_from_headers(plane, dict(socket.headers))
+    except KnightwatchError as exc:
+        log.warning("agent connection refused: %s", exc.message)
+        await socket.close(code=4401, reason=exc.message[:120])
+        return
+    await socket.accept()
+    session = _Session(plane, socket, name)
+    await session.run()
+
+
+class _Session:
+    """The server side of one agent connection."""
+
+    def __init__(self, plane: Any, socket: WebSocket, node: str) -> None:
+        self.plane = plane
+        self.socket = socket
+        self.node = node
+        self.nonce = secrets.token_urlsafe(24)
+        self.connection = Connection(node, socket)
+        self.last_seq = 0
+        self.public_key: Ed25519PublicKey | None = None
+        self.greeted = False
+
+    async def run(self) -> None:
+        replaced = self.plane.hub.attach(self.connection)
+        if replaced is not None:
+            with contextlib.suppress(Exception):
+                await replaced.socket.close(code=4409, reason="replaced by a newer connection")
+        self._mark_connected()
+        writer = asyncio.create_task(self._write())
+        try:
+            await self.socket.send_text(
+                Hello(
+                    node=self.node,
+                    nonce=self.nonce,
+                    heartbeat_s=self.plane.settings.heartbeat_s,
+                    server_time=self.plane.clock.now(),
+                ).model_dump_json()
+            )
+            await self._read()
+        except (WebSocketDisconnect, RuntimeError, TimeoutError):
+            pass
+        finally:
+            writer.cancel()
+            if self.plane.hub.detach(self.connection):
+                self._mark_disconnected()
+                self.plane.orchestrator.on_disconnect(self.node)
+
+    async def _write(self) -> None:
+        while True:
+            text = await self.connection.outgoing.get()
+            await self.socket.send_text(text)
+
+    async def _read(self) -> None:
+        timeout = max(5.0, 5 * self.plane.settings.heartbeat_s)
+        while True:
+            text = await asyncio.wait_for(self.socket.receive_text(), timeout=timeout)
+            try:
+                report = self._check(text)
+            except ReportError as exc:
+                log.warning("report from %s refused: %s", self.node, exc.message)
+                await self.socket.send_text(Refused(reason=exc.message).model_dump_json())
+                await self.socket.close(code=1008, reason=exc.message[:120])
+                return
+            self._ingest(report)
+
+    def _check(self, text: str) -> Report:
+        if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
+            raise ReportError(f"message larger than {MAX_MESSAGE_BYTES} bytes")
+        try:
+            signed = SignedReport.model_validate_json(text)
+        except ValidationError as exc:
+            raise ReportError(f"malformed message: {exc.errors()[0]['msg']}") from None
+        report = open_report(signed, self._public_key())
+        if report.node != self.node:
+            raise ReportError(f"report names node {report.node}, but this is {self.node}")
+        if report.nonce != self.nonce:
+            raise ReportError("stale nonce: the report was not made for this session")
+        if report.seq <= self.last_seq:
+            raise ReportError(f"replayed report: seq {report.seq} after {self.last_seq}")
+        self.last_seq = report.seq
+        return report
+
+    def _public_key(self) -> Ed25519PublicKey:
+        if self.public_key is None:
+            with self.plane.db.session() as session:
+                node = session.get(Node, self.node)
+                self.public_key = public_key_from_text(node.public_key)
+        return self.public_key
+
+    def _ingest(self, report: Report) -> None:
+        with self.plane.db.session() as session:
+            node = session.get(Node, self.node)
+            ingest_report(node, report, self.plane.clock.now())
+        if not self.greeted:
+            self.greeted = True
+            self.plane.orchestrator.on_connect(self.node)
+        if report.ack is not None:
+            service = report.state.service
+            self.plane.orchestrator.on_ack_details(
+                self.node,
+                report.ack.deployment_id,
+                service.pid,
+                service.started_at,
+                service.version,
+            )
+            self.plane.orchestrator.on_ack(self.node, report.ack)
+
+    def _mark_connected(self) -> None:
+        with self.plane.db.session() as session:
+            node = session.get(Node, self.node)
+            node.connected = True
+            node.connected_at = self.plane.clock.now()
+            node.session_nonce = self.nonce
+            node.last_seq = 0
+
+    def _mark_disconnected(self) -> None:
+        with self.plane.db.session() as session:
+            node = session.get(Node, self.node)
+            node.connected = False
+            node.disconnected_at = self.plane.clock.now()
+
+
+def _trusted_key_files(plane: Any) -> list[Any]:
+    paths = list(plane.settings.trusted_keys)
+    trusted_dir = plane.settings.data_dir / "trusted"
+    if trusted_dir.is_dir():
+        paths.extend(sorted(trusted_dir.glob("*.pub")))
+    return paths

@@ -1,0 +1,146 @@
+"""Composition root of the control plane: settings in, ASGI app out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from knightwatch import __version__
+from knightwatch.api.errors import install_error_handlers
+from knightwatch.api.hub import AgentHub
+from knightwatch.bundle.signing import TrustedKey, load_trusted_key
+from knightwatch.clock import Clock, SystemClock
+from knightwatch.control.deploy import DeployTimeouts, Orchestrator
+from knightwatch.control.releases import ReleaseCatalog
+from knightwatch.settings import ServerSettings
+from knightwatch.store import Database, open_database
+
+__all__ = ["ControlPlane", "create_app"]
+
+log = logging.getLogger("knightwatch.server")
+TICK_S = 0.2
+
+
+@dataclass
+class ControlPlane:
+    """Everything a running control plane holds, wired together once."""
+
+    settings: ServerSettings
+    db: Database
+    clock: Clock
+    hub: AgentHub
+    catalog: ReleaseCatalog
+    orchestrator: Orchestrator
+    operator_token: str
+    trusted: list[TrustedKey]
+
+    @classmethod
+    def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
+        """Open the store (migrating it), load keys and tokens, build the services."""
+        clock = clock or SystemClock()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.database_url.reveal() if settings.database_url else None
+        db = open_database(url, settings.data_dir)
+        trusted = _trusted_keys(settings)
+        hub = AgentHub()
+        timeouts = DeployTimeouts(
+            settings.prepare_timeout_s,
+            settings.commit_timeout_s,
+            settings.rollback_timeout_s,
+            settings.canary_soak_s,
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            clock=clock,
+            hub=hub,
+            catalog=ReleaseCatalog(db, settings.data_dir, trusted, clock),
+            orchestrator=Orchestrator(db, hub, clock, timeouts),
+            operator_token=_operator_token(settings),
+            trusted=trusted,
+        )
+
+
+def _trusted_keys(settings: ServerSettings) -> list[TrustedKey]:
+    paths = list(settings.trusted_keys)
+    trusted_dir = settings.data_dir / "trusted"
+    if trusted_dir.is_dir():
+        paths.extend(sorted(trusted_dir.glob("*.pub")))
+    return [load_trusted_key(path) for path in paths]
+
+
+def _operator_token(settings: ServerSettings) -> str:
+    if settings.operator_token is not None:
+        return settings.operator_token.reveal()
+    path = settings.data_dir / "operator.token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def create_app(plane: ControlPlane) -> FastAPI:
+    """Return the FastAPI application serving ``plane``."""
+    from knightwatch.api import agents, operator  # noqa: PLC0415  (routers import this module)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        plane.orchestrator.recover()
+        ticker = asyncio.create_task(_tick_forever(plane))
+        log.info(
+            "control plane up: data=%s db=%s keys=%d",
+            plane.settings.data_dir,
+            plane.settings.database_display,
+            len(plane.trusted),
+        )
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            plane.db.close()
+
+    app = FastAPI(title="knightwatch control plane", version=__version__, lifespan=lifespan)
+    app.state.plane = plane
+    install_error_handlers(app)
+    app.include_router(operator.router)
+    app.include_router(agents.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app
+
+
+async def _tick_forever(plane: ControlPlane) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        try:
+            plane.orchestrator.tick()
+        except Exception:
+            log.exception("orchestrator tick failed")
+
+
+def plane_of(app: FastAPI) -> ControlPlane:
+    """Return the control plane an app serves."""
+    plane = app.state.plane
+    assert isinstance(plane, ControlPlane)
+    return plane
+
+
+def data_path(plane: ControlPlane, *parts: str) -> Path:
+    """A path under the control plane's data directory."""
+    return plane.settings.data_dir.joinpath(*parts)

@@ -1,0 +1,58 @@
+"""Who is calling: the operator's bearer token, or an enrolled node's credential."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from knightwatch.api.app import ControlPlane, plane_of
+from knightwatch.control.enrollment import AuthenticationError, authenticate
+
+__all__ = ["Operator", "Plane", "node_from_headers", "operator_name"]
+
+_ACTOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
+def get_plane(request: Request) -> ControlPlane:
+    """The control plane serving this request."""
+    return plane_of(request.app)
+
+
+Plane = Annotated[ControlPlane, Depends(get_plane)]
+
+
+def operator_name(
+    request: Request, plane: Plane, x_knightwatch_actor: Annotated[str | None, Header()] = None
+) -> str:
+    """Check the operator token; return who the operator says they are."""
+    token = _bearer(request.headers.get("authorization"))
+    if token is None or not hmac.compare_digest(token, plane.operator_token):
+        raise AuthenticationError(
+            "operator token missing or wrong",
+            hint="set KNIGHTWATCH_TOKEN (see DATA/operator.token)",
+        )
+    if x_knightwatch_actor and _ACTOR.fullmatch(x_knightwatch_actor):
+        return x_knightwatch_actor
+    return "operator"
+
+
+Operator = Annotated[str, Depends(operator_name)]
+
+
+def node_from_headers(plane: ControlPlane, headers: dict[str, str]) -> str:
+    """Authenticate an agent by its node name and credential headers; return the name."""
+    name = headers.get("x-knightwatch-node", "")
+    credential = _bearer(headers.get("authorization"))
+    if credential is None:
+        raise AuthenticationError("agent credential missing (Authorization: Bearer …)")
+    with plane.db.session() as session:
+        return authenticate(session, name, credential).name
+
+
+def _bearer(value: str | None) -> str | None:
+    if not value or not value.startswith("Bearer "):
+        return None
+    return value.removeprefix("Bearer ").strip() or None

@@ -1,0 +1,75 @@
+"""Domain errors to HTTP responses, in one place (routes never pick a status)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from knightwatch.control.enrollment import AuthenticationError
+from knightwatch.errors import (
+    GateRefusedError,
+    InvalidInputError,
+    KnightwatchError,
+    ReleaseNotFoundError,
+    StoreError,
+    VerificationError,
+)
+
+__all__ = ["error_body", "install_error_handlers", "status_for"]
+
+_STATUS: tuple[tuple[type[KnightwatchError], int], ...] = (
+    (ReleaseNotFoundError, 404),
+    (AuthenticationError, 401),
+    (InvalidInputError, 400),
+    (GateRefusedError, 409),
+    (VerificationError, 422),
+    (StoreError, 503),
+)
+
+
+def status_for(exc: KnightwatchError) -> int:
+    """Return the HTTP status for a domain error."""
+    for kind, status in _STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def error_body(exc: KnightwatchError) -> dict[str, object]:
+    """Return the JSON body describing a domain error to a client."""
+    body: dict[str, object] = {
+        "error": exc.message,
+        "hint": exc.hint,
+        "kind": type(exc).__name__,
+        "exit_code": exc.exit_code,
+    }
+    if isinstance(exc, VerificationError):
+        body["problems"] = exc.problems
+    return body
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one mapping from errors to responses on ``app``."""
+
+    async def domain(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, KnightwatchError)
+        return JSONResponse(error_body(exc), status_code=status_for(exc))
+
+    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        return JSONResponse(
+            {
+                "error": f"request refused: {message}",
+                "hint": None,
+                "kind": "InvalidInputError",
+                "exit_code": 2,
+            },
+            status_code=400,
+        )
+
+    app.add_exception_handler(KnightwatchError, domain)
+    app.add_exception_handler(RequestValidationError, invalid)

@@ -1,0 +1,65 @@
+"""The agent hub: one WebSocket per connected agent, commands queued per node."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from fastapi import WebSocket
+
+from knightwatch.protocol import Abort, Commit, Prepare, Rollback
+
+__all__ = ["AgentHub", "Connection"]
+
+log = logging.getLogger("knightwatch.hub")
+Command = Prepare | Commit | Rollback | Abort
+_ids = itertools.count(1)
+
+
+@dataclass
+class Connection:
+    """One agent's live WebSocket and its outgoing queue."""
+
+    node: str
+    socket: WebSocket
+    id: int = field(default_factory=lambda: next(_ids))
+    outgoing: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+
+
+class AgentHub:
+    """Knows which agents are connected and delivers commands to them."""
+
+    def __init__(self) -> None:
+        self._connections: dict[str, Connection] = {}
+
+    def attach(self, connection: Connection) -> Connection | None:
+        """Register a connection; return the one it replaces, if any."""
+        previous = self._connections.get(connection.node)
+        self._connections[connection.node] = connection
+        return previous
+
+    def detach(self, connection: Connection) -> bool:
+        """Forget a connection; False if a newer one for the node replaced it already."""
+        if self._connections.get(connection.node) is connection:
+            del self._connections[connection.node]
+            return True
+        return False
+
+    def is_connected(self, node: str) -> bool:
+        """Tell whether ``node`` has a live connection."""
+        return node in self._connections
+
+    def connected(self) -> list[str]:
+        """Names of every connected node."""
+        return sorted(self._connections)
+
+    def send(self, node: str, message: Command) -> bool:
+        """Queue ``message`` for ``node``; False when it is not connected."""
+        connection = self._connections.get(node)
+        if connection is None:
+            return False
+        connection.outgoing.put_nowait(message.model_dump_json())
+        log.info("sent %s to %s", message.type, node)
+        return True

@@ -1,0 +1,246 @@
+"""Operator API under /api/v1: thin routes over the domain."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from knightwatch.api.auth import Operator, Plane
+from knightwatch.bundle.manifest import Manifest
+from knightwatch.control.deploy import DeployRequest
+from knightwatch.control.enrollment import create_join_token
+from knightwatch.control.fleet import fleet_status
+from knightwatch.errors import InvalidInputError, ReleaseNotFoundError
+from knightwatch.store import Deployment, DeploymentEvent, DeploymentNode, Release
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnrollBody(_Body):
+    """Options of a join token."""
+
+    ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
+    group: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")] = "default"
+
+
+class UploadBody(_Body):
+    """The three documents of a release, base64-encoded."""
+
+    manifest: Annotated[str, Field(max_length=400 * 1024 * 1024)]
+    sbom: Annotated[str, Field(max_length=400 * 1024 * 1024)]
+    envelope: Annotated[str, Field(max_length=1024 * 1024)]
+
+
+class DeployBody(_Body):
+    """A deployment request."""
+
+    release: Annotated[str, Field(min_length=1, max_length=200)]
+    nodes: Annotated[str, Field(max_length=4096)] | None = None
+    strategy: Literal["atomic", "canary"] = "atomic"
+    soak_s: Annotated[float, Field(ge=0, le=86400)] | None = None
+
+
+@router.get("/status")
+def status(plane: Plane, _who: Operator) -> dict[str, Any]:
+    """The fleet's state and every node's last report."""
+    with plane.db.session() as session:
+        return fleet_status(session, plane.clock.now()).to_json()
+
+
+@router.post("/nodes/{name}/enroll", status_code=201)
+def enroll_node(name: str, body: EnrollBody, plane: Plane, _who: Operator) -> dict[str, Any]:
+    """Create a one-time join token for node ``name``."""
+    ttl = body.ttl_s or plane.settings.join_token_ttl_s
+    with plane.db.session() as session:
+        grant = create_join_token(session, name, now=plane.clock.now(), ttl_s=ttl, group=body.group)
+    return {"node": grant.node, "token": grant.token, "expires_at": grant.expires_at.isoformat()}
+
+
+@router.get("/releases")
+def list_releases(plane: Plane, _who: Operator) -> list[dict[str, Any]]:
+    """Every release pushed to the control plane, newest first."""
+    with plane.db.session() as session:
+        rows = session.scalars(select(Release).order_by(Release.pushed_at.desc()))
+        return [_release_json(r) for r in rows]
+
+
+@router.get("/releases/{ref}")
+def show_release(ref: str, plane: Plane, _who: Operator) -> dict[str, Any]:
+    """One release, with its manifest."""
+    with plane.db.session() as session:
+        release = session.get(Release, ref) or next(
+            (
+                r
+                for r in session.scalars(select(Release))
+                if ref in (r.release_id, f"{r.name}@{r.version}")
+            ),
+            None,
+        )
+        if release is None:
+            raise ReleaseNotFoundError(ref)
+        manifest = Manifest.from_bytes(release.manifest, where=release.release_id)
+        return {**_release_json(release), "manifest": manifest.to_json()}
+
+
+@router.post("/uploads", status_code=201)
+def begin_upload(body: UploadBody, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Start pushing a release: documents are verified now; the answer lists missing blobs."""
+    ticket = plane.catalog.begin_upload(
+        _b64(body.manifest, "manifest"),
+        _b64(body.sbom, "sbom"),
+        _b64(body.envelope, "envelope"),
+        who,
+    )
+    return ticket.to_json()
+
+
+@router.put("/uploads/{upload_id}/blobs/{digest}", status_code=204)
+async def put_blob(
+    upload_id: str, digest: str, request: Request, plane: Plane, _who: Operator
+) -> Response:
+    """Stream one blob of an upload; it is hashed and refused if it does not match."""
+    writer = plane.catalog.blob_writer(upload_id, digest)
+    try:
+        async for chunk in request.stream():
+            writer.write(chunk)
+    except BaseException:
+        writer.discard()
+        raise
+    writer.finish()
+    return Response(status_code=204)
+
+
+@router.post("/uploads/{upload_id}/commit")
+def commit_upload(upload_id: str, plane: Plane, _who: Operator) -> dict[str, str]:
+    """Publish an upload: the release becomes visible."""
+    return {"release_id": plane.catalog.commit_upload(upload_id)}
+
+
+@router.delete("/uploads/{upload_id}", status_code=204)
+def abort_upload(upload_id: str, plane: Plane, _who: Operator) -> Response:
+    """Drop an unfinished upload."""
+    plane.catalog.abort_upload(upload_id)
+    return Response(status_code=204)
+
+
+@router.post("/deployments", status_code=201)
+def deploy(body: DeployBody, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Start a deployment (PREPARE is sent to every connected target)."""
+    deployment_id = plane.orchestrator.start(
+        DeployRequest(
+            release=body.release,
+            nodes=body.nodes,
+            strategy=body.strategy,
+            soak_s=body.soak_s,
+            requested_by=who,
+        )
+    )
+    return deployment_json(plane, deployment_id)
+
+
+@router.post("/rollback", status_code=201)
+def rollback(plane: Plane, who: Operator) -> dict[str, Any]:
+    """Return the whole fleet to its previous release, through the same protocol."""
+    return deployment_json(plane, plane.orchestrator.start_rollback(who))
+
+
+@router.get("/deployments")
+def list_deployments(plane: Plane, _who: Operator, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent deployments, newest first."""
+    with plane.db.session() as session:
+        rows = session.scalars(
+            select(Deployment).order_by(Deployment.id.desc()).limit(max(1, min(limit, 1000)))
+        )
+        return [_deployment_summary(session, d) for d in rows]
+
+
+@router.get("/deployments/{deployment_id}")
+def show_deployment(deployment_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
+    """One deployment: its state, every node's phase, and its recorded transitions."""
+    return deployment_json(plane, deployment_id)
+
+
+def deployment_json(plane: Plane, deployment_id: int) -> dict[str, Any]:
+    """A deployment with its nodes and events as JSON data."""
+    with plane.db.session() as session:
+        deployment = session.get(Deployment, deployment_id)
+        if deployment is None:
+            raise InvalidInputError(f"no deployment {deployment_id}")
+        nodes = session.scalars(
+            select(DeploymentNode)
+            .where(DeploymentNode.deployment_id == deployment_id)
+            .order_by(DeploymentNode.node_name)
+        )
+        events = session.scalars(
+            select(DeploymentEvent)
+            .where(DeploymentEvent.deployment_id == deployment_id)
+            .order_by(DeploymentEvent.id)
+        )
+        return {
+            **_deployment_summary(session, deployment),
+            "nodes": [
+                {
+                    "node": n.node_name,
+                    "role": n.role,
+                    "phase": n.phase,
+                    "reason": n.reason,
+                    "previous_digest": n.previous_digest,
+                    "pid": n.pid,
+                    "started_at": n.started_at,
+                    "version": n.version,
+                    "updated_at": n.updated_at.isoformat(),
+                }
+                for n in nodes
+            ],
+            "events": [
+                {"at": e.at.isoformat(), "node": e.node_name, "event": e.event, "detail": e.detail}
+                for e in events
+            ],
+        }
+
+
+def _deployment_summary(session: Any, deployment: Deployment) -> dict[str, Any]:
+    release = session.get(Release, deployment.release_digest)
+    return {
+        "id": deployment.id,
+        "kind": deployment.kind,
+        "state": deployment.state,
+        "release_id": release.release_id if release else deployment.release_digest,
+        "release_digest": deployment.release_digest,
+        "from_digest": deployment.from_digest,
+        "strategy": deployment.strategy,
+        "reason": deployment.reason,
+        "requested_by": deployment.requested_by,
+        "created_at": deployment.created_at.isoformat(),
+        "finished_at": deployment.finished_at.isoformat() if deployment.finished_at else None,
+    }
+
+
+def _release_json(release: Release) -> dict[str, Any]:
+    return {
+        "release_id": release.release_id,
+        "digest": release.digest,
+        "name": release.name,
+        "version": release.version,
+        "signed_by": release.signed_by,
+        "pushed_at": release.pushed_at.isoformat(),
+        "pushed_by": release.pushed_by,
+    }
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise InvalidInputError(f"{what} is not valid base64") from None

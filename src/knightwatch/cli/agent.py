@@ -1,0 +1,88 @@
+"""``knightwatch agent``: run the node agent (one per node, long-running).
+
+Register it on the main app with :func:`register` (or
+``app.command("agent", epilog=EPILOG)(agent)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from knightwatch.agent import AgentSettings, run_agent
+from knightwatch.cli.output import fail
+from knightwatch.errors import KnightwatchError
+
+__all__ = ["EPILOG", "agent", "register"]
+
+EPILOG = (
+    "Example: knightwatch agent --server http://127.0.0.1:7400 "
+    "--root /var/lib/knightwatch --name node1 --join TOKEN"
+)
+
+
+def agent(
+    server: Annotated[
+        str, typer.Option("--server", help="Control plane URL (http[s]://host:port)")
+    ],
+    root: Annotated[
+        Path, typer.Option("--root", help="Agent root: releases, blobs, journal, logs")
+    ],
+    name: Annotated[str, typer.Option("--name", help="This node's name (a-z 0-9 . _ -)")],
+    join: Annotated[
+        str | None, typer.Option("--join", help="One-time join token, needed on first start")
+    ] = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trust",
+            help="Release-signing public key to trust (repeatable); "
+            "default: the keys received at enrollment",
+        ),
+    ] = None,
+    service_port: Annotated[
+        int | None,
+        typer.Option(
+            "--service-port",
+            help="Port for the service (${KNIGHTWATCH_SERVICE_PORT}); remembered in state.json",
+        ),
+    ] = None,
+    heartbeat: Annotated[
+        float | None,
+        typer.Option("--heartbeat", help="Seconds between heartbeats (default: the server's)"),
+    ] = None,
+    health_timeout: Annotated[
+        float, typer.Option("--health-timeout", help="Seconds a new service has to turn healthy")
+    ] = 30.0,
+) -> None:
+    """Run the node agent: stage, verify, switch and supervise releases.
+
+    The agent keeps one WebSocket to the control plane and logs one
+    key=value line per event on stderr. On SIGTERM or SIGINT it stops the
+    service (halt hook, halt signal, grace period, SIGKILL) and exits 0; if
+    it is killed outright, the service keeps running and the next agent
+    start stops it and starts a fresh one.
+    """
+    try:
+        settings = AgentSettings(
+            server=server,
+            root=root,
+            name=name,
+            join=join,
+            trust=tuple(trust or ()),
+            service_port=service_port,
+            heartbeat_s=heartbeat,
+            health_timeout_s=health_timeout,
+        )
+        code = run_agent(settings)
+    except KnightwatchError as exc:
+        fail(exc)
+        raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``agent`` to ``app`` as the ``knightwatch agent`` command."""
+    app.command("agent", epilog=EPILOG)(agent)

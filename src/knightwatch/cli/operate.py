@@ -1,0 +1,223 @@
+"""``knightwatch deploy | rollback | status | deployments | deployment show``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from knightwatch.client import ApiClient, resolve_target
+from knightwatch.cli.output import err, out, print_json
+from knightwatch.errors import KnightwatchError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+deployment_app = typer.Typer(help="Inspect one deployment.", no_args_is_help=True)
+
+TERMINAL = {"SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED"}
+_COLOURS = {
+    "ACTIVE": "green",
+    "PREPARED": "cyan",
+    "SUCCEEDED": "green",
+    "CONVERGED": "green",
+    "ROLLED_BACK": "yellow",
+    "MIXED": "red",
+    "DEGRADED": "yellow",
+    "FAILED": "red",
+    "PREPARE_FAILED": "red",
+    "COMMIT_FAILED": "red",
+    "ROLLBACK_FAILED": "red",
+    "DEPLOYING": "cyan",
+    "running": "green",
+    "crash_loop": "red",
+    "OFFLINE": "yellow",
+}
+
+
+class DeploymentFailedError(KnightwatchError):
+    """A waited-for deployment ended in anything but SUCCEEDED."""
+
+
+def deploy(
+    release: Annotated[str, typer.Argument(help="Release ID, name@version or digest (pushed)")],
+    nodes: Annotated[
+        str | None,
+        typer.Option(
+            "--nodes", help="Selector: names, globs or group=NAME, comma-separated (default: all)"
+        ),
+    ] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="atomic or canary")] = "atomic",
+    soak: Annotated[float | None, typer.Option("--soak", help="Canary soak seconds")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it live until it ends")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Deploy RELEASE all-or-nothing: every node verifies it before any node switches."""
+    if strategy not in ("atomic", "canary"):
+        raise typer.BadParameter("--strategy must be atomic or canary")
+    client = ApiClient(resolve_target())
+    started = client.post(
+        "/deployments", {"release": release, "nodes": nodes, "strategy": strategy, "soak_s": soak}
+    )
+    _follow(client, started, wait=wait, json_output=json_output)
+
+
+def rollback(
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it live until it ends")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Return the whole fleet to its previous release, through the same protocol."""
+    client = ApiClient(resolve_target())
+    _follow(client, client.post("/rollback"), wait=wait, json_output=json_output)
+
+
+def status(json_output: JsonOpt = False) -> None:
+    """Fleet state (CONVERGED, MIXED, DEPLOYING, DEGRADED) and every node."""
+    data = ApiClient(resolve_target()).get("/status")
+    if json_output:
+        print_json(data)
+        return
+    age = f" for {data['mixed_for_s']:.0f} s" if data.get("mixed_for_s") is not None else ""
+    out.print(
+        f"fleet [bold {_colour(data['state'])}]{data['state']}[/]{age}   "
+        f"release {data['desired_release'] or '-'}   previous "
+        f"{data['previous_release'] or '-'}"
+    )
+    for reason in data["reasons"]:
+        out.print(f"  • {reason}")
+    table = Table(
+        "node", "connected", "active release", "digest", "service", "pid", "version", "report age"
+    )
+    for node in data["nodes"]:
+        age_s = node["last_report_age_s"]
+        table.add_row(
+            node["name"],
+            "yes" if node["connected"] else "[red]no[/]",
+            node["active_release"] or "-",
+            (node["active_digest"] or "-")[:12],
+            _paint(node["service_state"]),
+            str(node["service_pid"] or "-"),
+            node["service_version"] or "-",
+            f"{age_s:.1f} s" if age_s is not None else "never",
+        )
+    out.print(table)
+
+
+def deployments(
+    limit: Annotated[int, typer.Option("--limit", help="How many, newest first")] = 20,
+    json_output: JsonOpt = False,
+) -> None:
+    """Recent deployments, newest first."""
+    rows = ApiClient(resolve_target()).get(f"/deployments?limit={limit}")
+    if json_output:
+        print_json(rows)
+        return
+    table = Table("id", "kind", "release", "strategy", "state", "by", "created", "reason")
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["kind"],
+            row["release_id"],
+            row["strategy"],
+            _paint(row["state"]),
+            row["requested_by"],
+            row["created_at"][:19],
+            row["reason"] or "",
+        )
+    out.print(table)
+
+
+@deployment_app.command("show", epilog="Example: knightwatch deployment show 3")
+def deployment_show(
+    deployment_id: Annotated[int, typer.Argument(help="Deployment id")],
+    json_output: JsonOpt = False,
+) -> None:
+    """One deployment: state, each node's phase and reason, and its recorded transitions."""
+    data = ApiClient(resolve_target()).get(f"/deployments/{deployment_id}")
+    if json_output:
+        print_json(data)
+        return
+    out.print(_deployment_table(data))
+    events = Table("at", "node", "event", "detail", title="transitions")
+    for event in data["events"]:
+        events.add_row(
+            event["at"][11:23], event["node"] or "", _paint(event["event"]), event["detail"]
+        )
+    out.print(events)
+
+
+def _follow(client: ApiClient, started: dict[str, Any], *, wait: bool, json_output: bool) -> None:
+    if not wait:
+        if json_output:
+            print_json(started)
+        else:
+            out.print(
+                f"deployment [bold]{started['id']}[/] started: {started['release_id']} "
+                f"({started['state']}); follow it with: knightwatch deployment show "
+                f"{started['id']}"
+            )
+        return
+    data = started
+    if json_output or not err.is_terminal:
+        data = _poll(client, data)
+    else:
+        with Live(_deployment_table(data), console=out, refresh_per_second=10) as live:
+            while data["state"] not in TERMINAL:
+                time.sleep(0.2)
+                data = client.get(f"/deployments/{data['id']}")
+                live.update(_deployment_table(data))
+    if json_output:
+        print_json(data)
+    elif not err.is_terminal:
+        out.print(_deployment_table(data))
+    if data["state"] != "SUCCEEDED":
+        raise DeploymentFailedError(
+            f"deployment {data['id']} ended {data['state']}: "
+            f"{data['reason'] or 'no reason recorded'}",
+            hint=f"details: knightwatch deployment show {data['id']}",
+        )
+
+
+def _poll(client: ApiClient, data: dict[str, Any]) -> dict[str, Any]:
+    seen = data["state"]
+    while data["state"] not in TERMINAL:
+        time.sleep(0.2)
+        data = client.get(f"/deployments/{data['id']}")
+        if data["state"] != seen:
+            seen = data["state"]
+            err.print(f"deployment {data['id']}: {seen}")
+    return data
+
+
+def _deployment_table(data: dict[str, Any]) -> Table:
+    table = Table(
+        "node",
+        "role",
+        "phase",
+        "pid",
+        "version",
+        "reason",
+        title=f"deployment {data['id']} · {data['kind']} {data['release_id']} · "
+        f"{data['strategy']} · {_paint(data['state'])}",
+    )
+    for node in data.get("nodes", []):
+        table.add_row(
+            node["node"],
+            node["role"],
+            _paint(node["phase"]),
+            str(node["pid"] or ""),
+            node["version"] or "",
+            node["reason"] or "",
+        )
+    if data.get("reason"):
+        table.caption = data["reason"]
+    return table
+
+
+def _colour(word: str) -> str:
+    return _COLOURS.get(word, "white")
+
+
+def _paint(word: str) -> str:
+    return f"[{_colour(word)}]{word}[/]"

@@ -1,0 +1,240 @@
+"""Pushing releases to the control plane: verified before they become visible.
+
+An upload is staged under ``DATA/.tmp/upload-<id>/``: the manifest, SBOM and
+signature are checked first (digest, canonical form, trusted signature,
+signed SBOM digest), then each missing blob is streamed in and hashed, and
+only ``commit`` publishes the blobs and inserts the release row in one
+transaction. An interrupted or refused upload leaves nothing visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from knightwatch.bundle.blobstore import BlobStore, is_digest, sync_filesystem
+from knightwatch.bundle.manifest import Manifest
+from knightwatch.bundle.sbom import sbom_problems
+from knightwatch.bundle.signing import TrustedKey, open_envelope
+from knightwatch.canonical import sha256_hex
+from knightwatch.clock import Clock
+from knightwatch.errors import InvalidInputError, StoreError, VerificationError
+from knightwatch.store import Database, Release
+
+__all__ = ["BlobWriter", "ReleaseCatalog", "UploadTicket"]
+
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+_UPLOAD_ID_BYTES = 16
+
+
+@dataclass(frozen=True)
+class UploadTicket:
+    """The answer to starting an upload: which blobs the server still needs."""
+
+    upload_id: str
+    digest: str
+    release_id: str
+    missing: list[str]
+    already_present: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ticket as plain JSON data."""
+        return dict(self.__dict__)
+
+
+class BlobWriter:
+    """Streams one blob of an upload to disk, hashing as it goes."""
+
+    def __init__(self, target: Path, digest: str, size: int) -> None:
+        self._target = target
+        self._digest = digest
+        self._size = size
+        self._temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        self._handle = self._temp.open("wb")
+        self._hash = hashlib.sha256()
+        self._seen = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; refuse a blob that grows past its manifest size."""
+        self._seen += len(chunk)
+        if self._seen > self._size:
+            self.discard()
+            raise VerificationError(
+                self._digest,
+                [f"blob {self._digest} is larger than the {self._size} bytes the manifest says"],
+            )
+        self._hash.update(chunk)
+        self._handle.write(chunk)
+
+    def finish(self) -> None:
+        """Check the digest and keep the blob, or discard it and raise."""
+        self._handle.close()
+        actual = self._hash.hexdigest()
+        if actual != self._digest or self._seen != self._size:
+            self._temp.unlink(missing_ok=True)
+            raise VerificationError(
+                self._digest,
+                [f"blob {self._digest} arrived with SHA-256 {actual} and {self._seen} bytes"],
+            )
+        os.chmod(self._temp, 0o444)
+        os.replace(self._temp, self._target)
+
+    def discard(self) -> None:
+        """Drop what was written so far."""
+        self._handle.close()
+        self._temp.unlink(missing_ok=True)
+
+
+class ReleaseCatalog:
+    """Releases known to the control plane, and the uploads that add them."""
+
+    def __init__(
+        self, db: Database, data_dir: Path, trusted: list[TrustedKey], clock: Clock
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._trusted = trusted
+        self.blobs = BlobStore(data_dir)
+        self._uploads = data_dir / ".tmp"
+
+    def begin_upload(
+        self, manifest: bytes, sbom: bytes, envelope: bytes, pushed_by: str
+    ) -> UploadTicket:
+        """Check a release's manifest, SBOM and signature; stage them; list missing blobs."""
+        if len(manifest) > MAX_MANIFEST_BYTES:
+            raise InvalidInputError("manifest is too large")
+        parsed, signer = self._check_documents(manifest, sbom, envelope)
+        with self._db.session() as session:
+            present = session.get(Release, parsed.digest) is not None
+        if present:
+            return UploadTicket("", parsed.digest, parsed.release_id, [], True)
+        upload_id = secrets.token_hex(_UPLOAD_ID_BYTES)
+        directory = self._uploads / f"upload-{upload_id}"
+        (directory / "blobs").mkdir(parents=True)
+        for name, data in (
+            ("manifest.json", manifest),
+            ("sbom.cdx.json", sbom),
+            ("release.dsse.json", envelope),
+            ("signer", signer.encode()),
+            ("pushed_by", pushed_by.encode()),
+        ):
+            (directory / name).write_bytes(data)
+        missing = sorted(
+            {
+                f.digest
+                for f in parsed.files
+                if f.digest is not None and not self.blobs.has(f.digest)
+            }
+        )
+        return UploadTicket(upload_id, parsed.digest, parsed.release_id, missing, False)
+
+    def blob_writer(self, upload_id: str, digest: str) -> BlobWriter:
+        """Return a writer for one blob of an upload (refusing blobs it does not name)."""
+        manifest = self._upload_manifest(upload_id)
+        sizes = {f.digest: f.size for f in manifest.files if f.digest is not None}
+        if digest not in sizes:
+            raise InvalidInputError(f"blob {digest} is not part of release {manifest.release_id}")
+        return BlobWriter(self._upload_dir(upload_id) / "blobs" / digest, digest, sizes[digest])
+
+    def commit_upload(self, upload_id: str) -> str:
+        """Publish an upload's blobs and make the release visible; return its release ID."""
+        directory = self._upload_dir(upload_id)
+        manifest = self._upload_manifest(upload_id)
+        staged = directory / "blobs"
+        missing = sorted(
+            {
+                f.digest
+                for f in manifest.files
+                if f.digest is not None
+                and not self.blobs.has(f.digest)
+                and not (staged / f.digest).exists()
+            }
+        )
+        if missing:
+            raise InvalidInputError(
+                f"{len(missing)} blob(s) were not uploaded (first: {missing[0]})",
+                hint="run the push again; it resumes",
+            )
+        sync_filesystem([directory])
+        for blob in staged.iterdir():
+            if is_digest(blob.name):
+                self.blobs.publish(blob, blob.name)
+        sync_filesystem([self.blobs.blobs_dir.parent])
+        with self._db.session() as session:
+            self._insert(session, directory, manifest)
+        shutil.rmtree(directory, ignore_errors=True)
+        return manifest.release_id
+
+    def abort_upload(self, upload_id: str) -> None:
+        """Forget an upload and everything it staged."""
+        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+    def _insert(self, session: Session, directory: Path, manifest: Manifest) -> None:
+        if session.get(Release, manifest.digest) is not None:
+            return
+        session.add(
+            Release(
+                digest=manifest.digest,
+                release_id=manifest.release_id,
+                name=manifest.name,
+                version=manifest.version,
+                manifest=(directory / "manifest.json").read_bytes(),
+                sbom=(directory / "sbom.cdx.json").read_bytes(),
+                envelope=(directory / "release.dsse.json").read_bytes(),
+                signed_by=(directory / "signer").read_text(),
+                pushed_at=self._clock.now(),
+                pushed_by=(directory / "pushed_by").read_text(),
+            )
+        )
+
+    def _check_documents(
+        self, manifest: bytes, sbom: bytes, envelope: bytes
+    ) -> tuple[Manifest, str]:
+        digest = sha256_hex(manifest)
+        try:
+            parsed = Manifest.from_bytes(manifest, where="manifest")
+        except StoreError as exc:
+            raise InvalidInputError(exc.message) from None
+        problems: list[str] = []
+        if parsed.canonical_bytes() != manifest:
+            problems.append("manifest is not in canonical JSON form")
+        signer = ""
+        try:
+            statement, keyids = open_envelope(envelope, self._trusted)
+            signer = keyids[0]
+            subjects = [s.get("digest", {}).get("sha256") for s in statement.get("subject", [])]
+            if digest not in subjects:
+                problems.append("the signature is for another manifest")
+            signed_sbom = (statement.get("predicate") or {}).get("sbom", {}).get("sha256")
+            if signed_sbom != sha256_hex(sbom):
+                problems.append("the SBOM does not match the signed SBOM digest")
+        except (ValueError, TypeError, AttributeError) as exc:
+            problems.append(f"signature: {exc}")
+        problems.extend(f"SBOM: {p}" for p in sbom_problems(sbom))
+        if problems:
+            raise VerificationError(parsed.release_id, problems)
+        return parsed, signer
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        if len(upload_id) != 2 * _UPLOAD_ID_BYTES or not all(
+            c in "0123456789abcdef" for c in upload_id
+        ):
+            raise InvalidInputError(f"upload {upload_id!r} is not a valid upload id")
+        directory = self._uploads / f"upload-{upload_id}"
+        if not directory.is_dir():
+            raise InvalidInputError(
+                f"upload {upload_id} does not exist (expired or committed)",
+                hint="start the push again",
+            )
+        return directory
+
+    def _upload_manifest(self, upload_id: str) -> Manifest:
+        data = (self._upload_dir(upload_id) / "manifest.json").read_bytes()
+        return Manifest.from_bytes(data, where=f"upload {upload_id}")

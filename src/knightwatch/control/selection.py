@@ -1,0 +1,46 @@
+"""Node selectors: ``node1,node2``, globs (``node*``) and ``group=NAME``."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+from knightwatch.errors import InvalidInputError
+
+__all__ = ["matches_selector", "parse_selector"]
+
+_TERM = re.compile(r"^(group=[a-z0-9][a-z0-9._-]{0,62}|[a-z0-9*?\[\]][a-z0-9._*?\[\]!-]{0,62})$")
+
+
+class _Named(Protocol):
+    name: str
+    group_name: str
+
+
+def parse_selector(selector: str | None) -> list[str]:
+    """Split and validate a selector; None or empty means every node."""
+    if selector is None or not selector.strip():
+        return []
+    terms = [t.strip() for t in selector.split(",") if t.strip()]
+    for term in terms:
+        if not _TERM.fullmatch(term):
+            raise InvalidInputError(
+                f"node selector term {term!r} is not a node name, glob or group=NAME",
+                hint="e.g. --nodes node1,node2 or 'node*' or group=east",
+            )
+    return terms
+
+
+def matches_selector(node: _Named, terms: Sequence[str]) -> bool:
+    """Tell whether ``node`` is selected by the parsed ``terms`` (all when empty)."""
+    if not terms:
+        return True
+    for term in terms:
+        if term.startswith("group="):
+            if node.group_name == term.removeprefix("group="):
+                return True
+        elif fnmatch.fnmatchcase(node.name, term):
+            return True
+    return False

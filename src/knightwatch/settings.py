@@ -1,0 +1,142 @@
+"""One typed, frozen settings object for the control plane.
+
+Values come from (highest first) explicit arguments, ``KNIGHTWATCH_*``
+environment variables, an optional TOML file (``DATA/server.toml``), and
+defaults. Secrets are wrapped in :class:`Secret` so they never appear in a
+``repr`` or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from knightwatch.errors import InvalidInputError
+
+__all__ = ["Secret", "ServerSettings", "mask_url"]
+
+
+class Secret:
+    """A string that hides itself in ``repr`` and ``str``."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret value."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything ``knightwatch server`` needs to run."""
+
+    data_dir: Path = Path("knightwatch-data")
+    database_url: Secret | None = None
+    host: str = "127.0.0.1"
+    port: int = 7400
+    trusted_keys: tuple[Path, ...] = ()
+    """Release-signing public keys; DATA/trusted/*.pub are trusted too."""
+    prepare_timeout_s: float = 300.0
+    commit_timeout_s: float = 120.0
+    rollback_timeout_s: float = 120.0
+    canary_soak_s: float = 10.0
+    heartbeat_s: float = 1.0
+    join_token_ttl_s: float = 900.0
+    operator_token: Secret | None = field(default=None)
+    """Bearer token for the operator API; generated into DATA/operator.token when unset."""
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServerSettings:
+        """Merge defaults, DATA/server.toml, KNIGHTWATCH_* env and ``overrides``."""
+        env = os.environ if environ is None else environ
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"KNIGHTWATCH_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = raw
+        values.update(given)
+        data_dir = Path(values.get("data_dir", cls.data_dir))
+        file_values = _read_toml(data_dir / "server.toml")
+        merged = {**file_values, **values, "data_dir": data_dir}
+        return cls(
+            **{f.name: _coerce(f.name, merged[f.name]) for f in fields(cls) if f.name in merged}
+        )
+
+    @property
+    def database_display(self) -> str:
+        """The database URL with its password masked, or the SQLite path."""
+        if self.database_url is None:
+            return f"sqlite:///{self.data_dir / 'knightwatch.db'}"
+        return mask_url(self.database_url.reveal())
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: cannot read settings: {exc}") from exc
+
+
+_FLOATS = {
+    "prepare_timeout_s",
+    "commit_timeout_s",
+    "rollback_timeout_s",
+    "canary_soak_s",
+    "heartbeat_s",
+    "join_token_ttl_s",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    try:
+        if name in ("database_url", "operator_token"):
+            return value if isinstance(value, Secret) else Secret(str(value))
+        if name == "data_dir":
+            return Path(value)
+        if name == "port":
+            port = int(value)
+            if not 0 <= port <= 65535:
+                raise ValueError("not a TCP port")
+            return port
+        if name == "trusted_keys":
+            items = value.split(":") if isinstance(value, str) else value
+            return tuple(Path(v) for v in items if str(v))
+        if name in _FLOATS:
+            number = float(value)
+            if not 0 < number <= 86_400:
+                raise ValueError("must be between 0 and 86400 seconds")
+            return number
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"setting {name}={value!r} is invalid: {exc}",
+            hint=f"check KNIGHTWATCH_{name.upper()} or server.toml",
+        ) from exc

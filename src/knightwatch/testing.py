@@ -1,0 +1,358 @@
+"""Helpers to run knightwatch for real on one machine: for tests, demos and development.
+
+:class:`LocalFleet` starts a control plane and N agents as separate
+processes, each agent with its own root directory and service port, and one
+directory holding their pid files and logs. Your own test suite can use it
+to test a service against knightwatch exactly as it will run in production::
+
+    with LocalFleet(tmp_path / "fleet", nodes=3, trust=[pub]) as fleet:
+        fleet.push(store, "smars@2012.8.1")
+        deployment = fleet.deploy("smars@2012.8.1")
+        assert deployment["state"] == "SUCCEEDED"
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from knightwatch.bundle import ReleaseStore
+from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
+from knightwatch.client import ApiClient, ServerTarget
+from knightwatch.errors import KnightwatchError
+
+__all__ = ["FleetError", "LocalFleet", "free_port", "kill_strays", "stop_fleet", "wait_until"]
+
+T = TypeVar("T")
+TERMINAL = ("SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED")
+
+
+class FleetError(KnightwatchError):
+    """A local fleet process did not start or did not reach the expected state."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T | None], *, timeout: float, what: str,
+               interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; raise FleetError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise FleetError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class _Process:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+class LocalFleet:
+    """A control plane and ``nodes`` agents on this machine, each a real process."""
+
+    def __init__(self, directory: Path, nodes: int = 3, *, trust: Sequence[Path] = (),
+                 database_url: str | None = None, port: int | None = None,
+                 server_env: Mapping[str, str] | None = None,
+                 agent_args: Sequence[str] = ()) -> None:
+        self.directory = directory.resolve()
+        self.names = [f"node{i}" for i in range(1, nodes + 1)]
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._trust = [Path(p).resolve() for p in trust]
+        self._database_url = database_url
+        self._server_env = dict(server_env or {})
+        self._agent_args = list(agent_args)
+        self._service_ports = {name: free_port() for name in self.names}
+        self._server: _Process | None = None
+        self._agents: dict[str, _Process] = {}
+        self._client: ApiClient | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def __enter__(self) -> LocalFleet:
+        return self.up()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.down()
+
+    def up(self, *, timeout: float = 60.0) -> LocalFleet:
+        """Start the server, enroll and start every agent, wait until all are connected."""
+        for sub in ("logs", "pids", "nodes"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        self.start_server(timeout=timeout)
+        for name in self.names:
+            self.start_agent(name, join=self.enroll(name))
+        self.wait_connected(self.names, timeout=timeout)
+        self._write_fleet_file()
+        return self
+
+    def down(self) -> None:
+        """Stop every agent (which stops its service), then the server; kill stragglers."""
+        for name in list(self._agents):
+            self.stop_agent(name)
+        self.stop_server()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        kill_strays(self.directory)
+
+    # -- the server -----------------------------------------------------------
+
+    def start_server(self, *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
+        """Start ``knightwatch server`` and wait until it answers /healthz."""
+        args = ["server", "--data", str(self.directory / "server"), "--port", str(self.port)]
+        for key in self._trust:
+            args += ["--trust", str(key)]
+        if self._database_url:
+            args += ["--db", self._database_url]
+        merged = {**self._server_env, **(env or {})}
+        self._server = self._spawn("server", args, merged)
+        wait_until(self._healthy, timeout=timeout, what="the control plane to answer")
+
+    def stop_server(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the server with ``sig`` (SIGKILL simulates a crash); return its exit status."""
+        if self._server is None:
+            return None
+        status = _stop(self._server, sig)
+        self._server = None
+        return status
+
+    def server_exit_status(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` for the server to exit by itself; return its status."""
+        if self._server is None:
+            return None
+        try:
+            return self._server.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def forget_server(self) -> None:
+        """Drop the handle of a server that exited by itself."""
+        self._server = None
+
+    @property
+    def token(self) -> str:
+        """The operator token the server generated."""
+        return (self.directory / "server" / "operator.token").read_text().strip()
+
+    @property
+    def client(self) -> ApiClient:
+        """An operator API client for this fleet."""
+        if self._client is None:
+            self._client = ApiClient(ServerTarget(self.url, self.token), timeout=300.0)
+        return self._client
+
+    # -- agents ---------------------------------------------------------------
+
+    def enroll(self, name: str) -> str:
+        """Return a fresh join token for ``name``."""
+        return str(self.client.post(f"/nodes/{name}/enroll", {})["token"])
+
+    def root(self, name: str) -> Path:
+        """The root directory of node ``name``."""
+        return self.directory / "nodes" / name
+
+    def service_port(self, name: str) -> int:
+        """The TCP port node ``name``'s service listens on."""
+        return self._service_ports[name]
+
+    def start_agent(self, name: str, join: str | None = None,
+                    extra: Sequence[str] = ()) -> None:
+        """Start the agent of node ``name`` (enrolling with ``join`` if given)."""
+        args = ["agent", "--server", self.url, "--root", str(self.root(name)), "--name", name,
+                "--service-port", str(self._service_ports[name]), *self._agent_args, *extra]
+        for key in self._trust:
+            args += ["--trust", str(key)]
+        if join:
+            args += ["--join", join]
+        self._agents[name] = self._spawn(name, args, {})
+
+    def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int | None:
+        """Stop node ``name``'s agent with ``sig`` (SIGKILL leaves its service running)."""
+        agent = self._agents.pop(name, None)
+        return _stop(agent, sig) if agent else None
+
+    def agent_pid(self, name: str) -> int:
+        """The pid of node ``name``'s agent."""
+        return self._agents[name].process.pid
+
+    # -- operations -------------------------------------------------------------
+
+    def push(self, store: Path, release: str) -> dict[str, Any]:
+        """Upload a built release from a local bundle store."""
+        found = ReleaseStore(store).find(release)
+        docs = {key: base64.b64encode(found.read(name)).decode("ascii") for key, name in
+                (("manifest", MANIFEST_FILE), ("sbom", SBOM_FILE), ("envelope", ENVELOPE_FILE))}
+        ticket: dict[str, Any] = self.client.post("/uploads", docs)
+        if not ticket["already_present"]:
+            blobs = ReleaseStore(store).blobs
+            for digest in ticket["missing"]:
+                self.client.put_bytes(f"/uploads/{ticket['upload_id']}/blobs/{digest}",
+                                      blobs.read(digest))
+            self.client.post(f"/uploads/{ticket['upload_id']}/commit")
+        return ticket
+
+    def deploy(self, release: str, *, wait: bool = True, timeout: float = 300.0,
+               **options: Any) -> dict[str, Any]:
+        """Start a deployment; with ``wait``, return it once it reached a terminal state."""
+        started: dict[str, Any] = self.client.post("/deployments", {"release": release,
+                                                                    **options})
+        return self.wait_deployment(started["id"], timeout=timeout) if wait else started
+
+    def wait_deployment(self, deployment_id: int, *, timeout: float = 300.0) -> dict[str, Any]:
+        """Wait until deployment ``deployment_id`` is terminal and return it."""
+        def done() -> dict[str, Any] | None:
+            data: dict[str, Any] = self.client.get(f"/deployments/{deployment_id}")
+            return data if data["state"] in TERMINAL else None
+
+        return wait_until(done, timeout=timeout, what=f"deployment {deployment_id} to end",
+                          interval=0.1)
+
+    def status(self) -> dict[str, Any]:
+        """The fleet status as the operator API reports it."""
+        result: dict[str, Any] = self.client.get("/status")
+        return result
+
+    def wait_connected(self, names: Sequence[str], *, timeout: float = 60.0) -> None:
+        """Wait until every node in ``names`` is connected and has reported."""
+        def connected() -> bool:
+            nodes = {n["name"]: n for n in self.status()["nodes"]}
+            return all(nodes.get(name, {}).get("connected") and
+                       nodes[name].get("last_report_age_s") is not None for name in names)
+
+        wait_until(connected, timeout=timeout, what=f"{', '.join(names)} to connect",
+                   interval=0.1)
+
+    def wait_state(self, state: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the fleet status is ``state`` and return the status."""
+        def reached() -> dict[str, Any] | None:
+            data = self.status()
+            return data if data["state"] == state else None
+
+        return wait_until(reached, timeout=timeout, what=f"the fleet to be {state}",
+                          interval=0.1)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> _Process:
+        log = self.directory / "logs" / f"{name}.log"
+        handle = log.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "knightwatch", *args], stdout=handle,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **env},
+        )
+        handle.close()
+        (self.directory / "pids" / f"{name}.pid").write_text(f"{process.pid}\n")
+        return _Process(name, process, log)
+
+    def _healthy(self) -> bool:
+        if self._server is not None and self._server.process.poll() is not None:
+            tail = self._server.log.read_text(errors="replace")[-2000:]
+            raise FleetError(f"the control plane exited with {self._server.process.returncode}:"
+                             f"\n{tail}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                return b"200" in conn.recv(64)
+        except OSError:
+            return False
+
+    def _write_fleet_file(self) -> None:
+        data = {"server": self.url, "token": self.token, "nodes": self.names,
+                "directory": str(self.directory)}
+        path = self.directory / "fleet.json"
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        path.chmod(0o600)
+
+
+def _stop(entry: _Process, sig: int, grace: float = 15.0) -> int | None:
+    process = entry.process
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+    return process.returncode
+
+
+def kill_strays(directory: Path) -> list[int]:
+    """SIGKILL every process whose working directory lies under ``directory``."""
+    killed = []
+    root = str(directory.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + "/"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
+
+
+def stop_fleet(directory: Path, grace: float = 15.0) -> list[str]:
+    """Stop a fleet started by another process, from its pid files; return what was stopped."""
+    pids_dir = directory / "pids"
+    entries = sorted(pids_dir.glob("*.pid")) if pids_dir.is_dir() else []
+    agents = [p for p in entries if p.stem != "server"]
+    server = [p for p in entries if p.stem == "server"]
+    stopped = []
+    for group in (agents, server):
+        running = {p.stem: int(p.read_text()) for p in group}
+        for pid in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(pid) for pid in running.values()):
+            time.sleep(0.1)
+        for name, pid in running.items():
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            stopped.append(name)
+        for path in group:
+            path.unlink(missing_ok=True)
+    kill_strays(directory)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")
+    try:
+        return state.read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
