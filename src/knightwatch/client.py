@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ class ApiClient:
     def put_bytes(self, path: str, data: bytes) -> None:
         """PUT raw bytes to ``/api/v1{path}``."""
         self._call("PUT", path, content=data, headers={"Content-Type": "application/octet-stream"})
+
+    def put_stream(self, path: str, chunks: Iterator[bytes]) -> None:
+        """PUT a streamed body to ``/api/v1{path}``."""
+        self._call(
+            "PUT", path, content=chunks, headers={"Content-Type": "application/x-knightwatch-blobs"}
+        )
 
     def delete(self, path: str) -> None:
         """DELETE ``/api/v1{path}``."""

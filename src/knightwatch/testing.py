@@ -13,7 +13,6 @@ to test a service against knightwatch exactly as it will run in production::
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -27,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from knightwatch.bundle import ReleaseStore
-from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
 from knightwatch.client import ApiClient, ServerTarget
 from knightwatch.errors import KnightwatchError
+from knightwatch.push import push_release
 
 __all__ = ["FleetError", "LocalFleet", "free_port", "kill_strays", "stop_fleet", "wait_until"]
 
@@ -49,8 +47,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until(check: Callable[[], T | None], *, timeout: float, what: str,
-               interval: float = 0.05) -> T:
+def wait_until(
+    check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05
+) -> T:
     """Poll ``check`` until it returns something truthy; raise FleetError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -72,10 +71,17 @@ class _Process:
 class LocalFleet:
     """A control plane and ``nodes`` agents on this machine, each a real process."""
 
-    def __init__(self, directory: Path, nodes: int = 3, *, trust: Sequence[Path] = (),
-                 database_url: str | None = None, port: int | None = None,
-                 server_env: Mapping[str, str] | None = None,
-                 agent_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        nodes: int = 3,
+        *,
+        trust: Sequence[Path] = (),
+        database_url: str | None = None,
+        port: int | None = None,
+        server_env: Mapping[str, str] | None = None,
+        agent_args: Sequence[str] = (),
+    ) -> None:
         self.directory = directory.resolve()
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
         self.port = port or free_port()
@@ -178,11 +184,21 @@ class LocalFleet:
         """The TCP port node ``name``'s service listens on."""
         return self._service_ports[name]
 
-    def start_agent(self, name: str, join: str | None = None,
-                    extra: Sequence[str] = ()) -> None:
+    def start_agent(self, name: str, join: str | None = None, extra: Sequence[str] = ()) -> None:
         """Start the agent of node ``name`` (enrolling with ``join`` if given)."""
-        args = ["agent", "--server", self.url, "--root", str(self.root(name)), "--name", name,
-                "--service-port", str(self._service_ports[name]), *self._agent_args, *extra]
+        args = [
+            "agent",
+            "--server",
+            self.url,
+            "--root",
+            str(self.root(name)),
+            "--name",
+            name,
+            "--service-port",
+            str(self._service_ports[name]),
+            *self._agent_args,
+            *extra,
+        ]
         for key in self._trust:
             args += ["--trust", str(key)]
         if join:
@@ -202,33 +218,25 @@ class LocalFleet:
 
     def push(self, store: Path, release: str) -> dict[str, Any]:
         """Upload a built release from a local bundle store."""
-        found = ReleaseStore(store).find(release)
-        docs = {key: base64.b64encode(found.read(name)).decode("ascii") for key, name in
-                (("manifest", MANIFEST_FILE), ("sbom", SBOM_FILE), ("envelope", ENVELOPE_FILE))}
-        ticket: dict[str, Any] = self.client.post("/uploads", docs)
-        if not ticket["already_present"]:
-            blobs = ReleaseStore(store).blobs
-            for digest in ticket["missing"]:
-                self.client.put_bytes(f"/uploads/{ticket['upload_id']}/blobs/{digest}",
-                                      blobs.read(digest))
-            self.client.post(f"/uploads/{ticket['upload_id']}/commit")
-        return ticket
+        return push_release(self.client, store, release).to_json()
 
-    def deploy(self, release: str, *, wait: bool = True, timeout: float = 300.0,
-               **options: Any) -> dict[str, Any]:
+    def deploy(
+        self, release: str, *, wait: bool = True, timeout: float = 300.0, **options: Any
+    ) -> dict[str, Any]:
         """Start a deployment; with ``wait``, return it once it reached a terminal state."""
-        started: dict[str, Any] = self.client.post("/deployments", {"release": release,
-                                                                    **options})
+        started: dict[str, Any] = self.client.post("/deployments", {"release": release, **options})
         return self.wait_deployment(started["id"], timeout=timeout) if wait else started
 
     def wait_deployment(self, deployment_id: int, *, timeout: float = 300.0) -> dict[str, Any]:
         """Wait until deployment ``deployment_id`` is terminal and return it."""
+
         def done() -> dict[str, Any] | None:
             data: dict[str, Any] = self.client.get(f"/deployments/{deployment_id}")
             return data if data["state"] in TERMINAL else None
 
-        return wait_until(done, timeout=timeout, what=f"deployment {deployment_id} to end",
-                          interval=0.1)
+        return wait_until(
+            done, timeout=timeout, what=f"deployment {deployment_id} to end", interval=0.1
+        )
 
     def status(self) -> dict[str, Any]:
         """The fleet status as the operator API reports it."""
@@ -237,22 +245,25 @@ class LocalFleet:
 
     def wait_connected(self, names: Sequence[str], *, timeout: float = 60.0) -> None:
         """Wait until every node in ``names`` is connected and has reported."""
+
         def connected() -> bool:
             nodes = {n["name"]: n for n in self.status()["nodes"]}
-            return all(nodes.get(name, {}).get("connected") and
-                       nodes[name].get("last_report_age_s") is not None for name in names)
+            return all(
+                nodes.get(name, {}).get("connected")
+                and nodes[name].get("last_report_age_s") is not None
+                for name in names
+            )
 
-        wait_until(connected, timeout=timeout, what=f"{', '.join(names)} to connect",
-                   interval=0.1)
+        wait_until(connected, timeout=timeout, what=f"{', '.join(names)} to connect", interval=0.1)
 
     def wait_state(self, state: str, *, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until the fleet status is ``state`` and return the status."""
+
         def reached() -> dict[str, Any] | None:
             data = self.status()
             return data if data["state"] == state else None
 
-        return wait_until(reached, timeout=timeout, what=f"the fleet to be {state}",
-                          interval=0.1)
+        return wait_until(reached, timeout=timeout, what=f"the fleet to be {state}", interval=0.1)
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -260,8 +271,11 @@ class LocalFleet:
         log = self.directory / "logs" / f"{name}.log"
         handle = log.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "knightwatch", *args], stdout=handle,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "-m", "knightwatch", *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             env={**os.environ, **env},
         )
         handle.close()
@@ -271,8 +285,9 @@ class LocalFleet:
     def _healthy(self) -> bool:
         if self._server is not None and self._server.process.poll() is not None:
             tail = self._server.log.read_text(errors="replace")[-2000:]
-            raise FleetError(f"the control plane exited with {self._server.process.returncode}:"
-                             f"\n{tail}")
+            raise FleetError(
+                f"the control plane exited with {self._server.process.returncode}:\n{tail}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
                 conn.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
@@ -281,8 +296,12 @@ class LocalFleet:
             return False
 
     def _write_fleet_file(self) -> None:
-        data = {"server": self.url, "token": self.token, "nodes": self.names,
-                "directory": str(self.directory)}
+        data = {
+            "server": self.url,
+            "token": self.token,
+            "nodes": self.names,
+            "directory": str(self.directory),
+        }
         path = self.directory / "fleet.json"
         path.write_text(json.dumps(data, indent=2) + "\n")
         path.chmod(0o600)

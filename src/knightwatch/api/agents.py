@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knightwatch.api.auth import Plane, node_from_headers
 from knightwatch.api.hub import Connection
-from knightwatch.bundle.blobstore import is_digest
+from knightwatch.bundle.blobstore import BlobStore, is_digest
 from knightwatch.control.enrollment import enroll
 from knightwatch.control.fleet import ingest_report
 from knightwatch.errors import InvalidInputError, KnightwatchError, ReleaseNotFoundError
@@ -26,6 +28,7 @@ from knightwatch.protocol import (
     Report,
     ReportError,
     SignedReport,
+    blob_header,
     open_report,
     public_key_from_text,
 )
@@ -63,7 +66,7 @@ def enroll_agent(body: EnrollBody, plane: Plane) -> dict[str, Any]:
 @router.get("/releases/{digest}/{document}")
 def release_document(digest: str, document: str, request: Request, plane: Plane) -> Response:
     """The canonical manifest or the DSSE envelope of a release."""
-    node_from_headers(plane, dict(request.headers))
+    node_from_headers(plane, request.headers)
     if document not in ("manifest", "envelope"):
         raise InvalidInputError(f"unknown release document {document!r}")
     with plane.db.session() as session:
@@ -75,12 +78,45 @@ def release_document(digest: str, document: str, request: Request, plane: Plane)
 
 
 @router.get("/blobs/{digest}")
-def blob(digest: str, request: Request, plane: Plane) -> FileResponse:
+async def blob(digest: str, request: Request, plane: Plane) -> FileResponse:
     """One blob by digest; Range requests resume an interrupted download."""
-    node_from_headers(plane, dict(request.headers))
+    node_from_headers(plane, request.headers)
     if not is_digest(digest) or not plane.catalog.blobs.has(digest):
         raise InvalidInputError(f"no blob {digest}")
     return FileResponse(plane.catalog.blobs.path_of(digest), media_type="application/octet-stream")
+
+
+class BlobsBody(BaseModel):
+    """The blobs an agent wants in one framed stream."""
+
+    model_config = ConfigDict(extra="forbid")
+    digests: Annotated[
+        list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]],
+        Field(min_length=1, max_length=200_000),
+    ]
+
+
+@router.post("/blobs")
+async def blob_stream(body: BlobsBody, request: Request, plane: Plane) -> StreamingResponse:
+    """Many blobs back to back (protocol.blobstream framing): one request per release."""
+    node_from_headers(plane, request.headers)
+    blobs = plane.catalog.blobs
+    missing = [d for d in body.digests if not blobs.has(d)]
+    if missing:
+        raise InvalidInputError(f"no blob {missing[0]} (and {len(missing) - 1} more)")
+    return StreamingResponse(
+        _frames(blobs, body.digests), media_type="application/x-knightwatch-blobs"
+    )
+
+
+async def _frames(blobs: BlobStore, digests: list[str]) -> AsyncIterator[bytes]:
+    for digest in digests:
+        path = blobs.path_of(digest)
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            yield blob_header(digest, size)
+            while chunk := handle.read(1024 * 1024):
+                yield chunk
 
 
 @router.websocket("/connect")
@@ -88,7 +124,7 @@ async def connect(socket: WebSocket) -> None:
     """One agent's session: hello with a nonce, then signed reports up, commands down."""
     plane = socket.app.state.plane
     try:
-        name = node_from_headers(plane, dict(socket.headers))
+        name = node_from_headers(plane, socket.headers)
     except KnightwatchError as exc:
         log.warning("agent connection refused: %s", exc.message)
         await socket.close(code=4401, reason=exc.message[:120])

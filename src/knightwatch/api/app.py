@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from knightwatch import __version__
+from knightwatch.api.credentials import CredentialCache
 from knightwatch.api.errors import install_error_handlers
 from knightwatch.api.hub import AgentHub
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
@@ -41,6 +42,7 @@ class ControlPlane:
     orchestrator: Orchestrator
     operator_token: str
     trusted: list[TrustedKey]
+    credentials: CredentialCache
 
     @classmethod
     def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
@@ -66,6 +68,7 @@ class ControlPlane:
             orchestrator=Orchestrator(db, hub, clock, timeouts),
             operator_token=_operator_token(settings),
             trusted=trusted,
+            credentials=CredentialCache(),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -16,7 +17,7 @@ __all__ = ["Operator", "Plane", "node_from_headers", "operator_name"]
 _ACTOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
-def get_plane(request: Request) -> ControlPlane:
+async def get_plane(request: Request) -> ControlPlane:
     """The control plane serving this request."""
     return plane_of(request.app)
 
@@ -42,14 +43,24 @@ def operator_name(
 Operator = Annotated[str, Depends(operator_name)]
 
 
-def node_from_headers(plane: ControlPlane, headers: dict[str, str]) -> str:
-    """Authenticate an agent by its node name and credential headers; return the name."""
+def node_from_headers(plane: ControlPlane, headers: Mapping[str, str]) -> str:
+    """Authenticate an agent by its node name and credential headers; return the name.
+
+    Checked against an in-memory copy of the node's credential hash (refreshed
+    from the store on a miss or a mismatch, and every few seconds), so blob
+    downloads do not cost a database transaction each.
+    """
     name = headers.get("x-knightwatch-node", "")
     credential = _bearer(headers.get("authorization"))
     if credential is None:
         raise AuthenticationError("agent credential missing (Authorization: Bearer …)")
+    cache = plane.credentials
+    if cache.matches(name, credential, plane.clock.monotonic()):
+        return name
     with plane.db.session() as session:
-        return authenticate(session, name, credential).name
+        node = authenticate(session, name, credential)
+        cache.remember(node.name, node.credential_hash or "", plane.clock.monotonic())
+        return node.name
 
 
 def _bearer(value: str | None) -> str | None:

@@ -28,7 +28,7 @@ from cyclonedx.schema import SchemaVersion
 
 from knightwatch.bundle.manifest import FileEntry, Manifest, component_digest
 
-__all__ = ["SBOM_NAMESPACE", "build_sbom", "sbom_problems"]
+__all__ = ["SBOM_NAMESPACE", "build_sbom", "sbom_identity_problems", "sbom_problems"]
 
 SBOM_NAMESPACE = uuid.UUID("469e566a-2048-5494-8df5-58a35a672eb2")  # uuid5(URL, knightwatch sbom)
 
@@ -103,6 +103,30 @@ def _component_ref(manifest: Manifest, name: str) -> str:
 
 def _sha256(digest: str) -> HashType:
     return HashType(alg=HashAlgorithm.SHA_256, content=digest)
+
+
+def sbom_identity_problems(sbom: bytes, manifest: Manifest) -> list[str]:
+    """Cheap checks that ``sbom`` is a CycloneDX 1.6 document describing ``manifest``.
+
+    Its bytes are covered by the release signature; this catches a document
+    that was signed but describes another release. The full schema check is
+    :func:`sbom_problems` (seconds for large releases).
+    """
+    try:
+        document = json.loads(sbom)
+    except ValueError as exc:
+        return [f"not JSON: {exc}"]
+    if not isinstance(document, dict):
+        return ["not a JSON object"]
+    problems = []
+    if (document.get("bomFormat"), document.get("specVersion")) != ("CycloneDX", "1.6"):
+        problems.append("not a CycloneDX 1.6 document")
+    if document.get("serialNumber") != f"urn:uuid:{uuid.uuid5(SBOM_NAMESPACE, manifest.digest)}":
+        problems.append("its serial number is not this release's")
+    component = (document.get("metadata") or {}).get("component") or {}
+    if component.get("bom-ref") != manifest.release_id:
+        problems.append(f"it describes {component.get('bom-ref')!r}, not {manifest.release_id}")
+    return problems
 
 
 def sbom_problems(sbom: bytes) -> list[str]:

@@ -12,26 +12,34 @@ from knightwatch.cli.output import out, print_json
 from knightwatch.errors import InvalidInputError
 from knightwatch.testing import LocalFleet, stop_fleet
 
-app = typer.Typer(help="Run a local fleet: one control plane and N agents on this machine.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Run a local fleet: one control plane and N agents on this machine.", no_args_is_help=True
+)
 DEFAULT_DIR = Path(".knightwatch-fleet")
 DirOpt = Annotated[Path, typer.Option("--dir", help="Directory for roots, pid files and logs")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 
 
-@app.command("up", epilog="Example: knightwatch fleet up --nodes 8 --release smars@2012.8.1 "
-                          "--store store/ --trust keys/release.pub")
+@app.command(
+    "up",
+    epilog="Example: knightwatch fleet up --nodes 8 --release smars@2012.8.1 "
+    "--store store/ --trust keys/release.pub",
+)
 def up(
     nodes: Annotated[int, typer.Option("--nodes", help="How many agents", min=1, max=512)],
-    release: Annotated[str | None, typer.Option("--release", help="Push and deploy this "
-                                                "release once the fleet is up")] = None,
-    store: Annotated[Path | None, typer.Option("--store", help="Bundle store holding "
-                                               "--release")] = None,
-    trust: Annotated[list[Path] | None, typer.Option("--trust", help="Trusted release-signing "
-                                                      "public key (repeatable)")] = None,
+    release: Annotated[
+        str | None,
+        typer.Option("--release", help="Push and deploy this release once the fleet is up"),
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help="Bundle store holding --release")
+    ] = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option("--trust", help="Trusted release-signing public key (repeatable)"),
+    ] = None,
     directory: DirOpt = DEFAULT_DIR,
-    port: Annotated[int | None, typer.Option("--port", help="Server port (default: free)")] =
-        None,
+    port: Annotated[int | None, typer.Option("--port", help="Server port (default: free)")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Database URL (default SQLite)")] = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -39,32 +47,46 @@ def up(
     if release and store is None:
         raise InvalidInputError("--release needs --store (the bundle store that holds it)")
     if (directory / "pids" / "server.pid").exists():
-        raise InvalidInputError(f"a fleet is already up in {directory}",
-                                hint="stop it first: knightwatch fleet down")
+        raise InvalidInputError(
+            f"a fleet is already up in {directory}", hint="stop it first: knightwatch fleet down"
+        )
     fleet = LocalFleet(directory, nodes, trust=trust or [], database_url=db, port=port).up()
     deployment = None
     if release and store is not None:
         fleet.push(store, release)
         deployment = fleet.deploy(release)
-    summary = {"server": fleet.url, "token_file": str(fleet.directory / "server" /
-                                                      "operator.token"),
-               "directory": str(fleet.directory), "nodes": fleet.names,
-               "deployment": deployment}
+    summary = {
+        "server": fleet.url,
+        "token_file": str(fleet.directory / "server" / "operator.token"),
+        "directory": str(fleet.directory),
+        "nodes": fleet.names,
+        "deployment": deployment,
+    }
     if json_output:
         print_json(summary)
         return
     table = Table("node", "root", "service port", "log")
     for name in fleet.names:
-        table.add_row(name, str(fleet.root(name)), str(fleet.service_port(name)),
-                      str(fleet.directory / "logs" / f"{name}.log"))
-    out.print(f"[green]✓[/] control plane at [bold]{fleet.url}[/] with {len(fleet.names)} "
-              "connected agent(s)")
+        table.add_row(
+            name,
+            str(fleet.root(name)),
+            str(fleet.service_port(name)),
+            str(fleet.directory / "logs" / f"{name}.log"),
+        )
+    out.print(
+        f"[green]✓[/] control plane at [bold]{fleet.url}[/] with {len(fleet.names)} "
+        "connected agent(s)"
+    )
     out.print(table)
     if deployment is not None:
-        out.print(f"deployment {deployment['id']} of {deployment['release_id']}: "
-                  f"[bold]{deployment['state']}[/]")
-    out.print(f"commands run from this directory find it through {directory}/fleet.json; "
-              f"stop it with: knightwatch fleet down --dir {directory}")
+        out.print(
+            f"deployment {deployment['id']} of {deployment['release_id']}: "
+            f"[bold]{deployment['state']}[/]"
+        )
+    out.print(
+        f"commands run from this directory find it through {directory}/fleet.json; "
+        f"stop it with: knightwatch fleet down --dir {directory}"
+    )
 
 
 @app.command("down", epilog="Example: knightwatch fleet down")

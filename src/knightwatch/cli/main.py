@@ -26,16 +26,21 @@ app.add_typer(server.release_app, name="release")
 app.add_typer(server.node_app, name="node")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(operate.deployment_app, name="deployment")
-app.command("server", epilog="Example: knightwatch server --data /var/lib/knightwatch "
-            "--trust keys/release.pub")(server.server)
-app.command("agent", epilog="Example: knightwatch agent --server http://127.0.0.1:7400 "
-            "--root /var/lib/knightwatch --name node1 --join TOKEN")(agent)
-app.command("deploy", epilog="Example: knightwatch deploy smars@2012.8.1 --strategy canary "
-            "--wait")(operate.deploy)
+app.command(
+    "server",
+    epilog="Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub",
+)(server.server)
+app.command(
+    "agent",
+    epilog="Example: knightwatch agent --server http://127.0.0.1:7400 "
+    "--root /var/lib/knightwatch --name node1 --join TOKEN",
+)(agent)
+app.command("deploy", epilog="Example: knightwatch deploy smars@2012.8.1 --strategy canary --wait")(
+    operate.deploy
+)
 app.command("rollback", epilog="Example: knightwatch rollback --wait")(operate.rollback)
 app.command("status", epilog="Example: knightwatch status --json")(operate.status)
-app.command("deployments", epilog="Example: knightwatch deployments --limit 5")(
-    operate.deployments)
+app.command("deployments", epilog="Example: knightwatch deployments --limit 5")(operate.deployments)
 
 
 @app.command("version", epilog="Example: knightwatch version")

@@ -9,8 +9,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.cli.output import err, out, print_json
+from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from knightwatch.bundle import ReleaseStore
-from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.cli.output import out, print_json, progress_bar
+from knightwatch.client import ApiClient, resolve_target
 from knightwatch.protocol import MAX_MESSAGE_BYTES
+from knightwatch.push import push_release
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 node_app = typer.Typer(help="Enroll and manage nodes.", no_args_is_help=True)
@@ -100,43 +99,17 @@ def release_push(
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a built release; the server verifies it before it becomes visible."""
-    found = ReleaseStore(store).find(release)
     client = ApiClient(resolve_target(), timeout=300.0)
-    docs = {
-        key: base64.b64encode(found.read(name)).decode("ascii")
-        for key, name in (
-            ("manifest", MANIFEST_FILE),
-            ("sbom", SBOM_FILE),
-            ("envelope", ENVELOPE_FILE),
-        )
-    }
-    ticket = client.post("/uploads", docs)
-    sent = 0
-    if not ticket["already_present"]:
-        sizes = {f.digest: f.size for f in found.manifest.files if f.digest}
-        total = sum(sizes[d] for d in ticket["missing"])
-        blobs = ReleaseStore(store).blobs
-        with progress_bar("uploading", total, enabled=not json_output) as advance:
-            for digest in ticket["missing"]:
-                client.put_bytes(
-                    f"/uploads/{ticket['upload_id']}/blobs/{digest}", blobs.read(digest)
-                )
-                sent += sizes[digest]
-                advance(sizes[digest])
-        client.post(f"/uploads/{ticket['upload_id']}/commit")
-    result = {
-        "release_id": ticket["release_id"],
-        "digest": ticket["digest"],
-        "blobs_sent": len(ticket["missing"]),
-        "bytes_sent": sent,
-        "already_present": ticket["already_present"],
-    }
+    size = sum(f.size for f in ReleaseStore(store).find(release).manifest.files)
+    with progress_bar("uploading", size, enabled=not json_output) as advance:
+        pushed = push_release(client, store, release, on_progress=advance)
+    result = pushed.to_json()
     if json_output:
         print_json(result)
-    elif ticket["already_present"]:
-        out.print(f"[green]✓[/] {ticket['release_id']} is already on the control plane")
+    elif pushed.already_present:
+        out.print(f"[green]✓[/] {pushed.release_id} is already on the control plane")
     else:
         out.print(
-            f"[green]✓[/] pushed [bold]{ticket['release_id']}[/]: "
-            f"{len(ticket['missing'])} blob(s), {sent:,} bytes; verified by the server"
+            f"[green]✓[/] pushed [bold]{pushed.release_id}[/]: {pushed.blobs_sent} blob(s), "
+            f"{pushed.bytes_sent:,} bytes; verified by the server"
         )

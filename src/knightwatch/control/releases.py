@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.bundle.blobstore import BlobStore, is_digest, sync_filesystem
 from knightwatch.bundle.manifest import Manifest
-from knightwatch.bundle.sbom import sbom_problems
+from knightwatch.bundle.sbom import sbom_identity_problems
 from knightwatch.bundle.signing import TrustedKey, open_envelope
 from knightwatch.canonical import sha256_hex
 from knightwatch.clock import Clock
@@ -217,7 +217,7 @@ class ReleaseCatalog:
                 problems.append("the SBOM does not match the signed SBOM digest")
         except (ValueError, TypeError, AttributeError) as exc:
             problems.append(f"signature: {exc}")
-        problems.extend(f"SBOM: {p}" for p in sbom_problems(sbom))
+        problems.extend(f"SBOM: {p}" for p in sbom_identity_problems(sbom, parsed))
         if problems:
             raise VerificationError(parsed.release_id, problems)
         return parsed, signer

@@ -7,6 +7,14 @@ issued and a strictly increasing sequence number, so a replayed or forged
 report is refused (the Uptane "signed version report" idea).
 """
 
+from knightwatch.protocol.blobstream import (
+    BlobChunk,
+    BlobEnd,
+    BlobStart,
+    BlobStreamError,
+    BlobStreamReader,
+    blob_header,
+)
 from knightwatch.protocol.messages import (
     MAX_MESSAGE_BYTES,
     Abort,
@@ -40,6 +48,11 @@ __all__ = [
     "Abort",
     "Ack",
     "AckPhase",
+    "BlobChunk",
+    "BlobEnd",
+    "BlobStart",
+    "BlobStreamError",
+    "BlobStreamReader",
     "Commit",
     "Hello",
     "NodeKey",
@@ -53,6 +66,7 @@ __all__ = [
     "ServiceState",
     "ServiceStatus",
     "SignedReport",
+    "blob_header",
     "load_node_key",
     "open_report",
     "parse_server_message",
