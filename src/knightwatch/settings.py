@@ -74,11 +74,11 @@ class ServerSettings:
     ) -> ServerSettings:
         """Merge defaults, DATA/server.toml, KNIGHTWATCH_* env and ``overrides``."""
         env = os.environ if environ is None else environ
-        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        given = {k: v for k, v in (overrides or {}).items() if v is not None and v != ""}
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"KNIGHTWATCH_{f.name.upper()}")
-            if raw is not None:
+            if raw:
                 values[f.name] = raw
         values.update(given)
         data_dir = Path(values.get("data_dir", cls.data_dir))

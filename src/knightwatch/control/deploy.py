@@ -112,6 +112,7 @@ class Orchestrator:
         """Create a deployment and send PREPARE to every connected target."""
         step = _Step()
         with self._db.session() as session:
+            self._lock(session)
             deployment = self._create(session, request, step)
             deployment_id = deployment.id
         self._finish(step)
@@ -120,6 +121,7 @@ class Orchestrator:
     def start_rollback(self, requested_by: str = "operator") -> int:
         """Return the fleet to its previous release through the same protocol."""
         with self._db.session() as session:
+            self._lock(session)
             fleet = get_fleet(session)
             if fleet.previous_digest is None or fleet.desired_digest is None:
                 raise GateRefusedError(
@@ -143,6 +145,7 @@ class Orchestrator:
         """Record an agent's acknowledgement and advance the deployment."""
         step = _Step()
         with self._db.session() as session:
+            self._lock(session)
             row = session.get(DeploymentNode, (ack.deployment_id, node))
             deployment = session.get(Deployment, ack.deployment_id)
             if row is None or deployment is None:
@@ -168,6 +171,7 @@ class Orchestrator:
     ) -> None:
         """Record the service facts an ACTIVE node reported (pid, start, version)."""
         with self._db.session() as session:
+            self._lock(session)
             row = session.get(DeploymentNode, (deployment_id, node))
             if row is not None:
                 row.pid, row.started_at, row.version = pid, started_at, version
@@ -177,6 +181,7 @@ class Orchestrator:
         self._failed_catchups = {k for k in self._failed_catchups if k[0] != node}
         outbox: Outbox = []
         with self._db.session() as session:
+            self._lock(session)
             deployment = active_deployment(session)
             if deployment is not None:
                 row = session.get(DeploymentNode, (deployment.id, node))
@@ -188,6 +193,7 @@ class Orchestrator:
         """A node that drops out mid-phase has failed that phase."""
         step = _Step()
         with self._db.session() as session:
+            self._lock(session)
             deployment = active_deployment(session)
             if deployment is None:
                 return
@@ -209,6 +215,7 @@ class Orchestrator:
         """Handle expired phase deadlines, then start catch-ups for returning nodes."""
         step = _Step()
         with self._db.session() as session:
+            self._lock(session)
             deployment = active_deployment(session)
             if (
                 deployment is not None
@@ -223,6 +230,7 @@ class Orchestrator:
         """After a restart: abandon an unfinished PREPARE, roll back an unfinished switch."""
         step = _Step()
         with self._db.session() as session:
+            self._lock(session)
             for node in session.scalars(select(Node)):
                 node.connected = False
             deployment = active_deployment(session)
@@ -533,6 +541,7 @@ class Orchestrator:
 
     def _start_catchup(self) -> None:
         with self._db.session() as session:
+            self._lock(session)
             if active_deployment(session) is not None:
                 return
             lagging = [
@@ -561,6 +570,10 @@ class Orchestrator:
         )
 
     # -- plumbing -----------------------------------------------------------
+
+    def _lock(self, session: Session) -> None:
+        """Serialise decisions: on PostgreSQL the fleet row is the fleet-wide lock."""
+        get_fleet(session, for_update=True, now=self._clock.now())
 
     def _deadline(self, seconds: float) -> datetime:
         return self._clock.now() + timedelta(seconds=seconds)

@@ -1,0 +1,40 @@
+"""The control plane's persistent store: models, sessions and migrations (SQLite or PostgreSQL).
+
+The domain opens a :class:`Database` with :func:`open_database`, works inside
+``with db.session() as session:`` (one short transaction) on the models, and
+uses the few generic helpers of :mod:`knightwatch.store.queries` (which
+also holds ``TERMINAL_STATES``, the deployment states that are finished). Every
+database failure is a :class:`~knightwatch.errors.StoreError`.
+"""
+
+from knightwatch.store.database import Database, DialectName, open_database
+from knightwatch.store.models import (
+    Base,
+    Deployment,
+    DeploymentEvent,
+    DeploymentNode,
+    Fleet,
+    JoinToken,
+    Node,
+    Release,
+)
+from knightwatch.store.queries import active_deployment, get_fleet, record_event
+from knightwatch.store.types import UTCDateTime
+
+__all__ = [
+    "Base",
+    "Database",
+    "Deployment",
+    "DeploymentEvent",
+    "DeploymentNode",
+    "DialectName",
+    "Fleet",
+    "JoinToken",
+    "Node",
+    "Release",
+    "UTCDateTime",
+    "active_deployment",
+    "get_fleet",
+    "open_database",
+    "record_event",
+]

@@ -1,0 +1,191 @@
+"""Open the control plane's database: SQLite by default, PostgreSQL at scale.
+
+:func:`open_database` connects, migrates the schema to head and returns a
+:class:`Database`, whose :meth:`Database.session` is the one way the domain
+reads and writes: a short transaction, committed on success and rolled back
+on any exception. Database failures surface as
+:class:`~knightwatch.errors.StoreError`, integrity violations included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+from knightwatch.errors import StoreError
+from knightwatch.store.migrate import upgrade
+from knightwatch.store.translate import display_url, opening, using
+
+__all__ = ["DB_FILENAME", "Database", "DialectName", "open_database"]
+
+DB_FILENAME = "knightwatch.db"
+CONNECT_TIMEOUT_S = 10
+# Engines are created with hide_parameters=True: rows carry credential hashes, public
+# keys and session nonces, which must not reach logs through an exception's text.
+
+DialectName = Literal["sqlite", "postgresql"]
+
+_URL_HINT = "use postgresql+psycopg://user:password@host:5432/dbname or leave it unset for SQLite"
+
+# Set on every new SQLite connection. busy_timeout comes first so that the switch
+# to WAL waits for other connections instead of failing.
+#
+# synchronous=FULL, not NORMAL: in WAL mode NORMAL never corrupts the file, but it
+# fsyncs the log only at checkpoints, so a transaction that had committed (a deploy
+# that had switched the fleet, say) can vanish on power loss. FULL fsyncs the log
+# at every commit, so what the control plane told an operator is done stays done.
+SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA synchronous = FULL",
+)
+
+
+class Database:
+    """An open database: an engine plus short, translated transactions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for tools and tests; the domain uses sessions)."""
+        return self._engine
+
+    @property
+    def dialect(self) -> DialectName:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return "sqlite" if self._engine.dialect.name == "sqlite" else "postgresql"
+
+    @property
+    def url(self) -> str:
+        """The database URL, password masked, for messages and logs."""
+        return display_url(self._engine.url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Yield a session inside one transaction: commit on success, roll back on exception.
+
+        Objects stay readable after the block (attributes are not expired on
+        commit). Database errors, integrity violations included, are raised
+        as :class:`StoreError`; other exceptions pass through after rollback.
+        """
+        with using(self._engine.url), self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        """Close every pooled connection. The object must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_database(url: str | None, data_dir: Path) -> Database:
+    """Open (and migrate to head) the database at ``url``, or SQLite in ``data_dir``.
+
+    With ``url`` None the database is ``data_dir/knightwatch.db``, and
+    ``data_dir`` is created if missing. PostgreSQL URLs may carry libpq
+    parameters in the query, e.g. ``?options=-csearch_path%3Dmy_schema``.
+    """
+    parsed = _default_url(data_dir) if url is None else _parse_url(url)
+    engine = _create_engine(parsed)
+    try:
+        with opening(parsed), engine.connect() as connection:
+            upgrade(connection)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Database(engine)
+
+
+def _default_url(data_dir: Path) -> URL:
+    """The URL of the embedded SQLite database, creating its directory."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the data directory {data_dir}: {exc.strerror}") from exc
+    return URL.create("sqlite+pysqlite", database=str(data_dir / DB_FILENAME))
+
+
+def _parse_url(text: str) -> URL:
+    """Parse a database URL; bare ``postgresql://`` and ``postgres://`` mean psycopg 3."""
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise StoreError("the database URL is malformed", hint=_URL_HINT) from exc
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(f"unsupported database {display_url(url)}", hint=_URL_HINT)
+    return url
+
+
+def _create_engine(url: URL) -> Engine:
+    """An engine for ``url`` with the per-dialect settings installed."""
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _sqlite_engine(url)
+        return _postgresql_engine(url)
+    except NoSuchModuleError as exc:
+        raise StoreError(f"no driver for {display_url(url)}", hint=_URL_HINT) from exc
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    """A PostgreSQL engine that fails fast when the server is unreachable."""
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "application_name" not in url.query:
+        connect_args["application_name"] = "knightwatch"
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    """A SQLite engine with WAL, foreign keys, durable commits and real transactions."""
+    engine = create_engine(url, hide_parameters=True)
+    event.listen(engine, "connect", _on_sqlite_connect)
+    event.listen(engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: object) -> None:
+    """Set the pragmas and take transaction control away from the sqlite3 module."""
+    # sqlite3 (before Python 3.12's autocommit=False) never emits BEGIN before a
+    # SELECT, so reads would escape the transaction; SQLAlchemy emits it instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    """Begin every transaction as a writer, waiting (``busy_timeout``) for the write lock.
+
+    A deferred BEGIN that reads and then writes fails at once with "database is
+    locked" if another connection wrote meanwhile; IMMEDIATE queues writers up
+    front instead, much as ``SELECT ... FOR UPDATE`` does on PostgreSQL. So on
+    SQLite sessions run one at a time: keep them short.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,56 @@
+"""Alembic, driven from code: the schema is brought to head whenever a database opens.
+
+The migration scripts live in ``knightwatch/store/migrations``; no
+``alembic.ini`` is needed. To write a new migration, open a connection and
+call ``alembic.command.revision(alembic_config(connection), message=...,
+autogenerate=True)``, then name the file ``NNNN_what_it_does.py`` and set
+its ``revision`` to the same name.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+__all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "upgrade"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Alembic keeps the running migration's context in module globals (alembic.context),
+# so two threads must never migrate at once. Processes are kept apart by the
+# database itself (env.py).
+_ALEMBIC_LOCK = threading.Lock()
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration for knightwatch's migrations, bound to ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The revision the code expects the database to be at."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations in {MIGRATIONS_DIR}")
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the database behind ``connection`` is at (None if never migrated)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(connection: Connection) -> None:
+    """Apply every migration not yet applied, in one transaction; commit it."""
+    with _ALEMBIC_LOCK:
+        command.upgrade(alembic_config(connection), "head")
+    connection.commit()

@@ -1,0 +1,201 @@
+"""The tables of the control plane, as typed SQLAlchemy models.
+
+Every timestamp is an aware UTC ``datetime`` (:class:`UTCDateTime`); the
+domain supplies it from its clock, so no column has a time default. Columns
+with a default carry it both in Python and in the schema, so a row written by
+hand (or by a later migration) gets the same value. Constraint names follow
+:data:`NAMING_CONVENTION` so that migrations can refer to them on both
+engines.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from knightwatch.store.types import UTCDateTime
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "Deployment",
+    "DeploymentEvent",
+    "DeploymentNode",
+    "Fleet",
+    "JoinToken",
+    "Node",
+    "Release",
+]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DIGEST = String(64)
+NODE_NAME = String(63)
+WORD = String(32)
+# SQLite gives a rowid alias (and AUTOINCREMENT) only to a column typed exactly INTEGER.
+EVENT_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    """A named CHECK that ``column`` holds one of ``values``."""
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=f"{column}_valid")
+
+
+class Base(DeclarativeBase):
+    """The declarative base: one metadata, aware UTC timestamps for ``Mapped[datetime]``."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[type, object]] = {datetime: UTCDateTime()}
+
+
+class Release(Base):
+    """A pushed, signed release bundle: its manifest, SBOM and DSSE envelope."""
+
+    __tablename__ = "releases"
+
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    release_id: Mapped[str] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(255))
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    sbom: Mapped[bytes] = mapped_column(LargeBinary)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    signed_by: Mapped[str] = mapped_column(String(255))
+    pushed_at: Mapped[datetime]
+    pushed_by: Mapped[str] = mapped_column(String(255))
+
+
+class Node(Base):
+    """A node of the fleet: enrolment, desired and reported state, connection."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (_one_of("status", ("pending", "enrolled", "retired")),)
+
+    name: Mapped[str] = mapped_column(NODE_NAME, primary_key=True)
+    group_name: Mapped[str] = mapped_column(NODE_NAME, default="default", server_default="default")
+    status: Mapped[str] = mapped_column(WORD)
+    created_at: Mapped[datetime]
+    enrolled_at: Mapped[datetime | None]
+    credential_hash: Mapped[str | None] = mapped_column(DIGEST)
+    public_key: Mapped[str | None] = mapped_column(String(64))
+    desired_digest: Mapped[str | None] = mapped_column(DIGEST)
+    active_digest: Mapped[str | None] = mapped_column(DIGEST)
+    previous_digest: Mapped[str | None] = mapped_column(DIGEST)
+    service_state: Mapped[str] = mapped_column(WORD, default="none", server_default="none")
+    service_pid: Mapped[int | None]
+    service_started_at: Mapped[float | None] = mapped_column(Float)
+    service_version: Mapped[str | None] = mapped_column(String(255))
+    service_restarts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    service_detail: Mapped[str | None] = mapped_column(Text)
+    last_report: Mapped[str | None] = mapped_column(Text)
+    last_report_at: Mapped[datetime | None]
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    session_nonce: Mapped[str | None] = mapped_column(String(128))
+    connected: Mapped[bool] = mapped_column(default=False, server_default=false())
+    connected_at: Mapped[datetime | None]
+    disconnected_at: Mapped[datetime | None]
+
+
+class JoinToken(Base):
+    """A one-time enrolment token for a node, stored only as its SHA-256."""
+
+    __tablename__ = "join_tokens"
+
+    token_hash: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class Fleet(Base):
+    """The single row of fleet-wide desired state (``id`` is always 1)."""
+
+    __tablename__ = "fleet"
+    __table_args__ = (CheckConstraint("id = 1", name="singleton"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    desired_digest: Mapped[str | None] = mapped_column(DIGEST)
+    previous_digest: Mapped[str | None] = mapped_column(DIGEST)
+    mixed_since: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class Deployment(Base):
+    """One deploy, rollback or catch-up of a release across the fleet."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        _one_of("kind", ("deploy", "rollback", "catchup")),
+        _one_of("strategy", ("atomic", "canary")),
+        # Ids are never reused on SQLite either, as PostgreSQL sequences never are.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(WORD)
+    release_digest: Mapped[str] = mapped_column(ForeignKey("releases.digest"))
+    from_digest: Mapped[str | None] = mapped_column(DIGEST)
+    strategy: Mapped[str] = mapped_column(WORD)
+    state: Mapped[str] = mapped_column(WORD, index=True)
+    soak_s: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    deadline: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class DeploymentNode(Base):
+    """The progress of one node within one deployment."""
+
+    __tablename__ = "deployment_nodes"
+    __table_args__ = (_one_of("role", ("canary", "fleet")),)
+
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(WORD)
+    previous_digest: Mapped[str | None] = mapped_column(DIGEST)
+    phase: Mapped[str] = mapped_column(WORD)
+    reason: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None]
+    started_at: Mapped[float | None] = mapped_column(Float)
+    version: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime]
+
+
+class DeploymentEvent(Base):
+    """One line of a deployment's history."""
+
+    __tablename__ = "deployment_events"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), index=True)
+    at: Mapped[datetime]
+    node_name: Mapped[str | None] = mapped_column(NODE_NAME)
+    event: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
