@@ -1,0 +1,309 @@
+"""The four commands of a deployment, each idempotent, each answered with one Ack.
+
+========  =======================================================================
+prepare   fetch, verify and stage the release; PREPARED or PREPARE_FAILED
+commit    journal, stop the service, switch ``current``, start, health, smoke,
+          version; ACTIVE or COMMIT_FAILED (left as is: the control plane rolls
+          back); then garbage-collect old trees and unused blobs
+rollback  the same switch back to a release still on disk; ROLLED_BACK or
+          ROLLBACK_FAILED
+abort     forget a staged release (never the current or previous one); ABORTED
+========  =======================================================================
+
+A command the server re-sends after its own restart finds its work done and
+answers the same way: a staged tree is re-verified, not rebuilt; a commit of
+the release that is already current and healthy does not restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+from knightwatch.agent.checks import probe, read_version, run_smoke, version_matches
+from knightwatch.agent.errors import ServiceError
+from knightwatch.agent.events import event
+from knightwatch.agent.faults import pause_point_async
+from knightwatch.agent.journal import Journal, PendingSwitch, ServiceRecord
+from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.runenv import ServiceLaunch, launch_for
+from knightwatch.agent.source import ReleaseSource
+from knightwatch.agent.staging import Stager
+from knightwatch.agent.supervisor import Supervisor
+from knightwatch.bundle.manifest import Manifest
+from knightwatch.errors import KnightwatchError
+from knightwatch.protocol.messages import (
+    Abort,
+    Ack,
+    AckPhase,
+    Commit,
+    Prepare,
+    Rollback,
+    ServiceState,
+)
+
+__all__ = ["Command", "CommandRunner"]
+
+Command = Prepare | Commit | Rollback | Abort
+_MAX_REASON = 4096
+
+
+@dataclass(frozen=True)
+class _Switch:
+    op: Literal["commit", "rollback"]
+    ok: AckPhase
+    failed: AckPhase
+
+
+_COMMIT = _Switch("commit", AckPhase.ACTIVE, AckPhase.COMMIT_FAILED)
+_ROLLBACK = _Switch("rollback", AckPhase.ROLLED_BACK, AckPhase.ROLLBACK_FAILED)
+
+
+class CommandRunner:
+    """Carries out commands against the node; one at a time (the caller serialises)."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        layout: NodeLayout,
+        journal: Journal,
+        stager: Stager,
+        supervisor: Supervisor,
+        source: ReleaseSource,
+    ) -> None:
+        self.node = node
+        self.layout = layout
+        self.journal = journal
+        self.stager = stager
+        self.supervisor = supervisor
+        self.source = source
+        supervisor.on_change = self._record_service
+
+    async def run(self, command: Command) -> Ack:
+        """Carry out ``command`` and return its acknowledgement (never raises for failures)."""
+        match command:
+            case Prepare():
+                return await self.prepare(command)
+            case Commit():
+                return await self._switch(command, _COMMIT)
+            case Rollback():
+                return await self._switch(command, _ROLLBACK)
+            case Abort():
+                return await self.abort(command)
+
+    async def prepare(self, command: Prepare) -> Ack:
+        """Stage and verify a release without switching to it."""
+        current = self.journal.state.current
+        protected = frozenset({current} if current else set())
+        try:
+            staged = await asyncio.to_thread(
+                self.stager.prepare,
+                self.source,
+                command.digest,
+                release_id=command.release_id,
+                protected=protected,
+            )
+        except KnightwatchError as exc:
+            return _ack(command, AckPhase.PREPARE_FAILED, exc.message)
+        state = self.journal.state
+        if command.digest not in (state.current, state.previous):
+            self.journal.update(
+                staged=sorted({*state.staged, command.digest}),
+                staged_for={**state.staged_for, command.digest: command.deployment_id},
+            )
+        event(
+            "release-staged",
+            release=staged.manifest.release_id,
+            reused=staged.reused,
+            blobs_fetched=staged.blobs_fetched,
+        )
+        return _ack(command, AckPhase.PREPARED)
+
+    async def abort(self, command: Abort) -> Ack:
+        """Remove a staged release unless it is the current or previous one."""
+        state = self.journal.state
+        digest = command.digest
+        if digest in (state.current, state.previous):
+            return _ack(command, AckPhase.ABORTED)
+        reason = None
+        try:
+            await asyncio.to_thread(self.layout.remove_release, digest)
+        except OSError as exc:
+            reason = f"the staged tree could not be removed: {exc.strerror or exc}"
+        staged_for = {d: n for d, n in state.staged_for.items() if d != digest}
+        self.journal.update(staged=[d for d in state.staged if d != digest], staged_for=staged_for)
+        return _ack(command, AckPhase.ABORTED, reason)
+
+    async def resume(self) -> None:
+        """At agent start: stop a service left by an earlier run, then run the current one."""
+        state = self.journal.state
+        if state.service is not None:
+            launch = self._launch_or_none(state.service.digest)
+            await self.supervisor.stop_adopted(state.service, launch)
+            self.journal.update(service=None)
+        if state.halted:  # the kill-switch latch survives agent restarts
+            await self.supervisor.stop(halted=True)
+            return
+        if state.current is None:
+            return
+        reason = await self._start_checked(state.current, smoke=False)
+        if reason is not None:
+            event("service-unhealthy", release=state.current, reason=reason)
+
+    # --- switching -----------------------------------------------------------------------
+
+    async def _switch(self, command: Commit | Rollback, how: _Switch) -> Ack:
+        digest = command.digest
+        state = self.journal.state
+        if state.current == digest:
+            reason = await self._ensure_healthy(digest)
+            return _ack(command, how.failed if reason else how.ok, reason)
+        try:
+            manifest = self.stager.load_manifest(digest)
+            if not self.layout.release_dir(digest).is_dir():
+                raise ServiceError(f"release {digest[:12]}… is not staged on this node")
+            launch = self._launch(manifest)
+            if launch is not None:
+                launch.argv(launch.spec.command)  # refuse unknown ${KNIGHTWATCH_*} before switching
+                launch.environment()
+        except KnightwatchError as exc:
+            return _ack(command, how.failed, exc.message)
+        pending = PendingSwitch(
+            op=how.op,
+            digest=digest,
+            from_digest=state.current,
+            deployment_id=command.deployment_id,
+        )
+        self.journal.update(pending=pending)
+        await self.supervisor.stop()
+        try:
+            self.layout.switch_current(digest)
+        except KnightwatchError as exc:
+            self.journal.update(pending=None)
+            return _ack(command, how.failed, exc.message)
+        self.journal.update(
+            current=digest,
+            previous=state.current,
+            staged=[d for d in state.staged if d != digest],
+            staged_for={d: n for d, n in state.staged_for.items() if d != digest},
+            pending=None,
+        )
+        event("switched", op=how.op, to=manifest.release_id, previous=state.current)
+        await pause_point_async(how.op)
+        reason = await self._start_checked(digest, smoke=True)
+        if reason is None and how is _COMMIT:
+            await self._collect_garbage(command.deployment_id)
+        return _ack(command, how.failed if reason else how.ok, reason)
+
+    async def _ensure_healthy(self, digest: str) -> str | None:
+        """Leave a running, healthy service alone; otherwise restart and check it."""
+        launch = self._launch_or_none(digest)
+        running = self.supervisor.launch
+        healthy_so_far = (
+            launch is not None
+            and running is not None
+            and running.digest == digest
+            and self.supervisor.running
+            and self.supervisor.status().state is ServiceState.RUNNING
+        )
+        if healthy_so_far and launch is not None:
+            health = launch.spec.health
+            if health is None or await probe(health, launch) is None:
+                return None
+        return await self._start_checked(digest, smoke=True)
+
+    async def _start_checked(self, digest: str, *, smoke: bool) -> str | None:
+        """Start ``digest``'s service; None once it is healthy, smoke-checked and versioned."""
+        try:
+            manifest = self.stager.load_manifest(digest)
+            launch = self._launch(manifest)
+        except KnightwatchError as exc:
+            return exc.message
+        if launch is None:
+            await self.supervisor.stop()
+            self.supervisor.forget()
+            return None
+        try:
+            await self.supervisor.start(launch)
+        except ServiceError as exc:
+            return exc.message
+        reason = await self.supervisor.wait_ready()
+        if reason is None and smoke:
+            reason = await run_smoke(launch.spec.smoke, launch)
+        if reason is None:
+            reason = await self._check_version(launch, manifest)
+        return reason
+
+    async def _check_version(self, launch: ServiceLaunch, manifest: Manifest) -> str | None:
+        version, reason = await read_version(launch)
+        self.supervisor.version = version
+        if reason is not None:
+            return f"version: {reason}"
+        if not version_matches(version, launch, manifest.name, manifest.version):
+            return f"the service reports version {version!r}, expected {manifest.release_id}"
+        return None
+
+    # --- garbage collection ---------------------------------------------------------------
+
+    async def _collect_garbage(self, deployment_id: int) -> None:
+        """Keep current, previous and releases staged by other deployments; drop the rest."""
+        state = self.journal.state
+        keep = {d for d in (state.current, state.previous) if d}
+        keep |= {d for d, n in state.staged_for.items() if n != deployment_id}
+        doomed = [d for d in self.layout.release_digests() if d not in keep]
+        for digest in doomed:
+            try:
+                await asyncio.to_thread(self.layout.remove_release, digest)
+            except OSError as exc:
+                event("gc-failed", digest=digest, detail=exc.strerror or str(exc))
+        if doomed:
+            self.journal.update(
+                staged=[d for d in state.staged if d in keep],
+                staged_for={d: n for d, n in state.staged_for.items() if d in keep},
+            )
+        removed = await asyncio.to_thread(self._collect_blobs)
+        event("gc", releases_removed=len(doomed), blobs_removed=removed)
+
+    def _collect_blobs(self) -> int:
+        used: set[str] = set()
+        for digest in self.layout.release_digests():
+            try:
+                manifest = self.stager.load_manifest(digest)
+            except KnightwatchError:
+                return 0  # cannot tell what is in use: remove nothing
+            used.update(f.digest for f in manifest.files if f.digest is not None)
+        removed = 0
+        for prefix in self.layout.blobs.blobs_dir.iterdir():
+            for blob in prefix.iterdir():
+                if prefix.name + blob.name not in used:
+                    blob.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _record_service(self, record: ServiceRecord | None) -> None:
+        """Keep the running service's identity in the journal (for the next agent start)."""
+        if self.journal.state.service != record:
+            self.journal.update(service=record)
+
+    def _launch(self, manifest: Manifest) -> ServiceLaunch | None:
+        return launch_for(
+            self.layout, manifest, node=self.node, service_port=self.journal.state.service_port
+        )
+
+    def _launch_or_none(self, digest: str) -> ServiceLaunch | None:
+        try:
+            return self._launch(self.stager.load_manifest(digest))
+        except KnightwatchError:
+            return None
+
+
+def _ack(command: Command, phase: AckPhase, reason: str | None = None) -> Ack:
+    if reason is not None:
+        reason = " ".join(reason.split())[:_MAX_REASON]
+    return Ack(
+        deployment_id=command.deployment_id, digest=command.digest, phase=phase, reason=reason
+    )

@@ -1,0 +1,241 @@
+"""The agent's one WebSocket to the control plane, re-established forever.
+
+A session starts with the server's ``Hello`` (the nonce and heartbeat
+period); the agent answers with a signed ``inventory`` report, then sends a
+``heartbeat`` report every period and an ``ack`` report for each finished
+command, while commands coming down are queued for the command worker.
+Any disconnect is followed by a reconnect after an exponential back-off with
+jitter (0.2 s doubling to 10 s, reset by every ``Hello``); the service keeps
+running meanwhile. Acknowledgements not yet sent survive the disconnect and
+go out first on the next session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import ValidationError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from knightwatch.agent.commands import Command
+from knightwatch.agent.enroll import Credential, auth_headers
+from knightwatch.agent.errors import AgentTransportError
+from knightwatch.agent.events import event, logger
+from knightwatch.agent.reporting import Reporter
+from knightwatch.clock import Clock
+from knightwatch.protocol.messages import (
+    MAX_MESSAGE_BYTES,
+    Ack,
+    Hello,
+    NodeState,
+    Refused,
+    parse_server_message,
+)
+from knightwatch.protocol.reports import NodeKey
+
+__all__ = ["Backoff", "Connection", "websocket_url"]
+
+CONNECT_PATH = "/api/agent/v1/connect"
+_HELLO_TIMEOUT_S = 10.0
+
+Send = Callable[[Literal["heartbeat", "inventory", "ack"], Ack | None], Awaitable[None]]
+
+
+def websocket_url(server: str) -> str:
+    """Return the agent WebSocket URL of a server given as ``http(s)://host:port``."""
+    base = server.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base.removeprefix("https://") + CONNECT_PATH
+    if base.startswith("http://"):
+        return "ws://" + base.removeprefix("http://") + CONNECT_PATH
+    return base + CONNECT_PATH
+
+
+@dataclass
+class Backoff:
+    """Exponential back-off with jitter between reconnects."""
+
+    initial_s: float = 0.2
+    cap_s: float = 10.0
+    _next: float = 0.0
+
+    def reset(self) -> None:
+        """Start again from the initial delay (after a successful handshake)."""
+        self._next = 0.0
+
+    def next_delay(self) -> float:
+        """Return the next delay to sleep: doubled each time, capped, ±20 % jitter."""
+        self._next = self.initial_s if self._next == 0.0 else min(self._next * 2, self.cap_s)
+        return self._next * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+
+
+class Connection:
+    """Keeps the agent connected, reporting, and fed with commands."""
+
+    def __init__(
+        self,
+        *,
+        server: str,
+        credential: Credential,
+        key: NodeKey,
+        clock: Clock,
+        state: Callable[[], NodeState],
+        commands: asyncio.Queue[Command],
+        heartbeat_s: float | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.url = websocket_url(server)
+        self.node = credential.node
+        self._headers = auth_headers(credential)
+        self._key = key
+        self._clock = clock
+        self._state = state
+        self._commands = commands
+        self._heartbeat_s = heartbeat_s
+        self._backoff = backoff or Backoff()
+        self._outbox: deque[Ack] = deque()
+        self._outbox_ready = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.sessions = 0
+
+    def send_ack(self, ack: Ack) -> None:
+        """Queue ``ack``; it is sent now if connected, else first thing on the next session."""
+        self._outbox.append(ack)
+        self._outbox_ready.set()
+
+    async def run(self) -> None:
+        """Connect, serve the session, and reconnect after any failure, until cancelled."""
+        while True:
+            try:
+                await self._session()
+                why = "closed by the server"
+            except (OSError, TimeoutError, WebSocketException, AgentTransportError) as exc:
+                why = _describe(exc)
+            except Exception as exc:
+                why = f"unexpected {type(exc).__name__}: {exc}"
+                logger.exception("session-failed")
+            finally:
+                self.connected.clear()
+            delay = self._backoff.next_delay()
+            event("disconnect", server=self.url, reason=why, retry_in_s=delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        async with connect(
+            self.url,
+            additional_headers=self._headers,
+            max_size=MAX_MESSAGE_BYTES,
+            open_timeout=10,
+            close_timeout=2,
+        ) as websocket:
+            hello = await self._hello(websocket)
+            self._backoff.reset()
+            self.sessions += 1
+            reporter = Reporter(self.node, self._key, self._clock, hello.nonce)
+            lock = asyncio.Lock()
+
+            async def send(
+                kind: Literal["heartbeat", "inventory", "ack"], ack: Ack | None = None
+            ) -> None:
+                async with lock:
+                    signed = reporter.make(kind, self._state(), ack)
+                    await websocket.send(signed.model_dump_json())
+
+            period = self._heartbeat_s or hello.heartbeat_s
+            await send("inventory", None)
+            self.connected.set()
+            event("connect", server=self.url, heartbeat_s=period, session=self.sessions)
+            await _first_to_finish(
+                self._heartbeats(send, period), self._acks(send), self._receive(websocket)
+            )
+
+    async def _hello(self, websocket: ClientConnection) -> Hello:
+        async with asyncio.timeout(_HELLO_TIMEOUT_S):
+            raw = await websocket.recv()
+        try:
+            message = parse_server_message(raw)
+        except ValidationError as exc:
+            raise AgentTransportError(f"the first message is not a valid hello: {exc}") from None
+        if isinstance(message, Refused):
+            raise AgentTransportError(f"refused by the server: {message.reason}")
+        if not isinstance(message, Hello):
+            raise AgentTransportError(f"the first message is {message.type!r}, not 'hello'")
+        if message.node != self.node:
+            raise AgentTransportError(
+                f"the server greeted node {message.node!r}, not {self.node!r}"
+            )
+        return message
+
+    async def _heartbeats(self, send: Send, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            await send("heartbeat", None)
+
+    async def _acks(self, send: Send) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            while self._outbox:
+                await send("ack", self._outbox[0])
+                self._outbox.popleft()
+            self._outbox_ready.clear()
+
+    async def _receive(self, websocket: ClientConnection) -> None:
+        async for raw in websocket:
+            try:
+                message = parse_server_message(raw)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                event("message-invalid", detail=f"{first['loc']}: {first['msg']}")
+                continue
+            if isinstance(message, Hello):
+                event("message-ignored", type="hello")
+            elif isinstance(message, Refused):
+                event("refused", reason=message.reason)
+            else:
+                event(
+                    "command-received",
+                    type=message.type,
+                    deployment=message.deployment_id,
+                    digest=message.digest,
+                )
+                self._commands.put_nowait(message)
+
+
+async def _first_to_finish(*coroutines: Awaitable[None]) -> None:
+    """Run coroutines until one ends; cancel the others; re-raise the first's error."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    for task in done:
+        error = task.exception()
+        if error is not None:
+            raise error
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        return f"handshake refused: HTTP {exc.response.status_code}"
+    if isinstance(exc, ConnectionClosed):
+        reason = f" {exc.rcvd.reason}" if exc.rcvd and exc.rcvd.reason else ""
+        code = exc.rcvd.code if exc.rcvd else 1006
+        return f"connection closed (code {code}{reason})"
+    if isinstance(exc, AgentTransportError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__

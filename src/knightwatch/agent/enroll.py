@@ -1,0 +1,154 @@
+"""Joining the control plane: enrollment, the node credential and the trusted keys.
+
+A new node posts its name, a one-time join token and its public key to
+``/api/agent/v1/enroll`` and receives a credential (kept in
+``ROOT/agent/credential.json``, mode 0600) and the release-signing keys the
+control plane trusts. Those keys are saved into ``ROOT/agent/trusted/`` only
+when the operator gave no ``--trust`` keys (trust on first use); keys given
+on the command line always win.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from knightwatch.agent.errors import AgentSetupError, AgentTransportError
+from knightwatch.agent.layout import NodeLayout, atomic_write
+from knightwatch.bundle.signing import TrustedKey, load_trusted_key
+from knightwatch.errors import KeyFileError
+from knightwatch.protocol.reports import NodeKey
+
+__all__ = [
+    "Credential",
+    "EnrollResponse",
+    "auth_headers",
+    "enroll",
+    "load_credential",
+    "load_trusted_keys",
+    "save_credential",
+    "save_trusted_keys",
+]
+
+ENROLL_PATH = "/api/agent/v1/enroll"
+
+
+class Credential(BaseModel):
+    """The node's name and its secret for the control plane (masked in ``repr``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: str
+    credential: SecretStr
+
+
+class EnrollResponse(BaseModel):
+    """What the control plane answers to a successful enrollment."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    node: str
+    credential: SecretStr
+    trusted_keys: Annotated[list[Annotated[str, Field(max_length=16384)]], Field(max_length=64)]
+    heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+
+
+def auth_headers(credential: Credential) -> dict[str, str]:
+    """Return the headers that authenticate the node on every request and handshake."""
+    return {
+        "X-Knightwatch-Node": credential.node,
+        "Authorization": f"Bearer {credential.credential.get_secret_value()}",
+    }
+
+
+def enroll(
+    server: str,
+    name: str,
+    token: str,
+    node_key: NodeKey,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> EnrollResponse:
+    """Enroll this node; AgentSetupError (exit 2) when the server refuses the token."""
+    url = server.rstrip("/") + ENROLL_PATH
+    body = {"name": name, "token": token, "public_key": node_key.public_text}
+    try:
+        with httpx.Client(timeout=30.0, transport=transport) as client:
+            response = client.post(url, json=body)
+    except httpx.HTTPError as exc:
+        raise AgentTransportError(
+            f"cannot enroll at {url}: {exc}", hint="check --server and that the server runs"
+        ) from exc
+    if response.status_code in (401, 403):
+        raise AgentSetupError(
+            f"enrollment refused by {server}: {_detail(response)}",
+            hint="ask the control plane operator for a fresh join token (--join)",
+        )
+    if response.status_code != 200:
+        raise AgentTransportError(
+            f"enrollment at {url} failed: HTTP {response.status_code}: {_detail(response)}"
+        )
+    try:
+        answer = EnrollResponse.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise AgentTransportError(f"enrollment at {url}: malformed answer: {exc}") from None
+    if answer.node != name:
+        raise AgentSetupError(f"the server enrolled node {answer.node!r}, not {name!r}")
+    return answer
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail) if detail else response.text[:200].strip() or response.reason_phrase
+
+
+def load_credential(layout: NodeLayout) -> Credential | None:
+    """Read ``credential.json``; None if the node has not enrolled yet."""
+    try:
+        data = layout.credential_file.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return Credential.model_validate_json(data)
+    except ValidationError as exc:
+        raise AgentSetupError(
+            f"{layout.credential_file} is malformed: {exc.errors()[0]['msg']}",
+            hint="delete it and enroll again with --join TOKEN",
+        ) from None
+
+
+def save_credential(layout: NodeLayout, credential: Credential) -> None:
+    """Write ``credential.json`` with mode 0600."""
+    data = {"node": credential.node, "credential": credential.credential.get_secret_value()}
+    atomic_write(layout.credential_file, json.dumps(data).encode("utf-8") + b"\n", mode=0o600)
+
+
+def save_trusted_keys(layout: NodeLayout, pems: list[str]) -> list[TrustedKey]:
+    """Save PEM public keys into ``trusted/`` (named by key id); refuse any malformed one."""
+    saved: list[TrustedKey] = []
+    for index, pem in enumerate(pems):
+        temp = layout.trusted_dir / f".incoming-{index}.tmp-{secrets.token_hex(4)}"
+        atomic_write(temp, pem.encode("utf-8"))
+        try:
+            key = load_trusted_key(temp)
+        except KeyFileError as exc:
+            temp.unlink(missing_ok=True)
+            raise AgentTransportError(f"the server sent a malformed trusted key: {exc}") from None
+        final = layout.trusted_dir / f"{key.keyid[:16]}.pub"
+        temp.replace(final)
+        saved.append(TrustedKey(key.keyid, key.key, str(final)))
+    return saved
+
+
+def load_trusted_keys(layout: NodeLayout, given: list[Path]) -> list[TrustedKey]:
+    """Return the keys whose signatures the agent accepts: ``given`` if any, else ``trusted/``."""
+    paths = given or sorted(layout.trusted_dir.glob("*.pub"))
+    return [load_trusted_key(path) for path in paths]

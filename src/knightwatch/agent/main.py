@@ -1,0 +1,261 @@
+"""The agent process: set up the node, then serve the control plane until told to stop.
+
+Start-up (:meth:`Agent.setup`) prepares the layout, removes what a crash
+left half-done, loads the node key, enrolls if needed, loads the trusted
+keys and reconciles the journal with ``current``. Serving
+(:meth:`Agent.serve`) first stops a service left running by an earlier,
+killed agent (identified by pid *and* start time, so a reused pid is never
+touched) and starts the current release's service afresh; then it runs the
+WebSocket connection and the command worker side by side.
+
+On SIGTERM or SIGINT the agent stops the service (halt hook, halt signal,
+grace, SIGKILL) and exits 0: ``fleet down`` relies on that. If the agent is
+SIGKILLed instead, the service (its own process group) keeps running, and
+the next agent stops it and starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from knightwatch.agent.commands import Command, CommandRunner
+from knightwatch.agent.connection import Connection
+from knightwatch.agent.enroll import (
+    Credential,
+    enroll,
+    load_credential,
+    load_trusted_keys,
+    save_credential,
+    save_trusted_keys,
+)
+from knightwatch.agent.errors import AgentSetupError
+from knightwatch.agent.events import configure_logging, event, logger
+from knightwatch.agent.httpsource import HttpReleaseSource
+from knightwatch.agent.journal import Journal, reconcile
+from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.reporting import node_state
+from knightwatch.agent.servicelog import ServiceLog
+from knightwatch.agent.settings import AgentSettings
+from knightwatch.agent.source import ReleaseSource
+from knightwatch.agent.staging import Stager
+from knightwatch.agent.supervisor import RestartPolicy, Supervisor
+from knightwatch.bundle.signing import TrustedKey
+from knightwatch.clock import Clock, SystemClock
+from knightwatch.protocol.messages import Abort, Ack, AckPhase, Commit, NodeState, Prepare
+from knightwatch.protocol.reports import NodeKey, load_node_key
+
+__all__ = ["Agent", "run_agent"]
+
+
+def run_agent(settings: AgentSettings, *, clock: Clock | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; return the exit status (0 after a clean stop).
+
+    Raise a KnightwatchError (with its exit code) if the agent cannot start.
+    """
+    configure_logging()
+    agent = Agent(settings, clock=clock)
+    agent.setup()
+    return asyncio.run(agent.serve_until_signalled())
+
+
+class Agent:
+    """One node's agent: its layout, journal, stager, supervisor and connection."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        clock: Clock | None = None,
+        source: ReleaseSource | None = None,
+        policy: RestartPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.layout = NodeLayout(settings.root.absolute())
+        self.journal = Journal(self.layout, settings.name)
+        self.policy = policy or RestartPolicy(health_timeout_s=settings.health_timeout_s)
+        self._source = source
+        self.key: NodeKey | None = None
+        self.credential: Credential | None = None
+        self.trusted: list[TrustedKey] = []
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Prepare the node; raise AgentSetupError (exit 2) when the agent cannot start."""
+        root = self.settings.root
+        try:
+            self.layout.ensure()
+            removed = self.layout.clean_leftovers()
+        except OSError as exc:
+            raise AgentSetupError(
+                f"cannot use {root} as the agent root: {exc.strerror or exc}",
+                hint="give --root a writable directory",
+            ) from exc
+        if removed:
+            event("leftovers-removed", names=removed)
+        try:
+            self.key = load_node_key(self.layout.node_key_file)
+        except (OSError, ValueError) as exc:
+            raise AgentSetupError(
+                f"cannot load the node key {self.layout.node_key_file}: {exc}",
+                hint="restore it from a backup, or remove it and enroll the node again",
+            ) from exc
+        self.credential = self._credential(self.key)
+        self.trusted = load_trusted_keys(self.layout, list(self.settings.trust))
+        if not self.trusted:
+            event("no-trusted-keys", hint="every prepare will fail; give --trust KEY")
+        self.journal.load()
+        state = reconcile(self.journal.state, self.layout)
+        if self.settings.service_port is not None:
+            state = state.model_copy(update={"service_port": self.settings.service_port})
+        self.journal.save(state)
+        event(
+            "agent-start",
+            node=self.settings.name,
+            root=str(root),
+            current=state.current,
+            previous=state.previous,
+            staged=len(state.staged),
+            trusted_keys=len(self.trusted),
+        )
+
+    def _credential(self, key: NodeKey) -> Credential:
+        credential = load_credential(self.layout)
+        if credential is not None:
+            if credential.node != self.settings.name:
+                raise AgentSetupError(
+                    f"{self.layout.credential_file} belongs to node {credential.node!r}, "
+                    f"not {self.settings.name!r}",
+                    hint="use the node's own --name, or another --root",
+                )
+            return credential
+        if not self.settings.join:
+            raise AgentSetupError(
+                f"this node has not joined {self.settings.server} yet",
+                hint="give --join TOKEN (from the control plane operator) on the first start",
+            )
+        answer = enroll(self.settings.server, self.settings.name, self.settings.join, key)
+        credential = Credential(node=answer.node, credential=answer.credential)
+        save_credential(self.layout, credential)
+        if not self.settings.trust:
+            saved = save_trusted_keys(self.layout, answer.trusted_keys)
+            event("trusted-keys-saved", count=len(saved), source="enrollment")
+        event("enrolled", node=answer.node, server=self.settings.server)
+        return credential
+
+    # --- serving -------------------------------------------------------------------------
+
+    async def serve_until_signalled(self) -> int:
+        """Serve until SIGTERM or SIGINT arrives, then stop cleanly."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            return await self.serve(stop)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    async def serve(self, stop: asyncio.Event) -> int:
+        """Run the connection and the command worker until ``stop`` is set; return 0.
+
+        Stopping cancels the command in progress (a staging thread stops at
+        its next step), halts the service while heartbeats still flow, and
+        only then closes the connection.
+        """
+        commands: asyncio.Queue[Command] = asyncio.Queue()
+        self._wire(commands)
+        worker = asyncio.create_task(self._work(commands))
+        link = asyncio.create_task(self.connection.run())
+        try:
+            await stop.wait()
+        finally:
+            event("agent-stopping", node=self.settings.name)
+            self.runner.stager.cancel.set()
+            await _cancel(worker)
+            await self.supervisor.stop(halted=True)
+            await self.supervisor.close()
+            await _cancel(link)
+            self.runner.source.close()
+            self.journal.update(service=None)
+        event("agent-stopped", node=self.settings.name)
+        return 0
+
+    def _wire(self, commands: asyncio.Queue[Command]) -> None:
+        assert self.key is not None and self.credential is not None, "call setup() first"
+        self.supervisor = Supervisor(
+            ServiceLog(self.layout.service_log), clock=self.clock, policy=self.policy
+        )
+        self.runner = CommandRunner(
+            node=self.settings.name,
+            layout=self.layout,
+            journal=self.journal,
+            stager=Stager(self.layout, self.trusted),
+            supervisor=self.supervisor,
+            source=self._source or HttpReleaseSource(self.settings.server, self.credential),
+        )
+        self.connection = Connection(
+            server=self.settings.server,
+            credential=self.credential,
+            key=self.key,
+            clock=self.clock,
+            state=self.node_state,
+            commands=commands,
+            heartbeat_s=self.settings.heartbeat_s,
+        )
+
+    def node_state(self) -> NodeState:
+        """What the agent reports about the node right now."""
+        return node_state(self.journal.state, self.supervisor.status())
+
+    async def _work(self, commands: asyncio.Queue[Command]) -> None:
+        await self.runner.resume()
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await commands.get()
+            started = loop.time()
+            event("command-start", type=command.type, deployment=command.deployment_id)
+            try:
+                ack = await self.runner.run(command)
+            except Exception as exc:  # one bad command must not stop the worker
+                logger.exception("command-crashed")
+                ack = _failed(command, f"internal error: {type(exc).__name__}: {exc}")
+            event(
+                "command-finished",
+                type=command.type,
+                deployment=command.deployment_id,
+                phase=ack.phase.value,
+                reason=ack.reason,
+                seconds=loop.time() - started,
+            )
+            self.connection.send_ack(ack)
+
+
+_FAILED = {
+    Prepare: AckPhase.PREPARE_FAILED,
+    Commit: AckPhase.COMMIT_FAILED,
+    Abort: AckPhase.ABORTED,
+}
+
+
+def _failed(command: Command, reason: str) -> Ack:
+    phase = _FAILED.get(type(command), AckPhase.ROLLBACK_FAILED)
+    return Ack(
+        deployment_id=command.deployment_id,
+        digest=command.digest,
+        phase=phase,
+        reason=reason[:4096],
+    )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await task
+        except Exception:  # reported; shutting down goes on
+            logger.exception("task-failed")

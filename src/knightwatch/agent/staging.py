@@ -1,0 +1,268 @@
+"""Staging a release: fetch, verify, build its tree beside the others, publish by rename.
+
+The order is what keeps ``releases/`` trustworthy: the manifest's digest and
+signature are checked before anything is written; the tree is built in
+``releases/.staging-<digest>-<rand>/`` (regular files hard-linked from the
+blob cache, executables copied with mode 0555, the manifest's symlinks, and
+a link for each ``data_dirs`` entry into ``ROOT/data``); every file is then
+re-hashed against the manifest, the tree made read-only, flushed to disk,
+and only then renamed to ``releases/<digest>``. Any failure deletes the
+staging directory and raises :class:`StagingError` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from knightwatch.agent.errors import StagingError
+from knightwatch.agent.events import event
+from knightwatch.agent.faults import pause_point
+from knightwatch.agent.fetch import BlobFetcher, StagingCancelledError
+from knightwatch.agent.layout import NodeLayout, atomic_write, remove_tree
+from knightwatch.agent.source import ReleaseSource
+from knightwatch.agent.verification import (
+    TreeReport,
+    check_signature,
+    parse_manifest,
+    verify_tree,
+)
+from knightwatch.bundle.blobstore import fsync_directory, sync_filesystem
+from knightwatch.bundle.manifest import FileEntry, Manifest
+from knightwatch.bundle.signing import TrustedKey
+
+__all__ = ["StagedRelease", "Stager", "data_links"]
+
+_LINK_FALLBACK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES)
+
+
+@dataclass(frozen=True)
+class StagedRelease:
+    """A release whose verified tree is in ``releases/<digest>``."""
+
+    manifest: Manifest
+    directory: Path
+    reused: bool
+    blobs_fetched: int
+    signed_by: list[str]
+
+    @property
+    def digest(self) -> str:
+        """The release digest."""
+        return self.manifest.digest
+
+
+def data_links(layout: NodeLayout, manifest: Manifest) -> dict[str, str]:
+    """Return ``{path in tree: relative link target}`` for the release's data_dirs."""
+    service = manifest.spec.service
+    if service is None:
+        return {}
+    links: dict[str, str] = {}
+    for entry in service.data_dirs:
+        rel = posixpath.normpath(entry)
+        start = layout.release_dir(manifest.digest) / posixpath.dirname(rel)
+        links[rel] = os.path.relpath(layout.data_dir / rel, start)
+    return links
+
+
+class Stager:
+    """Stages releases into a node layout, trusting only the given signing keys."""
+
+    def __init__(
+        self,
+        layout: NodeLayout,
+        trusted: list[TrustedKey],
+        *,
+        workers: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.layout = layout
+        self.trusted = trusted
+        self.workers = workers
+        self.cancel = cancel or threading.Event()
+
+    def prepare(
+        self,
+        source: ReleaseSource,
+        digest: str,
+        *,
+        release_id: str | None = None,
+        protected: frozenset[str] = frozenset(),
+    ) -> StagedRelease:
+        """Make ``releases/<digest>`` a verified tree of the release; StagingError if not.
+
+        A tree already there is re-verified and kept when it is exact; a
+        damaged one is replaced, unless its digest is ``protected`` (the
+        active release must never be removed from under its service).
+        """
+        where = source.describe()
+        manifest_bytes = source.manifest(digest)
+        manifest = parse_manifest(manifest_bytes, digest, where=where)
+        if release_id is not None and manifest.release_id != release_id:
+            raise StagingError(
+                f"the command names {release_id}, the manifest is {manifest.release_id}",
+                digest=digest,
+            )
+        signed_by = check_signature(source.envelope(digest), manifest, self.trusted)
+        final = self.layout.release_dir(digest)
+        if final.is_dir():
+            report = self.verify(manifest, final)
+            if report.ok:
+                self._save_manifest(digest, manifest_bytes)
+                return StagedRelease(manifest, final, True, 0, signed_by)
+            if digest in protected:
+                raise StagingError(
+                    f"the active tree {final} differs from its manifest: {report.summary()}",
+                    digest=digest,
+                )
+            event("release-damaged", digest=digest, problem=report.summary(), action="restage")
+            self.layout.remove_release(digest)
+        fetched = self._stage(source, manifest, manifest_bytes)
+        return StagedRelease(manifest, final, False, fetched, signed_by)
+
+    def verify(self, manifest: Manifest, tree: Path) -> TreeReport:
+        """Re-hash ``tree`` against ``manifest``."""
+        links = data_links(self.layout, manifest)
+        return verify_tree(tree, manifest, links, workers=self.workers)
+
+    def load_manifest(self, digest: str) -> Manifest:
+        """Return the verified manifest kept for a staged release."""
+        path = self.layout.manifest_file(digest)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StagingError(
+                f"release {digest[:12]}… is not staged here ({path}: {exc.strerror})",
+                digest=digest,
+            ) from exc
+        return parse_manifest(data, digest, where=os.fspath(path))
+
+    # --- building the tree -----------------------------------------------------------------
+
+    def _stage(self, source: ReleaseSource, manifest: Manifest, manifest_bytes: bytes) -> int:
+        digest = manifest.digest
+        staging = self.layout.staging_dir(digest)
+        try:
+            staging.mkdir(mode=0o755)
+        except OSError as exc:
+            raise StagingError(
+                f"cannot write {self.layout.releases_dir}: {exc.strerror}", digest=digest
+            ) from exc
+        try:
+            wanted = {f.digest: f.size for f in manifest.files if f.digest is not None}
+            fetched = BlobFetcher(self.layout, source, cancel=self.cancel).ensure_all(wanted)
+            self._check_cancel(digest)
+            self._materialise(staging, manifest)
+            pause_point("prepare", self.cancel)
+            report = self.verify(manifest, staging)
+            if not report.ok:
+                self._evict(report.corrupt)
+                raise StagingError(
+                    f"staged tree differs from the manifest: {report.summary()}", digest=digest
+                )
+            self._check_cancel(digest)
+            self._save_manifest(digest, manifest_bytes)
+            self._publish(staging, digest)
+        except OSError as exc:
+            remove_tree(staging)
+            where = exc.filename or staging
+            raise StagingError(f"cannot write {where}: {exc.strerror}", digest=digest) from exc
+        except BaseException:
+            remove_tree(staging)
+            raise
+        return fetched
+
+    def _materialise(self, staging: Path, manifest: Manifest) -> None:
+        symlinks = {f.path for f in manifest.files if f.symlink is not None}
+        for entry in manifest.files:
+            _refuse_through_symlink(entry.path, symlinks, manifest.digest)
+            target = staging / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if entry.symlink is not None:
+                _refuse_escaping_link(entry, manifest.digest)
+                os.symlink(entry.symlink, target)
+            else:
+                assert entry.digest is not None
+                self._place_file(self.layout.blobs.path_of(entry.digest), target, entry)
+        paths = {f.path for f in manifest.files}
+        for rel, link in data_links(self.layout, manifest).items():
+            if (
+                rel in paths
+                or _parents_of(rel) & paths
+                or any(p.startswith(rel + "/") for p in paths)
+            ):
+                raise StagingError(
+                    f"data_dirs entry {rel!r} collides with a file of the release",
+                    digest=manifest.digest,
+                )
+            (self.layout.data_dir / rel).mkdir(parents=True, exist_ok=True)
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(link, staging / rel)
+
+    @staticmethod
+    def _place_file(blob: Path, target: Path, entry: FileEntry) -> None:
+        if not entry.executable:
+            try:
+                os.link(blob, target)
+                return
+            except OSError as exc:
+                if exc.errno not in _LINK_FALLBACK:
+                    raise
+        shutil.copyfile(blob, target)
+        os.chmod(target, 0o555 if entry.executable else 0o444)
+
+    def _publish(self, staging: Path, digest: str) -> None:
+        for directory, subdirs, _files in os.walk(staging, topdown=False):
+            for name in subdirs:
+                path = os.path.join(directory, name)
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.chmod(path, 0o555)  # noqa: S103 - r-x for all: read-only
+        sync_filesystem([self.layout.root])
+        final = self.layout.release_dir(digest)
+        os.rename(staging, final)
+        os.chmod(final, 0o555)  # noqa: S103 - r-x for all: read-only
+        fsync_directory(self.layout.releases_dir)
+
+    def _save_manifest(self, digest: str, data: bytes) -> None:
+        atomic_write(self.layout.manifest_file(digest), data, mode=0o444)
+
+    def _evict(self, digests: set[str]) -> None:
+        for digest in digests:
+            event("blob-evicted", digest=digest, reason="content differs from its name")
+            self.layout.blobs.path_of(digest).unlink(missing_ok=True)
+
+    def _check_cancel(self, digest: str) -> None:
+        if self.cancel.is_set():
+            raise StagingCancelledError("stopped: the agent is shutting down", digest=digest)
+
+
+def _parents_of(path: str) -> set[str]:
+    parents = set()
+    parent = posixpath.dirname(path)
+    while parent:
+        parents.add(parent)
+        parent = posixpath.dirname(parent)
+    return parents
+
+
+def _refuse_through_symlink(path: str, symlinks: set[str], digest: str) -> None:
+    for parent in _parents_of(path):
+        if parent in symlinks:
+            raise StagingError(
+                f"manifest path {path!r} lies under the symlink {parent!r}", digest=digest
+            )
+
+
+def _refuse_escaping_link(entry: FileEntry, digest: str) -> None:
+    target = entry.symlink or ""
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(entry.path), target))
+    if posixpath.isabs(target) or resolved == ".." or resolved.startswith("../"):
+        raise StagingError(
+            f"manifest symlink {entry.path!r} -> {target!r} leaves the release tree", digest=digest
+        )

@@ -1,0 +1,362 @@
+"""Supervising the active release's service: start, health, restart on crash, halt.
+
+The service runs in its own session (process group), with its output
+appended to ``ROOT/logs/service.log``, so it outlives an agent that is
+killed. A crash is restarted after a back-off that doubles from 0.5 s to
+30 s; five crashes within 60 s is a *crash loop*, reported as such (state
+``crash_loop`` with the count and last exit in ``detail``) while restarts go
+on at the slow pace. Stopping runs the halt hook, signals the group, waits
+the grace period and then kills whatever is left of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from knightwatch.agent.checks import run_command, wait_healthy
+from knightwatch.agent.errors import ServiceError
+from knightwatch.agent.events import event
+from knightwatch.agent.journal import ServiceRecord
+from knightwatch.agent.process import (
+    ProcessIdentity,
+    group_alive,
+    identify,
+    signal_group,
+    signal_number,
+)
+from knightwatch.agent.runenv import ServiceLaunch
+from knightwatch.agent.servicelog import ServiceLog
+from knightwatch.bundle.spec import HaltSpec
+from knightwatch.clock import Clock, SystemClock
+from knightwatch.protocol.messages import ServiceState, ServiceStatus
+
+__all__ = ["RestartPolicy", "Supervisor", "describe_exit"]
+
+_POLL_S = 0.05
+_KILL_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How crashes are restarted and when they count as a crash loop."""
+
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    crash_window_s: float = 60.0
+    crash_loop_threshold: int = 5
+    health_timeout_s: float = 30.0
+    settle_s: float = 1.0
+    """Without a health check, a service is ready once it has stayed up this long."""
+    log_check_interval_s: float = 5.0
+
+
+def describe_exit(status: int) -> str:
+    """Describe a return code: ``exit status 3`` or ``killed by SIGKILL``."""
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-status).name}"
+        return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+class Supervisor:
+    """Runs at most one service process and reports what it is doing."""
+
+    def __init__(
+        self,
+        log: ServiceLog,
+        *,
+        clock: Clock | None = None,
+        policy: RestartPolicy | None = None,
+        on_change: Callable[[ServiceRecord | None], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.policy = policy or RestartPolicy()
+        self._clock = clock or SystemClock()
+        self.on_change = on_change
+        """Called with the journal record of the process whenever it changes."""
+        self._launch: ServiceLaunch | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._identity: ProcessIdentity | None = None
+        self._state = ServiceState.NONE
+        self._detail: str | None = None
+        self._restarts = 0
+        self._crashes: deque[float] = deque()
+        self._last_exit: str | None = None
+        self._backoff = self.policy.initial_backoff_s
+        self._ready: asyncio.Future[str | None] | None = None
+        self._ready_task: asyncio.Task[None] | None = None
+        self._rotator: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.version: str | None = None
+
+    @property
+    def launch(self) -> ServiceLaunch | None:
+        """What the supervisor runs (or last ran)."""
+        return self._launch
+
+    @property
+    def running(self) -> bool:
+        """True while a service process is alive."""
+        return self._process is not None and self._process.returncode is None
+
+    def status(self) -> ServiceStatus:
+        """Return the service as the agent reports it."""
+        state, detail = self._state, self._detail
+        if state not in (ServiceState.STOPPED, ServiceState.HALTED) and self._crash_loop():
+            state = ServiceState.CRASH_LOOP
+            detail = (
+                f"crashed {len(self._crashes)} times in {self.policy.crash_window_s:g} s "
+                f"(last: {self._last_exit}); next restart in {self._backoff:g} s"
+            )
+        identity = self._identity if self.running else None
+        return ServiceStatus(
+            state=state,
+            pid=identity.pid if identity else None,
+            started_at=identity.started_at if identity else None,
+            restarts=self._restarts,
+            version=self.version,
+            detail=detail[:4096] if detail else None,
+        )
+
+    def record(self) -> ServiceRecord | None:
+        """Return the journal record naming the running process, if any."""
+        if not self.running or self._identity is None or self._launch is None:
+            return None
+        ident = self._identity
+        return ServiceRecord(
+            pid=ident.pid,
+            start_ticks=ident.start_ticks,
+            boot_id=ident.boot_id,
+            started_at=ident.started_at,
+            digest=self._launch.digest,
+        )
+
+    async def start(self, launch: ServiceLaunch) -> None:
+        """Start ``launch``'s service (stopping any running one first).
+
+        Raise ServiceError if the process cannot be spawned; a process that
+        spawns and then dies is restarted, and :meth:`wait_ready` reports it.
+        """
+        await self.stop()
+        self._launch = launch
+        self._restarts = 0
+        self._crashes.clear()
+        self._last_exit = None
+        self.version = None
+        try:
+            process = await self._spawn(launch)
+        except ServiceError as exc:
+            self._state, self._detail = ServiceState.STOPPED, exc.message
+            raise
+        self._watcher = asyncio.create_task(self._watch(process, launch))
+        self._rotator = asyncio.create_task(self._rotate_logs())
+
+    async def wait_ready(self) -> str | None:
+        """Wait until the current process is healthy (None) or why it is not."""
+        if self._ready is None:
+            return self._detail or "the service is not running"
+        return await asyncio.shield(self._ready)
+
+    async def stop(self, *, halted: bool = False) -> None:
+        """Stop the service: halt hook, halt signal, grace period, then SIGKILL of the group."""
+        await self.close()
+        process, launch = self._process, self._launch
+        if process is not None and process.returncode is None and launch is not None:
+            await self._terminate(process.pid, launch.spec.halt, launch)
+            await process.wait()
+            event("service-stopped", pid=process.pid, release=launch.release_id, halted=halted)
+        self._resolve_ready("the service was stopped")
+        self._process = None
+        self._identity = None
+        if launch is not None or halted:
+            self._state = ServiceState.HALTED if halted else ServiceState.STOPPED
+            self._detail = None
+        self._notify()
+
+    def forget(self) -> None:
+        """Stop reporting a release's service (the active release has none); call after stop."""
+        self._launch = None
+        self.version = None
+        self._state, self._detail = ServiceState.NONE, None
+
+    async def stop_adopted(self, record: ServiceRecord, launch: ServiceLaunch | None) -> bool:
+        """Stop a service started by an earlier agent run, if it is still that process.
+
+        The process must have the recorded pid, start time and boot id; a
+        reused pid is left alone. Return True if a process was stopped.
+        """
+        identity = identify(record.pid)
+        if identity is None or (identity.start_ticks, identity.boot_id) != (
+            record.start_ticks,
+            record.boot_id,
+        ):
+            return False
+        halt = launch.spec.halt if launch is not None else HaltSpec()
+        event("service-adopted", pid=record.pid, digest=record.digest, action="stop")
+        await self._terminate(record.pid, halt, launch)
+        return True
+
+    async def close(self) -> None:
+        """Cancel the supervisor's background tasks (the service keeps running)."""
+        tasks = [self._watcher, self._ready_task, self._rotator]
+        self._watcher = self._ready_task = self._rotator = None
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # --- processes -----------------------------------------------------------------------
+
+    async def _spawn(self, launch: ServiceLaunch) -> asyncio.subprocess.Process:
+        argv = launch.argv(launch.spec.command)
+        env = launch.environment()
+        self.log.rotate_if_needed()
+        fd = self.log.open_for_child()
+        try:
+            os.write(fd, f"--- knightwatch: starting {launch.release_id}\n".encode())
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=os.fspath(launch.release_dir),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot start the service of {launch.release_id} ({argv[0]}): "
+                f"{exc.strerror or exc}"
+            ) from exc
+        finally:
+            os.close(fd)
+        self._process = process
+        self._identity = identify(process.pid)
+        self._state, self._detail = ServiceState.STARTING, None
+        self._ready = asyncio.get_running_loop().create_future()
+        self._ready_task = asyncio.create_task(self._check_ready(launch, self._ready))
+        event("service-start", pid=process.pid, release=launch.release_id, restarts=self._restarts)
+        self._notify()
+        return process
+
+    async def _watch(self, process: asyncio.subprocess.Process, launch: ServiceLaunch) -> None:
+        backoff = self.policy.initial_backoff_s
+        while True:
+            spawned = self._clock.monotonic()
+            status = await process.wait()
+            if self._clock.monotonic() - spawned >= self.policy.crash_window_s:
+                backoff = self.policy.initial_backoff_s
+            self._record_crash(describe_exit(status), launch, backoff)
+            while True:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.policy.max_backoff_s)
+                self._restarts += 1
+                try:
+                    process = await self._spawn(launch)
+                    break
+                except ServiceError as exc:
+                    self._record_crash(exc.message, launch, backoff)
+
+    def _record_crash(self, how: str, launch: ServiceLaunch, backoff: float) -> None:
+        now = self._clock.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > self.policy.crash_window_s:
+            self._crashes.popleft()
+        self._last_exit = how
+        self._backoff = backoff
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+            self._ready_task = None
+        tail = self.log.tail(3)
+        reason = f"the service exited ({how}) before it was healthy" + (
+            f"; its last output: {tail}" if tail else ""
+        )
+        self._resolve_ready(reason)
+        self._process = None
+        self._identity = None
+        self._state = ServiceState.STARTING
+        self._detail = f"{how}; restart {self._restarts + 1} in {backoff:g} s"
+        event(
+            "service-exit",
+            release=launch.release_id,
+            how=how,
+            restart_in_s=backoff,
+            crash_loop=self._crash_loop(),
+        )
+        self._notify()
+
+    async def _check_ready(self, launch: ServiceLaunch, ready: asyncio.Future[str | None]) -> None:
+        check = launch.spec.health
+        reason = None
+        if check is None:
+            await asyncio.sleep(self.policy.settle_s)
+        else:
+            reason = await wait_healthy(check, launch, timeout_s=self.policy.health_timeout_s)
+        if ready.done():
+            return
+        if reason is None:
+            self._state, self._detail = ServiceState.RUNNING, None
+        else:
+            self._detail = reason
+        ready.set_result(reason)
+        self._notify()
+
+    async def _terminate(
+        self,
+        pgid: int,
+        halt: HaltSpec,
+        launch: ServiceLaunch | None,
+    ) -> None:
+        if halt.hook is not None and launch is not None:
+            status, output = await run_command(
+                launch.argv(halt.hook),
+                cwd=os.fspath(launch.release_dir),
+                env=launch.environment(),
+                timeout_s=halt.grace_s,
+            )
+            event("halt-hook", status=status, output=output or None)
+        signal_group(pgid, signal_number(halt.signal))
+        if await self._wait_group_gone(pgid, halt.grace_s):
+            return
+        event("service-kill", pgid=pgid, grace_s=halt.grace_s)
+        signal_group(pgid, signal.SIGKILL)
+        await self._wait_group_gone(pgid, _KILL_WAIT_S)
+
+    @staticmethod
+    async def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while group_alive(pgid):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_POLL_S)
+        return True
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _crash_loop(self) -> bool:
+        now = self._clock.monotonic()
+        recent = [t for t in self._crashes if now - t <= self.policy.crash_window_s]
+        return len(recent) >= self.policy.crash_loop_threshold
+
+    def _resolve_ready(self, reason: str) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(reason)
+
+    async def _rotate_logs(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.log_check_interval_s)
+            if await asyncio.to_thread(self.log.rotate_if_needed):
+                event("service-log-rotated", path=str(self.log.path))
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.record())
