@@ -88,6 +88,8 @@ class CommandRunner:
                 return await self.prepare(command)
             case Commit():
                 return await self._switch(command, _COMMIT)
+            case Rollback(digest=None):
+                return await self.deactivate(command)
             case Rollback():
                 return await self._switch(command, _ROLLBACK)
             case Abort():
@@ -120,6 +122,21 @@ class CommandRunner:
             blobs_fetched=staged.blobs_fetched,
         )
         return _ack(command, AckPhase.PREPARED)
+
+    async def deactivate(self, command: Rollback) -> Ack:
+        """Roll back to no release: stop the service and remove ``current``.
+
+        What a node that had nothing before a failed first deployment returns to.
+        """
+        state = self.journal.state
+        await self.supervisor.stop()
+        try:
+            self.layout.clear_current()
+        except KnightwatchError as exc:
+            return _ack(command, AckPhase.ROLLBACK_FAILED, exc.message)
+        self.journal.update(current=None, previous=None, pending=None)
+        event("switched", op="rollback", to="nothing", previous=state.current)
+        return _ack(command, AckPhase.ROLLED_BACK)
 
     async def abort(self, command: Abort) -> Ack:
         """Remove a staged release unless it is the current or previous one."""
@@ -156,6 +173,7 @@ class CommandRunner:
 
     async def _switch(self, command: Commit | Rollback, how: _Switch) -> Ack:
         digest = command.digest
+        assert digest is not None  # a rollback to nothing is deactivate()
         state = self.journal.state
         if state.current == digest:
             reason = await self._ensure_healthy(digest)

@@ -154,6 +154,16 @@ class NodeLayout:
                 f"cannot switch {self.current} to {digest[:12]}: {exc.strerror or exc}"
             ) from exc
 
+    def clear_current(self) -> None:
+        """Remove ``current`` (no release active), durably; nothing if already absent."""
+        try:
+            self.current.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SwitchError(f"cannot remove {self.current}: {exc.strerror or exc}") from exc
+        fsync_directory(self.root)
+
     def staging_dir(self, digest: str) -> Path:
         """Return a fresh, unused name for staging ``digest`` beside its final place."""
         return self.releases_dir / f"{_STAGING_PREFIX}{digest}-{secrets.token_hex(4)}"

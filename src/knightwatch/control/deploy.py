@@ -507,22 +507,18 @@ class Orchestrator:
         self, session: Session, deployment: Deployment, row: DeploymentNode
     ) -> Iterable[tuple[str, Command]]:
         phase = P(row.phase)
-        if phase == P.ROLLING_BACK and row.previous_digest is not None:
-            previous = session.get(Release, row.previous_digest)
-            release_id = previous.release_id if previous else row.previous_digest[:12]
+        if phase == P.ROLLING_BACK:
+            previous = session.get(Release, row.previous_digest) if row.previous_digest else None
             return [
                 (
                     row.node_name,
                     Rollback(
                         deployment_id=deployment.id,
                         digest=row.previous_digest,
-                        release_id=release_id,
+                        release_id=previous.release_id if previous else None,
                     ),
                 )
             ]
-        if phase == P.ROLLING_BACK:
-            self._set_phase(session, row, P.ROLLED_BACK, "no previous release on this node")
-            return []
         release = _release(session, deployment)
         if phase == P.PREPARING:
             return [

@@ -72,12 +72,16 @@ class Commit(_Message):
 
 
 class Rollback(_Message):
-    """Return to ``digest`` (the previous release, still on disk), restart, check."""
+    """Return to ``digest`` (the previous release, still on disk), restart, check.
+
+    ``digest`` None means the node ran no release before this deployment: stop
+    the service and remove ``current``, so no node is left on the failed release.
+    """
 
     type: Literal["rollback"] = "rollback"
     deployment_id: Annotated[int, Field(ge=1)]
-    digest: Digest
-    release_id: Annotated[str, Field(max_length=200)]
+    digest: Digest | None
+    release_id: Annotated[str, Field(max_length=200)] | None
 
 
 class Abort(_Message):
@@ -155,7 +159,8 @@ class Ack(_Message):
     """The answer to one command (``deployment_id`` + ``digest`` identify it)."""
 
     deployment_id: Annotated[int, Field(ge=1)]
-    digest: Digest
+    digest: Digest | None
+    """The command's digest (None only for a rollback to no release)."""
     phase: AckPhase
     reason: Reason | None = None
 
