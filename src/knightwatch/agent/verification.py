@@ -168,7 +168,9 @@ def _check_contents(
     tree: Path, files: list[FileEntry], report: TreeReport, workers: int | None
 ) -> None:
     tasks = [HashTask(os.fspath(tree / entry.path)) for entry in files]
-    for entry, result in zip(files, digest_files(tasks, workers=workers), strict=True):
+    for entry, result in zip(
+        files, digest_files(tasks, workers=workers, threads=True), strict=True
+    ):
         if result.error is not None:
             report.problems.append(f"{entry.path}: {result.error}")
         elif result.digest != entry.digest:

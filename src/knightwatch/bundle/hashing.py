@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,14 +55,20 @@ def digest_files(
     *,
     workers: int | None = None,
     on_done: Callable[[FileDigest], None] | None = None,
+    threads: bool = False,
 ) -> list[FileDigest]:
     """Hash every task's file, in worker processes when there are enough files.
 
+    ``threads`` uses a thread pool instead: right for a long-running,
+    multi-threaded process (the agent), which must not fork and would pay a
+    forkserver's start-up on every call; hashlib releases the GIL on large
+    buffers, so threads still use every core on big files.
     Results come back in task order; ``on_done`` is called as each finishes.
     """
     workers = workers or worker_count()
     results: list[FileDigest] = []
-    for result in _run(tasks, workers):
+    runs = _run_threads(tasks, workers) if threads else _run(tasks, workers)
+    for result in runs:
         results.append(result)
         if on_done is not None:
             on_done(result)
@@ -77,6 +83,14 @@ def _run(tasks: Sequence[HashTask], workers: int) -> Iterator[FileDigest]:
     context = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         yield from pool.map(hash_task, tasks, chunksize=chunk)
+
+
+def _run_threads(tasks: Sequence[HashTask], workers: int) -> Iterator[FileDigest]:
+    if workers == 1 or len(tasks) < 64:
+        yield from map(hash_task, tasks)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
+        yield from pool.map(hash_task, tasks)
 
 
 def _start_method() -> str:
