@@ -9,7 +9,8 @@ status the CLI exits with::
     │   ├── SpecError                         knightwatch.toml is malformed
     │   ├── SourceTreeError                   a source tree breaks a build rule
     │   ├── KeyFileError                      a signing key is missing or malformed
-    │   └── ReleaseNotFoundError              no release matches a reference
+    │   ├── ReleaseNotFoundError              no release matches a reference
+    │   └── BlobNotFoundError                 no blob has a digest
     ├── GateRefusedError              exit 3  (a safety gate refused the operation)
     ├── VerificationError             exit 1  (bytes or signatures do not match)
     └── StoreError                    exit 1  (the disk or database failed us)
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BlobNotFoundError",
     "GateRefusedError",
     "InvalidInputError",
     "KeyFileError",
@@ -83,6 +85,14 @@ class ReleaseNotFoundError(InvalidInputError):
     def __init__(self, ref: str, *, hint: str | None = None) -> None:
         super().__init__(f"no release matches {ref!r}", hint=hint)
         self.ref = ref
+
+
+class BlobNotFoundError(InvalidInputError):
+    """No blob in the store has this digest."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"no blob {digest}")
+        self.digest = digest
 
 
 class GateRefusedError(KnightwatchError):

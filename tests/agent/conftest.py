@@ -1,9 +1,15 @@
-"""Fixtures for the agent: built release stores, node layouts, services, free ports."""
+"""Fixtures for the agent: built release stores, node layouts, services, free ports.
+
+Tests of the agent's client side run it against a real control plane: a
+``knightwatch server`` process started by :class:`knightwatch.testing.LocalFleet`
+(with no agents of its own), which the tests drive through its operator API.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -20,6 +26,7 @@ from knightwatch.agent.staging import Stager
 from knightwatch.bundle import BuildResult, SigningKey, TrustedKey, build_release
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.release_store import ReleaseStore
+from knightwatch.testing import LocalFleet, wait_until
 from tests.conftest import EXAMPLE
 
 T = TypeVar("T")
@@ -171,3 +178,112 @@ def reap() -> Iterator[Callable[[int], None]]:
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+# --- the real control plane ------------------------------------------------------------------
+
+SERVER_ENV = {"KNIGHTWATCH_HEARTBEAT_S": "0.2"}
+"""The server tells agents to report every 0.2 s, so reports and reconnects show up soon."""
+SETTLE_S = 120.0
+"""How long to wait for anything to happen: generous; nothing here measures speed."""
+_NODE_NUMBERS = itertools.count(1)
+
+
+def control_plane_in(directory: Path, key_dir: Path) -> LocalFleet:
+    """A real control plane trusting the test signing key, with no agents (not started yet)."""
+    return LocalFleet(directory, nodes=0, trust=[key_dir / "release.pub"], server_env=SERVER_ENV)
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory, key_dir: Path) -> Iterator[LocalFleet]:
+    """A real ``knightwatch server`` shared by a module's tests (each test uses its own node)."""
+    with control_plane_in(tmp_path_factory.mktemp("plane"), key_dir) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def own_control_plane(tmp_path: Path, key_dir: Path) -> Iterator[LocalFleet]:
+    """A real ``knightwatch server`` for this test alone (for tests that stop and restart it)."""
+    with control_plane_in(tmp_path / "plane", key_dir) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def node_name() -> str:
+    """A node name no other test in this process uses (tests share a control plane)."""
+    return f"node{next(_NODE_NUMBERS)}"
+
+
+def node_status(fleet: LocalFleet, name: str) -> dict[str, Any]:
+    """Node ``name`` as GET /api/v1/status shows it (empty if the server does not know it)."""
+    nodes = {n["name"]: n for n in fleet.status()["nodes"]}
+    return dict(nodes.get(name, {}))
+
+
+def wait_connected(fleet: LocalFleet, name: str) -> dict[str, Any]:
+    """Wait until the server shows ``name`` connected and reporting; return its status."""
+
+    def connected() -> dict[str, Any] | None:
+        node = node_status(fleet, name)
+        return node if node.get("connected") and node["last_report_age_s"] is not None else None
+
+    return wait_until(connected, timeout=SETTLE_S, what=f"{name} to connect", interval=0.05)
+
+
+def wait_disconnected(fleet: LocalFleet, name: str) -> None:
+    """Wait until the server shows ``name`` disconnected."""
+    wait_until(
+        lambda: not node_status(fleet, name).get("connected"),
+        timeout=SETTLE_S,
+        what=f"{name} to disconnect",
+        interval=0.05,
+    )
+
+
+def wait_fresh_report(fleet: LocalFleet, name: str) -> dict[str, Any]:
+    """Wait until the server accepts a new report from ``name``; return the node's status.
+
+    The age of a node's last report only grows until the next report is
+    accepted, so a smaller age than the poll before means a new report.
+    """
+    ages: list[float] = []
+
+    def fresh() -> dict[str, Any] | None:
+        node = node_status(fleet, name)
+        age = node["last_report_age_s"] if node.get("connected") else None
+        if age is None:
+            ages.clear()
+            return None
+        newer = bool(ages) and age < ages[-1]
+        ages.append(age)
+        return node if newer else None
+
+    return wait_until(fresh, timeout=SETTLE_S, what=f"a new report from {name}", interval=0.05)
+
+
+def deploy(fleet: LocalFleet, store: Path, built: BuildResult, name: str) -> dict[str, Any]:
+    """Push ``built`` and deploy it to node ``name``; return the finished deployment."""
+    fleet.push(store, built.release_id)
+    return fleet.deploy(built.release_id, nodes=name, timeout=300)
+
+
+def node_row(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    """Node ``name``'s phase, reason, pid and version as the deployment recorded them."""
+    rows = [n for n in deployment["nodes"] if n["node"] == name]
+    assert len(rows) == 1, deployment
+    return dict(rows[0])
+
+
+def node_events(deployment: dict[str, Any], name: str) -> list[str]:
+    """The events the deployment recorded for node ``name``, in order."""
+    return [e["event"] for e in deployment["events"] if e["node"] == name]
+
+
+def server_blob(fleet: LocalFleet, digest: str) -> Path:
+    """Where the control plane keeps a blob."""
+    return fleet.directory / "server" / "blobs" / "sha256" / digest[:2] / digest[2:]
+
+
+def server_log(fleet: LocalFleet) -> str:
+    """The control plane's log so far."""
+    return (fleet.directory / "logs" / "server.log").read_text(errors="replace")

@@ -1,4 +1,4 @@
-"""The agent as a real process: enroll, deploy, SIGTERM halts the service, SIGKILL adopts it."""
+"""The agent as a real process against the real control plane: SIGTERM halts, SIGKILL adopts."""
 
 from __future__ import annotations
 
@@ -6,18 +6,25 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import pytest
 import typer
 from typer.testing import CliRunner
 
 from knightwatch.agent.process import identify
 from knightwatch.cli.agent import register
-from knightwatch.protocol.messages import AckPhase, Commit, Prepare, ServiceState
-from tests.agent.conftest import Releases, free_port, wait_for
-from tests.agent.plane import StubPlane
+from knightwatch.testing import LocalFleet, wait_until
+from tests.agent.conftest import (
+    SETTLE_S,
+    Releases,
+    deploy,
+    free_port,
+    node_row,
+    node_status,
+    wait_connected,
+)
 
 AGENT = [
     sys.executable,
@@ -26,21 +33,15 @@ AGENT = [
 ]
 
 
-@pytest.fixture
-def plane(releases: Releases, key_dir: Path) -> Iterator[StubPlane]:
-    """A stub control plane serving the test store."""
-    releases.store.mkdir(exist_ok=True)
-    with StubPlane(releases.store, [(key_dir / "release.pub").read_text()]) as stub:
-        yield stub
-
-
 class AgentProcess:
     """``knightwatch agent`` started as a subprocess, its stderr kept in a file."""
 
-    def __init__(self, plane: StubPlane, root: Path, port: int, *extra: str) -> None:
-        self.log = root.parent / f"agent-{len(list(root.parent.glob('agent-*.log')))}.log"
-        args = ["--server", plane.url, "--root", str(root), "--name", "node1"]
-        args += ["--service-port", str(port), "--heartbeat", "0.2", *extra]
+    def __init__(self, fleet: LocalFleet, name: str, port: int, *extra: str) -> None:
+        root = fleet.root(name)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        self.log = root.parent / f"{name}-{len(list(root.parent.glob(f'{name}-*.log')))}.log"
+        args = ["--server", fleet.url, "--root", str(root), "--name", name]
+        args += ["--service-port", str(port), *extra]
         with self.log.open("wb") as err:
             self.process = subprocess.Popen([*AGENT, *args], stderr=err)
 
@@ -56,38 +57,33 @@ class AgentProcess:
             self.process.wait()
 
 
-def deploy(plane: StubPlane, releases: Releases) -> int:
-    """Deploy the example release through the WebSocket; return the service pid."""
+def deploy_example(fleet: LocalFleet, releases: Releases, name: str) -> int:
+    """Deploy the example release to ``name`` for real; return the service pid it recorded."""
     built = releases.smars()
-    ids = {"deployment_id": 1, "digest": built.digest, "release_id": built.release_id}
-    plane.send(Prepare(**ids))  # type: ignore[arg-type]
-    wait_for(lambda: any(r.ack and r.ack.phase is AckPhase.PREPARED for r in plane.reports()), "")
-    plane.send(Commit(**ids))  # type: ignore[arg-type]
-    wait_for(
-        lambda: any(r.ack and r.ack.phase is AckPhase.ACTIVE for r in plane.reports()),
-        "no ACTIVE ack",
-        120,
-    )
-    pid = plane.reports()[-1].state.service.pid
-    assert pid is not None
+    done = deploy(fleet, releases.store, built, name)
+    assert done["state"] == "SUCCEEDED", done
+    row = node_row(done, name)
+    assert row["phase"] == "ACTIVE" and row["pid"] is not None
+    pid: int = row["pid"]
     return pid
 
 
 class TestLifecycle:
     def test_sigterm_halts_the_service_and_exits_0(
         self,
-        plane: StubPlane,
+        control_plane: LocalFleet,
         releases: Releases,
-        tmp_path: Path,
+        node_name: str,
         reap: Callable[[int], None],
     ) -> None:
         """SIGTERM stops the service (its process group) and the agent exits 0."""
-        root = tmp_path / "node"
-        agent = AgentProcess(plane, root, free_port(), "--join", plane.token)
+        fleet = control_plane
+        agent = AgentProcess(fleet, node_name, free_port(), "--join", fleet.enroll(node_name))
         try:
-            wait_for(plane.connected, "the agent did not connect")
-            pid = deploy(plane, releases)
+            wait_connected(fleet, node_name)
+            pid = deploy_example(fleet, releases, node_name)
             reap(pid)
+            assert identify(pid) is not None
             assert agent.stop(signal.SIGTERM) == 0
         finally:
             agent.kill()
@@ -95,41 +91,45 @@ class TestLifecycle:
         log = agent.log.read_text()
         assert "event=connect" in log and "event=agent-stopped" in log
         assert "event=command-finished type=commit" in log
-        assert json.loads((root / "state.json").read_text())["service"] is None
+        assert json.loads((fleet.root(node_name) / "state.json").read_text())["service"] is None
+        wait_until(
+            lambda: not node_status(fleet, node_name)["connected"],
+            timeout=SETTLE_S,
+            what=f"{node_name} to disconnect",
+        )
 
     def test_killed_agent_leaves_the_service_and_the_next_one_replaces_it(
         self,
-        plane: StubPlane,
+        control_plane: LocalFleet,
         releases: Releases,
-        tmp_path: Path,
+        node_name: str,
         reap: Callable[[int], None],
     ) -> None:
         """After SIGKILL the service runs on; the restarted agent stops it and starts afresh."""
-        root, port = tmp_path / "node", free_port()
-        first = AgentProcess(plane, root, port, "--join", plane.token)
+        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
+        first = AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name))
         second: AgentProcess | None = None
         try:
-            wait_for(plane.connected, "the agent did not connect")
-            old = deploy(plane, releases)
+            wait_connected(fleet, node_name)
+            old = deploy_example(fleet, releases, node_name)
             reap(old)
             first.stop(signal.SIGKILL)
             assert identify(old) is not None
-            second = AgentProcess(plane, root, port)
+            second = AgentProcess(fleet, node_name, port)
 
-            def new_service() -> int | None:
-                if len(plane.sessions) < 2:
-                    return None
-                service = plane.reports()[-1].state.service
-                running = service.state is ServiceState.RUNNING and service.pid != old
-                return service.pid if running else None
+            def new_service() -> dict[str, Any] | None:
+                node = node_status(fleet, node_name)
+                fresh = node["service_pid"] not in (None, old)
+                running = node["connected"] and node["service_state"] == "running"
+                return node if fresh and running else None
 
-            wait_for(lambda: new_service() is not None, "no fresh service", 120)
-            new = new_service()
-            assert new is not None
+            node = wait_until(new_service, timeout=SETTLE_S, what="a fresh service", interval=0.1)
+            new = node["service_pid"]
             reap(new)
             assert identify(old) is None
             state = json.loads((root / "state.json").read_text())
             assert state["service"]["pid"] == new
+            assert node["active_digest"] == state["current"]
             assert second.stop(signal.SIGTERM) == 0
             assert identify(new) is None
         finally:

@@ -1,25 +1,63 @@
-"""The agent against a control plane speaking the contract: enroll, report, obey, reconnect."""
+"""The agent against the real control plane: enroll, report, obey, reconnect, survive faults.
+
+The control plane is a real ``knightwatch server`` process (``LocalFleet``
+with no agents of its own); the agent runs in this process
+(:class:`AgentThread`) with its root in a real directory. Nodes are enrolled
+and releases deployed through the operator API, exactly as an operator
+would; the tests then look at the node's directory, at GET /api/v1/status
+and at what the deployment recorded. Network faults come from
+``tests.agent.network_faults``, in front of or instead of the real server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from knightwatch.agent.errors import AgentSetupError
 from knightwatch.agent.main import Agent
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.supervisor import RestartPolicy
-from knightwatch.bundle import BuildResult
-from knightwatch.protocol.messages import AckPhase, Commit, Prepare, ServiceState
-from tests.agent.conftest import Releases, free_port, wait_for
-from tests.agent.plane import StubPlane
+from knightwatch.protocol import SignedReport, load_node_key, open_report, public_key_from_text
+from knightwatch.testing import LocalFleet
+from tests.agent.conftest import (
+    SERVICE_FILES,
+    SETTLE_S,
+    Releases,
+    deploy,
+    free_port,
+    node_events,
+    node_row,
+    node_status,
+    server_blob,
+    server_log,
+    wait_connected,
+    wait_disconnected,
+    wait_for,
+    wait_fresh_report,
+)
+from tests.agent.network_faults import FlakyLink, HostilePeer
+
+BLOBS = "/api/agent/v1/blobs"
+NO_SERVICE_SPEC = """\
+[release]
+name = "{name}"
+version = "{version}"
+
+[[component]]
+name = "data"
+version = "1.0.0"
+paths = ["**"]
+"""
 
 
 class AgentThread:
@@ -53,200 +91,297 @@ class AgentThread:
         self._thread.join(timeout=120)
         assert not self._thread.is_alive(), "the agent did not stop"
 
+    @property
+    def alive(self) -> bool:
+        """Whether the agent is still serving."""
+        return self._thread.is_alive()
+
+    @property
+    def sessions(self) -> int:
+        """How many WebSocket sessions the agent has started (one per accepted hello)."""
+        return self.agent.connection.sessions
+
+
+def settings(
+    fleet: LocalFleet, name: str, *, join: str | None, server: str | None = None
+) -> AgentSettings:
+    """Agent settings for node ``name`` of ``fleet`` (rooted where LocalFleet roots its nodes)."""
+    return AgentSettings(
+        server=server or fleet.url,
+        root=fleet.root(name),
+        name=name,
+        join=join,
+        service_port=free_port(),
+    )
+
+
+def joined(fleet: LocalFleet, name: str, *, server: str | None = None) -> AgentThread:
+    """An agent for ``name`` holding a fresh join token from the operator API."""
+    return AgentThread(settings(fleet, name, join=fleet.enroll(name), server=server))
+
+
+def agent_headers(fleet: LocalFleet, name: str) -> dict[str, str]:
+    """The headers the node authenticates with, from its credential file."""
+    secret = json.loads((fleet.root(name) / "agent" / "credential.json").read_text())["credential"]
+    return {"X-Knightwatch-Node": name, "Authorization": f"Bearer {secret}"}
+
 
 @pytest.fixture
-def plane(releases: Releases, key_dir: Path) -> Iterator[StubPlane]:
-    """A stub control plane serving the test store, trusting the test signing key."""
-    releases.store.mkdir(exist_ok=True)
-    with StubPlane(releases.store, [(key_dir / "release.pub").read_text()]) as stub:
-        yield stub
+def agent_events() -> Iterator[list[logging.LogRecord]]:
+    """Every event the in-process agent logs during the test."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("knightwatch.agent")
+    handler, level = Keep(level=logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
-def settings(plane: StubPlane, root: Path, **changes: object) -> AgentSettings:
-    """Agent settings for node1 joining ``plane``."""
-    values: dict[str, object] = {
-        "server": plane.url,
-        "root": root,
-        "name": "node1",
-        "join": plane.token,
-        "service_port": free_port(),
-    }
-    values.update(changes)
-    return AgentSettings(**values)  # type: ignore[arg-type]
-
-
-def deploy(plane: StubPlane, built: BuildResult, deployment: int) -> tuple[AckPhase, AckPhase]:
-    """Prepare and commit ``built`` through the WebSocket; return both ack phases."""
-    ids = {"deployment_id": deployment, "digest": built.digest, "release_id": built.release_id}
-    plane.send(Prepare(**ids))  # type: ignore[arg-type]
-    prepared = plane.ack_for(deployment, built.digest).ack
-    assert prepared is not None
-    if prepared.phase is not AckPhase.PREPARED:
-        return prepared.phase, prepared.phase
-    before = len(plane.reports())
-    plane.send(Commit(**ids))  # type: ignore[arg-type]
-
-    def committed() -> AckPhase | None:
-        for report in plane.reports()[before:]:
-            if report.ack and report.ack.phase is not AckPhase.PREPARED:
-                return report.ack.phase
-        return None
-
-    wait_for(lambda: committed() is not None, "no commit ack", 120)
-    phase = committed()
-    assert phase is not None
-    return prepared.phase, phase
+@pytest.fixture
+def link(control_plane: LocalFleet) -> Iterator[FlakyLink]:
+    """A fault-injecting TCP relay in front of the real control plane."""
+    with FlakyLink(control_plane.port) as relay:
+        yield relay
 
 
 class TestSession:
-    def test_enrolls_then_reports_inventory_and_heartbeats(
-        self, plane: StubPlane, tmp_path: Path
+    def test_enrolls_reports_and_reuses_its_credential(
+        self, control_plane: LocalFleet, node_name: str
     ) -> None:
-        """After enrolling, the agent's first report is the inventory (seq 1), then heartbeats."""
-        root = tmp_path / "node"
-        with AgentThread(settings(plane, root)):
-            wait_for(lambda: len(plane.reports()) >= 4, "no heartbeats")
-        session = plane.sessions[0]
-        assert session.refused is None
-        kinds = [r.kind for r in session.reports]
-        assert kinds[0] == "inventory" and set(kinds[1:]) == {"heartbeat"}
-        assert [r.seq for r in session.reports] == list(range(1, len(session.reports) + 1))
-        assert {r.nonce for r in session.reports} == {session.nonce}
+        """The node enrolls and reports; its 0600 credential lets a second start skip --join."""
+        fleet, root = control_plane, control_plane.root(node_name)
+        with joined(fleet, node_name) as running:
+            node = wait_connected(fleet, node_name)
+            assert node["status"] == "enrolled"
+            for _ in range(3):  # heartbeats keep coming, each accepted (seq, nonce, signature)
+                wait_fresh_report(fleet, node_name)
+            assert running.sessions == 1
+        wait_disconnected(fleet, node_name)
+        assert f"report from {node_name} refused" not in server_log(fleet)
+
         credential = root / "agent" / "credential.json"
         assert stat.S_IMODE(credential.stat().st_mode) == 0o600
-        assert json.loads(credential.read_text())["credential"] == plane.credentials["node1"]
+        unknown = f"{fleet.url}/api/agent/v1/releases/{'e' * 64}/manifest"
+        answer = httpx.get(unknown, headers=agent_headers(fleet, node_name), trust_env=False)
+        assert answer.status_code == 404  # authenticated: the server just has no such release
         assert len(list((root / "agent" / "trusted").glob("*.pub"))) == 1
 
-    def test_deploys_over_the_websocket(
-        self, plane: StubPlane, releases: Releases, tmp_path: Path
+        saved = credential.read_bytes()
+        with AgentThread(settings(fleet, node_name, join=None)) as again:
+            wait_connected(fleet, node_name)
+            wait_fresh_report(fleet, node_name)
+            assert again.sessions == 1
+        assert credential.read_bytes() == saved
+        assert node_status(fleet, node_name)["status"] == "enrolled"
+
+    def test_deploys_through_the_real_orchestrator(
+        self, control_plane: LocalFleet, releases: Releases, node_name: str
     ) -> None:
-        """Prepare and commit arrive as messages; acks carry the node's new state."""
+        """A real deployment prepares and commits the node; disk, status and records agree."""
+        fleet, root = control_plane, control_plane.root(node_name)
         built = releases.smars()
-        with AgentThread(settings(plane, tmp_path / "node")):
-            wait_for(plane.connected, "not connected")
-            assert deploy(plane, built, 1) == (AckPhase.PREPARED, AckPhase.ACTIVE)
-            last = plane.reports()[-1]
-            assert last.state.active_digest == built.digest
-            assert last.state.service.state is ServiceState.RUNNING
-            assert last.state.service.version == built.release_id
-            pid = last.state.service.pid
-            assert pid is not None
+        with joined(fleet, node_name):
+            wait_connected(fleet, node_name)
+            done = deploy(fleet, releases.store, built, node_name)
+            assert done["state"] == "SUCCEEDED", done
+            row = node_row(done, node_name)
+            assert (row["phase"], row["version"]) == ("ACTIVE", built.release_id)
+            assert node_events(done, node_name) == [
+                "node:PREPARED",
+                "node:COMMITTING",
+                "node:ACTIVE",
+            ]
+            node = wait_fresh_report(fleet, node_name)
+            assert node["active_digest"] == built.digest
+            assert (node["service_state"], node["service_version"]) == ("running", built.release_id)
+            pid = node["service_pid"]
+            assert pid is not None and pid == row["pid"]
+            assert os.readlink(root / "current") == f"releases/{built.digest}"
+            cwd = os.path.realpath(f"/proc/{pid}/cwd")
+            assert cwd.startswith(os.path.realpath(root / "releases" / built.digest))
         assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text()
 
-    def test_invalid_messages_are_ignored(
-        self, plane: StubPlane, releases: Releases, tmp_path: Path
+    def test_reconnects_after_the_control_plane_restarts(
+        self, own_control_plane: LocalFleet, releases: Releases, node_name: str
     ) -> None:
-        """Malformed or unknown messages are logged and ignored; the session goes on."""
+        """After the server restarts, the agent opens a new session that the server accepts."""
+        fleet = own_control_plane
         built = releases.build()
-        with AgentThread(settings(plane, tmp_path / "node")):
-            wait_for(plane.connected, "not connected")
-            plane.send_raw('{"type": "self-destruct"}')
-            plane.send_raw("not json at all")
-            plane.send_raw('{"type": "prepare", "deployment_id": 0, "digest": "x"}')
-            assert deploy(plane, built, 3) == (AckPhase.PREPARED, AckPhase.ACTIVE)
-        assert len(plane.sessions) == 1
+        with joined(fleet, node_name) as running:
+            wait_fresh_report(fleet, node_name)
+            fleet.stop_server()
+            wait_for(lambda: not running.agent.connection.connected.is_set(), "no disconnect")
+            fleet.start_server()
+            # A new server process: a new nonce, a fresh sequence; only a new session passes.
+            wait_connected(fleet, node_name)
+            wait_fresh_report(fleet, node_name)
+            assert running.sessions == 2
+            done = deploy(fleet, releases.store, built, node_name)
+            assert done["state"] == "SUCCEEDED", done
+            assert node_status(fleet, node_name)["active_digest"] == built.digest
 
-    def test_reconnects_with_a_fresh_sequence(self, plane: StubPlane, tmp_path: Path) -> None:
-        """After the connection drops, the agent reconnects; the new session starts at seq 1."""
-        with AgentThread(settings(plane, tmp_path / "node")):
-            wait_for(lambda: len(plane.reports()) >= 2, "not connected")
-            plane.drop()
-            wait_for(lambda: len(plane.sessions) == 2 and plane.sessions[1].reports, "no reconnect")
-        second = plane.sessions[1]
-        assert second.nonce != plane.sessions[0].nonce
-        assert second.reports[0].kind == "inventory" and second.reports[0].seq == 1
-        assert second.refused is None
+    def test_malformed_frames_from_a_hostile_peer_are_ignored(
+        self,
+        own_control_plane: LocalFleet,
+        releases: Releases,
+        node_name: str,
+        agent_events: list[logging.LogRecord],
+    ) -> None:
+        """A hostile peer's malformed frames are logged and ignored; the agent carries on."""
+        fleet = own_control_plane
+        garbage: list[str | bytes] = [
+            '{"type": "self-destruct"}',
+            "not json at all",
+            '{"type": "prepare", "deployment_id": 0, "digest": "x"}',
+            b"\x00\xff\xfe binary junk",
+        ]
+        built = releases.build()
+        with joined(fleet, node_name) as running:
+            wait_fresh_report(fleet, node_name)
+            fleet.stop_server()
+            with HostilePeer(fleet.port, garbage, reports_after=3) as peer:
+                assert peer.done.wait(SETTLE_S), "the agent did not keep reporting to the peer"
+                assert running.alive and peer.connections == 1
+            public = public_key_from_text(
+                load_node_key(fleet.root(node_name) / "agent" / "node.key").public_text
+            )
+            reports = [
+                open_report(SignedReport.model_validate_json(m), public) for m in peer.received
+            ]
+            assert [r.seq for r in reports] == [1, 2, 3, 4]
+            assert {r.nonce for r in reports} == {peer.nonce}
+            assert [r.kind for r in reports] == ["inventory", "heartbeat", "heartbeat", "heartbeat"]
+
+            def invalid() -> int:
+                return sum(r.getMessage() == "message-invalid" for r in agent_events)
+
+            wait_for(lambda: invalid() >= len(garbage), "the garbage was not all logged")
+            assert invalid() == len(garbage)
+            assert not [r for r in agent_events if r.getMessage() == "command-received"]
+
+            fleet.start_server()
+            wait_connected(fleet, node_name)
+            wait_fresh_report(fleet, node_name)
+            done = deploy(fleet, releases.store, built, node_name)
+            assert done["state"] == "SUCCEEDED", done
+            assert running.sessions == 3
 
 
 class TestHttp:
     def test_blobs_come_in_one_bulk_request(
-        self, plane: StubPlane, releases: Releases, tmp_path: Path
+        self, control_plane: LocalFleet, link: FlakyLink, releases: Releases, node_name: str
     ) -> None:
         """All missing blobs of a release arrive in one framed stream, none one by one."""
         built = releases.build()
-        with AgentThread(settings(plane, tmp_path / "node")):
-            wait_for(plane.connected, "not connected")
-            plane.send(Prepare(deployment_id=1, digest=built.digest, release_id=built.release_id))
-            ack = plane.ack_for(1, built.digest).ack
-        assert ack is not None and (ack.phase, ack.reason) == (AckPhase.PREPARED, None)
-        assert (plane.bulk_requests, plane.blob_gets) == (1, 0)
+        with joined(control_plane, node_name, server=link.url):
+            wait_connected(control_plane, node_name)
+            done = deploy(control_plane, releases.store, built, node_name)
+        assert done["state"] == "SUCCEEDED", done
+        assert len(link.requests("POST", BLOBS)) == 1
+        assert link.requests("GET", BLOBS + "/") == []
 
-    def test_corrupt_blob_in_the_bulk_stream_is_refused(
-        self, plane: StubPlane, releases: Releases, tmp_path: Path
+    def test_corrupt_blob_on_the_server_is_refused(
+        self, control_plane: LocalFleet, releases: Releases, node_name: str
     ) -> None:
-        """A blob with a flipped byte in the bulk stream fails PREPARE naming it; not cached."""
-        built = releases.build()
-        entry = next(f for f in releases.manifest(built.digest).files if f.path == "lib/b.txt")
+        """A blob the server serves with a flipped byte fails PREPARE naming it; nothing is kept."""
+        fleet, root = control_plane, control_plane.root(node_name)
+        built = releases.build(files={**SERVICE_FILES, "lib/own.txt": node_name.encode() * 100})
+        entry = next(f for f in releases.manifest(built.digest).files if f.path == "lib/own.txt")
         assert entry.digest is not None
-        plane.corrupt.add(entry.digest)
-        root = tmp_path / "node"
-        with AgentThread(settings(plane, root)):
-            wait_for(plane.connected, "not connected")
-            plane.send(Prepare(deployment_id=1, digest=built.digest, release_id=built.release_id))
-            ack = plane.ack_for(1, built.digest).ack
-        assert ack is not None and ack.phase is AckPhase.PREPARE_FAILED
-        assert ack.reason is not None
-        assert f"blob {entry.digest[:12]}… served with wrong content" in ack.reason
+        fleet.push(releases.store, built.release_id)
+        stored = server_blob(fleet, entry.digest)
+        stored.chmod(0o644)
+        stored.write_bytes(b"X" + stored.read_bytes()[1:])
+        with joined(fleet, node_name):
+            wait_connected(fleet, node_name)
+            done = fleet.deploy(built.release_id, nodes=node_name, timeout=300)
+            wait_fresh_report(fleet, node_name)
+            assert node_status(fleet, node_name)["active_digest"] is None
+        assert done["state"] == "FAILED", done
+        row = node_row(done, node_name)
+        assert row["phase"] == "PREPARE_FAILED"
+        assert f"blob {entry.digest[:12]}… served with wrong content" in row["reason"]
         assert not (root / "blobs" / "sha256" / entry.digest[:2] / entry.digest[2:]).exists()
         assert not list((root / "releases").iterdir())
 
     def test_broken_bulk_stream_resumes_blob_by_blob(
-        self, plane: StubPlane, releases: Releases, tmp_path: Path
+        self, control_plane: LocalFleet, link: FlakyLink, releases: Releases, node_name: str
     ) -> None:
         """A bulk stream cut short: the blob it was carrying resumes with Range, the rest follow."""
         data = os.urandom(300_000)
         files = {"bin/serve.py": b"import time\ntime.sleep(9999)\n", "big.bin": data}
         built = releases.build(files=files)
-        plane.bulk_limit = 150_000
-        with AgentThread(settings(plane, tmp_path / "node")):
-            wait_for(plane.connected, "not connected")
-            plane.send(Prepare(deployment_id=1, digest=built.digest, release_id=built.release_id))
-            ack = plane.ack_for(1, built.digest).ack
-        assert ack is not None and (ack.phase, ack.reason) == (AckPhase.PREPARED, None)
-        assert plane.bulk_requests == 1
-        assert len(plane.ranges) == 1 and plane.ranges[0].startswith("bytes=")
-        assert (tmp_path / "node" / "releases" / built.digest / "big.bin").read_bytes() == data
+        link.cut_response("POST", BLOBS, after=150_000)
+        with joined(control_plane, node_name, server=link.url):
+            wait_connected(control_plane, node_name)
+            done = deploy(control_plane, releases.store, built, node_name)
+        assert done["state"] == "SUCCEEDED", done
+        assert len(link.requests("POST", BLOBS)) == 1
+        ranges = [r.range for r in link.requests("GET", BLOBS + "/") if r.range]
+        assert len(ranges) == 1 and ranges[0].startswith("bytes=")
+        tree = control_plane.root(node_name) / "releases" / built.digest
+        assert (tree / "big.bin").read_bytes() == data
 
     def test_broken_download_resumes_with_range(
-        self, plane: StubPlane, releases: Releases, tmp_path: Path
+        self, control_plane: LocalFleet, link: FlakyLink, releases: Releases, node_name: str
     ) -> None:
         """A blob download cut short is resumed from where it stopped (Range), then verified."""
         data = os.urandom(200_000)
-        built = releases.build(
-            files={"bin/serve.py": b"import time\ntime.sleep(9999)\n", "big.bin": data}
-        )
-        plane.bulk_enabled = False
-        plane.blob_limit = 50_000
-        with AgentThread(settings(plane, tmp_path / "node")):
-            wait_for(plane.connected, "not connected")
-            plane.send(Prepare(deployment_id=1, digest=built.digest, release_id=built.release_id))
-            ack = plane.ack_for(1, built.digest).ack
-        assert ack is not None and (ack.phase, ack.reason) == (AckPhase.PREPARED, None)
-        assert "bytes=50000-" in plane.ranges
-        assert (tmp_path / "node" / "releases" / built.digest / "big.bin").read_bytes() == data
+        built = releases.build(spec=NO_SERVICE_SPEC, files={"big.bin": data})
+        entry = next(f for f in releases.manifest(built.digest).files if f.path == "big.bin")
+        link.cut_response("POST", BLOBS, after=0)  # no bulk stream: every blob on its own
+        link.cut_response("GET", f"{BLOBS}/{entry.digest}", after=50_000)
+        with joined(control_plane, node_name, server=link.url):
+            wait_connected(control_plane, node_name)
+            done = deploy(control_plane, releases.store, built, node_name)
+        assert done["state"] == "SUCCEEDED", done
+        assert len(link.requests("POST", BLOBS)) == 1
+        fetched = link.requests("GET", f"{BLOBS}/{entry.digest}")
+        assert [r.range for r in fetched] == [None, "bytes=50000-"]
+        tree = control_plane.root(node_name) / "releases" / built.digest
+        assert (tree / "big.bin").read_bytes() == data
 
-    def test_unknown_release_is_prepare_failed(self, plane: StubPlane, tmp_path: Path) -> None:
-        """A digest the control plane does not have is PREPARE_FAILED naming the URL and 404."""
-        digest = "e" * 64
-        with AgentThread(settings(plane, tmp_path / "node")):
-            wait_for(plane.connected, "not connected")
-            plane.send(Prepare(deployment_id=4, digest=digest, release_id="x@1+eeeeeeeeeeee"))
-            ack = plane.ack_for(4, digest).ack
-        assert ack is not None and ack.phase is AckPhase.PREPARE_FAILED
-        assert ack.reason is not None
-        assert f"/api/agent/v1/releases/{digest}/manifest: HTTP 404" in ack.reason
+    def test_blob_missing_on_the_server_is_prepare_failed(
+        self, control_plane: LocalFleet, releases: Releases, node_name: str
+    ) -> None:
+        """A blob the server has lost is PREPARE_FAILED naming its URL and the HTTP status."""
+        fleet = control_plane
+        built = releases.build(files={**SERVICE_FILES, "lib/own.txt": node_name.encode() * 100})
+        entry = next(f for f in releases.manifest(built.digest).files if f.path == "lib/own.txt")
+        assert entry.digest is not None
+        fleet.push(releases.store, built.release_id)
+        server_blob(fleet, entry.digest).unlink()
+        with joined(fleet, node_name):
+            wait_connected(fleet, node_name)
+            done = fleet.deploy(built.release_id, nodes=node_name, timeout=300)
+        assert done["state"] == "FAILED", done
+        row = node_row(done, node_name)
+        assert row["phase"] == "PREPARE_FAILED"
+        assert f"{fleet.url}{BLOBS}/{entry.digest}: HTTP 4" in row["reason"]
 
-    def test_refused_join_token_exits_2(self, plane: StubPlane, tmp_path: Path) -> None:
+    def test_refused_join_token_exits_2(self, control_plane: LocalFleet, node_name: str) -> None:
         """A wrong join token is a clear setup error (exit code 2) quoting the server."""
-        agent = Agent(settings(plane, tmp_path / "node", join="wrong"))
+        control_plane.enroll(node_name)
+        agent = Agent(settings(control_plane, node_name, join="wrong"))
         with pytest.raises(AgentSetupError) as caught:
             agent.setup()
         assert caught.value.exit_code == 2
-        assert "join token is not valid for node node1" in caught.value.message
-        assert not (tmp_path / "node" / "agent" / "credential.json").exists()
+        assert f"join token is not valid for node {node_name}" in caught.value.message
+        assert not (control_plane.root(node_name) / "agent" / "credential.json").exists()
+        assert node_status(control_plane, node_name)["status"] == "pending"
 
-    def test_first_start_needs_a_join_token(self, plane: StubPlane, tmp_path: Path) -> None:
+    def test_first_start_needs_a_join_token(
+        self, control_plane: LocalFleet, node_name: str
+    ) -> None:
         """Without a credential and without --join the agent refuses to start (exit 2)."""
-        agent = Agent(settings(plane, tmp_path / "node", join=None))
-        with pytest.raises(AgentSetupError, match="has not joined"):
+        agent = Agent(settings(control_plane, node_name, join=None))
+        with pytest.raises(AgentSetupError, match="has not joined") as caught:
             agent.setup()
+        assert caught.value.exit_code == 2

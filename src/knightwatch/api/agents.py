@@ -20,7 +20,12 @@ from knightwatch.api.hub import Connection
 from knightwatch.bundle.blobstore import BlobStore, is_digest
 from knightwatch.control.enrollment import enroll
 from knightwatch.control.fleet import ingest_report
-from knightwatch.errors import InvalidInputError, KnightwatchError, ReleaseNotFoundError
+from knightwatch.errors import (
+    BlobNotFoundError,
+    InvalidInputError,
+    KnightwatchError,
+    ReleaseNotFoundError,
+)
 from knightwatch.protocol import (
     MAX_MESSAGE_BYTES,
     Hello,
@@ -81,8 +86,10 @@ def release_document(digest: str, document: str, request: Request, plane: Plane)
 async def blob(digest: str, request: Request, plane: Plane) -> FileResponse:
     """One blob by digest; Range requests resume an interrupted download."""
     node_from_headers(plane, request.headers)
-    if not is_digest(digest) or not plane.catalog.blobs.has(digest):
-        raise InvalidInputError(f"no blob {digest}")
+    if not is_digest(digest):
+        raise InvalidInputError(f"{digest!r} is not a SHA-256 digest")
+    if not plane.catalog.blobs.has(digest):
+        raise BlobNotFoundError(digest)
     return FileResponse(plane.catalog.blobs.path_of(digest), media_type="application/octet-stream")
 
 
@@ -103,7 +110,7 @@ async def blob_stream(body: BlobsBody, request: Request, plane: Plane) -> Stream
     blobs = plane.catalog.blobs
     missing = [d for d in body.digests if not blobs.has(d)]
     if missing:
-        raise InvalidInputError(f"no blob {missing[0]} (and {len(missing) - 1} more)")
+        raise BlobNotFoundError(missing[0])
     return StreamingResponse(
         _frames(blobs, body.digests), media_type="application/x-knightwatch-blobs"
     )

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import (
+    BlobNotFoundError,
     GateRefusedError,
     InvalidInputError,
     KnightwatchError,
@@ -20,6 +21,7 @@ __all__ = ["error_body", "install_error_handlers", "status_for"]
 
 _STATUS: tuple[tuple[type[KnightwatchError], int], ...] = (
     (ReleaseNotFoundError, 404),
+    (BlobNotFoundError, 404),
     (AuthenticationError, 401),
     (InvalidInputError, 400),
     (GateRefusedError, 409),
