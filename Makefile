@@ -25,7 +25,7 @@ typecheck: venv
 	$(BIN)/mypy --strict src/knightwatch
 
 unit: venv
-	$(BIN)/pytest -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

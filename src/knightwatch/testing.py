@@ -203,7 +203,7 @@ class LocalFleet:
             args += ["--trust", str(key)]
         if join:
             args += ["--join", join]
-        self._agents[name] = self._spawn(name, args, {})
+        self._agents[name] = self._spawn(name, args, env or {})
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int | None:
         """Stop node ``name``'s agent with ``sig`` (SIGKILL leaves its service running)."""

@@ -160,6 +160,7 @@ class CommandRunner:
             launch = self._launch_or_none(state.service.digest)
             await self.supervisor.stop_adopted(state.service, launch)
             self.journal.update(service=None)
+        await self.supervisor.stop_strays(self.layout.releases_dir)
         if state.halted:  # the kill-switch latch survives agent restarts
             await self.supervisor.stop(halted=True)
             return

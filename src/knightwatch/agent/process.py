@@ -17,6 +17,7 @@ __all__ = [
     "boot_id",
     "boot_time",
     "group_alive",
+    "groups_running_under",
     "identify",
     "signal_group",
     "signal_number",
@@ -98,3 +99,36 @@ def group_alive(pgid: int) -> bool:
 def signal_number(name: str) -> int:
     """Return the number of a signal named like ``SIGTERM``."""
     return int(signal.Signals[name])
+
+
+def groups_running_under(directory: Path) -> list[int]:
+    """Process groups of live processes whose cwd or executable lies under ``directory``.
+
+    This agent's own group is never included. Used at start to find a service
+    an earlier agent run spawned but could not journal (killed in between).
+    """
+    root = os.fspath(directory.resolve())
+    mine = os.getpgrp()
+    groups: set[int] = set()
+    try:
+        pids = [int(name) for name in os.listdir(_PROC) if name.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in ("Z", "X") or int(fields[2]) == mine:
+            continue
+        if any(_under(_readlink(f"{_PROC}/{pid}/{link}"), root) for link in ("cwd", "exe")):
+            groups.add(int(fields[2]))
+    return sorted(groups)
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")

@@ -18,6 +18,7 @@ import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from knightwatch.agent.checks import run_command, wait_healthy
 from knightwatch.agent.errors import ServiceError
@@ -26,6 +27,7 @@ from knightwatch.agent.journal import ServiceRecord
 from knightwatch.agent.process import (
     ProcessIdentity,
     group_alive,
+    groups_running_under,
     identify,
     signal_group,
     signal_number,
@@ -202,6 +204,19 @@ class Supervisor:
         event("service-adopted", pid=record.pid, digest=record.digest, action="stop")
         await self._terminate(record.pid, halt, launch)
         return True
+
+    async def stop_strays(self, releases_dir: Path) -> list[int]:
+        """Stop every process group running from ``releases_dir`` that nobody supervises.
+
+        A service an earlier agent run spawned but could not journal (the
+        agent was killed in between) would otherwise keep its port and keep
+        answering health checks for a release that is no longer current.
+        """
+        groups = groups_running_under(releases_dir)
+        for pgid in groups:
+            event("service-stray", pgid=pgid, action="stop")
+            await self._terminate(pgid, HaltSpec(), None)
+        return groups
 
     async def close(self) -> None:
         """Cancel the supervisor's background tasks (the service keeps running)."""

@@ -103,6 +103,7 @@ class ReleaseCatalog:
         self._trusted = trusted
         self.blobs = BlobStore(data_dir)
         self._uploads = data_dir / ".tmp"
+        self._sizes: dict[str, dict[str, int]] = {}
 
     def begin_upload(
         self, manifest: bytes, sbom: bytes, envelope: bytes, pushed_by: str
@@ -137,10 +138,9 @@ class ReleaseCatalog:
 
     def blob_writer(self, upload_id: str, digest: str) -> BlobWriter:
         """Return a writer for one blob of an upload (refusing blobs it does not name)."""
-        manifest = self._upload_manifest(upload_id)
-        sizes = {f.digest: f.size for f in manifest.files if f.digest is not None}
+        sizes = self._upload_sizes(upload_id)
         if digest not in sizes:
-            raise InvalidInputError(f"blob {digest} is not part of release {manifest.release_id}")
+            raise InvalidInputError(f"blob {digest} is not part of this upload's release")
         return BlobWriter(self._upload_dir(upload_id) / "blobs" / digest, digest, sizes[digest])
 
     def commit_upload(self, upload_id: str) -> str:
@@ -234,6 +234,16 @@ class ReleaseCatalog:
                 hint="start the push again",
             )
         return directory
+
+    def _upload_sizes(self, upload_id: str) -> dict[str, int]:
+        """Blob sizes of an upload's release, parsed once per upload (not once per blob)."""
+        self._upload_dir(upload_id)
+        cached = self._sizes.get(upload_id)
+        if cached is None:
+            manifest = self._upload_manifest(upload_id)
+            cached = {f.digest: f.size for f in manifest.files if f.digest is not None}
+            self._sizes = {upload_id: cached}  # one upload at a time is the common case
+        return cached
 
     def _upload_manifest(self, upload_id: str) -> Manifest:
         data = (self._upload_dir(upload_id) / "manifest.json").read_bytes()

@@ -1,0 +1,301 @@
+"""Fixtures for integration tests: real releases, real control planes, real agents.
+
+Every fleet here is a :class:`knightwatch.testing.LocalFleet` — a control
+plane and N agent processes, each agent supervising the SMARS example
+service on its own port — with short server timeouts so that a failure is
+detected in seconds. Tests check what is really on each node: the
+``current`` symlink on disk, the live service process and its working
+directory, and what the service itself answers on ``/version``.
+
+PostgreSQL runs when ``KNIGHTWATCH_TEST_DATABASE_URL`` is set (for example
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``); each fleet then gets
+a fresh schema ``kw_<hex>``, selected through libpq's ``options`` in the URL
+and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from knightwatch.bundle import BuildResult, SigningKey, build_release, load_signing_key
+from knightwatch.testing import FleetError, LocalFleet, wait_until
+from tests.conftest import EXAMPLE
+
+PG_ENV = "KNIGHTWATCH_TEST_DATABASE_URL"
+BUILD_ENV = {"SOURCE_DATE_EPOCH": "1343826000"}
+SERVER_ENV = {
+    "KNIGHTWATCH_PREPARE_TIMEOUT_S": "30",
+    "KNIGHTWATCH_COMMIT_TIMEOUT_S": "30",
+    "KNIGHTWATCH_ROLLBACK_TIMEOUT_S": "30",
+    "KNIGHTWATCH_CANARY_SOAK_S": "1",
+}
+AGENT_ARGS = ("--health-timeout", "5")
+SETTLE_S = 60.0  # generous: the machine is shared; nothing here measures speed
+
+
+@dataclass(frozen=True)
+class Releases:
+    """The releases every integration test deploys, built once per session."""
+
+    store: Path
+    public_key: Path
+    v1: BuildResult
+    v2: BuildResult
+    broken: BuildResult
+    untrusted_store: Path
+    untrusted: BuildResult
+
+
+def _smars_copy(target: Path, version: str) -> Path:
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    spec = target / "knightwatch.toml"
+    spec.write_text(spec.read_text().replace('version = "2012.8.1"', f'version = "{version}"', 1))
+    return target
+
+
+@pytest.fixture(scope="session")
+def releases(
+    tmp_path_factory: pytest.TempPathFactory, key_dir: Path, signing_key: SigningKey
+) -> Releases:
+    """v1 (examples/smars), v2 (one file changed), broken (health 404), one untrusted."""
+    work = tmp_path_factory.mktemp("releases")
+    store = work / "store"
+    v1 = build_release(EXAMPLE, store, signing_key, environ=BUILD_ENV)
+
+    v2_source = _smars_copy(work / "v2", "2012.8.2")
+    routing = v2_source / "config" / "routing.toml"
+    routing.write_text(routing.read_text().replace('"BATS"]', '"BATS", "EDGX"]'))
+    v2 = build_release(v2_source, store, signing_key, environ=BUILD_ENV)
+
+    broken_source = _smars_copy(work / "broken", "2012.8.3")
+    spec = broken_source / "knightwatch.toml"
+    text, count = re.subn(
+        r"(health = \{ http = \"[^\"]*?)/health\"", r'\1/no-such-page"', spec.read_text()
+    )
+    assert count == 1, "the example's health check changed; update this fixture"
+    spec.write_text(text)
+    broken = build_release(broken_source, store, signing_key, environ=BUILD_ENV)
+
+    other_source = _smars_copy(work / "other", "2012.8.9")
+    untrusted_store = work / "untrusted-store"
+    other_key = load_signing_key(key_dir / "other.key")
+    untrusted = build_release(other_source, untrusted_store, other_key, environ=BUILD_ENV)
+    return Releases(store, key_dir / "release.pub", v1, v2, broken, untrusted_store, untrusted)
+
+
+# -- fleets ----------------------------------------------------------------------------------
+
+
+def make_fleet(
+    directory: Path,
+    releases: Releases,
+    *,
+    nodes: int = 2,
+    database_url: str | None = None,
+    server_env: dict[str, str] | None = None,
+) -> LocalFleet:
+    """A fleet trusting the test signing key, with short timeouts (not started yet)."""
+    return LocalFleet(
+        directory,
+        nodes=nodes,
+        trust=[releases.public_key],
+        database_url=database_url,
+        server_env={**SERVER_ENV, **(server_env or {})},
+        agent_args=AGENT_ARGS,
+    )
+
+
+@contextlib.contextmanager
+def postgresql_schema(base_url: str) -> Iterator[str]:
+    """Yield a URL selecting a fresh, empty schema on ``base_url``; drop it afterwards."""
+    import psycopg  # noqa: PLC0415  (only the PostgreSQL variant needs it)
+
+    admin = make_url(base_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    schema = f"kw_{secrets.token_hex(8)}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{base_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (SQLite in the server's data directory), then a fresh PostgreSQL schema URL."""
+    if request.param == "sqlite":
+        yield None
+        return
+    base_url = os.environ.get(PG_ENV)
+    if not base_url:
+        pytest.skip(f"set {PG_ENV} to run the PostgreSQL variant")
+    with postgresql_schema(base_url) as url:
+        yield url
+
+
+# -- what is really on the nodes -----------------------------------------------------------
+
+
+def current_digest(fleet: LocalFleet, name: str) -> str | None:
+    """The digest node ``name``'s ``current`` symlink points at on disk, or None."""
+    try:
+        target = os.readlink(fleet.root(name) / "current")
+    except FileNotFoundError:
+        return None
+    return target.removeprefix("releases/")
+
+
+def fleet_digests(fleet: LocalFleet) -> dict[str, str | None]:
+    """Every node's ``current`` on disk."""
+    return {name: current_digest(fleet, name) for name in fleet.names}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(") ", 1)[1][0] not in "ZX"
+
+
+def processes_under(directory: Path) -> list[int]:
+    """Live processes whose working directory lies under ``directory`` (a node's releases)."""
+    root = os.path.realpath(directory) + "/"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if (cwd + "/").startswith(root) and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def node_problems(
+    fleet: LocalFleet, name: str, digest: str, release_id: str, status: dict[str, Any]
+) -> list[str]:
+    """What differs on node ``name`` from "runs release ``digest``, healthy" (empty if none)."""
+    problems = []
+    root = fleet.root(name)
+    release_dir = root / "releases" / digest
+    if (found := current_digest(fleet, name)) != digest:
+        problems.append(f"{name}: current -> {found}, expected {digest[:12]}")
+    if not release_dir.is_dir():
+        problems.append(f"{name}: {release_dir} is not a directory")
+    node = next((n for n in status["nodes"] if n["name"] == name), None)
+    if node is None:
+        return [*problems, f"{name}: not in the fleet status"]
+    if not node["connected"]:
+        problems.append(f"{name}: not connected")
+    if node["active_digest"] != digest:
+        problems.append(f"{name}: reports active {node['active_digest']}")
+    if node["service_state"] != "running":
+        problems.append(f"{name}: service is {node['service_state']} ({node['service_detail']})")
+    pid = node["service_pid"]
+    if pid is None or not pid_alive(pid):
+        problems.append(f"{name}: service pid {pid} is not alive")
+    else:
+        cwd = os.path.realpath(f"/proc/{pid}/cwd")
+        if not (cwd + "/").startswith(os.path.realpath(release_dir) + "/"):
+            problems.append(f"{name}: service pid {pid} runs in {cwd}")
+    running = processes_under(root / "releases")
+    if running != [pid]:  # no stale copy of any release still in memory (P2)
+        problems.append(f"{name}: processes running from its releases: {running}, not [{pid}]")
+    try:
+        answer = httpx.get(
+            f"http://127.0.0.1:{fleet.service_port(name)}/version", timeout=5.0, trust_env=False
+        )
+        if answer.text.strip() != release_id:
+            problems.append(f"{name}: /version says {answer.text.strip()!r}")
+    except httpx.HTTPError as exc:
+        problems.append(f"{name}: GET /version failed: {exc!r}")
+    return problems
+
+
+def assert_fleet_on(fleet: LocalFleet, digest: str, *, timeout: float = SETTLE_S) -> None:
+    """Every node runs release ``digest``: on disk, in its process, in its answers, in status."""
+    release_id = fleet.client.get(f"/releases/{digest}")["release_id"]
+    last: list[str] = []
+
+    def check() -> bool:
+        status = fleet.status()
+        last[:] = [
+            p for n in fleet.names for p in node_problems(fleet, n, digest, release_id, status)
+        ]
+        return not last
+
+    with contextlib.suppress(Exception):
+        wait_until(check, timeout=timeout, what=f"every node on {release_id}", interval=0.2)
+    assert not last, "\n".join(last)
+
+
+def wait_idle(fleet: LocalFleet, *, timeout: float = SETTLE_S) -> dict[str, Any]:
+    """Wait until no deployment is active (catch-ups included); return the fleet status."""
+
+    def idle() -> dict[str, Any] | None:
+        status = fleet.status()
+        return status if status["deployment_id"] is None else None
+
+    return wait_until(idle, timeout=timeout, what="no active deployment", interval=0.2)
+
+
+def deploy_ok(fleet: LocalFleet, release: BuildResult, **options: Any) -> dict[str, Any]:
+    """Deploy ``release`` and insist it SUCCEEDED."""
+    done = fleet.deploy(release.release_id, timeout=180, **options)
+    assert done["state"] == "SUCCEEDED", done
+    return done
+
+
+def converge_on(fleet: LocalFleet, release: BuildResult) -> None:
+    """Bring the whole fleet to ``release`` (deploying only if it is not there already)."""
+    wait_idle(fleet)
+    status = fleet.status()
+    if status["state"] != "CONVERGED" or status["desired_release"] != release.release_id:
+        deploy_ok(fleet, release)
+    fleet.wait_state("CONVERGED", timeout=SETTLE_S)
+    assert_fleet_on(fleet, release.digest)
+
+
+def events(deployment: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The recorded transitions of a deployment as (event, node) pairs, in order."""
+    return [(e["event"], e["node"]) for e in deployment["events"]]
+
+
+def wait_explained(
+    fleet: LocalFleet,
+    check: Callable[[], object],
+    what: str,
+    *,
+    logs: tuple[str, ...],
+    timeout: float = SETTLE_S,
+) -> None:
+    """Wait until ``check`` is truthy; on timeout fail with the tails of ``logs``."""
+    try:
+        wait_until(check, timeout=timeout, what=what, interval=0.1)
+    except FleetError as exc:
+        tails = "\n".join(f"--- {name}.log\n{log_tail(fleet, name)}" for name in logs)
+        raise AssertionError(f"{exc}\n{tails}") from None
+
+
+def log_tail(fleet: LocalFleet, name: str, lines: int = 40) -> str:
+    """The last lines of a fleet process's log, for assertion messages."""
+    path = fleet.directory / "logs" / f"{name}.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
