@@ -184,8 +184,14 @@ class LocalFleet:
         """The TCP port node ``name``'s service listens on."""
         return self._service_ports[name]
 
-    def start_agent(self, name: str, join: str | None = None, extra: Sequence[str] = ()) -> None:
-        """Start the agent of node ``name`` (enrolling with ``join`` if given)."""
+    def start_agent(
+        self,
+        name: str,
+        join: str | None = None,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start the agent of node ``name`` (enrolling with ``join`` if given, extra ``env``)."""
         args = [
             "agent",
             "--server",
