@@ -31,7 +31,27 @@ knightwatch bundle build "$DEMO/smars-next" --store "$DEMO/store" --key "$DEMO/k
 step "6. the downstream impact of that patch"
 knightwatch bundle diff smars@2012.8.1 smars@2012.8.2 --store "$DEMO/store"
 
-step "7. flip one byte of one blob: verify must name it (and exit 1)"
+step "7. a local fleet: a control plane and 3 agents, each its own process and root"
+trap 'knightwatch fleet down --dir "$DEMO/fleet" >/dev/null 2>&1 || true' EXIT
+knightwatch fleet up --nodes 3 --dir "$DEMO/fleet" --release smars@2012.8.1 \
+  --store "$DEMO/store" --trust "$DEMO/keys/release.pub"
+export KNIGHTWATCH_SERVER KNIGHTWATCH_TOKEN
+KNIGHTWATCH_SERVER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["server"])' "$DEMO/fleet/fleet.json")
+KNIGHTWATCH_TOKEN=$(cat "$DEMO/fleet/server/operator.token")
+knightwatch status
+
+step "8. push the patch and deploy it, canary first: every node verifies before any switches"
+knightwatch release push smars@2012.8.2 --store "$DEMO/store"
+knightwatch deploy smars@2012.8.2 --strategy canary --soak 2 --wait
+knightwatch status
+
+step "9. roll the whole fleet back to the previous release, through the same protocol"
+knightwatch rollback --wait
+knightwatch deployments
+knightwatch fleet down --dir "$DEMO/fleet"
+trap - EXIT
+
+step "10. flip one byte of one blob: verify must name it (and exit 1)"
 digest=$(knightwatch bundle show smars@2012.8.1 --store "$DEMO/store" --json \
   | python3 -c 'import json,sys; m=json.load(sys.stdin)["manifest"]; print(next(f["digest"] for f in m["files"] if f["path"]=="smars/router.py"))')
 blob="$DEMO/store/blobs/sha256/${digest:0:2}/${digest:2}"

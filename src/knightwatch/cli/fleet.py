@@ -83,10 +83,13 @@ def up(
             f"deployment {deployment['id']} of {deployment['release_id']}: "
             f"[bold]{deployment['state']}[/]"
         )
-    out.print(
-        f"commands run from this directory find it through {directory}/fleet.json; "
-        f"stop it with: knightwatch fleet down --dir {directory}"
-    )
+    if directory == DEFAULT_DIR:
+        out.print(f"commands run from this directory find it through {directory}/fleet.json")
+    else:
+        out.print("point other commands at it with:")
+        out.print(f"  export KNIGHTWATCH_SERVER={fleet.url}", soft_wrap=True)
+        out.print(f"  export KNIGHTWATCH_TOKEN=$(cat {summary['token_file']})", soft_wrap=True)
+    out.print(f"stop it with: knightwatch fleet down --dir {directory}", soft_wrap=True)
 
 
 @app.command("down", epilog="Example: knightwatch fleet down")
