@@ -180,10 +180,13 @@ class Stager:
 
     def _materialise(self, staging: Path, manifest: Manifest) -> None:
         symlinks = {f.path for f in manifest.files if f.symlink is not None}
+        made: set[Path] = set()
         for entry in manifest.files:
             _refuse_through_symlink(entry.path, symlinks, manifest.digest)
             target = staging / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in made:  # one mkdir per directory, not per file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             if entry.symlink is not None:
                 _refuse_escaping_link(entry, manifest.digest)
                 os.symlink(entry.symlink, target)

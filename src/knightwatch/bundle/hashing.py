@@ -89,8 +89,16 @@ def _run_threads(tasks: Sequence[HashTask], workers: int) -> Iterator[FileDigest
     if workers == 1 or len(tasks) < 64:
         yield from map(hash_task, tasks)
         return
+    # Hand threads runs of files: one pool task per file costs more than hashing a small one.
+    size = max(1, min(256, len(tasks) // (workers * 8)))
+    runs = [tasks[i : i + size] for i in range(0, len(tasks), size)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
-        yield from pool.map(hash_task, tasks)
+        for results in pool.map(_hash_run, runs):
+            yield from results
+
+
+def _hash_run(tasks: Sequence[HashTask]) -> list[FileDigest]:
+    return [hash_task(task) for task in tasks]
 
 
 def _start_method() -> str:
