@@ -48,6 +48,7 @@ class BlobFetcher:
         self.layout = layout
         self.source = source
         self.cancel = cancel or threading.Event()
+        self.hashed_now: set[str] = set()
         self.workers = workers
         self._abort = threading.Event()
 
@@ -58,6 +59,7 @@ class BlobFetcher:
     def ensure_all(self, wanted: Mapping[str, int]) -> int:
         """Fetch every missing blob of ``wanted`` (digest → size); return how many were fetched."""
         missing = self.missing(wanted)
+        self.hashed_now = set(missing)  # every blob fetched below is hashed as it arrives
         if not missing:
             return 0
         fresh = {d: n for d, n in missing.items() if not (self.layout.partial_dir / d).exists()}

@@ -126,10 +126,26 @@ class Stager:
         fetched = self._stage(source, manifest, manifest_bytes)
         return StagedRelease(manifest, final, False, fetched, signed_by)
 
-    def verify(self, manifest: Manifest, tree: Path) -> TreeReport:
-        """Re-hash ``tree`` against ``manifest``."""
+    def verify(
+        self, manifest: Manifest, tree: Path, hashed: frozenset[tuple[int, int]] = frozenset()
+    ) -> TreeReport:
+        """Re-hash ``tree`` against ``manifest``.
+
+        ``hashed`` holds (device, inode) of blobs this prepare hashed as they
+        arrived: a tree file that is the same inode holds those very bytes.
+        """
         links = data_links(self.layout, manifest)
-        return verify_tree(tree, manifest, links, workers=self.workers)
+        return verify_tree(tree, manifest, links, workers=self.workers, hashed=hashed)
+
+    def _inodes(self, digests: set[str]) -> frozenset[tuple[int, int]]:
+        inodes = set()
+        for digest in digests:
+            try:
+                st = os.stat(self.layout.blobs.path_of(digest))
+            except OSError:
+                continue
+            inodes.add((st.st_dev, st.st_ino))
+        return frozenset(inodes)
 
     def load_manifest(self, digest: str) -> Manifest:
         """Return the verified manifest kept for a staged release."""
@@ -156,11 +172,12 @@ class Stager:
             ) from exc
         try:
             wanted = {f.digest: f.size for f in manifest.files if f.digest is not None}
-            fetched = BlobFetcher(self.layout, source, cancel=self.cancel).ensure_all(wanted)
+            fetcher = BlobFetcher(self.layout, source, cancel=self.cancel)
+            fetched = fetcher.ensure_all(wanted)
             self._check_cancel(digest)
             self._materialise(staging, manifest)
             pause_point("prepare", self.cancel)
-            report = self.verify(manifest, staging)
+            report = self.verify(manifest, staging, hashed=self._inodes(fetcher.hashed_now))
             if not report.ok:
                 self._evict(report.corrupt)
                 raise StagingError(
