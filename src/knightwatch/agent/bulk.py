@@ -21,13 +21,7 @@ from knightwatch.agent.errors import AgentTransportError, StagingError
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.source import ReleaseSource
 from knightwatch.bundle.blobstore import sync_filesystem
-from knightwatch.protocol.blobstream import (
-    BlobChunk,
-    BlobEnd,
-    BlobStart,
-    BlobStreamError,
-    BlobStreamReader,
-)
+from knightwatch.protocol.blobstream import BlobStart, BlobStreamError, BlobStreamWriter
 
 __all__ = ["BATCH", "fetch_bulk"]
 
@@ -37,10 +31,31 @@ BATCH = 10_000
 
 @dataclass
 class _Arrival:
+    """One blob arriving into its ``.partial`` file (a BlobTarget)."""
+
+    layout: NodeLayout
     digest: str
-    size: int
     handle: BinaryIO
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def write(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.handle.write(data)
+
+    def finish(self) -> None:
+        self.handle.close()
+        partial = self.layout.partial_dir / self.digest
+        actual = self.hasher.hexdigest()
+        if actual != self.digest:
+            partial.unlink(missing_ok=True)
+            raise StagingError(
+                f"blob {self.digest[:12]}… served with wrong content (sha256 {actual[:12]}…)",
+                digest=self.digest,
+            )
+        os.chmod(partial, 0o444)
+
+    def discard(self) -> None:
+        self.handle.close()  # the partial file stays: the per-blob path resumes it
 
 
 def fetch_bulk(
@@ -78,28 +93,17 @@ def _consume(
     verified: list[str],
     check_stop: Callable[[str], None],
 ) -> None:
-    reader = BlobStreamReader()
-    arrival: _Arrival | None = None
+    stream = BlobStreamWriter(lambda start: _begin(layout, start, sizes))
     try:
         for data in chunks:
-            check_stop(arrival.digest if arrival else "")
-            for item in reader.feed(data):
-                if isinstance(item, BlobStart):
-                    arrival = _begin(layout, item, sizes)
-                elif isinstance(item, BlobChunk):
-                    assert arrival is not None
-                    arrival.hasher.update(item.data)
-                    arrival.handle.write(item.data)
-                elif isinstance(item, BlobEnd):
-                    assert arrival is not None
-                    verified.append(_finish(layout, arrival))
-                    arrival = None
-        reader.close()
+            check_stop(stream.current_digest)
+            stream.feed(data)
+        stream.close()
     except BlobStreamError as exc:
         raise AgentTransportError(f"bulk blob stream: {exc}") from exc
     finally:
-        if arrival is not None:
-            arrival.handle.close()
+        verified.extend(stream.completed)
+        stream.abandon()
     if len(verified) != len(sizes):
         raise AgentTransportError(f"bulk blob stream ended after {len(verified)} of {len(sizes)}")
 
@@ -115,21 +119,7 @@ def _begin(layout: NodeLayout, start: BlobStart, sizes: Mapping[str, int]) -> _A
             digest=start.digest,
         )
     handle = (layout.partial_dir / start.digest).open("wb")
-    return _Arrival(start.digest, expected, handle)
-
-
-def _finish(layout: NodeLayout, arrival: _Arrival) -> str:
-    arrival.handle.close()
-    partial = layout.partial_dir / arrival.digest
-    actual = arrival.hasher.hexdigest()
-    if actual != arrival.digest:
-        partial.unlink(missing_ok=True)
-        raise StagingError(
-            f"blob {arrival.digest[:12]}… served with wrong content (sha256 {actual[:12]}…)",
-            digest=arrival.digest,
-        )
-    os.chmod(partial, 0o444)
-    return arrival.digest
+    return _Arrival(layout, start.digest, handle)
 
 
 def _publish(layout: NodeLayout, digests: list[str]) -> int:

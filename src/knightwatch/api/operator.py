@@ -15,9 +15,8 @@ from knightwatch.bundle.manifest import Manifest
 from knightwatch.control.deploy import DeployRequest
 from knightwatch.control.enrollment import create_join_token
 from knightwatch.control.fleet import fleet_status
-from knightwatch.control.releases import BlobWriter
 from knightwatch.errors import InvalidInputError, ReleaseNotFoundError
-from knightwatch.protocol import BlobChunk, BlobEnd, BlobStart, BlobStreamError, BlobStreamReader
+from knightwatch.protocol import BlobStreamError, BlobStreamWriter
 from knightwatch.store import Deployment, DeploymentEvent, DeploymentNode, Release
 
 __all__ = ["router"]
@@ -126,24 +125,15 @@ async def put_blob(
 @router.put("/uploads/{upload_id}/blobs", status_code=204)
 async def put_blobs(upload_id: str, request: Request, plane: Plane, _who: Operator) -> Response:
     """Stream many blobs of an upload in one body (protocol.blobstream framing)."""
-    reader = BlobStreamReader()
-    writer: BlobWriter | None = None
+    stream = BlobStreamWriter(lambda start: plane.catalog.blob_writer(upload_id, start.digest))
     try:
         async for chunk in request.stream():
-            for event in reader.feed(chunk):
-                if isinstance(event, BlobStart):
-                    writer = plane.catalog.blob_writer(upload_id, event.digest)
-                elif isinstance(event, BlobChunk) and writer is not None:
-                    writer.write(event.data)
-                elif isinstance(event, BlobEnd) and writer is not None:
-                    writer.finish()
-                    writer = None
-        reader.close()
+            stream.feed(chunk)
+        stream.close()
     except BlobStreamError as exc:
         raise InvalidInputError(f"upload stream refused: {exc}") from None
     finally:
-        if writer is not None:
-            writer.discard()
+        stream.abandon()
     return Response(status_code=204)
 
 

@@ -13,6 +13,8 @@ from knightwatch.protocol.blobstream import (
     BlobStart,
     BlobStreamError,
     BlobStreamReader,
+    BlobStreamWriter,
+    BlobTarget,
     blob_header,
 )
 from knightwatch.protocol.messages import (
@@ -53,6 +55,8 @@ __all__ = [
     "BlobStart",
     "BlobStreamError",
     "BlobStreamReader",
+    "BlobStreamWriter",
+    "BlobTarget",
     "Commit",
     "Hello",
     "NodeKey",

@@ -13,8 +13,9 @@ not match its digest; framing errors are refused with their offset.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "BlobChunk",
@@ -114,3 +115,59 @@ class BlobStreamReader:
         digest = self._current.digest
         self._current = None
         yield BlobEnd(digest)
+
+
+class BlobTarget(Protocol):
+    """Where one arriving blob goes: written in pieces, then finished or discarded."""
+
+    def write(self, data: bytes) -> None:
+        """Append bytes of the blob (hashing them)."""
+        ...
+
+    def finish(self) -> None:
+        """The blob is complete: check its digest and keep it, or raise."""
+        ...
+
+    def discard(self) -> None:
+        """The stream stopped inside this blob."""
+        ...
+
+
+class BlobStreamWriter:
+    """Feeds a framed stream into one :class:`BlobTarget` per blob.
+
+    ``open_blob`` is called for each blob header; ``completed`` lists the
+    digests whose targets finished, even if the stream later fails.
+    """
+
+    def __init__(self, open_blob: Callable[[BlobStart], BlobTarget]) -> None:
+        self._reader = BlobStreamReader()
+        self._open_blob = open_blob
+        self._current: BlobTarget | None = None
+        self.current_digest = ""
+        self.completed: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        """Consume ``data``, opening, writing and finishing targets as blobs go by."""
+        for event in self._reader.feed(data):
+            if isinstance(event, BlobStart):
+                self._current = self._open_blob(event)
+                self.current_digest = event.digest
+            elif self._current is None:
+                raise BlobStreamError("blob data without a header")
+            elif isinstance(event, BlobChunk):
+                self._current.write(event.data)
+            else:
+                self._current.finish()
+                self.completed.append(event.digest)
+                self._current, self.current_digest = None, ""
+
+    def close(self) -> None:
+        """Refuse a stream that ended inside a blob."""
+        self._reader.close()
+
+    def abandon(self) -> None:
+        """Discard the blob in progress, if any (call when the stream failed)."""
+        if self._current is not None:
+            self._current.discard()
+            self._current, self.current_digest = None, ""
