@@ -34,6 +34,7 @@ demo: venv
 
 bench: venv
 	$(BIN)/python bench/bundle.py
+	$(BIN)/python bench/deploy.py
 
 clean:
 	rm -rf $(VENV) .demo .bench .mypy_cache .ruff_cache .pytest_cache
