@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 
 from knightwatch.clock import Clock
 from knightwatch.control.faults import crash_point
-from knightwatch.control.selection import matches_selector, parse_selector
 from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase, check_transition
-from knightwatch.errors import GateRefusedError, InvalidInputError, ReleaseNotFoundError
+from knightwatch.control.targets import enrolled_nodes, resolve_release, select_targets
+from knightwatch.errors import GateRefusedError
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
 from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
@@ -129,7 +129,7 @@ class Orchestrator:
                     hint="a rollback needs one successful deploy before it",
                 )
             target, current = fleet.previous_digest, fleet.desired_digest
-            names = [n.name for n in _enrolled(session) if n.desired_digest == current]
+            names = [n.name for n in enrolled_nodes(session) if n.desired_digest == current]
         return self.start(
             DeployRequest(
                 release=target,
@@ -254,20 +254,8 @@ class Orchestrator:
                 f"deployment {running.id} is {running.state}; one deployment runs at a time",
                 hint=f"wait for it: knightwatch deployment show {running.id}",
             )
-        release = _resolve_release(session, request.release)
-        terms = parse_selector(request.nodes)
-        selected = [n for n in _enrolled(session) if matches_selector(n, terms)]
-        if not selected:
-            raise InvalidInputError(
-                f"no enrolled node matches {request.nodes or 'the fleet'}",
-                hint="list nodes with: knightwatch status",
-            )
-        targets = [n for n in selected if n.connected]
-        if not targets:
-            raise GateRefusedError(
-                f"none of the {len(selected)} selected nodes is connected",
-                hint="start their agents, then deploy again",
-            )
+        release = resolve_release(session, request.release)
+        targets = select_targets(session, request.nodes)
         now = self._clock.now()
         fleet = get_fleet(session)
         deployment = Deployment(
@@ -284,9 +272,9 @@ class Orchestrator:
         )
         session.add(deployment)
         session.flush()
-        canary = min(n.name for n in targets) if request.strategy == "canary" else None
-        for node in sorted(selected, key=lambda n: n.name):
-            online = node in targets
+        canary = targets.online[0].name if request.strategy == "canary" else None
+        for node in targets.all:
+            online = node in targets.online
             session.add(
                 DeploymentNode(
                     deployment_id=deployment.id,
@@ -314,7 +302,7 @@ class Orchestrator:
             deployment.id,
             "created",
             at=now,
-            detail=f"{request.kind} {release.release_id} to {len(targets)} node(s)",
+            detail=f"{request.kind} {release.release_id} to {len(targets.online)} node(s)",
         )
         step.transitions.append(S.PREPARING)
         return deployment
@@ -542,7 +530,7 @@ class Orchestrator:
                 return
             lagging = [
                 n
-                for n in _enrolled(session)
+                for n in enrolled_nodes(session)
                 if n.connected
                 and n.desired_digest
                 and n.active_digest != n.desired_digest
@@ -585,10 +573,6 @@ class Orchestrator:
                 log.info("node %s not connected; %s waits for its return", node, message.type)
 
 
-def _enrolled(session: Session) -> list[Node]:
-    return list(session.scalars(select(Node).where(Node.status == "enrolled").order_by(Node.name)))
-
-
 def _rows(session: Session, deployment: Deployment) -> list[DeploymentNode]:
     return [
         r
@@ -605,27 +589,6 @@ def _release(session: Session, deployment: Deployment) -> Release:
     release = session.get(Release, deployment.release_digest)
     assert release is not None  # foreign key
     return release
-
-
-def _resolve_release(session: Session, ref: str) -> Release:
-    text = ref.removeprefix("sha256:")
-    if (release := session.get(Release, text)) is not None:
-        return release
-    candidates = list(session.scalars(select(Release)))
-    matches = [
-        r
-        for r in candidates
-        if text in (r.release_id, f"{r.name}@{r.version}")
-        or (len(text) >= 8 and r.digest.startswith(text))
-    ]
-    if len(matches) != 1:
-        hint = (
-            "several releases match; give the full release ID"
-            if matches
-            else "push it first: knightwatch release push RELEASE --store DIR"
-        )
-        raise ReleaseNotFoundError(ref, hint=hint)
-    return matches[0]
 
 
 def _commit(deployment: Deployment, release: Release) -> Commit:

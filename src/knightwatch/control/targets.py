@@ -1,0 +1,71 @@
+"""What a deployment is about: the release a reference names, and the nodes it targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from knightwatch.control.selection import matches_selector, parse_selector
+from knightwatch.errors import GateRefusedError, InvalidInputError, ReleaseNotFoundError
+from knightwatch.store import Node, Release
+
+__all__ = ["Targets", "enrolled_nodes", "resolve_release", "select_targets"]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The selected nodes: those connected now, and those to catch up when they return."""
+
+    online: list[Node]
+    offline: list[Node]
+
+    @property
+    def all(self) -> list[Node]:
+        """Every selected node, sorted by name."""
+        return sorted([*self.online, *self.offline], key=lambda n: n.name)
+
+
+def enrolled_nodes(session: Session) -> list[Node]:
+    """Every enrolled node, sorted by name."""
+    return list(session.scalars(select(Node).where(Node.status == "enrolled").order_by(Node.name)))
+
+
+def select_targets(session: Session, selector: str | None) -> Targets:
+    """Resolve a node selector; refuse one that matches nothing or nothing connected."""
+    terms = parse_selector(selector)
+    selected = [n for n in enrolled_nodes(session) if matches_selector(n, terms)]
+    if not selected:
+        raise InvalidInputError(
+            f"no enrolled node matches {selector or 'the fleet'}",
+            hint="list nodes with: knightwatch status",
+        )
+    online = [n for n in selected if n.connected]
+    if not online:
+        raise GateRefusedError(
+            f"none of the {len(selected)} selected nodes is connected",
+            hint="start their agents, then deploy again",
+        )
+    return Targets(online, [n for n in selected if not n.connected])
+
+
+def resolve_release(session: Session, ref: str) -> Release:
+    """The one release a digest, digest prefix, release ID or ``name@version`` names."""
+    text = ref.removeprefix("sha256:")
+    if (release := session.get(Release, text)) is not None:
+        return release
+    matches = [
+        r
+        for r in session.scalars(select(Release))
+        if text in (r.release_id, f"{r.name}@{r.version}")
+        or (len(text) >= 8 and r.digest.startswith(text))
+    ]
+    if len(matches) != 1:
+        hint = (
+            "several releases match; give the full release ID"
+            if matches
+            else "push it first: knightwatch release push RELEASE --store DIR"
+        )
+        raise ReleaseNotFoundError(ref, hint=hint)
+    return matches[0]
