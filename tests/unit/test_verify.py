@@ -18,6 +18,7 @@ from knightwatch.bundle import (
     verify_release,
 )
 from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
+from knightwatch.bundle.signing import statement_problems
 from knightwatch.canonical import canonical_json
 from tests.conftest import MakeSource
 
@@ -156,3 +157,45 @@ class TestVerify:
 
 def _manifest(store: Path, built: BuildResult) -> Manifest:
     return ReleaseStore(store).load(built.digest).manifest
+
+
+class TestStatementProblems:
+    """The one check that a signed Statement vouches for exactly this release."""
+
+    DIGEST, RELEASE, SBOM = "a" * 64, "shop@1+aaaaaaaaaaaa", "b" * 64
+
+    def statement(self, **changes: object) -> dict[str, object]:
+        """A statement naming DIGEST, RELEASE and SBOM, with ``changes`` applied."""
+        base: dict[str, object] = {
+            "subject": [{"name": "m", "digest": {"sha256": self.DIGEST}}],
+            "predicate": {
+                "release_id": self.RELEASE,
+                "sbom": {"name": "sbom.cdx.json", "sha256": self.SBOM},
+            },
+        }
+        return {**base, **changes}
+
+    def test_exact_statement_has_no_problem(self) -> None:
+        """A statement naming this manifest, release ID and SBOM passes."""
+        assert statement_problems(self.statement(), self.DIGEST, self.RELEASE, self.SBOM) == []
+
+    def test_each_mismatch_is_named(self) -> None:
+        """Another manifest, release ID and SBOM digest are each reported."""
+        problems = statement_problems(self.statement(), "c" * 64, "shop@2+cccccccccccc", "d" * 64)
+        assert len(problems) == 3
+        assert "another manifest" in problems[0]
+        assert "shop@2+cccccccccccc" in problems[1]
+        assert problems[2].startswith("sbom.cdx.json: SHA-256 is " + "d" * 64)
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {"subject": "not a list"},
+            {"subject": [7, None, {"digest": "not a dict"}]},
+            {"predicate": ["not", "a", "dict"]},
+            {"predicate": {"release_id": 7, "sbom": "nope"}},
+        ],
+    )
+    def test_hostile_shapes_are_problems_not_crashes(self, changes: dict[str, object]) -> None:
+        """A validly signed statement of any JSON shape yields problems, never an exception."""
+        assert statement_problems(self.statement(**changes), self.DIGEST, self.RELEASE, self.SBOM)

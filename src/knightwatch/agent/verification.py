@@ -20,7 +20,7 @@ from pathlib import Path
 from knightwatch.agent.errors import StagingError
 from knightwatch.bundle.hashing import HashTask, digest_files
 from knightwatch.bundle.manifest import FileEntry, Manifest
-from knightwatch.bundle.signing import TrustedKey, open_envelope
+from knightwatch.bundle.signing import TrustedKey, open_envelope, statement_problems
 from knightwatch.canonical import sha256_hex
 from knightwatch.errors import StoreError
 
@@ -52,18 +52,9 @@ def check_signature(envelope: bytes, manifest: Manifest, trusted: list[TrustedKe
         statement, keyids = open_envelope(envelope, trusted)
     except (ValueError, TypeError, AttributeError) as exc:
         raise StagingError(f"signature: {exc}", digest=manifest.digest) from None
-    subjects = statement.get("subject") or []
-    signed = [(s.get("digest") or {}).get("sha256") for s in subjects if isinstance(s, dict)]
-    if manifest.digest not in signed:
-        raise StagingError(
-            f"signature: the signature is for another manifest ({', '.join(map(str, signed))})",
-            digest=manifest.digest,
-        )
-    predicate = statement.get("predicate") or {}
-    if not isinstance(predicate, dict) or predicate.get("release_id") != manifest.release_id:
-        raise StagingError(
-            f"signature: signed release ID is not {manifest.release_id!r}", digest=manifest.digest
-        )
+    problems = statement_problems(statement, manifest.digest, manifest.release_id)
+    if problems:
+        raise StagingError(f"signature: {'; '.join(problems)}", digest=manifest.digest)
     return keyids
 
 

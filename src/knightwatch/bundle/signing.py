@@ -33,6 +33,7 @@ __all__ = [
     "load_trusted_key",
     "open_envelope",
     "sign_statement",
+    "statement_problems",
 ]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -178,3 +179,35 @@ def open_envelope(
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise ValueError("signed payload is not an in-toto Statement v1")
     return statement, good
+
+
+def statement_problems(
+    statement: dict[str, Any], digest: str, release_id: str, sbom_sha256: str | None = None
+) -> list[str]:
+    """What keeps a verified Statement from vouching for this exact release.
+
+    The subject must be the manifest ``digest``, the predicate must name
+    ``release_id`` and, when ``sbom_sha256`` is given, that SBOM digest.
+    Empty when all hold. Tolerates any JSON shape: a hostile but validly
+    signed statement gets problems, never an exception.
+    """
+    problems = []
+    subjects = statement.get("subject")
+    signed = [_field(s, "digest", "sha256") for s in subjects] if isinstance(subjects, list) else []
+    if digest not in signed:
+        shown = ", ".join(str(d) for d in signed) or "none"
+        problems.append(f"the signature is for another manifest ({shown})")
+    predicate = statement.get("predicate")
+    predicate = predicate if isinstance(predicate, dict) else {}
+    if predicate.get("release_id") != release_id:
+        problems.append(f"signed release ID {predicate.get('release_id')!r} is not {release_id!r}")
+    signed_sbom = _field(predicate, "sbom", "sha256")
+    if sbom_sha256 is not None and signed_sbom != sbom_sha256:
+        name = _field(predicate, "sbom", "name") or "the SBOM"
+        problems.append(f"{name}: SHA-256 is {sbom_sha256}, the signature covers {signed_sbom}")
+    return problems
+
+
+def _field(value: object, outer: str, inner: str) -> object:
+    middle = value.get(outer) if isinstance(value, dict) else None
+    return middle.get(inner) if isinstance(middle, dict) else None

@@ -23,7 +23,7 @@ from knightwatch.bundle.release_store import (
     StoredRelease,
 )
 from knightwatch.bundle.sbom import sbom_problems
-from knightwatch.bundle.signing import TrustedKey, open_envelope
+from knightwatch.bundle.signing import TrustedKey, open_envelope, statement_problems
 from knightwatch.bundle.source import IDENTITY_PATH
 from knightwatch.canonical import parse_json, sha256_hex
 from knightwatch.errors import StoreError
@@ -167,21 +167,7 @@ def _check_signature(
     except (StoreError, ValueError, TypeError, AttributeError) as exc:
         report.problems.append(f"{ENVELOPE_FILE}: {getattr(exc, 'message', exc)}")
         return
-    subjects = statement.get("subject") or []
-    signed = [s.get("digest", {}).get("sha256") for s in subjects if isinstance(s, dict)]
-    if release.digest not in signed:
-        report.problems.append(
-            f"{ENVELOPE_FILE}: the signature is for another manifest "
-            f"({', '.join(map(str, signed)) or 'none'})"
-        )
-    predicate = statement.get("predicate") or {}
-    if predicate.get("release_id") != release.release_id:
-        report.problems.append(
-            f"{ENVELOPE_FILE}: signed release ID "
-            f"{predicate.get('release_id')!r} is not {release.release_id!r}"
-        )
-    signed_sbom = (predicate.get("sbom") or {}).get("sha256")
-    if sbom_sha256 is not None and signed_sbom != sbom_sha256:
-        report.problems.append(
-            f"{SBOM_FILE}: SHA-256 is {sbom_sha256}, the signature covers {signed_sbom}"
-        )
+    report.problems.extend(
+        f"{ENVELOPE_FILE}: {p}"
+        for p in statement_problems(statement, release.digest, release.release_id, sbom_sha256)
+    )

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from knightwatch.bundle.blobstore import BlobStore, is_digest, sync_filesystem
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.sbom import sbom_identity_problems
-from knightwatch.bundle.signing import TrustedKey, open_envelope
+from knightwatch.bundle.signing import TrustedKey, open_envelope, statement_problems
 from knightwatch.canonical import sha256_hex
 from knightwatch.clock import Clock
 from knightwatch.errors import InvalidInputError, StoreError, VerificationError
@@ -209,12 +209,9 @@ class ReleaseCatalog:
         try:
             statement, keyids = open_envelope(envelope, self._trusted)
             signer = keyids[0]
-            subjects = [s.get("digest", {}).get("sha256") for s in statement.get("subject", [])]
-            if digest not in subjects:
-                problems.append("the signature is for another manifest")
-            signed_sbom = (statement.get("predicate") or {}).get("sbom", {}).get("sha256")
-            if signed_sbom != sha256_hex(sbom):
-                problems.append("the SBOM does not match the signed SBOM digest")
+            problems.extend(
+                statement_problems(statement, digest, parsed.release_id, sha256_hex(sbom))
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             problems.append(f"signature: {exc}")
         problems.extend(f"SBOM: {p}" for p in sbom_identity_problems(sbom, parsed))
