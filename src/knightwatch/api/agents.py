@@ -59,7 +59,7 @@ def enroll_agent(body: EnrollBody, plane: Plane) -> dict[str, Any]:
     """Exchange a join token for a node credential and the release-signing keys."""
     with plane.db.session() as session:
         credential = enroll(session, body.name, body.token, body.public_key, now=plane.clock.now())
-    keys = [p.read_text() for p in _trusted_key_files(plane)]
+    keys = [key.public_pem() for key in plane.trusted]
     return {
         "node": body.name,
         "credential": credential,
@@ -252,11 +252,3 @@ class _Session:
             node = session.get(Node, self.node)
             node.connected = False
             node.disconnected_at = self.plane.clock.now()
-
-
-def _trusted_key_files(plane: Any) -> list[Any]:
-    paths = list(plane.settings.trusted_keys)
-    trusted_dir = plane.settings.data_dir / "trusted"
-    if trusted_dir.is_dir():
-        paths.extend(sorted(trusted_dir.glob("*.pub")))
-    return paths

@@ -9,7 +9,6 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -142,8 +141,3 @@ def plane_of(app: FastAPI) -> ControlPlane:
     plane = app.state.plane
     assert isinstance(plane, ControlPlane)
     return plane
-
-
-def data_path(plane: ControlPlane, *parts: str) -> Path:
-    """A path under the control plane's data directory."""
-    return plane.settings.data_dir.joinpath(*parts)

@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FileDigest", "HashTask", "digest_files", "hash_path", "worker_count"]
+__all__ = ["FileDigest", "HashTask", "digest_files", "worker_count"]
 
 _SMALL = 16 * 1024 * 1024
 _CHUNK = 1024 * 1024
@@ -105,14 +105,6 @@ def _start_method() -> str:
     # fork starts workers in milliseconds but is only safe while no other thread
     # holds a lock; forkserver is safe always but re-imports the program (~0.5 s).
     return "fork" if threading.active_count() == 1 else "forkserver"
-
-
-def hash_path(path: Path) -> tuple[str, int]:
-    """Return the SHA-256 hex digest and size of one regular file."""
-    result = hash_task(HashTask(str(path)))
-    if result.error is not None:
-        raise OSError(result.error)
-    return result.digest, result.size
 
 
 def hash_task(task: HashTask) -> FileDigest:

@@ -49,6 +49,12 @@ class TrustedKey:
     key: Ed25519PublicKey
     source: str
 
+    def public_pem(self) -> str:
+        """The key in PEM (SubjectPublicKeyInfo) form, as ``keys generate`` writes it."""
+        return self.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+
 
 @dataclass(frozen=True)
 class SigningKey:
