@@ -79,9 +79,11 @@ class Release(Base):
     release_id: Mapped[str] = mapped_column(String(255), unique=True)
     name: Mapped[str] = mapped_column(String(255))
     version: Mapped[str] = mapped_column(String(255))
-    manifest: Mapped[bytes] = mapped_column(LargeBinary)
-    sbom: Mapped[bytes] = mapped_column(LargeBinary)
-    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    # Deferred: megabytes for a large release, and most reads (status, release
+    # lookups) need only the identity columns; they load on first access.
+    manifest: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    sbom: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     signed_by: Mapped[str] = mapped_column(String(255))
     pushed_at: Mapped[datetime]
     pushed_by: Mapped[str] = mapped_column(String(255))
