@@ -25,15 +25,14 @@ holds as many files as the tree. Neither flushes nor drops the page cache: a
 caller that wants comparable runs should ``os.sync()`` before each.
 
 Ansible lives in its own venv, made by :func:`ensure_ansible`; this module uses
-only the standard library so it imports from the project venv. Run
-``python -m bench.ansible_ref`` from the repository root to try it.
+only the standard library so it imports from the project venv. bench/deploy.py
+is the benchmark that uses it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import tempfile
@@ -47,12 +46,10 @@ __all__ = [
     "PLAYBOOK",
     "DeployError",
     "ansible_deploy",
-    "change_one_file",
     "count_files",
     "cp_deploy",
     "ensure_ansible",
     "ensure_rsync",
-    "make_tree",
     "verify_deploy",
 ]
 
@@ -61,8 +58,6 @@ DEFAULT_STRATEGY = "linear"
 PLAYBOOK = Path(__file__).resolve().with_name("deploy.yml")
 SYNCHRONIZE = "ansible.posix.synchronize"
 TAIL_LINES = 40
-FILES_PER_DIR = 50
-SUBDIRS_PER_DIR = 10
 
 
 class DeployError(RuntimeError):
@@ -326,46 +321,3 @@ def cp_deploy(
     if verify:
         verify_deploy(tree, hosts_root, version, nodes)
     return elapsed
-
-
-def make_tree(
-    root: Path, files: int, total_bytes: int, *, mixed: bool = False, seed: int = 0
-) -> None:
-    """Write a reproducible tree of ``files`` files, ``total_bytes`` in all, under ``root``.
-
-    ``root`` is emptied first. Files hold pseudo-random bytes and sit
-    ``FILES_PER_DIR`` to a directory, ten directories to a parent. Sizes are
-    all equal unless ``mixed``, then log-normal (many small files, a few
-    large ones) scaled to the total.
-    """
-    if files < 1 or total_bytes < files:
-        raise ValueError("need at least one file and one byte per file")
-    rng = random.Random(seed)
-    if mixed:
-        weights = [rng.lognormvariate(0.0, 1.8) for _ in range(files)]
-        scale = (total_bytes - files) / sum(weights)
-        sizes = [1 + int(w * scale) for w in weights]
-    else:
-        sizes = [total_bytes // files] * files
-    sizes[sizes.index(max(sizes))] += total_bytes - sum(sizes)
-    if root.exists():
-        shutil.rmtree(root)
-    for i, size in enumerate(sizes):
-        leaf = i // FILES_PER_DIR
-        path = root / f"d{leaf // SUBDIRS_PER_DIR:03d}" / f"s{leaf % SUBDIRS_PER_DIR}" / f"f{i:05d}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rng.randbytes(size))
-
-
-def change_one_file(tree: Path, seed: int = 1) -> Path:
-    """Rewrite one file of ``tree`` (picked by ``seed``) with new bytes of the same size.
-
-    Its mtime changes too, so rsync's quick check (size and mtime) sees it.
-    Returns the file's path.
-    """
-    candidates = sorted(p for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
-    if not candidates:
-        raise DeployError(f"{tree} holds no regular file to change")
-    path = random.Random(seed).choice(candidates)
-    path.write_bytes(random.Random(seed).randbytes(path.stat().st_size))
-    return path

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from knightwatch.agent.process import groups_running_under
 from knightwatch.client import ApiClient, ServerTarget
 from knightwatch.errors import KnightwatchError
 from knightwatch.push import push_release
@@ -328,21 +329,12 @@ def _stop(entry: _Process, sig: int, grace: float = 15.0) -> int | None:
 
 
 def kill_strays(directory: Path) -> list[int]:
-    """SIGKILL every process whose working directory lies under ``directory``."""
-    killed = []
-    root = str(directory.resolve())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cwd == root or cwd.startswith(root + "/"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-    return killed
+    """SIGKILL every process group running (cwd or executable) under ``directory``."""
+    groups = groups_running_under(directory)
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    return groups
 
 
 def stop_fleet(directory: Path, grace: float = 15.0) -> list[str]:
