@@ -126,9 +126,8 @@ class TestBundleCommands:
                 "--json",
             ).stdout
         )
-        blob = next((store / "blobs").rglob("*"), None)
         blobs = [p for p in (store / "blobs").rglob("*") if p.is_file()]
-        assert blob is not None and blobs
+        assert len(blobs) == 6
         for path in blobs:
             path.chmod(0o644)
             path.write_bytes(path.read_bytes() + b"!")

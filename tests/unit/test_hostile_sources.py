@@ -3,8 +3,8 @@
 Every refusal is a SourceTreeError or SpecError (InvalidInputError, exit code
 2) whose message names the offending path and the rule. "Unchanged" means the
 sorted list of every path under the store (directories included) is the same
-before and after, or the store still does not exist. Tests marked ``SRC BUG``
-describe the behaviour the README promises and fail today; they are reported.
+before and after, or the store still does not exist. Comments marked
+``Regression`` name a bug these tests once caught, so it stays fixed.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ CORPUS: dict[str, Hostile] = {
     "symlink-dotdot-subdir": Hostile(
         _symlink_dotdot_from_subdir, "app/sub/link", "leaves the source tree"
     ),
-    # SRC BUG: accepted today (the check is lexical and ignores in-tree symlinks).
+    # Regression: once accepted (the check was lexical and ignored in-tree symlinks).
     "symlink-escape-via-inner-link": Hostile(
         _symlink_escape_via_inner_symlink, "app/up", "leaves the source tree"
     ),
@@ -320,8 +320,8 @@ class TestHostileTrees:
             # unblock the reader (it sees EOF) so the thread ends, then fail
             os.close(os.open(spec, os.O_WRONLY | os.O_NONBLOCK))
             worker.join(10)
-            # SRC BUG: load_spec opens knightwatch.toml with a blocking open(2)
-            # and follows symlinks, so a FIFO there hangs the build forever.
+            # Regression: load_spec once opened knightwatch.toml with a blocking open(2)
+            # and followed symlinks, so a FIFO there hung the build forever.
             pytest.fail("build_release blocked opening a FIFO named knightwatch.toml")
         assert len(outcome) == 1
         error = outcome[0]
@@ -454,7 +454,7 @@ UNREADABLE: dict[str, Hostile] = {
     "file": Hostile(_unreadable_file, "app/secret.txt", "cannot be read"),
     "file-among-many": Hostile(_unreadable_file_among_many, "app/secret.txt", "cannot be read"),
     "directory": Hostile(_unreadable_dir, "app/private", "cannot be read"),
-    # SRC BUG: os.lstat in source._walk raises PermissionError (traceback, exit 1).
+    # Regression: os.lstat in source._walk once raised PermissionError (traceback).
     "unsearchable-directory": Hostile(_unsearchable_dir, "app/private", "cannot be"),
 }
 
@@ -559,8 +559,8 @@ class TestUnreadable:
         )
         assert done.returncode == 2, done.stderr
         assert "app/secret.txt: cannot be read" in done.stderr
-        # SRC BUG: StagingArea mkdir(parents=True) creates a/ and a/b/ but only
-        # records (and so only removes) the store directory itself.
+        # Regression: StagingArea once created a/ and a/b/ but recorded (and so
+        # removed) only the store directory itself.
         assert snapshot(stores) == []
 
 
@@ -593,8 +593,8 @@ CLI_CASES: dict[str, Hostile] = {
     "no-component": Hostile(
         _no_component, "stray.txt", "every file must belong to exactly one [[component]]"
     ),
-    # SRC BUG (this and below): fail() interpolates the message into Rich markup
-    # unescaped, and the stderr console wraps at 80 columns.
+    # Regression (this and below): fail() once put the message into Rich markup
+    # unescaped, and the stderr console wrapped it at 80 columns.
     "markup-in-name": Hostile(_fifo_named("app/[bold]pipe"), "app/[bold]pipe", "is a FIFO"),
     "closing-tag-name": Hostile(_stray_named("[/]"), "[/]", "matches no component"),
     "long-path": Hostile(_fifo_named(LONG), LONG, "is a FIFO"),

@@ -2,8 +2,8 @@
 
 Each refusal is a :class:`SpecError` (an :class:`InvalidInputError`, exit code
 2) whose message starts with the file and the key path and then says what
-form was expected. Tests marked ``SRC BUG`` describe how the model *should*
-behave and fail today; they are reported, not silently expected to fail.
+form was expected. Comments marked ``Regression`` name a bug these tests once
+caught, so it stays fixed.
 """
 
 from __future__ import annotations
@@ -227,8 +227,8 @@ class TestReferences:
         text = RELEASE + "".join(
             component(f"c{i}", depends_on=[f"c{(i + 1) % count}"]) for i in range(count)
         )
-        # SRC BUG: _refuse_cycles recurses once per component, so a long chain
-        # raises RecursionError (not SpecError) from parse_spec.
+        # Regression: _refuse_cycles once recursed per component, so a long chain
+        # raised RecursionError (not SpecError) from parse_spec.
         refused(text, "component", "cycle")
 
     def test_long_chain_at_the_bound_parses(self) -> None:
@@ -238,7 +238,7 @@ class TestReferences:
             component(f"c{i}", depends_on=[f"c{i + 1}"] if i + 1 < count else None)
             for i in range(count)
         )
-        # SRC BUG: RecursionError from the recursive cycle check in _refuse_cycles.
+        # Regression: once a RecursionError from the recursive cycle check.
         spec = parse_spec(text, file=FILE)
         assert len(spec.component) == count
 
@@ -320,15 +320,15 @@ class TestExpressions:
     def test_regex_huge_repetition(self) -> None:
         """A regex whose repeat count overflows the engine is refused, not a crash."""
         text = BASE + SERVICE + "log_pattern = [{ name = \"p\", regex = 'a{4294967296}' }]\n"
-        # SRC BUG: re.compile raises OverflowError, which LogPattern._regex_compiles
-        # does not catch, so parse_spec raises OverflowError instead of SpecError.
+        # Regression: re.compile raises OverflowError, which _regex_compiles once let
+        # escape, so parse_spec raised OverflowError instead of SpecError.
         refused(text, "service.log_pattern[0].regex", "not a valid regular expression")
 
     def test_regex_deep_nesting(self) -> None:
         """A regex of 500 nested groups (within the length bound) is refused, not a crash."""
         regex = "(" * 500 + ")" * 500
         text = BASE + SERVICE + f"log_pattern = [{{ name = \"p\", regex = '{regex}' }}]\n"
-        # SRC BUG: re.compile raises RecursionError, uncaught by _regex_compiles.
+        # Regression: re.compile raises RecursionError, once uncaught by _regex_compiles.
         refused(text, "service.log_pattern[0].regex", "not a valid regular expression")
 
 
@@ -353,8 +353,8 @@ class TestGlobs:
     def test_glob_rejected_by_regex_engine(self, glob: str) -> None:
         """A glob whose bracket set is not a valid range is refused as a SpecError."""
         text = BASE + component("web", paths=json.dumps([glob]))
-        # SRC BUG: compile_glob lets re.error (not a ValueError) escape from
-        # re.compile, so parse_spec raises re.error instead of SpecError.
+        # Regression: compile_glob once let re.error (not a ValueError) escape, so
+        # parse_spec raised re.error instead of SpecError.
         refused(text, "component[1].paths", repr(glob))
 
     def test_glob_with_nested_set_no_warning(self) -> None:
@@ -362,8 +362,8 @@ class TestGlobs:
         text = BASE + component("web", paths='["web/[[x]"]')
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            # SRC BUG: _translate_segment copies '[' inside a set into the regex
-            # unescaped, so re.compile emits "FutureWarning: Possible nested set".
+            # Regression: _translate_segment once copied '[' inside a set unescaped,
+            # so re.compile emitted "FutureWarning: Possible nested set".
             with contextlib.suppress(SpecError):
                 parse_spec(text, file=FILE)
 
@@ -511,8 +511,8 @@ class TestService:
     def test_nul_in_command(self) -> None:
         """An argv element containing NUL (which no exec can run) is refused."""
         text = BASE + '\n[service]\ncommand = ["bin/shop\\u0000--evil"]\n'
-        # SRC BUG: Argv only bounds length; "\u0000" is accepted although no
-        # argv element can carry NUL, so the service can never start.
+        # Regression: Argv once only bounded length and accepted "\u0000", which no
+        # argv element can carry, so the service could never start.
         refused(text, "service.command[0]", "NUL")
 
 
@@ -530,7 +530,7 @@ class TestMalformedInput:
     def test_deeply_nested_toml(self) -> None:
         """An array nested 5000 deep is refused as a SpecError, not a crash."""
         text = BASE + "x = " + "[" * 5000 + "]" * 5000 + "\n"
-        # SRC BUG: tomllib raises RecursionError, which parse_spec does not catch.
+        # Regression: tomllib raises RecursionError, which parse_spec once let escape.
         refused(text, None, "TOML")
 
     def test_load_spec_not_utf8(self, tmp_path: Path) -> None:
