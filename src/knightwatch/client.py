@@ -106,10 +106,7 @@ def _error_from(response: httpx.Response) -> KnightwatchError:
     if response.status_code == 401:
         return InvalidInputError(message, hint=hint or "check KNIGHTWATCH_TOKEN")
     if response.status_code == 404 and body.get("kind") == "ReleaseNotFoundError":
-        error = ReleaseNotFoundError("", hint=hint)
-        error.message = message
-        error.args = (message,)
-        return error
+        return ReleaseNotFoundError("", hint=hint, message=message)
     if response.status_code == 409:
         return GateRefusedError(message, hint=hint)
     if response.status_code == 422 and "problems" in body:

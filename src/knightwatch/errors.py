@@ -82,8 +82,8 @@ class KeyFileError(InvalidInputError):
 class ReleaseNotFoundError(InvalidInputError):
     """No release in a store matches the reference the user gave."""
 
-    def __init__(self, ref: str, *, hint: str | None = None) -> None:
-        super().__init__(f"no release matches {ref!r}", hint=hint)
+    def __init__(self, ref: str, *, hint: str | None = None, message: str | None = None) -> None:
+        super().__init__(message or f"no release matches {ref!r}", hint=hint)
         self.ref = ref
 
 

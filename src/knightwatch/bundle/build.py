@@ -77,7 +77,7 @@ def plan_build(source: Path, environ: Mapping[str, str] | None = None) -> BuildP
     spec = load_spec(source)
     entries = scan_source(source, spec)
     _refuse_empty_components(spec, entries, source)
-    newest = max((os.lstat(e.absolute).st_mtime for e in entries), default=0.0)
+    newest = max((e.mtime for e in entries), default=0.0)
     info = source_info(source, newest, os.environ if environ is None else environ)
     return BuildPlan(spec, entries, info)
 

@@ -39,6 +39,7 @@ class SourceEntry:
     executable: bool
     component: str
     symlink_target: str | None = None
+    mtime: float = 0.0
 
 
 def scan_source(source: Path, spec: ReleaseSpec) -> list[SourceEntry]:
@@ -133,6 +134,7 @@ def _entry(
         path=path,
         absolute=source / path,
         size=0 if target is not None else st.st_size,
+        mtime=st.st_mtime,
         executable=target is None and bool(st.st_mode & 0o111),
         component=component,
         symlink_target=target if isinstance(target, str) else None,
