@@ -35,6 +35,7 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/bundle.py
 	$(BIN)/python bench/deploy.py
+	$(BIN)/python bench/drift.py
 
 clean:
 	rm -rf $(VENV) .demo .bench .mypy_cache .ruff_cache .pytest_cache

@@ -48,10 +48,34 @@ knightwatch status
 step "9. roll the whole fleet back to the previous release, through the same protocol"
 knightwatch rollback --wait
 knightwatch deployments
+
+step "10. someone edits live code on node2: the audit sees it at once, deploys are refused"
+tree="$DEMO/fleet/nodes/node2/releases/$(readlink "$DEMO/fleet/nodes/node2/current" | cut -d/ -f2)"
+chmod u+w "$tree/smars" "$tree/smars/orders.py"
+printf '
+# hot fix made by hand
+' >> "$tree/smars/orders.py"
+for _ in $(seq 50); do
+  knightwatch status --json | grep -q '"state": "DRIFTED"' && break
+  sleep 0.1
+done
+knightwatch status
+if knightwatch deploy smars@2012.8.2 2>/dev/null; then
+  echo "demo FAILED: a deploy was accepted on a drifted fleet" >&2
+  exit 1
+fi
+if knightwatch audit --files; then
+  echo "demo FAILED: the audit passed a changed file" >&2
+  exit 1
+fi
+
+step "11. reconcile node2: the exact bytes re-staged and restarted, recorded as a deployment"
+knightwatch reconcile --node node2 --wait
+knightwatch audit
 knightwatch fleet down --dir "$DEMO/fleet"
 trap - EXIT
 
-step "10. flip one byte of one blob: verify must name it (and exit 1)"
+step "12. flip one byte of one blob: verify must name it (and exit 1)"
 digest=$(knightwatch bundle show smars@2012.8.1 --store "$DEMO/store" --json \
   | python3 -c 'import json,sys; m=json.load(sys.stdin)["manifest"]; print(next(f["digest"] for f in m["files"] if f["path"]=="smars/router.py"))')
 blob="$DEMO/store/blobs/sha256/${digest:0:2}/${digest:2}"
@@ -68,4 +92,4 @@ if knightwatch bundle verify smars@2012.8.1 --store "$DEMO/store" --trust "$DEMO
   echo "demo FAILED: a corrupt blob was not detected" >&2
   exit 1
 fi
-printf '\n\033[32mdemo complete:\033[0m the corrupt blob was found and named; nothing was trusted blindly.\n'
+printf '\n\033[32mdemo complete:\033[0m the drifted node and the corrupt blob were found and named; nothing was trusted blindly.\n'

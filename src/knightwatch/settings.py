@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from knightwatch.bundle.spec import GuardSpec
+from knightwatch.control.guards import parse_fleet_guards
+from knightwatch.control.routing import AlertRouting
 from knightwatch.errors import InvalidInputError
 
 __all__ = ["Secret", "ServerSettings", "mask_url"]
@@ -65,8 +68,15 @@ class ServerSettings:
     canary_soak_s: float = 10.0
     heartbeat_s: float = 1.0
     join_token_ttl_s: float = 900.0
+    armed_groups: tuple[str, ...] = ()
+    """Node groups whose agents halt by themselves after ``dead_man_s`` without us."""
+    dead_man_s: float = 5.0
     operator_token: Secret | None = field(default=None)
     """Bearer token for the operator API; generated into DATA/operator.token when unset."""
+    alerts: AlertRouting = field(default_factory=AlertRouting)
+    """Alert receivers and the escalation route: ``[alerts]`` in server.toml, or JSON."""
+    guard: tuple[GuardSpec, ...] = ()
+    """Fleet rules: ``[[guard]]`` tables in server.toml (CEL over the sum of the nodes)."""
 
     @classmethod
     def load(
@@ -112,20 +122,40 @@ _FLOATS = {
     "canary_soak_s",
     "heartbeat_s",
     "join_token_ttl_s",
+    "dead_man_s",
 }
+_GROUP = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _groups(value: Any) -> tuple[str, ...]:
+    """Group names from a list (server.toml) or a comma-separated string (environment)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise TypeError("expected a list of group names")
+    groups = tuple(str(item).strip() for item in items if str(item).strip())
+    for group in groups:
+        if not _GROUP.fullmatch(group):
+            raise ValueError(f"{group!r} is not a group name (a-z 0-9 . _ -)")
+    return groups
+
+
+def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911 - one branch per kind of setting
     try:
         if name in ("database_url", "operator_token"):
             return value if isinstance(value, Secret) else Secret(str(value))
         if name == "data_dir":
             return Path(value)
+        if name == "alerts":
+            return AlertRouting.parse(value)
+        if name == "guard":
+            return parse_fleet_guards(value)
         if name == "port":
             port = int(value)
             if not 0 <= port <= 65535:
                 raise ValueError("not a TCP port")
             return port
+        if name == "armed_groups":
+            return _groups(value)
         if name == "trusted_keys":
             items = value.split(":") if isinstance(value, str) else value
             return tuple(Path(v) for v in items if str(v))

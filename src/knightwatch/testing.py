@@ -173,9 +173,9 @@ class LocalFleet:
 
     # -- agents ---------------------------------------------------------------
 
-    def enroll(self, name: str) -> str:
-        """Return a fresh join token for ``name``."""
-        return str(self.client.post(f"/nodes/{name}/enroll", {})["token"])
+    def enroll(self, name: str, group: str = "default") -> str:
+        """Return a fresh join token for ``name`` (a new node joins ``group``)."""
+        return str(self.client.post(f"/nodes/{name}/enroll", {"group": group})["token"])
 
     def root(self, name: str) -> Path:
         """The root directory of node ``name``."""
@@ -191,12 +191,16 @@ class LocalFleet:
         join: str | None = None,
         extra: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        server: str | None = None,
     ) -> None:
-        """Start the agent of node ``name`` (enrolling with ``join`` if given, extra ``env``)."""
+        """Start the agent of node ``name`` (enrolling with ``join`` if given, extra ``env``).
+
+        ``server`` points the agent elsewhere than the control plane (a proxy in front of it).
+        """
         args = [
             "agent",
             "--server",
-            self.url,
+            server or self.url,
             "--root",
             str(self.root(name)),
             "--name",

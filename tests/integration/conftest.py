@@ -20,6 +20,8 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,16 @@ def _smars_copy(target: Path, version: str) -> Path:
     return target
 
 
+def smars_variant(target: Path, version: str, *, launcher: str | None = None) -> Path:
+    """A copy of examples/smars at ``version``, with its own ``bin/smars-router`` if given."""
+    source = _smars_copy(target, version)
+    if launcher is not None:
+        path = source / "bin" / "smars-router"
+        path.write_text(launcher)
+        path.chmod(0o755)
+    return source
+
+
 @pytest.fixture(scope="session")
 def releases(
     tmp_path_factory: pytest.TempPathFactory, key_dir: Path, signing_key: SigningKey
@@ -105,6 +117,7 @@ def make_fleet(
     nodes: int = 2,
     database_url: str | None = None,
     server_env: dict[str, str] | None = None,
+    agent_args: tuple[str, ...] = (),
 ) -> LocalFleet:
     """A fleet trusting the test signing key, with short timeouts (not started yet)."""
     return LocalFleet(
@@ -113,7 +126,7 @@ def make_fleet(
         trust=[releases.public_key],
         database_url=database_url,
         server_env={**SERVER_ENV, **(server_env or {})},
-        agent_args=AGENT_ARGS,
+        agent_args=(*AGENT_ARGS, *agent_args),
     )
 
 
@@ -271,6 +284,24 @@ def converge_on(fleet: LocalFleet, release: BuildResult) -> None:
         deploy_ok(fleet, release)
     fleet.wait_state("CONVERGED", timeout=SETTLE_S)
     assert_fleet_on(fleet, release.digest)
+
+
+def kw(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``knightwatch ARGS`` against the fleet, as an operator would; capture its output."""
+    env = {
+        **os.environ,
+        "KNIGHTWATCH_SERVER": fleet.url,
+        "KNIGHTWATCH_TOKEN": fleet.token,
+        "COLUMNS": "250",
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("knightwatch")), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def events(deployment: dict[str, Any]) -> list[tuple[str, str | None]]:

@@ -23,11 +23,15 @@ from websockets.sync.client import ClientConnection, connect
 from knightwatch.bundle import ReleaseStore
 from knightwatch.protocol import (
     MAX_MESSAGE_BYTES,
+    AuditStatus,
+    Finding,
+    FindingKind,
     Hello,
     NodeKey,
     NodeState,
     Refused,
     Report,
+    Severity,
     load_node_key,
     parse_server_message,
     sign_report,
@@ -206,6 +210,42 @@ class TestReports:
         expect_refusal(ws, "signature does not verify")
         node1 = next(n for n in fleet.status()["nodes"] if n["name"] == "node1")
         assert node1["active_digest"] is None
+
+    @pytest.mark.parametrize(
+        ("forgery", "reason"),
+        [("other-key", "signature does not verify"), ("stale-nonce", "stale nonce")],
+    )
+    def test_forged_drift_report_changes_no_drift(
+        self,
+        fleet: LocalFleet,
+        session: tuple[ClientConnection, Hello],
+        forgery: str,
+        reason: str,
+    ) -> None:
+        """A drift report with a wrong signature or a stale nonce is refused and changes nothing."""
+        ws, hello = session
+        finding = Finding(
+            kind=FindingKind.MODIFIED,
+            severity=Severity.CRITICAL,
+            path="smars/orders.py",
+            detail="smars/orders.py: content differs",
+        )
+        audit = AuditStatus(findings=[finding], total=1, last_sweep_at=datetime.now(UTC))
+        nonce = hello.nonce if forgery == "other-key" else "c" * 24
+        claim = Report(
+            node="node1",
+            nonce=nonce,
+            seq=1,
+            sent_at=datetime.now(UTC),
+            kind="drift",
+            state=NodeState(audit=audit),
+        )
+        key = NodeKey(Ed25519PrivateKey.generate()) if forgery == "other-key" else None
+        ws.send(sign_report(claim, key or node_key(fleet, "node1")).model_dump_json())
+        expect_refusal(ws, reason)
+        node1 = next(n for n in fleet.status()["nodes"] if n["name"] == "node1")
+        assert node1["drift_state"] != "drifted"
+        assert node1["findings"] == []
 
     def test_report_naming_another_node_is_refused(
         self, fleet: LocalFleet, session: tuple[ClientConnection, Hello]

@@ -8,11 +8,7 @@ tests also pass alone.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,11 +21,10 @@ from tests.integration.conftest import (
     converge_on,
     deploy_ok,
     events,
+    kw,
     make_fleet,
     wait_idle,
 )
-
-KNIGHTWATCH = str(Path(sys.executable).with_name("knightwatch"))
 
 
 @pytest.fixture(scope="module")
@@ -181,25 +176,6 @@ def _connected(fleet: LocalFleet, name: str) -> bool:
 
 
 # -- the CLI, as an operator runs it ---------------------------------------------------------
-
-
-def kw(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``knightwatch ARGS`` against the fleet and capture its output."""
-    env = {
-        **os.environ,
-        "KNIGHTWATCH_SERVER": fleet.url,
-        "KNIGHTWATCH_TOKEN": fleet.token,
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [KNIGHTWATCH, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-        cwd=fleet.directory.parent,
-    )
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True, scope="module")

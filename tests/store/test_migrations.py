@@ -8,10 +8,11 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 
 from knightwatch.errors import StoreError
 from knightwatch.store import Base, Database, Node
@@ -20,31 +21,43 @@ from tests.store.conftest import Target
 
 TABLES = {
     "alembic_version",
+    "alert_notifications",
+    "alerts",
+    "audit_results",
+    "audits",
+    "lifecycle_events",
+    "retirement_nodes",
+    "retirements",
     "deployment_events",
     "deployment_nodes",
     "deployments",
     "fleet",
+    "halt_nodes",
+    "halts",
     "join_tokens",
     "nodes",
     "releases",
 }
 
 
-def test_head_is_the_one_named_initial_revision() -> None:
-    """The migration history has exactly one revision, ``0001_initial``, and it is head."""
+HEAD = "0003_safety"
+
+
+def test_history_is_one_line_ending_at_head() -> None:
+    """The migration history is a single line of named revisions, newest at head."""
     scripts = ScriptDirectory.from_config(alembic_config())
     revisions = list(scripts.walk_revisions())
-    assert [r.revision for r in revisions] == ["0001_initial"]
-    assert scripts.get_heads() == ["0001_initial"]
-    assert head_revision() == "0001_initial"
-    assert revisions[0].path.endswith("versions/0001_initial.py")
+    assert [r.revision for r in revisions] == [HEAD, "0002_audit", "0001_initial"]
+    assert scripts.get_heads() == [HEAD]
+    assert head_revision() == HEAD
+    assert revisions[-1].path.endswith("versions/0001_initial.py")
 
 
 def test_open_applies_migrations_to_head(db: Database) -> None:
     """Opening a database creates every table and records the head revision."""
     with db.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) == TABLES
-        assert current_revision(connection) == "0001_initial"
+        assert current_revision(connection) == HEAD
 
 
 def test_reopening_is_idempotent(target: Target) -> None:
@@ -52,7 +65,7 @@ def test_reopening_is_idempotent(target: Target) -> None:
     with target.open() as db, db.session() as session:
         session.add(Node(name="n", status="pending", created_at=datetime.now(UTC)))
     with target.open() as db, db.engine.connect() as connection:
-        assert current_revision(connection) == "0001_initial"
+        assert current_revision(connection) == HEAD
         assert connection.execute(text("SELECT name FROM nodes")).scalars().all() == ["n"]
 
 
@@ -109,3 +122,32 @@ def test_database_from_a_newer_knightwatch_is_refused(target: Target) -> None:
     with pytest.raises(StoreError, match="cannot migrate the database") as caught:
         target.open()
     assert "newer knightwatch" in (caught.value.hint or "")
+
+
+def test_upgrade_from_the_first_schema_keeps_the_data(target: Target) -> None:
+    """A database made by 0001 upgrades to head: rows kept, new columns at their defaults."""
+    url = target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}"
+    target.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            command.upgrade(alembic_config(connection), "0001_initial")
+            connection.commit()
+            now = datetime.now(UTC)
+            connection.execute(
+                text(
+                    "INSERT INTO nodes (name, group_name, status, created_at) "
+                    "VALUES ('old', 'default', 'enrolled', :now)"
+                ),
+                {"now": now},
+            )
+            connection.commit()
+    finally:
+        engine.dispose()
+    with target.open() as db, db.session() as session:
+        node = session.get(Node, "old")
+        assert node is not None
+        assert (node.status, node.drift_state, node.drift_findings) == ("enrolled", "unknown", "[]")
+        node.status = "drained"  # allowed by the new CHECK constraint
+    with target.open() as db, db.engine.connect() as connection:
+        assert current_revision(connection) == HEAD

@@ -36,14 +36,23 @@ def all_commands() -> list[list[str]]:
     found: list[list[str]] = []
 
     def walk(command: click.Command, path: list[str]) -> None:
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
+        # Duck-typed: typer may ship its own copy of click, whose Group is not click.Group.
+        subcommands = getattr(command, "commands", None)
+        if isinstance(subcommands, dict):
+            for name, sub in subcommands.items():
                 walk(sub, [*path, name])
         else:
             found.append(path)
 
     walk(typer.main.get_command(app), [])
     return found
+
+
+def test_every_command_is_collected() -> None:
+    """The walk finds the real command tree (a regression: it once found only the root)."""
+    commands = {" ".join(c) for c in all_commands()}
+    assert {"bundle build", "deploy", "audit", "release retire", "node enroll"} <= commands
+    assert "" not in commands
 
 
 class TestHelp:

@@ -8,7 +8,13 @@ commit    journal, stop the service, switch ``current``, start, health, smoke,
 rollback  the same switch back to a release still on disk; ROLLED_BACK or
           ROLLBACK_FAILED
 abort     forget a staged release (never the current or previous one); ABORTED
+retire    delete a retired release's tree, verify its absence; a RetireResult
 ========  =======================================================================
+
+A reconcile is a prepare and a commit with ``restage``: a fresh tree of the
+active release is built and verified beside the live one, then swapped in
+atomically while every process running from the agent's root is stopped.
+While a command switches releases the continuous audit is held.
 
 A command the server re-sends after its own restart finds its work done and
 answers the same way: a staged tree is re-verified, not rebuilt; a commit of
@@ -18,6 +24,9 @@ the release that is already current and healthy does not restart it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,14 +34,17 @@ from knightwatch.agent.checks import probe, read_version, run_smoke, version_mat
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
 from knightwatch.agent.faults import pause_point_async
-from knightwatch.agent.journal import Journal, PendingSwitch, ServiceRecord
+from knightwatch.agent.journal import Journal, PendingSwitch, ServiceRecord, halted_reason
 from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.retire import retire_release
 from knightwatch.agent.runenv import ServiceLaunch, launch_for
 from knightwatch.agent.source import ReleaseSource
 from knightwatch.agent.staging import Stager
 from knightwatch.agent.supervisor import Supervisor
 from knightwatch.bundle.manifest import Manifest
+from knightwatch.clock import Clock, SystemClock
 from knightwatch.errors import KnightwatchError
+from knightwatch.protocol.audit import Retire, RetireResult
 from knightwatch.protocol.messages import (
     Abort,
     Ack,
@@ -45,7 +57,8 @@ from knightwatch.protocol.messages import (
 
 __all__ = ["Command", "CommandRunner"]
 
-Command = Prepare | Commit | Rollback | Abort
+Command = Prepare | Commit | Rollback | Abort | Retire
+Hold = Callable[[], AbstractAsyncContextManager[None]]
 _MAX_REASON = 4096
 
 
@@ -72,41 +85,68 @@ class CommandRunner:
         stager: Stager,
         supervisor: Supervisor,
         source: ReleaseSource,
+        clock: Clock | None = None,
+        audit_hold: Hold | None = None,
     ) -> None:
         self.node = node
+        self.clock = clock or SystemClock()
+        self.audit_hold: Hold = audit_hold or contextlib.nullcontext
         self.layout = layout
         self.journal = journal
         self.stager = stager
         self.supervisor = supervisor
         self.source = source
         supervisor.on_change = self._record_service
+        self.service_lock = asyncio.Lock()
+        """Held while the service is started or halted: a halt never races a start."""
 
-    async def run(self, command: Command) -> Ack:
-        """Carry out ``command`` and return its acknowledgement (never raises for failures)."""
+    async def run(self, command: Command) -> Ack | RetireResult:
+        """Carry out ``command`` and return its answer (never raises for failures)."""
         match command:
             case Prepare():
                 return await self.prepare(command)
+            case Abort():
+                return await self.abort(command)
+            case Retire():
+                return await self.retire(command)
+        async with self.audit_hold():
+            return await self._run_switch(command)
+
+    async def _run_switch(self, command: Commit | Rollback) -> Ack:
+        if (halted := halted_reason(self.journal.state)) is not None:
+            failed = _COMMIT.failed if isinstance(command, Commit) else _ROLLBACK.failed
+            return _ack(command, failed, halted)
+        match command:
+            case Commit(restage=True):
+                return await self.swap_restaged(command)
             case Commit():
                 return await self._switch(command, _COMMIT)
             case Rollback(digest=None):
                 return await self.deactivate(command)
             case Rollback():
                 return await self._switch(command, _ROLLBACK)
-            case Abort():
-                return await self.abort(command)
 
     async def prepare(self, command: Prepare) -> Ack:
-        """Stage and verify a release without switching to it."""
+        """Stage and verify a release without switching to it (restage: build it afresh)."""
         current = self.journal.state.current
         protected = frozenset({current} if current else set())
+        restage = command.restage and self.layout.release_dir(command.digest).is_dir()
         try:
-            staged = await asyncio.to_thread(
-                self.stager.prepare,
-                self.source,
-                command.digest,
-                release_id=command.release_id,
-                protected=protected,
-            )
+            if restage:
+                staged = await asyncio.to_thread(
+                    self.stager.restage,
+                    self.source,
+                    command.digest,
+                    release_id=command.release_id,
+                )
+            else:
+                staged = await asyncio.to_thread(
+                    self.stager.prepare,
+                    self.source,
+                    command.digest,
+                    release_id=command.release_id,
+                    protected=protected,
+                )
         except KnightwatchError as exc:
             return _ack(command, AckPhase.PREPARE_FAILED, exc.message)
         state = self.journal.state
@@ -134,9 +174,68 @@ class CommandRunner:
             self.layout.clear_current()
         except KnightwatchError as exc:
             return _ack(command, AckPhase.ROLLBACK_FAILED, exc.message)
-        self.journal.update(current=None, previous=None, pending=None)
+        self.journal.update(current=None, previous=None, pending=None, switched_at=self._now())
         event("switched", op="rollback", to="nothing", previous=state.current)
         return _ack(command, AckPhase.ROLLED_BACK)
+
+    async def swap_restaged(self, command: Commit) -> Ack:
+        """Reconcile: stop everything under the root, swap the fresh tree in, restart, check."""
+        digest = command.digest
+        if not self.layout.restaged_dir(digest).is_dir():
+            if self.layout.release_dir(digest).is_dir():
+                return await self._switch(command, _COMMIT)  # the node was behind: a plain switch
+            return _ack(command, AckPhase.COMMIT_FAILED, "no restaged tree (the agent restarted?)")
+        state = self.journal.state
+        self.journal.update(
+            pending=PendingSwitch(
+                op="commit",
+                digest=digest,
+                from_digest=state.current,
+                deployment_id=command.deployment_id,
+            )
+        )
+        await self.supervisor.stop()
+        stopped = await self.supervisor.stop_strays(self.layout.root)
+        try:
+            await asyncio.to_thread(self.layout.swap_in_restaged, digest)
+            self.layout.switch_current(digest)
+        except (OSError, KnightwatchError) as exc:
+            self.journal.update(pending=None)
+            detail = exc.message if isinstance(exc, KnightwatchError) else str(exc)
+            return _ack(command, AckPhase.COMMIT_FAILED, f"cannot swap the tree in: {detail}")
+        previous = state.previous if state.current == digest else state.current
+        self.journal.update(
+            current=digest,
+            previous=previous,
+            staged=[d for d in state.staged if d != digest],
+            staged_for={d: n for d, n in state.staged_for.items() if d != digest},
+            pending=None,
+            switched_at=self._now(),
+        )
+        event("reconciled", release=command.release_id, processes_stopped=len(stopped))
+        reason = await self._start_checked(digest, smoke=True)
+        return _ack(command, AckPhase.COMMIT_FAILED if reason else AckPhase.ACTIVE, reason)
+
+    async def retire(self, command: Retire) -> RetireResult:
+        """Delete a retired release from this node and verify that it is gone."""
+        state = self.journal.state
+        if command.digest in (state.current, state.previous):
+            role = "active" if command.digest == state.current else "rollback target"
+            return RetireResult(
+                retirement_id=command.retirement_id,
+                digest=command.digest,
+                absent=False,
+                detail=f"refused: it is this node's {role}",
+            )
+        await self.supervisor.stop_strays(self.layout.release_dir(command.digest))
+        result = await asyncio.to_thread(retire_release, self.layout, command)
+        self.journal.update(
+            staged=[d for d in state.staged if d != command.digest],
+            staged_for={d: n for d, n in state.staged_for.items() if d != command.digest},
+        )
+        if result.absent:
+            await asyncio.to_thread(self._collect_blobs)
+        return result
 
     async def abort(self, command: Abort) -> Ack:
         """Remove a staged release unless it is the current or previous one."""
@@ -169,6 +268,14 @@ class CommandRunner:
         reason = await self._start_checked(state.current, smoke=False)
         if reason is not None:
             event("service-unhealthy", release=state.current, reason=reason)
+
+    async def start_current(self) -> str | None:
+        """Start the active release's service, health- and smoke-checked (after a re-arm)."""
+        current = self.journal.state.current
+        if current is None:
+            return None
+        async with self.audit_hold():
+            return await self._start_checked(current, smoke=True)
 
     # --- switching -----------------------------------------------------------------------
 
@@ -208,6 +315,7 @@ class CommandRunner:
             staged=[d for d in state.staged if d != digest],
             staged_for={d: n for d, n in state.staged_for.items() if d != digest},
             pending=None,
+            switched_at=self._now(),
         )
         event("switched", op=how.op, to=manifest.release_id, previous=state.current)
         await pause_point_async(how.op)
@@ -244,10 +352,13 @@ class CommandRunner:
             await self.supervisor.stop()
             self.supervisor.forget()
             return None
-        try:
-            await self.supervisor.start(launch)
-        except ServiceError as exc:
-            return exc.message
+        async with self.service_lock:
+            if (halted := halted_reason(self.journal.state)) is not None:
+                return halted  # the kill-switch latch: never start while halted
+            try:
+                await self.supervisor.start(launch)
+            except ServiceError as exc:
+                return exc.message
         reason = await self.supervisor.wait_ready()
         if reason is None and smoke:
             reason = await run_smoke(launch.spec.smoke, launch)
@@ -303,6 +414,9 @@ class CommandRunner:
 
     # --- helpers --------------------------------------------------------------------------
 
+    def _now(self) -> float:
+        return self.clock.now().timestamp()
+
     def _record_service(self, record: ServiceRecord | None) -> None:
         """Keep the running service's identity in the journal (for the next agent start)."""
         if self.journal.state.service != record:
@@ -320,7 +434,9 @@ class CommandRunner:
             return None
 
 
-def _ack(command: Command, phase: AckPhase, reason: str | None = None) -> Ack:
+def _ack(
+    command: Prepare | Commit | Rollback | Abort, phase: AckPhase, reason: str | None = None
+) -> Ack:
     if reason is not None:
         reason = " ".join(reason.split())[:_MAX_REASON]
     return Ack(

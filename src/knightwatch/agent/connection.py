@@ -2,12 +2,16 @@
 
 A session starts with the server's ``Hello`` (the nonce and heartbeat
 period); the agent answers with a signed ``inventory`` report, then sends a
-``heartbeat`` report every period and an ``ack`` report for each finished
-command, while commands coming down are queued for the command worker.
+``heartbeat`` report every period, a ``drift`` report the moment its audit
+findings change, and an ``ack``, ``audit`` or ``retire`` report for each
+finished command, while commands coming down are queued for the command
+worker (audit requests go to their own handler: they never wait behind a
+long prepare).
 Any disconnect is followed by a reconnect after an exponential back-off with
 jitter (0.2 s doubling to 10 s, reset by every ``Hello``); the service keeps
 running meanwhile. Acknowledgements not yet sent survive the disconnect and
-go out first on the next session.
+go out first on the next session; so do alert events (guards, scrapes, log
+patterns), sent in ``alert`` reports of up to 100 events each.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
@@ -30,22 +33,41 @@ from knightwatch.agent.errors import AgentTransportError
 from knightwatch.agent.events import event, logger
 from knightwatch.agent.reporting import Reporter
 from knightwatch.clock import Clock
+from knightwatch.protocol.audit import AuditRequest, AuditResult, RetireResult
 from knightwatch.protocol.messages import (
     MAX_MESSAGE_BYTES,
     Ack,
     Hello,
     NodeState,
     Refused,
+    ReportKind,
     parse_server_message,
 )
 from knightwatch.protocol.reports import NodeKey
+from knightwatch.protocol.safety import (
+    MAX_ALERTS_IN_REPORT,
+    AlertEvent,
+    Halt,
+    HaltAck,
+    Rearm,
+    RearmAck,
+)
 
 __all__ = ["Backoff", "Connection", "websocket_url"]
 
 CONNECT_PATH = "/api/agent/v1/connect"
 _HELLO_TIMEOUT_S = 10.0
+MAX_QUEUED_ALERTS = 10_000
 
-Send = Callable[[Literal["heartbeat", "inventory", "ack"], Ack | None], Awaitable[None]]
+Outgoing = Ack | AuditResult | RetireResult | HaltAck | RearmAck
+Send = Callable[[ReportKind, Outgoing | None], Awaitable[None]]
+_KIND: dict[type, ReportKind] = {
+    Ack: "ack",
+    AuditResult: "audit",
+    RetireResult: "retire",
+    HaltAck: "halt",
+    RearmAck: "rearm",
+}
 
 
 def websocket_url(server: str) -> str:
@@ -90,6 +112,8 @@ class Connection:
         commands: asyncio.Queue[Command],
         heartbeat_s: float | None = None,
         backoff: Backoff | None = None,
+        on_audit: Callable[[AuditRequest], None] | None = None,
+        on_halt: Callable[[Halt | Rearm], None] | None = None,
     ) -> None:
         self.url = websocket_url(server)
         self.node = credential.node
@@ -100,15 +124,36 @@ class Connection:
         self._commands = commands
         self._heartbeat_s = heartbeat_s
         self._backoff = backoff or Backoff()
-        self._outbox: deque[Ack] = deque()
+        self._on_audit = on_audit
+        self._on_halt = on_halt
+        self._outbox: deque[Outgoing] = deque()
         self._outbox_ready = asyncio.Event()
+        self._alerts: deque[AlertEvent] = deque()
+        self._alerts_ready = asyncio.Event()
+        self._drift_changed = asyncio.Event()
         self.connected = asyncio.Event()
         self.sessions = 0
+        self.hello: Hello | None = None
+        """The server's greeting of the current (or last) session."""
 
-    def send_ack(self, ack: Ack) -> None:
-        """Queue ``ack``; it is sent now if connected, else first thing on the next session."""
+    def send_ack(self, ack: Outgoing) -> None:
+        """Queue an answer; it is sent now if connected, else first thing on the next session."""
         self._outbox.append(ack)
         self._outbox_ready.set()
+
+    def send_alerts(self, alerts: list[AlertEvent]) -> None:
+        """Queue alert events; sent now if connected, else first thing on the next session."""
+        self._alerts.extend(alerts)
+        dropped = len(self._alerts) - MAX_QUEUED_ALERTS
+        for _ in range(max(0, dropped)):
+            self._alerts.popleft()
+        if dropped > 0:
+            event("alerts-dropped", count=dropped, reason="queue full while disconnected")
+        self._alerts_ready.set()
+
+    def drift_changed(self) -> None:
+        """Report the node's state at once: its audit findings changed."""
+        self._drift_changed.set()
 
     async def run(self) -> None:
         """Connect, serve the session, and reconnect after any failure, until cancelled."""
@@ -135,25 +180,33 @@ class Connection:
             open_timeout=10,
             close_timeout=2,
         ) as websocket:
-            hello = await self._hello(websocket)
+            hello = self.hello = await self._hello(websocket)
             self._backoff.reset()
             self.sessions += 1
             reporter = Reporter(self.node, self._key, self._clock, hello.nonce)
             lock = asyncio.Lock()
 
-            async def send(
-                kind: Literal["heartbeat", "inventory", "ack"], ack: Ack | None = None
-            ) -> None:
+            async def send(kind: ReportKind, answer: Outgoing | None = None) -> None:
                 async with lock:
-                    signed = reporter.make(kind, self._state(), ack)
+                    signed = reporter.make(kind, self._state(), answer)
+                    await websocket.send(signed.model_dump_json())
+
+            async def send_alerts(batch: list[AlertEvent]) -> None:
+                async with lock:
+                    signed = reporter.make("alert", self._state(), None, batch)
                     await websocket.send(signed.model_dump_json())
 
             period = self._heartbeat_s or hello.heartbeat_s
             await send("inventory", None)
             self.connected.set()
             event("connect", server=self.url, heartbeat_s=period, session=self.sessions)
+            self._drift_changed.clear()
             await _first_to_finish(
-                self._heartbeats(send, period), self._acks(send), self._receive(websocket)
+                self._heartbeats(send, period),
+                self._acks(send),
+                self._alert_reports(send_alerts),
+                self._drift(send),
+                self._receive(websocket),
             )
 
     async def _hello(self, websocket: ClientConnection) -> Hello:
@@ -182,9 +235,26 @@ class Connection:
         while True:
             await self._outbox_ready.wait()
             while self._outbox:
-                await send("ack", self._outbox[0])
+                answer = self._outbox[0]
+                await send(_KIND[type(answer)], answer)
                 self._outbox.popleft()
             self._outbox_ready.clear()
+
+    async def _alert_reports(self, send: Callable[[list[AlertEvent]], Awaitable[None]]) -> None:
+        while True:
+            await self._alerts_ready.wait()
+            while self._alerts:
+                batch = _alert_batch(self._alerts)
+                await send(batch)
+                for _ in batch:
+                    self._alerts.popleft()
+            self._alerts_ready.clear()
+
+    async def _drift(self, send: Send) -> None:
+        while True:
+            await self._drift_changed.wait()
+            self._drift_changed.clear()
+            await send("drift", None)
 
     async def _receive(self, websocket: ClientConnection) -> None:
         async for raw in websocket:
@@ -198,14 +268,29 @@ class Connection:
                 event("message-ignored", type="hello")
             elif isinstance(message, Refused):
                 event("refused", reason=message.reason)
+            elif isinstance(message, Halt | Rearm):
+                event("halt-command-received", type=message.type, halt=message.halt_id)
+                if self._on_halt is not None:
+                    self._on_halt(message)  # at once: never queued behind a prepare
+            elif isinstance(message, AuditRequest):
+                event("audit-requested", audit=message.audit_id)
+                if self._on_audit is not None:
+                    self._on_audit(message)
             else:
-                event(
-                    "command-received",
-                    type=message.type,
-                    deployment=message.deployment_id,
-                    digest=message.digest,
-                )
+                event("command-received", type=message.type, digest=message.digest)
                 self._commands.put_nowait(message)
+
+
+def _alert_batch(alerts: deque[AlertEvent]) -> list[AlertEvent]:
+    """The oldest alerts that fit one report (by count, and well under the message limit)."""
+    batch: list[AlertEvent] = []
+    size = 0
+    for alert in alerts:
+        size += len(alert.model_dump_json())
+        if batch and (len(batch) >= MAX_ALERTS_IN_REPORT or size > MAX_MESSAGE_BYTES // 4):
+            break
+        batch.append(alert)
+    return batch
 
 
 async def _first_to_finish(*coroutines: Awaitable[None]) -> None:

@@ -16,8 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knightwatch.agent.events import event
 from knightwatch.agent.layout import NodeLayout, atomic_write
+from knightwatch.protocol.safety import HaltSource
 
-__all__ = ["STATE_SCHEMA", "AgentState", "Journal", "PendingSwitch", "ServiceRecord", "reconcile"]
+__all__ = [
+    "STATE_SCHEMA",
+    "AgentState",
+    "Journal",
+    "PendingSwitch",
+    "ServiceRecord",
+    "halted_reason",
+    "reconcile",
+]
 
 STATE_SCHEMA: Literal["knightwatch.agent-state/v1"] = "knightwatch.agent-state/v1"
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -59,6 +68,17 @@ class AgentState(_Record):
     """The deployment whose Prepare staged each release (garbage collection keeps them)."""
     service_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     halted: bool = False
+    """The kill-switch latch: while set, the service is never started (restarts included)."""
+    halt_source: HaltSource | None = None
+    halt_id: Annotated[int, Field(ge=1)] | None = None
+    """The control plane's halt this node acknowledged (None for a dead-man or guard halt)."""
+    halt_reason: Annotated[str, Field(max_length=4096)] | None = None
+    halted_since: float | None = None
+    """When the latch was set (seconds since the epoch)."""
+    dead_man_s: Annotated[float, Field(gt=0, le=86400)] | None = None
+    """Armed node: halt after this long without the control plane (kept across restarts)."""
+    switched_at: float | None = None
+    """When ``current`` last changed (seconds since the epoch): a service older is stale."""
     service: ServiceRecord | None = None
     pending: PendingSwitch | None = None
 
@@ -104,6 +124,16 @@ class Journal:
     def update(self, **changes: object) -> AgentState:
         """Write the current state with ``changes`` applied."""
         return self.save(self._state.model_copy(update=changes))
+
+
+def halted_reason(state: AgentState) -> str | None:
+    """Why the service may not start (None when it may): the latch, its source and reason."""
+    if not state.halted:
+        return None
+    why: str = state.halt_source or "kill"
+    if state.halt_reason:
+        why += f": {state.halt_reason}"
+    return f"halted by the kill switch ({why}): rearm first"
 
 
 def reconcile(state: AgentState, layout: NodeLayout) -> AgentState:

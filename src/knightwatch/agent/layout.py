@@ -21,6 +21,7 @@ leave it the same way (to ``.trash-…``) before they are deleted.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -30,10 +31,13 @@ from pathlib import Path
 from knightwatch.agent.errors import SwitchError
 from knightwatch.bundle.blobstore import BlobStore, fsync_directory, is_digest
 
-__all__ = ["NodeLayout", "atomic_write", "make_tree_writable", "remove_tree"]
+__all__ = ["NodeLayout", "atomic_write", "exchange_paths", "make_tree_writable", "remove_tree"]
 
 _STAGING_PREFIX = ".staging-"
+_RESTAGED_PREFIX = ".restaged-"
 _TRASH_PREFIX = ".trash-"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 _CURRENT_TMP_PREFIX = "current.tmp-"
 
 
@@ -168,6 +172,28 @@ class NodeLayout:
         """Return a fresh, unused name for staging ``digest`` beside its final place."""
         return self.releases_dir / f"{_STAGING_PREFIX}{digest}-{secrets.token_hex(4)}"
 
+    def restaged_dir(self, digest: str) -> Path:
+        """Where a reconcile keeps a fresh tree of the active release until it is swapped in."""
+        return self.releases_dir / f"{_RESTAGED_PREFIX}{digest}"
+
+    def swap_in_restaged(self, digest: str) -> None:
+        """Exchange ``releases/<digest>`` with its restaged tree atomically, then drop the old one.
+
+        ``renameat2(RENAME_EXCHANGE)`` swaps both names in one step, so
+        ``releases/<digest>`` is a complete tree at every instant; a crash
+        leaves the old tree under the restaged name, removed at the next start.
+        """
+        fresh, live = self.restaged_dir(digest), self.release_dir(digest)
+        if live.is_dir():
+            exchange_paths(fresh, live)
+        else:
+            os.rename(fresh, live)
+        fsync_directory(self.releases_dir)
+        if fresh.exists():
+            trash = self.releases_dir / f"{_TRASH_PREFIX}{digest}-{secrets.token_hex(4)}"
+            os.rename(fresh, trash)
+            remove_tree(trash)
+
     def remove_release(self, digest: str) -> None:
         """Remove ``releases/<digest>``: renamed away first, so no half tree is ever visible."""
         path = self.release_dir(digest)
@@ -184,7 +210,7 @@ class NodeLayout:
         removed: list[str] = []
         if self.releases_dir.is_dir():
             for path in self.releases_dir.iterdir():
-                if path.name.startswith((_STAGING_PREFIX, _TRASH_PREFIX)):
+                if path.name.startswith((_STAGING_PREFIX, _RESTAGED_PREFIX, _TRASH_PREFIX)):
                     remove_tree(path)
                     removed.append(path.name)
         for directory in (self.root, self.agent_dir, self.trusted_dir, self.manifests_dir):
@@ -196,6 +222,17 @@ class NodeLayout:
                     path.unlink(missing_ok=True)
                     removed.append(path.name)
         return removed
+
+
+def exchange_paths(first: Path, second: Path) -> None:
+    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), os.fspath(first), None, os.fspath(second))
 
 
 def remove_tree(path: Path) -> None:

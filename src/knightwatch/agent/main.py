@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from datetime import datetime
 
+from knightwatch.agent.auditor import Auditor
 from knightwatch.agent.commands import Command, CommandRunner
 from knightwatch.agent.connection import Connection
 from knightwatch.agent.enroll import (
@@ -32,8 +34,10 @@ from knightwatch.agent.enroll import (
 )
 from knightwatch.agent.errors import AgentSetupError
 from knightwatch.agent.events import configure_logging, event, logger
+from knightwatch.agent.guards import RuntimeGuards
 from knightwatch.agent.httpsource import HttpReleaseSource
 from knightwatch.agent.journal import Journal, reconcile
+from knightwatch.agent.killswitch import HaltResult, KillSwitch
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.reporting import node_state
 from knightwatch.agent.servicelog import ServiceLog
@@ -43,8 +47,18 @@ from knightwatch.agent.staging import Stager
 from knightwatch.agent.supervisor import RestartPolicy, Supervisor
 from knightwatch.bundle.signing import TrustedKey
 from knightwatch.clock import Clock, SystemClock
-from knightwatch.protocol.messages import Abort, Ack, AckPhase, Commit, NodeState, Prepare
+from knightwatch.protocol.audit import AuditRequest, Retire, RetireResult
+from knightwatch.protocol.messages import (
+    Abort,
+    Ack,
+    AckPhase,
+    Commit,
+    NodeState,
+    Prepare,
+    ServiceState,
+)
 from knightwatch.protocol.reports import NodeKey, load_node_key
+from knightwatch.protocol.safety import Halt, HaltSource, Rearm
 
 __all__ = ["Agent", "run_agent"]
 
@@ -170,13 +184,21 @@ class Agent:
         commands: asyncio.Queue[Command] = asyncio.Queue()
         self._wire(commands)
         worker = asyncio.create_task(self._work(commands))
+        audit = asyncio.create_task(self._audit_forever())
+        guards = asyncio.create_task(self.guards.run())
         link = asyncio.create_task(self.connection.run())
+        dead_man = asyncio.create_task(
+            self.killswitch.watch_link(self.connection.connected, lambda: self.connection.hello)
+        )
         try:
             await stop.wait()
         finally:
             event("agent-stopping", node=self.settings.name)
             self.runner.stager.cancel.set()
             await _cancel(worker)
+            await _cancel(audit)
+            await _cancel(guards)
+            await _cancel(dead_man)
             await self.supervisor.stop(halted=True)
             await self.supervisor.close()
             await _cancel(link)
@@ -190,13 +212,25 @@ class Agent:
         self.supervisor = Supervisor(
             ServiceLog(self.layout.service_log), clock=self.clock, policy=self.policy
         )
+        stager = Stager(self.layout, self.trusted)
+        self.auditor = Auditor(
+            layout=self.layout,
+            journal=self.journal,
+            stager=stager,
+            supervisor=self.supervisor,
+            clock=self.clock,
+            settings=self.settings.audit,
+            on_change=self._drift_changed,
+        )
         self.runner = CommandRunner(
             node=self.settings.name,
             layout=self.layout,
             journal=self.journal,
-            stager=Stager(self.layout, self.trusted),
+            stager=stager,
             supervisor=self.supervisor,
             source=self._source or HttpReleaseSource(self.settings.server, self.credential),
+            clock=self.clock,
+            audit_hold=self.auditor.hold,
         )
         self.connection = Connection(
             server=self.settings.server,
@@ -206,11 +240,98 @@ class Agent:
             state=self.node_state,
             commands=commands,
             heartbeat_s=self.settings.heartbeat_s,
+            on_audit=self._start_audit,
+            on_halt=self._on_halt,
         )
+        self._audits: set[asyncio.Task[None]] = set()
+        self._halts: set[asyncio.Task[None]] = set()
+        self.guards = RuntimeGuards(
+            launch=lambda: self.supervisor.launch,
+            running=lambda: self.supervisor.status().state is ServiceState.RUNNING,
+            guards=lambda digest: stager.load_manifest(digest).spec.guard,
+            log_path=self.layout.service_log,
+            halt=self.halt,
+            send=self.connection.send_alerts,
+            clock=self.clock,
+        )
+        self.killswitch = KillSwitch(
+            journal=self.journal,
+            supervisor=self.supervisor,
+            layout=self.layout,
+            clock=self.clock,
+            start_service=self.runner.start_current,
+            lock=self.runner.service_lock,
+            on_change=self._drift_changed,
+        )
+
+    def _drift_changed(self) -> None:
+        connection: Connection | None = getattr(self, "connection", None)
+        if connection is not None:
+            connection.drift_changed()
 
     def node_state(self) -> NodeState:
         """What the agent reports about the node right now."""
-        return node_state(self.journal.state, self.supervisor.status())
+        state = node_state(
+            self.journal.state,
+            self.supervisor.status(),
+            self.auditor.status(),
+            metrics=self.guards.metrics(),
+        )
+        return state.model_copy(update={"halt": self.killswitch.state()})
+
+    async def halt(self, source: HaltSource, reason: str) -> HaltResult:
+        """Halt the service now and latch it (a guard, or anything on the node, calls this)."""
+        return await self.killswitch.halt(source, reason)
+
+    def _on_halt(self, message: Halt | Rearm) -> None:
+        """A kill or re-arm from the control plane: act on it at once, beside any command."""
+        task = asyncio.create_task(self._answer_halt(message, self.clock.now()))
+        self._halts.add(task)
+        task.add_done_callback(self._halts.discard)
+
+    async def _answer_halt(self, message: Halt | Rearm, received: datetime) -> None:
+        try:
+            if isinstance(message, Halt):
+                result = await self.killswitch.halt(
+                    "kill", message.reason, message.halt_id, received_at=received
+                )
+                self.connection.send_ack(result.ack(message.halt_id))
+            else:
+                self.connection.send_ack(
+                    await self.killswitch.rearm(message.halt_id, message.reason)
+                )
+        except Exception:
+            logger.exception("halt-command-crashed")
+
+    async def _audit_forever(self) -> None:
+        """Run the continuous audit; restart it if it ever fails."""
+        while True:
+            try:
+                await self.auditor.run()
+            except Exception:
+                logger.exception("audit-failed")
+                await asyncio.sleep(1.0)
+
+    def _start_audit(self, request: AuditRequest) -> None:
+        task = asyncio.create_task(self._audit(request))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _audit(self, request: AuditRequest) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await self.auditor.audit_now(request)
+        except Exception:
+            logger.exception("audit-crashed")
+            return
+        event(
+            "audit-finished",
+            audit=request.audit_id,
+            findings=result.total,
+            files=result.files,
+            seconds=asyncio.get_running_loop().time() - started,
+        )
+        self.connection.send_ack(result)
 
     async def _work(self, commands: asyncio.Queue[Command]) -> None:
         await self.runner.resume()
@@ -218,21 +339,20 @@ class Agent:
         while True:
             command = await commands.get()
             started = loop.time()
-            event("command-start", type=command.type, deployment=command.deployment_id)
+            event("command-start", type=command.type, digest=command.digest)
             try:
-                ack = await self.runner.run(command)
+                answer = await self.runner.run(command)
             except Exception as exc:  # one bad command must not stop the worker
                 logger.exception("command-crashed")
-                ack = _failed(command, f"internal error: {type(exc).__name__}: {exc}")
+                answer = _failed(command, f"internal error: {type(exc).__name__}: {exc}")
             event(
                 "command-finished",
                 type=command.type,
-                deployment=command.deployment_id,
-                phase=ack.phase.value,
-                reason=ack.reason,
+                outcome=answer.phase.value if isinstance(answer, Ack) else answer.absent,
+                detail=answer.reason if isinstance(answer, Ack) else answer.detail,
                 seconds=loop.time() - started,
             )
-            self.connection.send_ack(ack)
+            self.connection.send_ack(answer)
 
 
 _FAILED = {
@@ -242,7 +362,14 @@ _FAILED = {
 }
 
 
-def _failed(command: Command, reason: str) -> Ack:
+def _failed(command: Command, reason: str) -> Ack | RetireResult:
+    if isinstance(command, Retire):
+        return RetireResult(
+            retirement_id=command.retirement_id,
+            digest=command.digest,
+            absent=False,
+            detail=reason[:2000],
+        )
     phase = _FAILED.get(type(command), AckPhase.ROLLBACK_FAILED)
     return Ack(
         deployment_id=command.deployment_id,

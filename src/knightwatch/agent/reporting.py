@@ -7,25 +7,42 @@ and is signed with the node key, so the server refuses replays and forgeries.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
 
 from knightwatch.agent.journal import AgentState
 from knightwatch.clock import Clock
-from knightwatch.protocol.messages import Ack, NodeState, Report, ServiceStatus, SignedReport
+from knightwatch.protocol.audit import AuditResult, AuditStatus, RetireResult
+from knightwatch.protocol.messages import (
+    Ack,
+    NodeState,
+    Report,
+    ReportKind,
+    ServiceStatus,
+    SignedReport,
+)
 from knightwatch.protocol.reports import NodeKey, sign_report
+from knightwatch.protocol.safety import AlertEvent, HaltAck, RearmAck
 
 __all__ = ["Reporter", "node_state"]
 
 _MAX_STAGED = 64
 
 
-def node_state(state: AgentState, service: ServiceStatus) -> NodeState:
-    """Return what is on the node, as reported."""
+def node_state(
+    state: AgentState,
+    service: ServiceStatus,
+    audit: AuditStatus | None = None,
+    *,
+    metrics: Mapping[str, float] | None = None,
+) -> NodeState:
+    """Return what is on the node, as reported (``metrics``: the service's last scrape)."""
     return NodeState(
         active_digest=state.current,
         previous_digest=state.previous,
         staged=state.staged[:_MAX_STAGED],
         service=service,
+        audit=audit or AuditStatus(),
+        metrics=dict(metrics or {}),
     )
 
 
@@ -46,11 +63,12 @@ class Reporter:
 
     def make(
         self,
-        kind: Literal["heartbeat", "inventory", "ack"],
+        kind: ReportKind,
         state: NodeState,
-        ack: Ack | None = None,
+        answer: Ack | AuditResult | RetireResult | HaltAck | RearmAck | None = None,
+        alerts: Sequence[AlertEvent] = (),
     ) -> SignedReport:
-        """Return the next signed report of this session."""
+        """Return the next signed report of this session (with a command's answer, if any)."""
         self._seq += 1
         report = Report(
             node=self.node,
@@ -59,6 +77,11 @@ class Reporter:
             sent_at=self._clock.now(),
             kind=kind,
             state=state,
-            ack=ack,
+            ack=answer if isinstance(answer, Ack) else None,
+            audit=answer if isinstance(answer, AuditResult) else None,
+            retire=answer if isinstance(answer, RetireResult) else None,
+            halt=answer if isinstance(answer, HaltAck) else None,
+            rearm=answer if isinstance(answer, RearmAck) else None,
+            alerts=list(alerts),
         )
         return sign_report(report, self._key)

@@ -17,6 +17,10 @@ command of the spec:
 
 A reference to a variable the agent does not define is an error naming it,
 never an empty string.
+
+``PYTHONPYCACHEPREFIX`` defaults to ``ROOT/cache/pycache``: a Python service
+run as root would otherwise write ``__pycache__`` into its read-only release
+tree, and bytecode the release did not ship is drift (a release may set it).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from knightwatch.agent.errors import ServiceError
@@ -46,6 +50,8 @@ class ServiceLaunch:
     release_dir: Path
     spec: ServiceSpec
     variables: Mapping[str, str]
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    """Environment defaults the release's own env may override."""
 
     def expand(self, text: str) -> str:
         """Substitute ``${KNIGHTWATCH_*}`` in ``text``; ServiceError names an unknown one."""
@@ -69,6 +75,7 @@ class ServiceLaunch:
     def environment(self) -> dict[str, str]:
         """Return the service's environment: the agent's, the spec's, then ours."""
         env = dict(os.environ)
+        env.update(self.defaults)
         env.update({key: self.expand(value) for key, value in self.spec.env.items()})
         env.update(self.variables)
         return env
@@ -93,4 +100,5 @@ def launch_for(
     }
     if service_port is not None:
         variables["KNIGHTWATCH_SERVICE_PORT"] = str(service_port)
-    return ServiceLaunch(digest, manifest.release_id, release_dir, spec, variables)
+    defaults = {"PYTHONPYCACHEPREFIX": os.fspath((layout.root / "cache" / "pycache").absolute())}
+    return ServiceLaunch(digest, manifest.release_id, release_dir, spec, variables, defaults)

@@ -8,9 +8,25 @@ from pathlib import Path
 
 from knightwatch.agent.errors import AgentSetupError
 
-__all__ = ["NODE_NAME", "AgentSettings"]
+__all__ = ["NODE_NAME", "AgentSettings", "AuditSettings"]
 
 NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How often each part of the audit runs."""
+
+    sweep_interval_s: float = 600.0
+    """Full re-hash of the active tree."""
+    stat_interval_s: float = 5.0
+    """Stat sweep (no hashing) that catches changes the watcher missed."""
+    process_interval_s: float = 1.0
+    functional_interval_s: float = 60.0
+    watch_debounce_ms: int = 400
+    watch_step_ms: int = 30
+    flood_paths: int = 4096
+    stale_tolerance_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -25,6 +41,7 @@ class AgentSettings:
     service_port: int | None = None
     heartbeat_s: float | None = None
     health_timeout_s: float = 30.0
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def __post_init__(self) -> None:
         """Refuse settings the agent cannot run with (exit 2)."""
@@ -44,3 +61,12 @@ class AgentSettings:
             raise AgentSetupError(f"--heartbeat {self.heartbeat_s} must be in (0, 3600] seconds")
         if not 0 < self.health_timeout_s <= 86_400:
             raise AgentSetupError(f"--health-timeout {self.health_timeout_s} must be positive")
+        audit = self.audit
+        for flag, value in (
+            ("--audit-interval", audit.sweep_interval_s),
+            ("--stat-interval", audit.stat_interval_s),
+            ("--process-check-interval", audit.process_interval_s),
+            ("--functional-check-interval", audit.functional_interval_s),
+        ):
+            if not 0.05 <= value <= 86_400:
+                raise AgentSetupError(f"{flag} {value:g} must be between 0.05 and 86400 seconds")

@@ -101,15 +101,7 @@ class Stager:
         damaged one is replaced, unless its digest is ``protected`` (the
         active release must never be removed from under its service).
         """
-        where = source.describe()
-        manifest_bytes = source.manifest(digest)
-        manifest = parse_manifest(manifest_bytes, digest, where=where)
-        if release_id is not None and manifest.release_id != release_id:
-            raise StagingError(
-                f"the command names {release_id}, the manifest is {manifest.release_id}",
-                digest=digest,
-            )
-        signed_by = check_signature(source.envelope(digest), manifest, self.trusted)
+        manifest, manifest_bytes, signed_by = self._checked_manifest(source, digest, release_id)
         final = self.layout.release_dir(digest)
         if final.is_dir():
             report = self.verify(manifest, final)
@@ -123,8 +115,44 @@ class Stager:
                 )
             event("release-damaged", digest=digest, problem=report.summary(), action="restage")
             self.layout.remove_release(digest)
-        fetched = self._stage(source, manifest, manifest_bytes)
+        fetched = self._stage(source, manifest, manifest_bytes, final)
         return StagedRelease(manifest, final, False, fetched, signed_by)
+
+    def restage(
+        self, source: ReleaseSource, digest: str, *, release_id: str | None = None
+    ) -> StagedRelease:
+        """Build a fresh, verified tree of ``digest`` beside the live one (a reconcile).
+
+        The live tree may have been tampered with, and its files share inodes
+        with the blob cache, so every cached blob is re-hashed as the new tree
+        is verified: a damaged one is evicted and fetched again (one retry).
+        The fresh tree waits in :meth:`NodeLayout.restaged_dir` for the commit.
+        """
+        manifest, manifest_bytes, signed_by = self._checked_manifest(source, digest, release_id)
+        final = self.layout.restaged_dir(digest)
+        if final.exists():
+            remove_tree(final)
+        try:
+            fetched = self._stage(source, manifest, manifest_bytes, final)
+        except StagingError as exc:
+            event("restage-retry", digest=digest, problem=exc.message)
+            fetched = self._stage(source, manifest, manifest_bytes, final)
+        return StagedRelease(manifest, final, False, fetched, signed_by)
+
+    def _checked_manifest(
+        self, source: ReleaseSource, digest: str, release_id: str | None
+    ) -> tuple[Manifest, bytes, list[str]]:
+        """Fetch the manifest and envelope; check the digest, the release ID and the signature."""
+        where = source.describe()
+        manifest_bytes = source.manifest(digest)
+        manifest = parse_manifest(manifest_bytes, digest, where=where)
+        if release_id is not None and manifest.release_id != release_id:
+            raise StagingError(
+                f"the command names {release_id}, the manifest is {manifest.release_id}",
+                digest=digest,
+            )
+        signed_by = check_signature(source.envelope(digest), manifest, self.trusted)
+        return manifest, manifest_bytes, signed_by
 
     def verify(
         self, manifest: Manifest, tree: Path, hashed: frozenset[tuple[int, int]] = frozenset()
@@ -133,6 +161,8 @@ class Stager:
 
         ``hashed`` holds (device, inode) of blobs this prepare hashed as they
         arrived: a tree file that is the same inode holds those very bytes.
+        Data links are relative, and a tree staged beside ``releases/<digest>``
+        sits at the same depth, so they are the same wherever it is staged.
         """
         links = data_links(self.layout, manifest)
         return verify_tree(tree, manifest, links, workers=self.workers, hashed=hashed)
@@ -161,7 +191,9 @@ class Stager:
 
     # --- building the tree -----------------------------------------------------------------
 
-    def _stage(self, source: ReleaseSource, manifest: Manifest, manifest_bytes: bytes) -> int:
+    def _stage(
+        self, source: ReleaseSource, manifest: Manifest, manifest_bytes: bytes, final: Path
+    ) -> int:
         digest = manifest.digest
         staging = self.layout.staging_dir(digest)
         try:
@@ -185,7 +217,7 @@ class Stager:
                 )
             self._check_cancel(digest)
             self._save_manifest(digest, manifest_bytes)
-            self._publish(staging, digest)
+            self._publish(staging, final)
         except OSError as exc:
             remove_tree(staging)
             where = exc.filename or staging
@@ -237,14 +269,13 @@ class Stager:
         shutil.copyfile(blob, target)
         os.chmod(target, 0o555 if entry.executable else 0o444)
 
-    def _publish(self, staging: Path, digest: str) -> None:
+    def _publish(self, staging: Path, final: Path) -> None:
         for directory, subdirs, _files in os.walk(staging, topdown=False):
             for name in subdirs:
                 path = os.path.join(directory, name)
                 if stat.S_ISDIR(os.lstat(path).st_mode):
                     os.chmod(path, 0o555)  # noqa: S103 - r-x for all: read-only
         sync_filesystem([self.layout.root])
-        final = self.layout.release_dir(digest)
         os.rename(staging, final)
         os.chmod(final, 0o555)  # noqa: S103 - r-x for all: read-only
         fsync_directory(self.layout.releases_dir)

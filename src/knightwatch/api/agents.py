@@ -17,9 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knightwatch.api.auth import Plane, node_from_headers
 from knightwatch.api.hub import Connection
+from knightwatch.api.killswitch import halt_now
 from knightwatch.bundle.blobstore import BlobStore, is_digest
+from knightwatch.control.audits import record_audit_result
+from knightwatch.control.drift import ingest_audit_status
 from knightwatch.control.enrollment import enroll
 from knightwatch.control.fleet import ingest_report
+from knightwatch.control.guards import ingest_alerts
+from knightwatch.control.killswitch import dead_man_seconds, ingest_safety
+from knightwatch.control.retirement import pending_retires, record_retire_result
 from knightwatch.errors import (
     BlobNotFoundError,
     InvalidInputError,
@@ -153,6 +159,7 @@ class _Session:
         self.last_seq = 0
         self.public_key: Ed25519PublicKey | None = None
         self.greeted = False
+        self.group = "default"
 
     async def run(self) -> None:
         replaced = self.plane.hub.attach(self.connection)
@@ -168,6 +175,9 @@ class _Session:
                     nonce=self.nonce,
                     heartbeat_s=self.plane.settings.heartbeat_s,
                     server_time=self.plane.clock.now(),
+                    dead_man_s=dead_man_seconds(
+                        self.group, self.plane.settings.armed_groups, self.plane.settings.dead_man_s
+                    ),
                 ).model_dump_json()
             )
             await self._read()
@@ -222,12 +232,33 @@ class _Session:
         return self.public_key
 
     def _ingest(self, report: Report) -> None:
+        now = self.plane.clock.now()
         with self.plane.db.session() as session:
             node = session.get(Node, self.node)
-            ingest_report(node, report, self.plane.clock.now())
+            ingest_report(node, report, now)
+            change = ingest_audit_status(session, node, report.state.audit, now)
+            if report.audit is not None:
+                record_audit_result(session, self.node, report.audit, now)
+            if report.retire is not None:
+                record_retire_result(session, self.node, report.retire, now)
+            fleet_halts = ingest_alerts(session, self.node, report.alerts, now)
+            latched = ingest_safety(session, node, report, now, greeting=not self.greeted)
+            retires = pending_retires(session, self.node) if not self.greeted else []
+        for message in latched:  # a latched halt (or a missed re-arm) first of all
+            self.plane.hub.send(self.node, message)
+        if change is not None:
+            log.warning("%s", change.summary)
+        for halt in fleet_halts:  # a node's halt_fleet guard fired
+            log.critical("guard %s asks for a fleet halt: %s", halt.rule, halt.reason)
+            try:
+                halt_now(self.plane, None, halt.reason, halt.requested_by)
+            except Exception:  # the session must go on; the alert is recorded already
+                log.exception("fleet halt for guard %s failed", halt.rule)
         if not self.greeted:
             self.greeted = True
             self.plane.orchestrator.on_connect(self.node)
+            for command in retires:
+                self.plane.hub.send(self.node, command)
         if report.ack is not None:
             service = report.state.service
             self.plane.orchestrator.on_ack_details(
@@ -246,6 +277,7 @@ class _Session:
             node.connected_at = self.plane.clock.now()
             node.session_nonce = self.nonce
             node.last_seq = 0
+            self.group = node.group_name
 
     def _mark_disconnected(self) -> None:
         with self.plane.db.session() as session:

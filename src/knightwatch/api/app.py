@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -19,6 +19,7 @@ from knightwatch.api.hub import AgentHub
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.control.deploy import DeployTimeouts, Orchestrator
+from knightwatch.control.guards import FleetGuards
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.settings import ServerSettings
 from knightwatch.store import Database, open_database
@@ -27,6 +28,8 @@ __all__ = ["ControlPlane", "create_app"]
 
 log = logging.getLogger("knightwatch.server")
 TICK_S = 0.2
+HaltNow = Callable[["ControlPlane", str | None, str, str], object]
+"""Records and sends a halt (selector, reason, requested_by): api.killswitch.halt_now."""
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ControlPlane:
     operator_token: str
     trusted: list[TrustedKey]
     credentials: CredentialCache
+    fleet_guards: FleetGuards
 
     @classmethod
     def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
@@ -68,6 +72,7 @@ class ControlPlane:
             operator_token=_operator_token(settings),
             trusted=trusted,
             credentials=CredentialCache(),
+            fleet_guards=FleetGuards(settings.guard, period_s=settings.heartbeat_s),
         )
 
 
@@ -94,12 +99,22 @@ def _operator_token(settings: ServerSettings) -> str:
 
 def create_app(plane: ControlPlane) -> FastAPI:
     """Return the FastAPI application serving ``plane``."""
-    from knightwatch.api import agents, operator  # noqa: PLC0415  (routers import this module)
+    from knightwatch.api import (  # noqa: PLC0415  (routers import this)
+        agents,
+        alerts,
+        audits,
+        killswitch,
+        metrics,
+        notifier,
+        operator,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         plane.orchestrator.recover()
-        ticker = asyncio.create_task(_tick_forever(plane))
+        ticker = asyncio.create_task(_tick_forever(plane, killswitch.halt_now))
+        alerter = notifier.AlertNotifier.for_settings(plane.db, plane.clock, plane.settings)
+        notifying = asyncio.create_task(alerter.run_forever())
         log.info(
             "control plane up: data=%s db=%s keys=%d",
             plane.settings.data_dir,
@@ -109,16 +124,21 @@ def create_app(plane: ControlPlane) -> FastAPI:
         try:
             yield
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            for task in (ticker, notifying):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             plane.db.close()
 
     app = FastAPI(title="knightwatch control plane", version=__version__, lifespan=lifespan)
     app.state.plane = plane
     install_error_handlers(app)
     app.include_router(operator.router)
+    app.include_router(audits.router)
     app.include_router(agents.router)
+    app.include_router(alerts.router)
+    app.include_router(metrics.router)
+    app.include_router(killswitch.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -127,13 +147,18 @@ def create_app(plane: ControlPlane) -> FastAPI:
     return app
 
 
-async def _tick_forever(plane: ControlPlane) -> None:
+async def _tick_forever(plane: ControlPlane, halt_now: HaltNow) -> None:
     while True:
         await asyncio.sleep(TICK_S)
         try:
             plane.orchestrator.tick()
         except Exception:
             log.exception("orchestrator tick failed")
+        try:
+            for halt in plane.fleet_guards.tick(plane.db, plane.clock):
+                halt_now(plane, None, halt.reason, halt.requested_by)
+        except Exception:
+            log.exception("fleet guards failed")
 
 
 def plane_of(app: FastAPI) -> ControlPlane:

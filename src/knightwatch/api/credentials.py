@@ -26,3 +26,7 @@ class CredentialCache:
     def remember(self, node: str, credential_hash: str, now: float) -> None:
         """Record a credential hash just read from the store."""
         self._hashes[node] = (credential_hash, now)
+
+    def forget(self, node: str) -> None:
+        """Drop what is cached for ``node`` (its credential was revoked)."""
+        self._hashes.pop(node, None)

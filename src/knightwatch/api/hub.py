@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, field
 
 from fastapi import WebSocket
 
-from knightwatch.protocol import Abort, Commit, Prepare, Rollback
+from knightwatch.protocol import (
+    Abort,
+    AuditRequest,
+    Commit,
+    Halt,
+    Prepare,
+    Rearm,
+    Retire,
+    Rollback,
+)
 
 __all__ = ["AgentHub", "Connection"]
 
 log = logging.getLogger("knightwatch.hub")
-Command = Prepare | Commit | Rollback | Abort
+Command = Prepare | Commit | Rollback | Abort | AuditRequest | Retire | Halt | Rearm
 _ids = itertools.count(1)
 
 
@@ -62,4 +72,13 @@ class AgentHub:
             return False
         connection.outgoing.put_nowait(message.model_dump_json())
         log.info("sent %s to %s", message.type, node)
+        return True
+
+    async def disconnect(self, node: str, *, code: int = 4403, reason: str = "") -> bool:
+        """Close ``node``'s live connection (its session then ends as usual); False if none."""
+        connection = self._connections.get(node)
+        if connection is None:
+            return False
+        with contextlib.suppress(Exception):  # already closing or closed: the goal is met
+            await connection.socket.close(code=code, reason=reason[:120])
         return True

@@ -6,15 +6,17 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from knightwatch.api.auth import Operator, Plane
 from knightwatch.bundle.manifest import Manifest
+from knightwatch.control.accounting import history
 from knightwatch.control.deploy import DeployRequest
 from knightwatch.control.enrollment import create_join_token
 from knightwatch.control.fleet import fleet_status
+from knightwatch.control.nodes import drain_node, resume_node, retire_node
 from knightwatch.errors import InvalidInputError, ReleaseNotFoundError
 from knightwatch.protocol import BlobStreamError, BlobStreamWriter
 from knightwatch.store import Deployment, DeploymentEvent, DeploymentNode, Release
@@ -260,3 +262,54 @@ def _b64(text: str, what: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except binascii.Error:
         raise InvalidInputError(f"{what} is not valid base64") from None
+
+
+# -- node lifecycle and status accounting -------------------------------------------------
+
+
+class NodeChangeBody(_Body):
+    """Why a node is drained, resumed or retired, and (optionally) by whom."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    by: Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")] | None = None
+
+
+@router.post("/nodes/{name}/drain")
+def drain(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Stop giving node ``name`` deployments; its agent keeps reporting."""
+    with plane.db.session() as session:
+        change = drain_node(
+            session, name, at=plane.clock.now(), actor=body.by or who, reason=body.reason
+        )
+    return change.to_json()
+
+
+@router.post("/nodes/{name}/resume")
+def resume(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Give drained node ``name`` deployments again."""
+    with plane.db.session() as session:
+        change = resume_node(
+            session, name, at=plane.clock.now(), actor=body.by or who, reason=body.reason
+        )
+    return change.to_json()
+
+
+@router.post("/nodes/{name}/retire")
+async def retire(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Retire node ``name`` for good: revoke its credential and close its connection."""
+    with plane.db.session() as session:
+        change = retire_node(
+            session, name, at=plane.clock.now(), actor=body.by or who, reason=body.reason
+        )
+    plane.credentials.forget(name)
+    await plane.hub.disconnect(name, reason="node retired")
+    return change.to_json()
+
+
+@router.get("/history")
+def show_history(
+    item: Annotated[str, Query(min_length=1, max_length=300)], plane: Plane, _who: Operator
+) -> dict[str, Any]:
+    """The recorded lifecycle of one configuration item (release, component, flag, node)."""
+    with plane.db.session() as session:
+        return history(session, item).to_json()

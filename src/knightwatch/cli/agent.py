@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from knightwatch.agent import AgentSettings, run_agent
+from knightwatch.agent.settings import AuditSettings
 from knightwatch.cli.output import fail
 from knightwatch.errors import KnightwatchError
 
@@ -56,6 +57,33 @@ def agent(
     health_timeout: Annotated[
         float, typer.Option("--health-timeout", help="Seconds a new service has to turn healthy")
     ] = 30.0,
+    audit_interval: Annotated[
+        float,
+        typer.Option(
+            "--audit-interval", help="Seconds between full re-hashes of the active release"
+        ),
+    ] = 600.0,
+    stat_interval: Annotated[
+        float,
+        typer.Option(
+            "--stat-interval",
+            help="Seconds between stat sweeps that catch changes inotify lost",
+        ),
+    ] = 5.0,
+    process_check_interval: Annotated[
+        float,
+        typer.Option(
+            "--process-check-interval",
+            help="Seconds between checks for stale and unmanaged processes",
+        ),
+    ] = 1.0,
+    functional_check_interval: Annotated[
+        float,
+        typer.Option(
+            "--functional-check-interval",
+            help="Seconds between health, smoke and version re-checks",
+        ),
+    ] = 60.0,
 ) -> None:
     """Run the node agent: stage, verify, switch and supervise releases.
 
@@ -75,6 +103,12 @@ def agent(
             service_port=service_port,
             heartbeat_s=heartbeat,
             health_timeout_s=health_timeout,
+            audit=AuditSettings(
+                sweep_interval_s=audit_interval,
+                stat_interval_s=stat_interval,
+                process_interval_s=process_check_interval,
+                functional_interval_s=functional_check_interval,
+            ),
         )
         code = run_agent(settings)
     except KnightwatchError as exc:

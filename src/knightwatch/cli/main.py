@@ -7,7 +7,7 @@ import sys
 import typer
 
 from knightwatch import __version__
-from knightwatch.cli import bundle, fleet, keys, operate, server
+from knightwatch.cli import alerts, audit, bundle, fleet, history, keys, killswitch, operate, server
 from knightwatch.cli.agent import agent
 from knightwatch.cli.output import fail, out
 from knightwatch.errors import KnightwatchError
@@ -26,6 +26,7 @@ app.add_typer(server.release_app, name="release")
 app.add_typer(server.node_app, name="node")
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(operate.deployment_app, name="deployment")
+app.add_typer(alerts.app, name="alerts")
 app.command(
     "server",
     epilog="Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub",
@@ -41,6 +42,18 @@ app.command("deploy", epilog="Example: knightwatch deploy smars@2012.8.1 --strat
 app.command("rollback", epilog="Example: knightwatch rollback --wait")(operate.rollback)
 app.command("status", epilog="Example: knightwatch status --json")(operate.status)
 app.command("deployments", epilog="Example: knightwatch deployments --limit 5")(operate.deployments)
+audit.register(app, server.release_app)
+killswitch.register(app)
+app.command("history", epilog="Example: knightwatch history smars@2012.8.1")(history.history)
+server.node_app.command(
+    "drain", epilog='Example: knightwatch node drain node3 --reason "disk replacement"'
+)(history.node_drain)
+server.node_app.command(
+    "resume", epilog='Example: knightwatch node resume node3 --reason "disk replaced"'
+)(history.node_resume)
+server.node_app.command(
+    "retire", epilog='Example: knightwatch node retire node3 --reason "decommissioned"'
+)(history.node_retire)
 
 
 @app.command("version", epilog="Example: knightwatch version")

@@ -30,6 +30,10 @@ _COLOURS = {
     "COMMIT_FAILED": "red",
     "ROLLBACK_FAILED": "red",
     "DEPLOYING": "cyan",
+    "DRIFTED": "bold red",
+    "drifted": "bold red",
+    "clean": "green",
+    "unknown": "yellow",
     "running": "green",
     "crash_loop": "red",
     "OFFLINE": "yellow",
@@ -60,7 +64,7 @@ def deploy(
     started = client.post(
         "/deployments", {"release": release, "nodes": nodes, "strategy": strategy, "soak_s": soak}
     )
-    _follow(client, started, wait=wait, json_output=json_output)
+    follow_deployment(client, started, wait=wait, json_output=json_output)
 
 
 def rollback(
@@ -69,11 +73,11 @@ def rollback(
 ) -> None:
     """Return the whole fleet to its previous release, through the same protocol."""
     client = ApiClient(resolve_target())
-    _follow(client, client.post("/rollback"), wait=wait, json_output=json_output)
+    follow_deployment(client, client.post("/rollback"), wait=wait, json_output=json_output)
 
 
 def status(json_output: JsonOpt = False) -> None:
-    """Fleet state (CONVERGED, MIXED, DEPLOYING, DEGRADED) and every node."""
+    """Fleet state (CONVERGED, DRIFTED, MIXED, DEPLOYING, DEGRADED) and every node."""
     data = ApiClient(resolve_target()).get("/status")
     if json_output:
         print_json(data)
@@ -87,7 +91,15 @@ def status(json_output: JsonOpt = False) -> None:
     for reason in data["reasons"]:
         out.print(f"  • {reason}")
     table = Table(
-        "node", "connected", "active release", "digest", "service", "pid", "version", "report age"
+        "node",
+        "connected",
+        "active release",
+        "digest",
+        "drift",
+        "service",
+        "pid",
+        "version",
+        "report age",
     )
     for node in data["nodes"]:
         age_s = node["last_report_age_s"]
@@ -96,6 +108,8 @@ def status(json_output: JsonOpt = False) -> None:
             "yes" if node["connected"] else "[red]no[/]",
             node["active_release"] or "-",
             (node["active_digest"] or "-")[:12],
+            _paint(node["drift_state"])
+            + (f" ({node['drift_count']})" if node["drift_state"] == "drifted" else ""),
             _paint(node["service_state"]),
             str(node["service_pid"] or "-"),
             node["service_version"] or "-",
@@ -147,7 +161,10 @@ def deployment_show(
     out.print(events)
 
 
-def _follow(client: ApiClient, started: dict[str, Any], *, wait: bool, json_output: bool) -> None:
+def follow_deployment(
+    client: ApiClient, started: dict[str, Any], *, wait: bool, json_output: bool
+) -> None:
+    """Print a started deployment, or follow it live until it ends (--wait)."""
     if not wait:
         if json_output:
             print_json(started)
@@ -213,6 +230,11 @@ def _deployment_table(data: dict[str, Any]) -> Table:
     if data.get("reason"):
         table.caption = data["reason"]
     return table
+
+
+def paint(word: str) -> str:
+    """``word`` in the colour the CLI gives that state."""
+    return _paint(word)
 
 
 def _colour(word: str) -> str:

@@ -25,10 +25,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.clock import Clock
+from knightwatch.control.accounting import deployment_succeeded
+from knightwatch.control.alerts import require_no_unacknowledged_critical
+from knightwatch.control.drift import require_no_drift
 from knightwatch.control.faults import crash_point
+from knightwatch.control.killswitch import require_not_halted
 from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase, check_transition
-from knightwatch.control.targets import enrolled_nodes, resolve_release, select_targets
-from knightwatch.errors import GateRefusedError
+from knightwatch.control.targets import (
+    enrolled_nodes,
+    require_deployable,
+    resolve_release,
+    select_targets,
+)
+from knightwatch.errors import GateRefusedError, InvalidInputError
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
 from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
@@ -83,7 +92,7 @@ class DeployRequest:
     strategy: Literal["atomic", "canary"] = "atomic"
     soak_s: float | None = None
     requested_by: str = "operator"
-    kind: Literal["deploy", "rollback", "catchup"] = "deploy"
+    kind: Literal["deploy", "rollback", "catchup", "reconcile"] = "deploy"
 
 
 @dataclass
@@ -137,6 +146,25 @@ class Orchestrator:
                 requested_by=requested_by,
                 kind="rollback",
             )
+        )
+
+    def start_reconcile(self, node: str, requested_by: str = "operator") -> int:
+        """Re-stage the exact bytes of a node's release and restart it, through the protocol."""
+        with self._db.session() as session:
+            row = session.get(Node, node)
+            if row is None or row.status != "enrolled":
+                raise InvalidInputError(
+                    f"no enrolled node is named {node!r}",
+                    hint="list nodes with: knightwatch status",
+                )
+            digest = row.desired_digest or get_fleet(session).desired_digest
+            if digest is None:
+                raise GateRefusedError(
+                    f"nothing to reconcile {node} to: no release was ever deployed to it",
+                    hint="deploy a release first: knightwatch deploy RELEASE",
+                )
+        return self.start(
+            DeployRequest(release=digest, nodes=node, requested_by=requested_by, kind="reconcile")
         )
 
     # -- events from agents -----------------------------------------------
@@ -255,7 +283,13 @@ class Orchestrator:
                 hint=f"wait for it: knightwatch deployment show {running.id}",
             )
         release = resolve_release(session, request.release)
+        require_deployable(session, release)
         targets = select_targets(session, request.nodes)
+        require_not_halted(targets.all, request.kind)
+        if request.kind in ("deploy", "rollback"):  # someone must have looked before it is fixed
+            scope = [n.name for n in targets.all]
+            require_no_unacknowledged_critical(session, scope, request.kind)
+            require_no_drift(session, request.kind)
         now = self._clock.now()
         fleet = get_fleet(session)
         deployment = Deployment(
@@ -294,6 +328,7 @@ class Orchestrator:
                             deployment_id=deployment.id,
                             digest=release.digest,
                             release_id=release.release_id,
+                            restage=request.kind == "reconcile",
                         ),
                     )
                 )
@@ -443,6 +478,7 @@ class Orchestrator:
 
     def _succeed(self, session: Session, deployment: Deployment, step: _Step) -> None:
         self._transition(session, deployment, S.SUCCEEDED, step, deadline=None)
+        deployment_succeeded(session, deployment, at=self._clock.now())  # before the fleet moves
         for row in session.scalars(
             select(DeploymentNode).where(DeploymentNode.deployment_id == deployment.id)
         ):
@@ -516,6 +552,7 @@ class Orchestrator:
                         deployment_id=deployment.id,
                         digest=release.digest,
                         release_id=release.release_id,
+                        restage=deployment.kind == "reconcile",
                     ),
                 )
             ]
@@ -592,7 +629,12 @@ def _release(session: Session, deployment: Deployment) -> Release:
 
 
 def _commit(deployment: Deployment, release: Release) -> Commit:
-    return Commit(deployment_id=deployment.id, digest=release.digest, release_id=release.release_id)
+    return Commit(
+        deployment_id=deployment.id,
+        digest=release.digest,
+        release_id=release.release_id,
+        restage=deployment.kind == "reconcile",
+    )
 
 
 def _reasons(rows: list[DeploymentNode], phase: NodePhase) -> str:

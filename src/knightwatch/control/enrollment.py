@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from knightwatch.control.accounting import node_enrolled
 from knightwatch.errors import InvalidInputError, KnightwatchError
 from knightwatch.protocol import public_key_from_text
 from knightwatch.store import JoinToken, Node
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_CONNECTING = ("enrolled", "drained")  # a drained node takes no deployments but still reports
 
 
 class AuthenticationError(KnightwatchError):
@@ -100,6 +102,8 @@ def enroll(session: Session, name: str, token: str, public_key: str, *, now: dat
         raise AuthenticationError(f"node public key refused: {exc}") from exc
     node = session.get(Node, name)
     assert node is not None  # foreign key
+    if node.status == "retired":
+        raise AuthenticationError(f"node {name} is retired; its name is not reused")
     credential = secrets.token_urlsafe(32)
     row.used_at = now
     node.credential_hash = _digest(credential)
@@ -107,13 +111,14 @@ def enroll(session: Session, name: str, token: str, public_key: str, *, now: dat
     node.status = "enrolled"
     node.enrolled_at = now
     node.last_seq = 0
+    node_enrolled(session, node, at=now, actor=name)
     return credential
 
 
 def authenticate(session: Session, name: str, credential: str) -> Node:
     """Return the enrolled node whose credential this is; raise if it is not."""
     node = session.get(Node, name) if _NAME.fullmatch(name or "") else None
-    if node is None or node.credential_hash is None or node.status != "enrolled":
+    if node is None or node.credential_hash is None or node.status not in _CONNECTING:
         raise AuthenticationError(f"node {name!r} is not enrolled")
     if not hmac.compare_digest(node.credential_hash, _digest(credential)):
         raise AuthenticationError(f"credential does not belong to node {name}")

@@ -1,12 +1,13 @@
 """Fleet state: what every node reported, and what that means for the fleet.
 
 The control plane is the only writer of desired state; agents report actual
-state. Any difference between the two is a visible condition — MIXED (with
-its age) or DEGRADED — never silently "fixed".
+state. Any difference between the two is a visible condition — DRIFTED,
+MIXED (with its age) or DEGRADED — never silently "fixed".
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -27,6 +28,8 @@ class FleetState(StrEnum):
     """The one-word answer to "is every node running exactly release X?"."""
 
     CONVERGED = "CONVERGED"
+    HALTED = "HALTED"
+    DRIFTED = "DRIFTED"
     MIXED = "MIXED"
     DEPLOYING = "DEPLOYING"
     DEGRADED = "DEGRADED"
@@ -49,6 +52,17 @@ class NodeStatus:
     service_version: str | None
     service_detail: str | None
     last_report_age_s: float | None
+    drift_state: str
+    drift_count: int
+    drift_since: datetime | None
+    findings: list[dict[str, Any]]
+    audit: dict[str, Any]
+    """The agent's audit as last reported: watching, files, when each check last ran."""
+    halted: bool = False
+    halt_source: str | None = None
+    """What halted the node: ``kill``, ``dead-man`` or ``guard``."""
+    halt_reason: str | None = None
+    halted_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +112,18 @@ def fleet_status(session: Session, now: datetime) -> FleetStatus:
     elif not mixed:
         fleet.mixed_since = None
     degraded = _degraded_reasons(nodes)
+    drifted = [_drift_reason(n) for n in nodes if n.drift_state == "drifted"]
+    halted = [_halt_reason(n) for n in nodes if n.halted]
+    reasons = [*halted, *drifted, *reasons]
     if deployment is not None:
         state = FleetState.DEPLOYING
         reasons = [f"deployment {deployment.id} is {deployment.state}", *reasons]
     elif not nodes:
         state = FleetState.EMPTY
+    elif halted:
+        state = FleetState.HALTED
+    elif drifted:
+        state = FleetState.DRIFTED
     elif mixed:
         state = FleetState.MIXED
     elif degraded:
@@ -138,6 +159,17 @@ def _mixed_reasons(nodes: list[Node], names: dict[str, str]) -> list[str]:
     return reasons
 
 
+def _drift_reason(node: Node) -> str:
+    findings = json.loads(node.drift_findings or "[]")
+    first = f": {findings[0]['detail']}" if findings else ""
+    return f"{node.name} DRIFTED ({node.drift_count} finding(s)){first}"
+
+
+def _halt_reason(node: Node) -> str:
+    why = f": {node.halt_reason}" if node.halt_reason else ""
+    return f"{node.name} HALTED by {node.halt_source or 'kill'}{why}"
+
+
 def _degraded_reasons(nodes: list[Node]) -> list[str]:
     reasons = []
     for node in nodes:
@@ -145,7 +177,10 @@ def _degraded_reasons(nodes: list[Node]) -> list[str]:
             reasons.append(f"{node.name} has not enrolled yet")
         elif not node.connected:
             reasons.append(f"{node.name} is not connected")
-        elif node.active_digest and node.service_state != "running":
+        elif node.halted:
+            continue  # stopped on purpose: listed as HALTED
+        elif node.active_digest and node.service_state not in ("running", "none"):
+            # "none": the release declares no service, so nothing is there to run
             reasons.append(
                 f"{node.name}: service is {node.service_state}"
                 + (f" ({node.service_detail})" if node.service_detail else "")
@@ -168,4 +203,21 @@ def _node_status(node: Node, names: dict[str, str], now: datetime) -> NodeStatus
         service_version=node.service_version,
         service_detail=node.service_detail,
         last_report_age_s=age,
+        drift_state=node.drift_state,
+        drift_count=node.drift_count,
+        drift_since=node.drift_since,
+        findings=json.loads(node.drift_findings or "[]"),
+        audit=_audit_summary(node),
+        halted=node.halted,
+        halt_source=node.halt_source,
+        halt_reason=node.halt_reason,
+        halted_since=node.halted_since,
     )
+
+
+def _audit_summary(node: Node) -> dict[str, Any]:
+    if not node.last_report:
+        return {}
+    audit = json.loads(node.last_report).get("state", {}).get("audit", {})
+    keys = ("watching", "files", "last_sweep_at", "last_process_check_at")
+    return {key: audit.get(key) for key in (*keys, "last_functional_check_at")}

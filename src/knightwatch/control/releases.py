@@ -25,6 +25,7 @@ from knightwatch.bundle.sbom import sbom_identity_problems
 from knightwatch.bundle.signing import TrustedKey, open_envelope, statement_problems
 from knightwatch.canonical import sha256_hex
 from knightwatch.clock import Clock
+from knightwatch.control.accounting import release_pushed
 from knightwatch.errors import InvalidInputError, StoreError, VerificationError
 from knightwatch.store import Database, Release
 
@@ -180,7 +181,7 @@ class ReleaseCatalog:
         if session.get(Release, manifest.digest) is not None:
             return
         session.add(
-            Release(
+            row := Release(
                 digest=manifest.digest,
                 release_id=manifest.release_id,
                 name=manifest.name,
@@ -193,6 +194,7 @@ class ReleaseCatalog:
                 pushed_by=(directory / "pushed_by").read_text(),
             )
         )
+        release_pushed(session, row, manifest, at=row.pushed_at, actor=row.pushed_by)
 
     def _check_documents(
         self, manifest: bytes, sbom: bytes, envelope: bytes

@@ -1,9 +1,10 @@
 """Messages on the agent WebSocket (``/api/agent/v1/connect``).
 
 Down (server → agent): ``hello``, ``prepare``, ``commit``, ``rollback``,
-``abort``, ``refused``. Up (agent → server): only ``report`` — a
-:class:`SignedReport` wrapping a :class:`Report` (heartbeat, inventory, or
-the acknowledgement of a command).
+``abort``, ``audit``, ``retire``, ``refused``. Up (agent → server): only
+``report`` — a :class:`SignedReport` wrapping a :class:`Report` (heartbeat,
+inventory, a change of drift, the acknowledgement of a command, an audit's
+result, or a retirement's result).
 """
 
 from __future__ import annotations
@@ -13,6 +14,18 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from knightwatch.protocol.audit import AuditRequest, AuditResult, AuditStatus, Retire, RetireResult
+from knightwatch.protocol.safety import (
+    MAX_ALERTS_IN_REPORT,
+    MAX_METRICS_IN_REPORT,
+    AlertEvent,
+    Halt,
+    HaltAck,
+    HaltState,
+    Rearm,
+    RearmAck,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -25,6 +38,7 @@ __all__ = [
     "Prepare",
     "Refused",
     "Report",
+    "ReportKind",
     "Rollback",
     "ServerMessage",
     "ServiceState",
@@ -51,24 +65,37 @@ class Hello(_Message):
     nonce: Annotated[str, Field(min_length=16, max_length=128)]
     heartbeat_s: Annotated[float, Field(gt=0, le=3600)]
     server_time: datetime
+    dead_man_s: Annotated[float, Field(gt=0, le=86400)] | None = None
+    """Set for a node of an ``armed`` group: halt the service by itself after this
+    long without the control plane."""
 
 
 class Prepare(_Message):
-    """Fetch, stage and verify a release; do not switch to it."""
+    """Fetch, stage and verify a release; do not switch to it.
+
+    ``restage`` (a reconcile) builds a fresh tree even when one is there:
+    the exact bytes, fetched again where the node's copy differs.
+    """
 
     type: Literal["prepare"] = "prepare"
     deployment_id: Annotated[int, Field(ge=1)]
     digest: Digest
     release_id: Annotated[str, Field(max_length=200)]
+    restage: bool = False
 
 
 class Commit(_Message):
-    """Switch ``current`` to a prepared release, restart, check health and smoke."""
+    """Switch ``current`` to a prepared release, restart, check health and smoke.
+
+    ``restage`` (a reconcile) swaps the freshly staged tree in for the active
+    one and stops every process running from the agent's root first.
+    """
 
     type: Literal["commit"] = "commit"
     deployment_id: Annotated[int, Field(ge=1)]
     digest: Digest
     release_id: Annotated[str, Field(max_length=200)]
+    restage: bool = False
 
 
 class Rollback(_Message):
@@ -100,7 +127,8 @@ class Refused(_Message):
 
 
 ServerMessage = Annotated[
-    Hello | Prepare | Commit | Rollback | Abort | Refused, Field(discriminator="type")
+    Hello | Prepare | Commit | Rollback | Abort | AuditRequest | Retire | Halt | Rearm | Refused,
+    Field(discriminator="type"),
 ]
 _SERVER_MESSAGE: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
@@ -141,6 +169,10 @@ class NodeState(_Message):
     previous_digest: Digest | None = None
     staged: Annotated[list[Digest], Field(max_length=64)] = []
     service: ServiceStatus = ServiceStatus(state=ServiceState.NONE)
+    audit: AuditStatus = AuditStatus()
+    halt: HaltState = HaltState()
+    metrics: Annotated[dict[str, float], Field(max_length=MAX_METRICS_IN_REPORT)] = {}
+    """The service's metrics at the last scrape (each family summed over its samples)."""
 
 
 class AckPhase(StrEnum):
@@ -165,6 +197,11 @@ class Ack(_Message):
     reason: Reason | None = None
 
 
+ReportKind = Literal[
+    "heartbeat", "inventory", "ack", "drift", "audit", "retire", "halt", "rearm", "alert"
+]
+
+
 class Report(_Message):
     """Everything an agent tells the server; always sent signed."""
 
@@ -172,9 +209,14 @@ class Report(_Message):
     nonce: Annotated[str, Field(min_length=16, max_length=128)]
     seq: Annotated[int, Field(ge=1)]
     sent_at: datetime
-    kind: Literal["heartbeat", "inventory", "ack"]
+    kind: ReportKind
     state: NodeState
     ack: Ack | None = None
+    audit: AuditResult | None = None
+    retire: RetireResult | None = None
+    halt: HaltAck | None = None
+    rearm: RearmAck | None = None
+    alerts: Annotated[list[AlertEvent], Field(max_length=MAX_ALERTS_IN_REPORT)] = []
 
 
 class SignedReport(_Message):

@@ -9,19 +9,32 @@ database failure is a :class:`~knightwatch.errors.StoreError`.
 
 from knightwatch.store.database import Database, DialectName, open_database
 from knightwatch.store.models import (
+    Alert,
+    AlertNotification,
+    Audit,
+    AuditNodeResult,
     Base,
     Deployment,
     DeploymentEvent,
     DeploymentNode,
     Fleet,
+    Halt,
+    HaltNode,
     JoinToken,
+    LifecycleEvent,
     Node,
     Release,
+    Retirement,
+    RetirementNode,
 )
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
 from knightwatch.store.types import UTCDateTime
 
 __all__ = [
+    "Alert",
+    "AlertNotification",
+    "Audit",
+    "AuditNodeResult",
     "Base",
     "Database",
     "Deployment",
@@ -29,9 +42,14 @@ __all__ = [
     "DeploymentNode",
     "DialectName",
     "Fleet",
+    "Halt",
+    "HaltNode",
     "JoinToken",
+    "LifecycleEvent",
     "Node",
     "Release",
+    "Retirement",
+    "RetirementNode",
     "UTCDateTime",
     "active_deployment",
     "get_fleet",

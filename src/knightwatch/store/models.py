@@ -32,14 +32,23 @@ from knightwatch.store.types import UTCDateTime
 
 __all__ = [
     "NAMING_CONVENTION",
+    "Alert",
+    "AlertNotification",
+    "Audit",
+    "AuditNodeResult",
     "Base",
     "Deployment",
     "DeploymentEvent",
     "DeploymentNode",
     "Fleet",
+    "Halt",
+    "HaltNode",
     "JoinToken",
+    "LifecycleEvent",
     "Node",
     "Release",
+    "Retirement",
+    "RetirementNode",
 ]
 
 NAMING_CONVENTION = {
@@ -87,13 +96,18 @@ class Release(Base):
     signed_by: Mapped[str] = mapped_column(String(255))
     pushed_at: Mapped[datetime]
     pushed_by: Mapped[str] = mapped_column(String(255))
+    retired_at: Mapped[datetime | None]
+    """Set once every node has verified the release's absence; it never deploys again."""
 
 
 class Node(Base):
     """A node of the fleet: enrolment, desired and reported state, connection."""
 
     __tablename__ = "nodes"
-    __table_args__ = (_one_of("status", ("pending", "enrolled", "retired")),)
+    __table_args__ = (
+        _one_of("status", ("pending", "enrolled", "drained", "retired")),
+        _one_of("drift_state", ("unknown", "clean", "drifted")),
+    )
 
     name: Mapped[str] = mapped_column(NODE_NAME, primary_key=True)
     group_name: Mapped[str] = mapped_column(NODE_NAME, default="default", server_default="default")
@@ -118,6 +132,15 @@ class Node(Base):
     connected: Mapped[bool] = mapped_column(default=False, server_default=false())
     connected_at: Mapped[datetime | None]
     disconnected_at: Mapped[datetime | None]
+    drift_state: Mapped[str] = mapped_column(WORD, default="unknown", server_default="unknown")
+    drift_since: Mapped[datetime | None]
+    drift_count: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    drift_findings: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    """The findings of the node's last audit status, as JSON (most severe first)."""
+    halted: Mapped[bool] = mapped_column(default=False, server_default=false())
+    halt_source: Mapped[str | None] = mapped_column(WORD)
+    halt_reason: Mapped[str | None] = mapped_column(Text)
+    halted_since: Mapped[datetime | None]
 
 
 class JoinToken(Base):
@@ -150,7 +173,7 @@ class Deployment(Base):
 
     __tablename__ = "deployments"
     __table_args__ = (
-        _one_of("kind", ("deploy", "rollback", "catchup")),
+        _one_of("kind", ("deploy", "rollback", "catchup", "reconcile")),
         _one_of("strategy", ("atomic", "canary")),
         # Ids are never reused on SQLite either, as PostgreSQL sequences never are.
         {"sqlite_autoincrement": True},
@@ -200,4 +223,151 @@ class DeploymentEvent(Base):
     at: Mapped[datetime]
     node_name: Mapped[str | None] = mapped_column(NODE_NAME)
     event: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class Alert(Base):
+    """A condition someone must look at, deduplicated by fingerprint (rule + node)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        _one_of("state", ("firing", "acknowledged", "resolved")),
+        _one_of("severity", ("info", "warning", "critical")),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(255), index=True)
+    rule: Mapped[str] = mapped_column(String(255))
+    node_name: Mapped[str | None] = mapped_column(NODE_NAME)
+    severity: Mapped[str] = mapped_column(WORD)
+    state: Mapped[str] = mapped_column(WORD, index=True)
+    summary: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    count: Mapped[int] = mapped_column(default=1, server_default=text("1"))
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(255))
+    resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(255))
+    escalation_level: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    """Index of the receiver in the route that was last notified."""
+    notified_at: Mapped[datetime | None]
+    next_notify_at: Mapped[datetime | None]
+
+
+class Audit(Base):
+    """One fleet-wide audit an operator asked for."""
+
+    __tablename__ = "audits"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    requested_at: Mapped[datetime]
+    nodes: Mapped[str] = mapped_column(Text)
+    """The audited node names, as a JSON list."""
+
+
+class AuditNodeResult(Base):
+    """One node's answer to an audit (the agent's signed AuditResult, as JSON)."""
+
+    __tablename__ = "audit_results"
+
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id"), primary_key=True)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True)
+    received_at: Mapped[datetime]
+    result: Mapped[str] = mapped_column(Text)
+
+
+class Retirement(Base):
+    """The retirement of a release: every node deletes its tree and verifies its absence."""
+
+    __tablename__ = "retirements"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    release_digest: Mapped[str] = mapped_column(ForeignKey("releases.digest"), index=True)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    requested_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text)
+    finished_at: Mapped[datetime | None]
+
+
+class RetirementNode(Base):
+    """One node's part in a retirement: pending until it reports the release absent."""
+
+    __tablename__ = "retirement_nodes"
+    __table_args__ = (_one_of("state", ("pending", "absent", "failed")),)
+
+    retirement_id: Mapped[int] = mapped_column(ForeignKey("retirements.id"), primary_key=True)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True)
+    state: Mapped[str] = mapped_column(WORD)
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+    updated_at: Mapped[datetime]
+
+
+class LifecycleEvent(Base):
+    """One recorded transition of a configuration item (status accounting)."""
+
+    __tablename__ = "lifecycle_events"
+    __table_args__ = (
+        _one_of("item_kind", ("release", "component", "flag", "node")),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    item_kind: Mapped[str] = mapped_column(WORD)
+    item_key: Mapped[str] = mapped_column(String(255), index=True)
+    state: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class AlertNotification(Base):
+    """One delivery of an alert to a receiver (a webhook or a command), and how it went."""
+
+    __tablename__ = "alert_notifications"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    receiver: Mapped[str] = mapped_column(String(255))
+    level: Mapped[int]
+    at: Mapped[datetime]
+    ok: Mapped[bool]
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class Halt(Base):
+    """A latched kill-switch HALT, fleet-wide or scoped, until a re-arm lifts it."""
+
+    __tablename__ = "halts"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    selector: Mapped[str | None] = mapped_column(Text)
+    """The --nodes selector (None: the whole fleet)."""
+    reason: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    issued_at: Mapped[datetime]
+    lifted_at: Mapped[datetime | None]
+    lifted_by: Mapped[str | None] = mapped_column(String(255))
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class HaltNode(Base):
+    """One node's part in a halt: when it received it and when its service was gone."""
+
+    __tablename__ = "halt_nodes"
+
+    halt_id: Mapped[int] = mapped_column(ForeignKey("halts.id"), primary_key=True)
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True)
+    received_at: Mapped[datetime | None]
+    halted_at: Mapped[datetime | None]
+    acked_at: Mapped[datetime | None]
+    rearmed_at: Mapped[datetime | None]
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")

@@ -1,0 +1,280 @@
+"""The agent's side of the kill switch: a latch in the journal, and the dead man's switch (P5).
+
+:meth:`KillSwitch.halt` writes the latch to ``state.json`` *first* (so a
+crash or reboot at any instant leaves the node halted), then stops the
+service — its halt hook, the halt signal to its process group, SIGKILL
+after the grace time — and answers with timestamps taken once waitpid
+reaped the service and no live process of its group is left. Half a second
+later it also stops any process group still running from the releases that
+nobody supervises (a crash's or a race's leftover). While the latch is set
+nothing starts the service: not a commit, not a rollback, not an agent
+restart. :meth:`KillSwitch.rearm` clears it and starts the active release's
+service again with the usual health checks.
+
+The dead man's switch (:meth:`KillSwitch.watch_link`): on a node of an
+``armed`` group (the server says so in its ``Hello``; the agent keeps it in
+the journal, so it holds across restarts with no control plane), an agent
+that has been without the control plane for longer than T halts its
+service by itself, with source ``dead-man`` and a reason naming how long,
+and reports it when it reconnects.
+
+    armed ──halt (kill | dead-man | guard)──► halted ──rearm──► armed
+             journal first, then stop          latched across restarts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from knightwatch.agent.events import event
+from knightwatch.agent.journal import Journal
+from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.supervisor import Supervisor
+from knightwatch.clock import Clock
+from knightwatch.protocol.messages import Hello
+from knightwatch.protocol.safety import HaltAck, HaltSource, HaltState, RearmAck
+
+__all__ = ["DEAD_MAN_POLL_S", "STRAY_SWEEP_DELAY_S", "HaltResult", "KillSwitch"]
+
+DEAD_MAN_POLL_S = 0.1
+STRAY_SWEEP_DELAY_S = 0.5
+_MAX_TEXT = 4096
+
+StartService = Callable[[], Awaitable[str | None]]
+"""Start the active release's service with its checks; None once healthy, else why not."""
+
+
+@dataclass(frozen=True)
+class HaltResult:
+    """What one halt did: when it was asked, when the service was gone, which pids stopped."""
+
+    source: HaltSource
+    received_at: datetime
+    halted_at: datetime
+    stopped_pids: tuple[int, ...]
+    detail: str
+
+    def ack(self, halt_id: int) -> HaltAck:
+        """The acknowledgement of the control plane's halt ``halt_id``."""
+        return HaltAck(
+            halt_id=halt_id,
+            received_at=self.received_at,
+            halted_at=self.halted_at,
+            stopped_pids=list(self.stopped_pids[:1024]),
+            detail=self.detail[:_MAX_TEXT],
+        )
+
+
+class KillSwitch:
+    """The node's halt latch: set it, lift it, and set it by itself when the link is lost."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        supervisor: Supervisor,
+        layout: NodeLayout,
+        clock: Clock,
+        start_service: StartService,
+        lock: asyncio.Lock,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._journal = journal
+        self._supervisor = supervisor
+        self._layout = layout
+        self._clock = clock
+        self._start_service = start_service
+        self._lock = lock
+        """Shared with the command runner: a service start never interleaves with a halt."""
+        self._on_change = on_change
+        self._sweeps: set[asyncio.Task[None]] = set()
+
+    @property
+    def halted(self) -> bool:
+        """True while the latch is set."""
+        return self._journal.state.halted
+
+    def state(self) -> HaltState:
+        """The latch as every report carries it."""
+        state = self._journal.state
+        if not state.halted:
+            return HaltState()
+        since = state.halted_since
+        return HaltState(
+            halted=True,
+            source=state.halt_source,
+            halt_id=state.halt_id,
+            since=datetime.fromtimestamp(since, UTC) if since is not None else None,
+            reason=state.halt_reason,
+        )
+
+    async def halt(
+        self,
+        source: HaltSource,
+        reason: str,
+        halt_id: int | None = None,
+        *,
+        received_at: datetime | None = None,
+    ) -> HaltResult:
+        """Set the latch (journal first), stop the service and all it left; return the timings.
+
+        Halting a halted node keeps the first cause (source, reason, since),
+        records the control plane's ``halt_id`` and makes sure nothing runs.
+        """
+        received = received_at or self._clock.now()
+        reason = " ".join(reason.split())[:_MAX_TEXT]
+        async with self._lock:
+            state = self._journal.state
+            already = state.halted
+            if already:
+                if halt_id is not None and state.halt_id != halt_id:
+                    self._journal.update(halt_id=halt_id)
+            else:
+                self._journal.update(
+                    halted=True,
+                    halt_source=source,
+                    halt_id=halt_id,
+                    halt_reason=reason,
+                    halted_since=received.timestamp(),
+                )
+            event("halt", source=source, halt=halt_id, reason=reason, already_halted=already)
+            pids, halted_at = await self._stop_everything()
+        since = self._journal.state.halted_since
+        if already and not pids and since is not None:
+            halted_at = datetime.fromtimestamp(since, UTC)  # gone since the first halt
+        detail = _describe_halt(pids, already, self._journal.state.halt_source or source)
+        event(
+            "halted",
+            source=source,
+            halt=halt_id,
+            pids=list(pids),
+            ms=(halted_at - received).total_seconds() * 1000,
+        )
+        self._changed()
+        return HaltResult(source, received, halted_at, pids, detail)
+
+    async def rearm(self, halt_id: int, reason: str) -> RearmAck:
+        """Lift the latch and start the active release's service again, checked as usual."""
+        async with self._lock:
+            was = self._journal.state
+            if was.halted:
+                self._journal.update(
+                    halted=False,
+                    halt_source=None,
+                    halt_id=None,
+                    halt_reason=None,
+                    halted_since=None,
+                )
+        rearmed_at = self._clock.now()
+        event("rearm", halt=halt_id, reason=reason[:_MAX_TEXT], was_halted=was.halted)
+        self._changed()
+        if not was.halted:
+            return RearmAck(halt_id=halt_id, rearmed_at=rearmed_at, started=False, detail="")
+        if was.current is None:
+            self._supervisor.forget()
+            detail = "no release is active: nothing to start"
+            return RearmAck(halt_id=halt_id, rearmed_at=rearmed_at, started=False, detail=detail)
+        why = await self._start_service()
+        self._changed()
+        status = self._supervisor.status()
+        detail = why or f"service {status.state.value}, pid {status.pid}"
+        event("rearmed", halt=halt_id, started=why is None, detail=detail)
+        return RearmAck(
+            halt_id=halt_id, rearmed_at=rearmed_at, started=why is None, detail=detail[:_MAX_TEXT]
+        )
+
+    # --- the dead man's switch -------------------------------------------------------------
+
+    def arm_dead_man(self, seconds: float | None) -> None:
+        """Keep the server's dead-man period (None: this node is not armed) in the journal."""
+        if self._journal.state.dead_man_s != seconds:
+            self._journal.update(dead_man_s=seconds)
+            event("dead-man-armed" if seconds else "dead-man-disarmed", seconds=seconds)
+
+    async def watch_link(self, connected: asyncio.Event, hello: Callable[[], Hello | None]) -> None:
+        """Halt by the dead man's switch once the link has been down longer than T; forever.
+
+        T is the journal's ``dead_man_s`` (refreshed from every ``Hello``), so an
+        agent restarted with no control plane still halts T after it started.
+        """
+        last_up = self._clock.monotonic()
+        greeted: Hello | None = None
+        while True:
+            now = self._clock.monotonic()
+            if connected.is_set():
+                last_up = now
+                current = hello()
+                if current is not None and current is not greeted:
+                    greeted = current
+                    self.arm_dead_man(current.dead_man_s)
+            else:
+                limit = self._journal.state.dead_man_s
+                if limit is not None and not self.halted and now - last_up > limit:
+                    lost = now - last_up
+                    await self.halt(
+                        "dead-man",
+                        f"lost the control plane for {lost:.1f} s "
+                        f"(dead man's switch after {limit:g} s)",
+                    )
+            await asyncio.sleep(DEAD_MAN_POLL_S)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _stop_everything(self) -> tuple[tuple[int, ...], datetime]:
+        """Stop the supervised service; return its pids and when they were confirmed gone.
+
+        Then, off the critical path (every agent of the fleet halts at once),
+        any process group still running from the releases is stopped too.
+        """
+        supervisor = self._supervisor
+        pgid = supervisor.status().pid if supervisor.running else None
+        group = _descendants(pgid) if pgid is not None else []
+        await supervisor.stop(halted=True)
+        gone_at = self._clock.now()
+        sweep = asyncio.create_task(self._sweep_strays())
+        self._sweeps.add(sweep)
+        sweep.add_done_callback(self._sweeps.discard)
+        return tuple(group), gone_at
+
+    async def _sweep_strays(self) -> None:
+        """Stop processes running a release that nobody supervises (left by a crash or race)."""
+        await asyncio.sleep(STRAY_SWEEP_DELAY_S)
+        async with self._lock:
+            if not self.halted:
+                return  # re-armed meanwhile: what runs now is the supervised service
+            strays = await self._supervisor.stop_strays(self._layout.releases_dir)
+        if strays:
+            event("halt-strays", pgids=strays)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc/<pid>/task/<tid>/children (no full /proc scan)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo and len(found) < 1024:
+        current = todo.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo.extend(int(c) for c in children.read_text().split())
+    return sorted(set(found))
+
+
+def _describe_halt(pids: tuple[int, ...], already: bool, source: str) -> str:
+    if pids:
+        listed = ", ".join(map(str, pids[:20])) + (" …" if len(pids) > 20 else "")
+        prefix = f"already halted ({source}); " if already else ""
+        return f"{prefix}stopped {len(pids)} process(es): {listed}"
+    if already:
+        return f"already halted ({source}): nothing was running"
+    return "nothing was running"

@@ -1,0 +1,103 @@
+"""Operator API for the kill switch: halt (fleet-wide or scoped), inspect, re-arm.
+
+The halt is recorded in the store first (in a worker thread), then the one
+``Halt`` message is queued on every selected, connected agent's WebSocket in
+a single pass on the event loop — no store work between two sends.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from knightwatch.api.app import ControlPlane
+from knightwatch.api.auth import Operator, Plane
+from knightwatch.control.killswitch import (
+    MAX_REASON,
+    HaltPlan,
+    RearmPlan,
+    halt_report,
+    issue_halt,
+    lift_halts,
+    list_halts,
+)
+
+__all__ = ["halt_now", "router", "send_halt"]
+
+router = APIRouter(prefix="/api/v1")
+
+
+class HaltBody(BaseModel):
+    """Which nodes to halt (a selector; the whole fleet when absent) and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    nodes: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON)]
+
+
+@router.post("/halts", status_code=201)
+async def create_halt(body: HaltBody, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Halt the selected nodes now and latch it; the answer is the halt report as sent."""
+    plan = await run_in_threadpool(_issue, plane, body.nodes, body.reason, who)
+    send_halt(plane, plan)
+    return await run_in_threadpool(_report, plane, plan.halt_id)
+
+
+def send_halt(plane: ControlPlane, plan: HaltPlan) -> None:
+    """Queue a recorded halt on every connected node's WebSocket (call on the event loop)."""
+    for node in plan.online:  # at once: only queue puts between two sends
+        plane.hub.send(node, plan.message)
+
+
+def halt_now(plane: ControlPlane, selector: str | None, reason: str, requested_by: str) -> HaltPlan:
+    """Record a halt and send it at once, from code on the event loop (a fleet guard)."""
+    plan = _issue(plane, selector, reason, requested_by)
+    send_halt(plane, plan)
+    return plan
+
+
+@router.get("/halts")
+def halts(
+    plane: Plane, _who: Operator, active: bool | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Halts, newest first (``active=true``: only those not lifted)."""
+    with plane.db.session() as session:
+        return list_halts(session, active=active, limit=limit)
+
+
+@router.get("/halts/{halt_id}")
+def show_halt(halt_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
+    """One halt: every node's acknowledgement and time to halt, as of now."""
+    return _report(plane, halt_id)
+
+
+@router.post("/rearm", status_code=201)
+async def rearm(body: HaltBody, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Lift the halts of the selected nodes; each starts its service again."""
+    plan = await run_in_threadpool(_lift, plane, body, who)
+    for node, message in plan.messages:
+        plane.hub.send(node, message)
+    return {
+        "lifted": plan.lifted,
+        "nodes": [{"node": node, "halt_id": m.halt_id} for node, m in plan.messages],
+        "online": plan.online,
+        "offline": plan.offline,
+    }
+
+
+def _issue(plane: ControlPlane, selector: str | None, reason: str, who: str) -> HaltPlan:
+    with plane.db.session() as session:
+        return issue_halt(session, selector, reason, who, plane.clock.now())
+
+
+def _lift(plane: ControlPlane, body: HaltBody, who: str) -> RearmPlan:
+    with plane.db.session() as session:
+        return lift_halts(session, body.nodes, body.reason, who, plane.clock.now())
+
+
+def _report(plane: ControlPlane, halt_id: int) -> dict[str, Any]:
+    with plane.db.session() as session:
+        return halt_report(session, halt_id).to_json()

@@ -1,0 +1,125 @@
+"""``GET /metrics``: the control plane's own figures in the Prometheus text format.
+
+No authentication, as Prometheus scrapers expect; only counts are exposed
+(no names of releases, no findings). A custom collector on a registry of
+its own reads the store at scrape time, so every replica reports the same
+figures and nothing is kept in memory between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from knightwatch.api.auth import Plane
+from knightwatch.clock import Clock
+from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
+from knightwatch.control.fleet import FleetState
+from knightwatch.control.states import TERMINAL
+from knightwatch.control.statistics import FleetStatistics, fleet_statistics
+from knightwatch.store import Database
+
+__all__ = ["TIME_TO_HALT_BUCKETS", "FleetCollector", "router"]
+
+router = APIRouter()
+TIME_TO_HALT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class FleetCollector(Collector):
+    """Reads :func:`fleet_statistics` from the store at every scrape."""
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every knightwatch_* family."""
+        with self._db.session() as session:
+            stats = fleet_statistics(session, self._clock.now())
+        yield _fleet_state(stats)
+        yield _nodes(stats)
+        yield from _deployments(stats)
+        yield GaugeMetricFamily(
+            "knightwatch_halts_active", "Kill-switch halts not lifted yet.", stats.halts_active
+        )
+        yield _time_to_halt(stats)
+        yield _alerts(stats)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(plane: Plane) -> Response:
+    """The Prometheus text exposition of the control plane's figures."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(plane.db, plane.clock))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _fleet_state(stats: FleetStatistics) -> Metric:
+    family = GaugeMetricFamily(
+        "knightwatch_fleet_state", "1 for the fleet's current state, 0 otherwise.", labels=["state"]
+    )
+    for state in FleetState:
+        family.add_metric([state.value], 1.0 if state == stats.state else 0.0)
+    return family
+
+
+def _nodes(stats: FleetStatistics) -> Metric:
+    family = GaugeMetricFamily(
+        "knightwatch_nodes",
+        "Enrolled nodes by drift state, connection and halt.",
+        labels=["drift_state", "connected", "halted"],
+    )
+    for (drift, connected, halted), count in sorted(stats.nodes.items()):
+        family.add_metric([drift, str(connected).lower(), str(halted).lower()], count)
+    return family
+
+
+def _deployments(stats: FleetStatistics) -> Iterator[Metric]:
+    finished = CounterMetricFamily(
+        "knightwatch_deployments",
+        "Deployments that ended, by kind and final state.",
+        labels=["kind", "state"],
+    )
+    running = GaugeMetricFamily(
+        "knightwatch_deployments_active",
+        "Deployments under way, by kind and state.",
+        labels=["kind", "state"],
+    )
+    for (kind, state), count in sorted(stats.deployments.items()):
+        (finished if state in TERMINAL else running).add_metric([kind, state], count)
+    yield finished
+    yield running
+
+
+def _time_to_halt(stats: FleetStatistics) -> Metric:
+    times = stats.times_to_halt_s
+    buckets = [(_le(b), float(sum(1 for t in times if t <= b))) for b in TIME_TO_HALT_BUCKETS]
+    return HistogramMetricFamily(
+        "knightwatch_time_to_halt_seconds",
+        "Seconds from a halt's issue to each node's service being gone.",
+        buckets=[*buckets, ("+Inf", float(len(times)))],
+        sum_value=sum(times),
+    )
+
+
+def _alerts(stats: FleetStatistics) -> Metric:
+    family = GaugeMetricFamily(
+        "knightwatch_alerts", "Alerts by state and severity.", labels=["state", "severity"]
+    )
+    for state in ALERT_STATES:
+        for severity in SEVERITY_RANK:
+            family.add_metric([state, severity], stats.alerts.get((state, severity), 0))
+    return family
+
+
+def _le(bound: float) -> str:
+    return repr(bound)

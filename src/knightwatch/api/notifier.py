@@ -1,0 +1,205 @@
+"""Deliver alert notifications: Alertmanager webhook JSON, POSTed or piped to a command.
+
+Every notification is the JSON body Prometheus Alertmanager's ``webhook_config``
+sends (``version`` "4", one alert per message), so existing receivers — chat
+bridges, pagers, ticketing hooks — work unchanged. A command receiver gets
+the same JSON on stdin, a small environment (no server secrets) and a
+timeout; its exit status is what is recorded.
+
+:class:`AlertNotifier` runs beside the orchestrator in the server's event
+loop: it claims what is due (one short transaction), delivers concurrently
+with no transaction open, and records the outcomes (another one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from knightwatch.clock import Clock
+from knightwatch.control.routing import AlertRouting, Delivery, claim_due, record_delivery
+from knightwatch.settings import ServerSettings
+from knightwatch.store import Database
+
+__all__ = ["AlertNotifier", "alertmanager_payload"]
+
+log = logging.getLogger("knightwatch.alerts")
+INTERVAL_S = 0.5  # escalation is measured in seconds or minutes; keep the store quiet
+ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt for an alert still firing
+
+
+def alertmanager_payload(delivery: Delivery, external_url: str) -> dict[str, Any]:
+    """The Alertmanager v4 webhook message announcing ``delivery``'s alert."""
+    alert = delivery.alert
+    labels = {
+        "alertname": alert["rule"],
+        "severity": alert["severity"],
+        "fingerprint": alert["fingerprint"],
+    }
+    if alert["node"]:
+        labels["node"] = alert["node"]
+    annotations = {
+        "summary": alert["summary"],
+        "description": alert["detail"],
+        "count": str(alert["count"]),
+        "acknowledge": f"knightwatch alerts ack {alert['id']}",
+    }
+    resolved = delivery.status == "resolved" and alert["resolved_at"] is not None
+    group = {k: labels[k] for k in ("alertname", "node") if k in labels}
+    return {
+        "version": "4",
+        "groupKey": "{}:{" + ", ".join(f"{k}={json.dumps(v)}" for k, v in group.items()) + "}",
+        "truncatedAlerts": 0,
+        "status": delivery.status,
+        "receiver": delivery.receiver.name,
+        "groupLabels": group,
+        "commonLabels": labels,
+        "commonAnnotations": annotations,
+        "externalURL": external_url,
+        "alerts": [
+            {
+                "status": delivery.status,
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": _rfc3339(alert["first_at"]),
+                "endsAt": _rfc3339(alert["resolved_at"]) if resolved else ZERO_TIME,
+                "generatorURL": f"{external_url}/api/v1/alerts/{alert['id']}",
+                "fingerprint": hashlib.sha256(alert["fingerprint"].encode()).hexdigest()[:16],
+            }
+        ],
+    }
+
+
+class AlertNotifier:
+    """Sends due notifications to the route's receivers and records each delivery."""
+
+    def __init__(
+        self, db: Database, clock: Clock, routing: AlertRouting, external_url: str
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._routing = routing
+        self._external_url = external_url.rstrip("/")
+        self._http: httpx.AsyncClient | None = None
+
+    @classmethod
+    def for_settings(cls, db: Database, clock: Clock, settings: ServerSettings) -> AlertNotifier:
+        """A notifier for the server's ``[alerts]`` settings."""
+        url = settings.alerts.external_url or f"http://{settings.host}:{settings.port}"
+        return cls(db, clock, settings.alerts, url)
+
+    async def run_forever(self, interval: float = INTERVAL_S) -> None:
+        """Deliver what is due every ``interval`` seconds until cancelled."""
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            self._http = client
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("alert notifier tick failed")
+
+    async def tick(self) -> int:
+        """Claim, deliver and record everything due now; return how many deliveries were made."""
+        if not self._routing.chain:
+            return 0
+        deliveries = await asyncio.to_thread(self._claim)
+        if not deliveries:
+            return 0
+        outcomes = await asyncio.gather(*(self._deliver(d) for d in deliveries))
+        await asyncio.to_thread(self._record, list(zip(deliveries, outcomes, strict=True)))
+        return len(deliveries)
+
+    def _claim(self) -> list[Delivery]:
+        with self._db.session() as session:
+            return claim_due(session, self._routing, self._clock.now())
+
+    def _record(self, done: list[tuple[Delivery, tuple[bool, str]]]) -> None:
+        with self._db.session() as session:
+            for delivery, (ok, detail) in done:
+                record_delivery(session, delivery, ok=ok, detail=detail, routing=self._routing)
+
+    async def _deliver(self, delivery: Delivery) -> tuple[bool, str]:
+        payload = alertmanager_payload(delivery, self._external_url)
+        body = json.dumps(payload, sort_keys=True).encode()
+        receiver = delivery.receiver
+        if receiver.webhook is not None:
+            ok, detail = await self._post(receiver.webhook, body, receiver.timeout_s)
+        else:
+            assert receiver.command is not None
+            ok, detail = await _run(receiver.command, body, receiver.timeout_s, _env(delivery))
+        log.log(
+            logging.INFO if ok else logging.WARNING,
+            "alert %d %s → %s (level %d): %s",
+            delivery.alert_id,
+            delivery.status,
+            receiver.name,
+            delivery.level,
+            detail,
+        )
+        return ok, detail
+
+    async def _post(self, url: str, body: bytes, timeout: float) -> tuple[bool, str]:
+        client = self._http or httpx.AsyncClient(follow_redirects=False)
+        try:
+            response = await client.post(
+                url, content=body, headers={"Content-Type": "application/json"}, timeout=timeout
+            )
+        except httpx.HTTPError as exc:  # the URL may carry a token: never echo it
+            return False, f"{type(exc).__name__}: {str(exc).replace(url, '<webhook>')}"[:300]
+        finally:
+            if client is not self._http:
+                await client.aclose()
+        return response.is_success, f"HTTP {response.status_code}"
+
+
+async def _run(
+    argv: tuple[str, ...], body: bytes, timeout: float, env: dict[str, str]
+) -> tuple[bool, str]:
+    """Run a command receiver with ``body`` on stdin; (exit 0?, what happened)."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return False, f"cannot run {argv[0]}: {exc.strerror or exc}"
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(body), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        return False, f"timed out after {timeout:g} s"
+    if process.returncode == 0:
+        return True, "exit 0"
+    last = stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+    return False, f"exit {process.returncode}" + (f": {last[0][:200]}" if last else "")
+
+
+def _env(delivery: Delivery) -> dict[str, str]:
+    """What a command receiver sees: PATH, HOME, a locale and the alert — no server secrets."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8"}
+    if "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
+    env["KNIGHTWATCH_ALERT_ID"] = str(delivery.alert_id)
+    env["KNIGHTWATCH_ALERT_STATUS"] = delivery.status
+    env["KNIGHTWATCH_RECEIVER"] = delivery.receiver.name
+    return env
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

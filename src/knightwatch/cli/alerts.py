@@ -1,0 +1,138 @@
+"""``knightwatch alerts list | show | ack | resolve``: what needs looking at, and who is on it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from knightwatch.cli.output import out, print_json
+from knightwatch.client import ApiClient, resolve_target
+from knightwatch.errors import InvalidInputError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Alerts: deduplicated, routed, escalated until someone acknowledges them.",
+    no_args_is_help=True,
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+IdArg = Annotated[int, typer.Argument(help="Alert ID (see: knightwatch alerts list)")]
+CommentOpt = Annotated[
+    str, typer.Option("--comment", help="Why, or what you are doing about it (recorded)")
+]
+ByOpt = Annotated[
+    str | None,
+    typer.Option("--by", help="Who is doing this (default: the operator the server knows)"),
+]
+_COLOURS = {
+    "firing": "bold red",
+    "acknowledged": "yellow",
+    "resolved": "green",
+    "critical": "bold red",
+    "warning": "yellow",
+    "info": "cyan",
+}
+_STATES = ("firing", "acknowledged", "resolved")
+
+
+@app.command("list", epilog="Example: knightwatch alerts list --state firing")
+def list_alerts(
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only firing, acknowledged or resolved alerts")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many, newest first")] = 200,
+    json_output: JsonOpt = False,
+) -> None:
+    """Alerts, newest first: state, severity, rule, node, how many times it fired, who acked."""
+    if state is not None and state not in _STATES:
+        raise InvalidInputError(
+            f"--state {state!r} is not one of {', '.join(_STATES)}",
+            hint="e.g. knightwatch alerts list --state firing",
+        )
+    query = f"?limit={limit}" + (f"&state={state}" if state else "")
+    data = ApiClient(resolve_target()).get(f"/alerts{query}")
+    if json_output:
+        print_json(data)
+        return
+    table = Table("id", "state", "severity", "rule", "node", "count", "since (UTC)", "who")
+    table.add_column("summary", overflow="fold")
+    for alert in data:
+        table.add_row(
+            str(alert["id"]),
+            _paint(alert["state"]),
+            _paint(alert["severity"]),
+            escape(alert["rule"]),
+            escape(alert["node"] or "fleet"),
+            str(alert["count"]),
+            _time(alert["first_at"]),
+            escape(alert["resolved_by"] or alert["acknowledged_by"] or "-"),
+            escape(alert["summary"]),
+        )
+    out.print(table if data else "no alerts")
+
+
+@app.command("show", epilog="Example: knightwatch alerts show 4")
+def show(alert_id: IdArg, json_output: JsonOpt = False) -> None:
+    """One alert and every notification sent about it (receiver, level, outcome)."""
+    data = ApiClient(resolve_target()).get(f"/alerts/{alert_id}")
+    if json_output:
+        print_json(data)
+        return
+    _headline(data)
+    out.print(f"  {escape(data['summary'])}")
+    table = Table("sent (UTC)", "status", "level", "receiver", "ok", "detail")
+    for sent in data["notifications"]:
+        table.add_row(
+            _time(sent["at"]),
+            _paint(sent["status"]),
+            str(sent["level"]),
+            escape(sent["receiver"]),
+            "yes" if sent["ok"] else "[red]no[/]",
+            escape(sent["detail"]),
+        )
+    out.print(table if data["notifications"] else "  no notification sent")
+
+
+@app.command("ack", epilog='Example: knightwatch alerts ack 4 --comment "looking at node2"')
+def ack(
+    alert_id: IdArg, comment: CommentOpt = "", by: ByOpt = None, json_output: JsonOpt = False
+) -> None:
+    """Acknowledge an alert: someone is on it, so it stops escalating and no longer blocks."""
+    _act(alert_id, "ack", {"comment": comment, "by": by}, json_output)
+
+
+@app.command("resolve", epilog='Example: knightwatch alerts resolve 4 --comment "fixed"')
+def resolve(
+    alert_id: IdArg, comment: CommentOpt = "", by: ByOpt = None, json_output: JsonOpt = False
+) -> None:
+    """Resolve an alert by hand; receivers told it fired hear that it is resolved."""
+    _act(alert_id, "resolve", {"comment": comment, "by": by}, json_output)
+
+
+def _act(alert_id: int, verb: str, body: dict[str, Any], json_output: bool) -> None:
+    data = ApiClient(resolve_target()).post(f"/alerts/{alert_id}/{verb}", body)
+    if json_output:
+        print_json(data)
+    else:
+        _headline(data)
+
+
+def _headline(alert: dict[str, Any]) -> None:
+    who = alert["resolved_by"] or alert["acknowledged_by"]
+    out.print(
+        f"alert {alert['id']} {_paint(alert['state'])} {_paint(alert['severity'])} "
+        f"{escape(alert['rule'])} on {escape(alert['node'] or 'the fleet')} "
+        f"(fired {alert['count']} times, escalation level {alert['escalation_level']})"
+        + (f" by {escape(who)}" if who else "")
+    )
+
+
+def _paint(word: str) -> str:
+    return f"[{_COLOURS.get(word, 'white')}]{escape(word)}[/]"
+
+
+def _time(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"

@@ -1,0 +1,77 @@
+"""Figures about the fleet, read from the store at one instant (for /metrics and dashboards).
+
+:func:`fleet_statistics` returns a frozen record: the fleet state, node
+counts by drift, connection and halt, deployments by kind and state, active
+halts and every node's time to halt, and alerts by state and severity.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from knightwatch.control.fleet import FleetState, fleet_status
+from knightwatch.store import Alert, Deployment, Halt, HaltNode, Node
+
+__all__ = ["FleetStatistics", "fleet_statistics"]
+
+
+@dataclass(frozen=True)
+class FleetStatistics:
+    """What the control plane knows about the fleet, counted."""
+
+    state: FleetState
+    nodes: dict[tuple[str, bool, bool], int]
+    """(drift_state, connected, halted) → number of enrolled (not retired) nodes."""
+    deployments: dict[tuple[str, str], int]
+    """(kind, state) → number of deployments."""
+    halts_active: int
+    times_to_halt_s: tuple[float, ...]
+    """For each node that confirmed a halt: seconds from the halt's issue to its service gone."""
+    alerts: dict[tuple[str, str], int]
+    """(state, severity) → number of alerts."""
+
+
+def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
+    """Count everything once, inside the caller's transaction."""
+    nodes = Counter(
+        (drift, bool(connected), bool(halted))
+        for drift, connected, halted in session.execute(
+            select(Node.drift_state, Node.connected, Node.halted).where(Node.status != "retired")
+        )
+    )
+    return FleetStatistics(
+        state=fleet_status(session, now).state,
+        nodes=dict(nodes),
+        deployments=_grouped(session, Deployment.kind, Deployment.state),
+        halts_active=session.scalar(
+            select(func.count()).select_from(Halt).where(Halt.lifted_at.is_(None))
+        )
+        or 0,
+        times_to_halt_s=_times_to_halt(session),
+        alerts=_grouped(session, Alert.state, Alert.severity),
+    )
+
+
+def _grouped(
+    session: Session, first: InstrumentedAttribute[str], second: InstrumentedAttribute[str]
+) -> dict[tuple[str, str], int]:
+    statement = select(first, second, func.count()).group_by(first, second)
+    return {(a, b): n for a, b, n in session.execute(statement)}
+
+
+def _times_to_halt(session: Session) -> tuple[float, ...]:
+    statement = (
+        select(Halt.issued_at, HaltNode.halted_at)
+        .join(HaltNode, HaltNode.halt_id == Halt.id)
+        .where(HaltNode.halted_at.is_not(None))
+    )
+    return tuple(
+        max(0.0, (halted - issued).total_seconds())
+        for issued, halted in session.execute(statement)
+        if halted is not None
+    )
