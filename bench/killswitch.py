@@ -12,14 +12,34 @@ For fleets of 8, 64 and 256 local agents, each supervising a trivial service
    clock, this machine's;
 4. re-arms the fleet and waits until every service runs again.
 
+The second figure is the **guard reaction**: the time from a service crossing
+a guard's limit to its halt. One agent (node1) supervises a tiny HTTP service
+exporting one gauge, scraped every 100 ms, under the ``halt_node`` guard
+``bench_orders_in_flight > 100.0``. Every repetition:
+
+1. POSTs /cross to the service, which lifts the gauge past the limit and
+   answers with the wall-clock time at which it did (the crossing);
+2. waits for the agent's ``halted`` event of source ``guard``; the service was
+   confirmed gone at the latch's ``halted_since`` (in the agent's state.json:
+   when the guard fired and called the halt) plus that event's ``ms`` (how
+   long stopping took, until waitpid reaped the service and its group was
+   gone);
+3. records reaction = gone − crossing (one clock, this machine's), split
+   into detection (crossing → guard fired) and stopping (fired → gone);
+4. re-arms, waits until the restarted service (gauge 0) runs and answers
+   below the limit, then a few scrape intervals more, so every repetition
+   starts from a clean scrape history.
+
 Figures only (median, p99, max per fleet size), printed beside the issue's
 goals; it never passes or fails on time. Agents run with their periodic
 audits slowed down (an hour apart) so that 256 of them fit on a small
-machine; the kill path itself is the production one.
+machine; the kill path and the guard path themselves are the production ones.
 
-    python bench/killswitch.py                    # 8, 64, 256 agents, 50 repetitions
-    python bench/killswitch.py --sizes 8,64 --reps 20
-    python bench/killswitch.py --quick            # 8 agents, 10 repetitions
+    python bench/killswitch.py                    # 8, 64, 256 agents × 50 kills; 50 guard halts
+    python bench/killswitch.py --sizes 8,64 --reps 20 --guard-reps 20
+    python bench/killswitch.py --quick            # 8 agents, 10 repetitions; 10 guard halts
+    python bench/killswitch.py --no-guard         # the kill figures only
+    python bench/killswitch.py --sizes "" --guard-reps 50   # the guard figure only
 """
 
 from __future__ import annotations
@@ -27,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -34,6 +55,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -72,18 +95,108 @@ QUIET_AGENT = (
 )
 SERVER_ENV = {"KNIGHTWATCH_HEARTBEAT_S": "5", "KNIGHTWATCH_COMMIT_TIMEOUT_S": "600"}
 
+GUARD_GOAL_MS = 300.0
+GUARD_NODE = "node1"
+GUARD_LIMIT = 100.0
+GUARD_RULE = f"bench_orders_in_flight > {GUARD_LIMIT}"
+SCRAPE_INTERVAL_S = 0.1
+CLEAN_SCRAPES = 5
+"""Scrape intervals waited after a re-arm, so the next crossing starts from clean scrapes."""
+GUARDED_SPEC = f"""\
+[release]
+name = "guarded"
+version = "1.0.0"
 
-def build(work: Path) -> tuple[Path, Path, str]:
-    """Build the trivial release; return (store, public key, release ID)."""
-    source = work / "idle"
-    source.mkdir(parents=True)
-    (source / "knightwatch.toml").write_text(SPEC)
-    (source / "README").write_text("a service that sleeps until it is told to stop\n")
+[[component]]
+name = "all"
+version = "1.0.0"
+paths = ["**"]
+
+[service]
+command = ["python3", "service.py"]
+health = {{ http = "http://127.0.0.1:${{KNIGHTWATCH_SERVICE_PORT}}/health", timeout_s = 2.0 }}
+halt = {{ signal = "SIGTERM", grace_s = 5.0 }}
+metrics = {{ endpoint = "http://127.0.0.1:${{KNIGHTWATCH_SERVICE_PORT}}/metrics", \
+scrape_interval_s = {SCRAPE_INTERVAL_S} }}
+
+[[guard]]
+name = "orders-in-flight"
+rule = "{GUARD_RULE}"
+severity = "critical"
+action = "halt_node"
+"""
+GUARDED_SERVICE = '''\
+"""The guard benchmark's service: one gauge on /metrics; POST /cross lifts it past the limit."""
+
+import json
+import os
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+GAUGE = "bench_orders_in_flight"
+LEVEL = [0.0]
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/metrics":
+            self.reply(200, f"# TYPE {GAUGE} gauge\\n{GAUGE} {LEVEL[0]}\\n")
+        elif self.path == "/health":
+            self.reply(200, "ok\\n")
+        else:
+            self.reply(404, "not found\\n")
+
+    def do_POST(self):
+        if self.path != "/cross":
+            self.reply(404, "not found\\n")
+            return
+        crossed_at = time.time()  # taken before the change: a reaction is never understated
+        LEVEL[0] = 1000.0
+        self.reply(200, json.dumps({"crossed_at": crossed_at, GAUGE: LEVEL[0]}) + "\\n")
+
+    def reply(self, status, text):
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):
+        return
+
+
+port = int(os.environ["KNIGHTWATCH_SERVICE_PORT"])
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+def build(work: Path) -> tuple[Path, Path, str, str]:
+    """Build the trivial and the guarded release; return (store, public key, their IDs)."""
     keys = work / "keys"
     generate_keypair(keys)
     store = work / "store"
+    idle = _build_one(
+        work / "idle",
+        {"knightwatch.toml": SPEC, "README": "a service that sleeps until it is told to stop\n"},
+        store,
+        keys,
+    )
+    guarded = _build_one(
+        work / "guarded",
+        {"knightwatch.toml": GUARDED_SPEC, "service.py": GUARDED_SERVICE},
+        store,
+        keys,
+    )
+    return store, keys / "release.pub", idle, guarded
+
+
+def _build_one(source: Path, files: dict[str, str], store: Path, keys: Path) -> str:
+    """Write ``files`` into ``source``, build and sign them into ``store``; return the ID."""
+    source.mkdir(parents=True)
+    for name, text in files.items():
+        (source / name).write_text(text)
     built = build_release(source, store, load_signing_key(keys / "release.key"), environ=EPOCH)
-    return store, keys / "release.pub", built.release_id
+    return built.release_id
 
 
 def fleet_memory(fleet: LocalFleet) -> dict[str, float]:
@@ -167,6 +280,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
+def summarize(values: list[float]) -> dict[str, float]:
+    """Median, p99 and max of ``values``."""
+    return {
+        "median": statistics.median(values),
+        "p99": percentile(values, 0.99),
+        "max": max(values),
+    }
+
+
 def bench_size(work: Path, size: int, reps: int, release: tuple[Path, Path, str]) -> dict[str, Any]:
     """Run ``reps`` kill/re-arm cycles on a fleet of ``size`` agents."""
     store, public_key, release_id = release
@@ -201,17 +323,136 @@ def bench_size(work: Path, size: int, reps: int, release: tuple[Path, Path, str]
         fleet.down()
         shutil.rmtree(work / f"fleet-{size}", ignore_errors=True)
     for key in runs[0]:
-        values = [r[key] for r in runs]
-        result[key] = {
-            "median": statistics.median(values),
-            "p99": percentile(values, 0.99),
-            "max": max(values),
-        }
+        result[key] = summarize([r[key] for r in runs])
     result["repetitions"] = reps
     gone = result["kill_to_gone_ms"]
     print(
         f"… {size} agents: kill → every service gone, median {gone['median']:.1f} ms, "
         f"p99 {gone['p99']:.1f} ms, max {gone['max']:.1f} ms",
+        file=sys.stderr,
+    )
+    return result
+
+
+def one_guard_halt(fleet: LocalFleet, rep: int, timeout: float) -> dict[str, float]:
+    """Lift the gauge past the limit, wait for the guard's halt, re-arm, wait for clean scrapes."""
+    log = fleet.directory / "logs" / f"{GUARD_NODE}.log"
+    offset = log.stat().st_size
+    answer = _to_service(fleet, "POST", "/cross")
+    answer.raise_for_status()
+    crossed = float(answer.json()["crossed_at"])
+    line = wait_until(
+        lambda: _guard_halted_line(log, offset),
+        timeout=timeout,
+        what=f"the guard to halt {GUARD_NODE}'s service",
+        interval=0.01,
+    )
+    state = json.loads((fleet.root(GUARD_NODE) / "state.json").read_text())
+    if not state["halted"] or state["halt_source"] != "guard":
+        raise SystemExit(f"guard repetition {rep}: {GUARD_NODE} is not halted by its guard")
+    fired = float(state["halted_since"])
+    stop_ms = _field_ms(line)
+    figures = {
+        "reaction_ms": (fired + stop_ms / 1000 - crossed) * 1000,
+        "detect_ms": (fired - crossed) * 1000,
+        "stop_ms": stop_ms,
+    }
+    wait_until(  # the control plane must know of the halt for the re-arm to reach the node
+        lambda: _guard_node(fleet)["halt_source"] == "guard",
+        timeout=timeout,
+        what=f"the control plane to see {GUARD_NODE} halted",
+        interval=0.05,
+    )
+    fleet.client.post("/rearm", {"reason": f"bench guard repetition {rep} done"})
+    wait_until(lambda: _guard_clean(fleet), timeout=timeout, what="a clean service", interval=0.1)
+    time.sleep(CLEAN_SCRAPES * SCRAPE_INTERVAL_S)
+    return figures
+
+
+def _to_service(fleet: LocalFleet, method: str, path: str) -> httpx.Response:
+    url = f"http://127.0.0.1:{fleet.service_port(GUARD_NODE)}{path}"
+    return httpx.request(method, url, timeout=10.0, trust_env=False)
+
+
+def _guard_halted_line(log: Path, offset: int) -> str | None:
+    """The agent's first ``halted`` event of source ``guard`` written after ``offset``."""
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read().decode("utf-8", "replace")
+    return next((line for line in text.splitlines() if "event=halted source=guard " in line), None)
+
+
+def _field_ms(line: str) -> float:
+    found = re.search(r"\bms=([0-9.eE+-]+)", line)
+    if found is None:
+        raise SystemExit(f"no ms= in the agent's halted event: {line}")
+    return float(found[1])
+
+
+def _guard_node(fleet: LocalFleet) -> dict[str, Any]:
+    return next(n for n in fleet.status()["nodes"] if n["name"] == GUARD_NODE)
+
+
+def _guard_clean(fleet: LocalFleet) -> bool:
+    """The node is re-armed, its service runs and answers with its gauge below the limit."""
+    node = _guard_node(fleet)
+    if node["halted"] or node["service_state"] != "running":
+        return False
+    try:
+        answer = _to_service(fleet, "GET", "/metrics")
+    except httpx.HTTPError:
+        return False
+    if answer.status_code != 200:
+        return False
+    levels = [
+        float(line.split()[1])
+        for line in answer.text.splitlines()
+        if line.startswith("bench_orders_in_flight ")
+    ]
+    return bool(levels) and levels[0] <= GUARD_LIMIT
+
+
+def bench_guard(work: Path, reps: int, release: tuple[Path, Path, str]) -> dict[str, Any]:
+    """Run ``reps`` guard halts on one agent whose service crosses the guard's limit."""
+    store, public_key, release_id = release
+    print(f"… guard: starting 1 agent ({GUARD_NODE})", file=sys.stderr)
+    started = time.perf_counter()
+    fleet = LocalFleet(
+        work / "fleet-guard",
+        nodes=1,
+        trust=[public_key],
+        server_env=SERVER_ENV,
+        agent_args=QUIET_AGENT,
+    )
+    result: dict[str, Any] = {
+        "agents": 1,
+        "node": GUARD_NODE,
+        "rule": GUARD_RULE,
+        "scrape_interval_s": SCRAPE_INTERVAL_S,
+    }
+    try:
+        start_fleet(fleet)
+        result["fleet_up_s"] = time.perf_counter() - started
+        fleet.push(store, release_id)
+        done = fleet.deploy(release_id, timeout=600)
+        if done["state"] != "SUCCEEDED":
+            raise SystemExit(
+                f"deploy of the guarded release ended {done['state']}: {done['reason']}"
+            )
+        wait_until(lambda: _guard_clean(fleet), timeout=300, what="a clean service", interval=0.1)
+        time.sleep(CLEAN_SCRAPES * SCRAPE_INTERVAL_S)
+        print(f"… guard: {reps} crossings", file=sys.stderr)
+        runs = [one_guard_halt(fleet, rep, timeout=120) for rep in range(1, reps + 1)]
+    finally:
+        fleet.down()
+        shutil.rmtree(work / "fleet-guard", ignore_errors=True)
+    for key in runs[0]:
+        result[key] = summarize([r[key] for r in runs])
+    result["repetitions"] = reps
+    reaction = result["reaction_ms"]
+    print(
+        f"… guard: crossing → service halted, median {reaction['median']:.1f} ms, "
+        f"p99 {reaction['p99']:.1f} ms, max {reaction['max']:.1f} ms",
         file=sys.stderr,
     )
     return result
@@ -224,6 +465,13 @@ def report(results: dict[str, Any]) -> None:
         f"\nkill-switch benchmark · {info['cpus']} CPUs {info['cpu']} · "
         f"Python {info['python']} · kernel {info['kernel']}"
     )
+    if results["sizes"]:
+        report_kill(results)
+    report_guard(results)
+
+
+def report_kill(results: dict[str, Any]) -> None:
+    """Print the kill figures per fleet size beside the goals."""
     print("time from the kill command to every service process gone (ms, one clock)\n")
     header = f"{'agents':>6}  {'reps':>4}  {'median':>8}  {'p99':>8}  {'max':>8}  goal (p99)"
     print(header)
@@ -255,27 +503,65 @@ def report(results: dict[str, Any]) -> None:
         )
 
 
+def report_guard(results: dict[str, Any]) -> None:
+    """Print the guard reaction beside its goal (if it was run)."""
+    guard = results.get("guard")
+    skipped = results["skipped"].get("guard")
+    if guard is None and skipped is None:
+        return
+    print(
+        f"\nguard reaction: time from the service crossing a limit to its halt "
+        f"(ms, one clock; {int(SCRAPE_INTERVAL_S * 1000)} ms scrape interval)"
+    )
+    if guard is None:
+        print(f"  (not run: {skipped})")
+        return
+    print(f"1 agent ({guard['node']}), halt_node guard {guard['rule']}\n")
+    print(f"{'reps':>4}  {'median':>8}  {'p99':>8}  {'max':>8}  goal (p99)")
+    reaction = guard["reaction_ms"]
+    print(
+        f"{guard['repetitions']:>4}  {reaction['median']:8.1f}  {reaction['p99']:8.1f}  "
+        f"{reaction['max']:8.1f}  ≤ {GUARD_GOAL_MS:.0f} ms"
+    )
+    detect, stop = guard["detect_ms"], guard["stop_ms"]
+    print(
+        f"  of which (median / p99 / max, ms): crossing → guard fired {detect['median']:.1f} / "
+        f"{detect['p99']:.1f} / {detect['max']:.1f}; fired → service gone "
+        f"{stop['median']:.1f} / {stop['p99']:.1f} / {stop['max']:.1f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="8,64,256", help="fleet sizes, comma-separated")
     parser.add_argument("--reps", type=int, default=50, help="kills per fleet size")
-    parser.add_argument("--quick", action="store_true", help="8 agents, 10 repetitions")
+    parser.add_argument("--guard-reps", type=int, default=50, help="guard halts (1 agent)")
+    parser.add_argument("--no-guard", action="store_true", help="skip the guard reaction")
+    parser.add_argument("--quick", action="store_true", help="8 agents, 10 kills; 10 guard halts")
     parser.add_argument("--dir", type=Path, default=REPO / ".bench" / "killswitch")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sizes = [8] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     reps = 10 if args.quick else args.reps
+    guard_reps = 10 if args.quick else args.guard_reps
     shutil.rmtree(args.dir, ignore_errors=True)
     args.dir.mkdir(parents=True)
-    release = build(args.dir)
+    store, public_key, idle, guarded = build(args.dir)
     results: dict[str, Any] = {"machine": machine(), "sizes": sizes, "runs": {}, "skipped": {}}
     for size in sizes:
         try:
-            results["runs"][str(size)] = bench_size(args.dir, size, reps, release)
+            results["runs"][str(size)] = bench_size(args.dir, size, reps, (store, public_key, idle))
         except (SystemExit, Exception) as exc:  # report what happened, go on with the rest
             results["skipped"][str(size)] = f"{type(exc).__name__}: {exc}"
             print(f"… {size} agents failed: {exc}", file=sys.stderr)
+    results["guard"] = None
+    if not args.no_guard and guard_reps > 0:
+        try:
+            results["guard"] = bench_guard(args.dir, guard_reps, (store, public_key, guarded))
+        except (SystemExit, Exception) as exc:
+            results["skipped"]["guard"] = f"{type(exc).__name__}: {exc}"
+            print(f"… guard failed: {exc}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

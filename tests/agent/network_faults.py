@@ -148,6 +148,8 @@ class FlakyLink:
     included, is relayed to the server unchanged, except that a response
     chosen with :meth:`cut_response` stops after N bytes of its body and its
     connection is closed, exactly as if the network had dropped it.
+    :meth:`stall` makes the link a black hole: connections stay open but no
+    byte crosses in either direction (a pulled cable, a silent firewall).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -157,6 +159,7 @@ class FlakyLink:
         self._seen: list[SeenRequest] = []
         self._cuts: list[_Cut] = []
         self._lock = threading.Lock()
+        self._stalled = threading.Event()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self._loop: _LoopThread | None = None
@@ -175,6 +178,10 @@ class FlakyLink:
         """Cut the next ``method path_prefix…`` response after ``after`` body bytes (one shot)."""
         with self._lock:
             self._cuts.append(_Cut(method, path_prefix, after))
+
+    def stall(self) -> None:
+        """From now on swallow every byte, both ways, and close nothing."""
+        self._stalled.set()
 
     def requests(self, method: str | None = None, path_prefix: str = "") -> list[SeenRequest]:
         """The requests relayed so far (optionally only ``method path_prefix…``)."""
@@ -224,6 +231,8 @@ class FlakyLink:
         requests = _Requests()
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if self._stalled.is_set():
+                    continue
                 for request in requests.feed(data):
                     cutting[0] = self._arm(request)
                 writer.write(data)
@@ -237,6 +246,8 @@ class FlakyLink:
     ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if self._stalled.is_set():
+                    continue
                 cut = cutting[0]
                 drop = False
                 if cut is not None:

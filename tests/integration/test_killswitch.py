@@ -72,8 +72,15 @@ class Link:
             self._relay.__exit__(None, None, None)
             self._relay = None
 
+    def stall(self) -> None:
+        """Keep every connection open but let no byte through (a silently dead link)."""
+        assert self._relay is not None
+        self._relay.stall()
+
     def restore(self) -> None:
-        """Listen again on the same port."""
+        """Listen again on the same port (a stalled link is cut first)."""
+        if self._relay is not None and self._relay._stalled.is_set():
+            self.cut()
         if self._relay is None:
             relay = FlakyLink(self.upstream_port)
             relay.port, relay.url = self.port, self.url
@@ -322,3 +329,30 @@ class TestDisconnected:
         entry = next(n for n in latched["nodes"] if n["node"] == ARMED)
         assert entry["time_to_halt_ms"] >= 0
         assert os.path.exists(fleet.root(ARMED) / "state.json")
+
+    def test_a_silently_dead_link_trips_the_dead_man_switch_after_t(
+        self, fleet: LocalFleet, link_and_fleet: tuple[LocalFleet, Link]
+    ) -> None:
+        """No FIN, no RST, just silence: node3 halts T after the server's last sign of life."""
+        _fleet, link = link_and_fleet
+        pid = service_pids(fleet)[ARMED]
+        wait_until(
+            lambda: journal(fleet, ARMED).get("dead_man_s") == DEAD_MAN_S,
+            timeout=SETTLE_S,
+            what="node3 to keep its dead man's period",
+        )
+        link.stall()
+        stalled_at = time.time()
+        wait_until(lambda: not pid_alive(pid), timeout=SETTLE_S, what="node3's dead man's switch")
+        state = journal(fleet, ARMED)
+        assert state["halted"] and state["halt_source"] == "dead-man", state
+        waited = state["halted_since"] - stalled_at
+        # T counts from the last pong (pings every T/5), not from TCP or a 20 s keepalive giving up.
+        assert DEAD_MAN_S - DEAD_MAN_S / 5 - 0.5 <= waited < DEAD_MAN_S + 10, waited
+        link.restore()
+        fleet.wait_connected([ARMED], timeout=SETTLE_S)
+        wait_until(
+            lambda: node(fleet, ARMED)["halt_source"] == "dead-man",
+            timeout=SETTLE_S,
+            what="node3 to report its dead man's halt",
+        )

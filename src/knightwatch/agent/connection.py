@@ -7,6 +7,12 @@ findings change, and an ``ack``, ``audit`` or ``retire`` report for each
 finished command, while commands coming down are queued for the command
 worker (audit requests go to their own handler: they never wait behind a
 long prepare).
+The agent pings the server on its own schedule: on a node of an ``armed``
+group every T/5 (T the dead man's period in the ``Hello``), elsewhere every
+5 s. :attr:`Connection.last_heard` is the last sign of life (a message or a
+pong), which the dead man's switch counts from; a ping unanswered for T
+(20 s when not armed) ends the session, so a link that died silently (no
+FIN, no RST) is noticed as quickly as a closed one.
 Any disconnect is followed by a reconnect after an exponential back-off with
 jitter (0.2 s doubling to 10 s, reset by every ``Hello``); the service keeps
 running meanwhile. Acknowledgements not yet sent survive the disconnect and
@@ -53,10 +59,13 @@ from knightwatch.protocol.safety import (
     RearmAck,
 )
 
-__all__ = ["Backoff", "Connection", "websocket_url"]
+__all__ = ["Backoff", "Connection", "keepalive_timing", "websocket_url"]
 
 CONNECT_PATH = "/api/agent/v1/connect"
 _HELLO_TIMEOUT_S = 10.0
+_PING_INTERVAL_S = 5.0
+_PING_TIMEOUT_S = 20.0
+_MIN_PING_INTERVAL_S = 0.2
 MAX_QUEUED_ALERTS = 10_000
 
 Outgoing = Ack | AuditResult | RetireResult | HaltAck | RearmAck
@@ -78,6 +87,13 @@ def websocket_url(server: str) -> str:
     if base.startswith("http://"):
         return "ws://" + base.removeprefix("http://") + CONNECT_PATH
     return base + CONNECT_PATH
+
+
+def keepalive_timing(dead_man_s: float | None) -> tuple[float, float]:
+    """Return (ping interval, pong timeout): tight enough for the dead man's period T."""
+    if dead_man_s is None:
+        return _PING_INTERVAL_S, _PING_TIMEOUT_S
+    return max(_MIN_PING_INTERVAL_S, dead_man_s / 5), dead_man_s
 
 
 @dataclass
@@ -132,6 +148,8 @@ class Connection:
         self._alerts_ready = asyncio.Event()
         self._drift_changed = asyncio.Event()
         self.connected = asyncio.Event()
+        self.last_heard: float | None = None
+        """Monotonic time of the server's last sign of life (a message or a pong)."""
         self.sessions = 0
         self.hello: Hello | None = None
         """The server's greeting of the current (or last) session."""
@@ -179,8 +197,10 @@ class Connection:
             max_size=MAX_MESSAGE_BYTES,
             open_timeout=10,
             close_timeout=2,
+            ping_interval=None,  # our own keepalive, timed from the dead man's period
         ) as websocket:
             hello = self.hello = await self._hello(websocket)
+            self._heard()
             self._backoff.reset()
             self.sessions += 1
             reporter = Reporter(self.node, self._key, self._clock, hello.nonce)
@@ -207,6 +227,7 @@ class Connection:
                 self._alert_reports(send_alerts),
                 self._drift(send),
                 self._receive(websocket),
+                self._keepalive(websocket, hello),
             )
 
     async def _hello(self, websocket: ClientConnection) -> Hello:
@@ -256,8 +277,26 @@ class Connection:
             self._drift_changed.clear()
             await send("drift", None)
 
+    def _heard(self) -> None:
+        self.last_heard = self._clock.monotonic()
+
+    async def _keepalive(self, websocket: ClientConnection, hello: Hello) -> None:
+        interval, timeout = keepalive_timing(hello.dead_man_s)
+        while True:
+            await asyncio.sleep(interval)
+            pong = await websocket.ping()
+            try:
+                async with asyncio.timeout(timeout):
+                    await pong
+            except TimeoutError:
+                raise AgentTransportError(
+                    f"no answer to a ping for {timeout:g} s: the link is down"
+                ) from None
+            self._heard()
+
     async def _receive(self, websocket: ClientConnection) -> None:
         async for raw in websocket:
+            self._heard()
             try:
                 message = parse_server_message(raw)
             except ValidationError as exc:

@@ -196,31 +196,33 @@ class KillSwitch:
             self._journal.update(dead_man_s=seconds)
             event("dead-man-armed" if seconds else "dead-man-disarmed", seconds=seconds)
 
-    async def watch_link(self, connected: asyncio.Event, hello: Callable[[], Hello | None]) -> None:
-        """Halt by the dead man's switch once the link has been down longer than T; forever.
+    async def watch_link(
+        self, last_heard: Callable[[], float | None], hello: Callable[[], Hello | None]
+    ) -> None:
+        """Halt by the dead man's switch once the server has been silent longer than T; forever.
 
-        T is the journal's ``dead_man_s`` (refreshed from every ``Hello``), so an
+        ``last_heard`` is the monotonic time of the server's last message or
+        pong (None before the first), so a link that died silently counts as
+        lost from its last sign of life, not from when TCP gives up. T is the
+        journal's ``dead_man_s`` (refreshed from every ``Hello``), so an
         agent restarted with no control plane still halts T after it started.
         """
-        last_up = self._clock.monotonic()
+        started = self._clock.monotonic()
         greeted: Hello | None = None
         while True:
-            now = self._clock.monotonic()
-            if connected.is_set():
-                last_up = now
-                current = hello()
-                if current is not None and current is not greeted:
-                    greeted = current
-                    self.arm_dead_man(current.dead_man_s)
-            else:
-                limit = self._journal.state.dead_man_s
-                if limit is not None and not self.halted and now - last_up > limit:
-                    lost = now - last_up
-                    await self.halt(
-                        "dead-man",
-                        f"lost the control plane for {lost:.1f} s "
-                        f"(dead man's switch after {limit:g} s)",
-                    )
+            current = hello()
+            if current is not None and current is not greeted:
+                greeted = current
+                self.arm_dead_man(current.dead_man_s)
+            heard = last_heard()
+            silent = self._clock.monotonic() - (heard if heard is not None else started)
+            limit = self._journal.state.dead_man_s
+            if limit is not None and not self.halted and silent > limit:
+                await self.halt(
+                    "dead-man",
+                    f"lost the control plane for {silent:.1f} s "
+                    f"(dead man's switch after {limit:g} s)",
+                )
             await asyncio.sleep(DEAD_MAN_POLL_S)
 
     # --- helpers ---------------------------------------------------------------------------

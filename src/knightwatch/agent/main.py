@@ -188,7 +188,9 @@ class Agent:
         guards = asyncio.create_task(self.guards.run())
         link = asyncio.create_task(self.connection.run())
         dead_man = asyncio.create_task(
-            self.killswitch.watch_link(self.connection.connected, lambda: self.connection.hello)
+            self.killswitch.watch_link(
+                lambda: self.connection.last_heard, lambda: self.connection.hello
+            )
         )
         try:
             await stop.wait()

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knightwatch.api.auth import Plane, node_from_headers
+from knightwatch.api.documents import DocumentKind
 from knightwatch.api.hub import Connection
 from knightwatch.api.killswitch import halt_now
 from knightwatch.bundle.blobstore import BlobStore, is_digest
@@ -49,6 +50,7 @@ __all__ = ["router"]
 
 log = logging.getLogger("knightwatch.agents")
 router = APIRouter(prefix="/api/agent/v1")
+_DOCUMENTS: dict[str, DocumentKind] = {"manifest": "manifest", "envelope": "envelope"}
 
 
 class EnrollBody(BaseModel):
@@ -78,13 +80,18 @@ def enroll_agent(body: EnrollBody, plane: Plane) -> dict[str, Any]:
 def release_document(digest: str, document: str, request: Request, plane: Plane) -> Response:
     """The canonical manifest or the DSSE envelope of a release."""
     node_from_headers(plane, request.headers)
-    if document not in ("manifest", "envelope"):
+    kind = _DOCUMENTS.get(document)
+    if kind is None:
         raise InvalidInputError(f"unknown release document {document!r}")
-    with plane.db.session() as session:
-        release = session.get(Release, digest)
-        if release is None:
-            raise ReleaseNotFoundError(digest)
-        data = release.manifest if document == "manifest" else release.envelope
+
+    def load() -> tuple[bytes, bytes] | None:
+        with plane.db.session() as session:
+            release = session.get(Release, digest)
+            return None if release is None else (release.manifest, release.envelope)
+
+    data = plane.documents.get(digest, kind, load)
+    if data is None:
+        raise ReleaseNotFoundError(digest)
     return Response(data, media_type="application/json")
 
 

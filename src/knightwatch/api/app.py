@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from knightwatch import __version__
 from knightwatch.api.credentials import CredentialCache
+from knightwatch.api.documents import ReleaseDocuments
 from knightwatch.api.errors import install_error_handlers
 from knightwatch.api.hub import AgentHub
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
@@ -46,6 +47,7 @@ class ControlPlane:
     trusted: list[TrustedKey]
     credentials: CredentialCache
     fleet_guards: FleetGuards
+    documents: ReleaseDocuments
 
     @classmethod
     def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
@@ -73,6 +75,7 @@ class ControlPlane:
             trusted=trusted,
             credentials=CredentialCache(),
             fleet_guards=FleetGuards(settings.guard, period_s=settings.heartbeat_s),
+            documents=ReleaseDocuments(),
         )
 
 
