@@ -531,6 +531,32 @@ def report_guard(results: dict[str, Any]) -> None:
     )
 
 
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_PER_AGENT = 2  # the audit watcher and the service log watcher
+
+
+def allow_inotify(agents: int) -> None:
+    """Raise the per-user inotify instance limit (default 128) for this many agents.
+
+    Every agent of the fleet runs as this user; beyond the limit an agent's
+    watchers are refused (it survives, auditing by stat sweeps, but that is
+    not the production path). Needs root; otherwise say what to run.
+    """
+    need = INOTIFY_PER_AGENT * agents + 64
+    current = int(INOTIFY_LIMIT.read_text())
+    if current >= need:
+        return
+    try:
+        INOTIFY_LIMIT.write_text(f"{need}\n")
+        print(f"… fs.inotify.max_user_instances raised from {current} to {need}", file=sys.stderr)
+    except OSError:
+        print(
+            f"… warning: fs.inotify.max_user_instances is {current}, {agents} agents need {need}:"
+            f" run `sysctl fs.inotify.max_user_instances={need}` as root",
+            file=sys.stderr,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -548,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.dir, ignore_errors=True)
     args.dir.mkdir(parents=True)
     store, public_key, idle, guarded = build(args.dir)
+    allow_inotify(max(sizes, default=1))
     results: dict[str, Any] = {"machine": machine(), "sizes": sizes, "runs": {}, "skipped": {}}
     for size in sizes:
         try:

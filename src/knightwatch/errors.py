@@ -29,6 +29,7 @@ __all__ = [
     "InvalidInputError",
     "KeyFileError",
     "KnightwatchError",
+    "NotFoundError",
     "ReleaseNotFoundError",
     "SourceTreeError",
     "SpecError",
@@ -79,7 +80,11 @@ class KeyFileError(InvalidInputError):
     """A signing or trust key is missing, unreadable or not an Ed25519 key."""
 
 
-class ReleaseNotFoundError(InvalidInputError):
+class NotFoundError(InvalidInputError):
+    """The thing the user named (a release, blob, node, alert, audit, halt) does not exist."""
+
+
+class ReleaseNotFoundError(NotFoundError):
     """No release in a store matches the reference the user gave."""
 
     def __init__(self, ref: str, *, hint: str | None = None, message: str | None = None) -> None:
@@ -87,7 +92,7 @@ class ReleaseNotFoundError(InvalidInputError):
         self.ref = ref
 
 
-class BlobNotFoundError(InvalidInputError):
+class BlobNotFoundError(NotFoundError):
     """No blob in the store has this digest."""
 
     def __init__(self, digest: str) -> None:

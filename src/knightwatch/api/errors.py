@@ -8,11 +8,10 @@ from fastapi.responses import JSONResponse
 
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import (
-    BlobNotFoundError,
     GateRefusedError,
     InvalidInputError,
     KnightwatchError,
-    ReleaseNotFoundError,
+    NotFoundError,
     StoreError,
     VerificationError,
 )
@@ -20,8 +19,7 @@ from knightwatch.errors import (
 __all__ = ["error_body", "install_error_handlers", "status_for"]
 
 _STATUS: tuple[tuple[type[KnightwatchError], int], ...] = (
-    (ReleaseNotFoundError, 404),
-    (BlobNotFoundError, 404),
+    (NotFoundError, 404),
     (AuthenticationError, 401),
     (InvalidInputError, 400),
     (GateRefusedError, 409),

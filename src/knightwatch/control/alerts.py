@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from knightwatch.errors import GateRefusedError, InvalidInputError
+from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
 from knightwatch.store import Alert, AlertNotification
 
 __all__ = [
@@ -50,7 +50,7 @@ SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 _SHOWN = 3
 
 
-class AlertNotFoundError(InvalidInputError):
+class AlertNotFoundError(NotFoundError):
     """No alert has this ID."""
 
     def __init__(self, alert_id: int) -> None:

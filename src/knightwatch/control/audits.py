@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.control.selection import matches_selector, parse_selector
-from knightwatch.errors import InvalidInputError
+from knightwatch.errors import InvalidInputError, NotFoundError
 from knightwatch.protocol.audit import AbsentPath, AuditRequest, AuditResult
 from knightwatch.store import Audit, AuditNodeResult, Node, Release
 from knightwatch.store.queries import get_fleet
@@ -164,7 +164,7 @@ def audit_report(session: Session, audit_id: int) -> AuditReport:
     """Every audited node's verdict as of now."""
     audit = session.get(Audit, audit_id)
     if audit is None:
-        raise InvalidInputError(f"no audit {audit_id}", hint="start one with: knightwatch audit")
+        raise NotFoundError(f"no audit {audit_id}", hint="start one with: knightwatch audit")
     nodes = [_node_audit(session, audit_id, name) for name in json.loads(audit.nodes)]
     return AuditReport(
         audit_id=audit.id,

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.control import alerts
 from knightwatch.control.selection import matches_selector, parse_selector
-from knightwatch.errors import GateRefusedError, InvalidInputError
+from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import HaltAck, HaltState, Rearm, RearmAck, Report
 from knightwatch.store import Halt, HaltNode, Node
@@ -294,7 +294,7 @@ def halt_report(session: Session, halt_id: int) -> HaltReport:
     """A halt and every node's acknowledgement as of now."""
     halt = session.get(Halt, halt_id)
     if halt is None:
-        raise InvalidInputError(f"no halt {halt_id}", hint="list halts: GET /api/v1/halts")
+        raise NotFoundError(f"no halt {halt_id}", hint="list halts: GET /api/v1/halts")
     rows = list(
         session.scalars(
             select(HaltNode).where(HaltNode.halt_id == halt_id).order_by(HaltNode.node_name)

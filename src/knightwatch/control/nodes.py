@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.control.accounting import node_drained, node_resumed, node_retired
-from knightwatch.errors import GateRefusedError, InvalidInputError
+from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
 from knightwatch.store import DeploymentNode, JoinToken, Node
 from knightwatch.store.queries import active_deployment, get_fleet
 
@@ -97,7 +97,7 @@ def _node(session: Session, name: str, *, at: datetime, reason: str) -> Node:
     get_fleet(session, for_update=True, now=at)
     node = session.get(Node, name)
     if node is None:
-        raise InvalidInputError(f"no node {name!r}", hint="list nodes with: knightwatch status")
+        raise NotFoundError(f"no node {name!r}", hint="list nodes with: knightwatch status")
     return node
 
 
