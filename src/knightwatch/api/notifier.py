@@ -7,8 +7,10 @@ the same JSON on stdin, a small environment (no server secrets) and a
 timeout; its exit status is what is recorded.
 
 :class:`AlertNotifier` runs beside the orchestrator in the server's event
-loop: it claims what is due (one short transaction), delivers concurrently
-with no transaction open, and records the outcomes (another one).
+loop: it claims what is due (one short transaction that leases each alert),
+then delivers each notification in its own task with no transaction open and
+records its outcome as soon as it is known. The next round does not wait for
+a slow or hanging receiver: a new alert is announced at once.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class AlertNotifier:
         self._routing = routing
         self._external_url = external_url.rstrip("/")
         self._http: httpx.AsyncClient | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     @classmethod
     def for_settings(cls, db: Database, clock: Clock, settings: ServerSettings) -> AlertNotifier:
@@ -101,23 +104,41 @@ class AlertNotifier:
         """Deliver what is due every ``interval`` seconds until cancelled."""
         async with httpx.AsyncClient(follow_redirects=False) as client:
             self._http = client
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await self.tick()
-                except Exception:
-                    log.exception("alert notifier tick failed")
+            try:
+                while True:
+                    await asyncio.sleep(interval)
+                    try:
+                        await self.tick()
+                    except Exception:
+                        log.exception("alert notifier tick failed")
+            finally:  # an unrecorded delivery's lease runs out: it is sent again later
+                for task in list(self._in_flight):
+                    task.cancel()
 
     async def tick(self) -> int:
-        """Claim, deliver and record everything due now; return how many deliveries were made."""
+        """Claim everything due now and start delivering it; return how many were claimed."""
         if not self._routing.chain:
             return 0
         deliveries = await asyncio.to_thread(self._claim)
-        if not deliveries:
-            return 0
-        outcomes = await asyncio.gather(*(self._deliver(d) for d in deliveries))
-        await asyncio.to_thread(self._record, list(zip(deliveries, outcomes, strict=True)))
+        for delivery in deliveries:
+            task = asyncio.create_task(self._deliver_and_record(delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
         return len(deliveries)
+
+    async def settle(self) -> None:
+        """Wait until every delivery started so far is made and recorded."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _deliver_and_record(self, delivery: Delivery) -> None:
+        try:
+            outcome = await self._deliver(delivery)
+            await asyncio.to_thread(self._record, [(delivery, outcome)])
+        except Exception:
+            log.exception(
+                "delivery of alert %d to %s failed", delivery.alert_id, delivery.receiver.name
+            )
 
     def _claim(self) -> list[Delivery]:
         with self._db.session() as session:
