@@ -43,6 +43,16 @@ class TestLogTail:
         assert tail.read() == ["new line"]
         assert tail.read() == []
 
+    def test_skip_passes_over_what_nobody_wants(self, tmp_path: Path) -> None:
+        """Lines appended before a skip (no pattern wanted them) are never read; later ones are."""
+        log = tmp_path / "service.log"
+        log.touch()
+        tail = LogTail(log)
+        append(log, "Power Peg disabled while no pattern was declared\n")
+        tail.skip()
+        append(log, "after\n")
+        assert tail.read() == ["after"]
+
     def test_a_partial_line_waits_for_its_end(self, tmp_path: Path) -> None:
         """A line is read once its newline is written."""
         log = tmp_path / "service.log"

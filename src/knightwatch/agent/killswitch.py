@@ -42,6 +42,7 @@ from knightwatch.protocol.safety import HaltAck, HaltSource, HaltState, RearmAck
 __all__ = ["DEAD_MAN_POLL_S", "STRAY_SWEEP_DELAY_S", "HaltResult", "KillSwitch"]
 
 DEAD_MAN_POLL_S = 0.1
+UNARMED_POLL_S = 1.0  # not armed: only a new Hello (which may arm the node) is looked for
 STRAY_SWEEP_DELAY_S = 0.5
 _MAX_TEXT = 4096
 
@@ -223,7 +224,7 @@ class KillSwitch:
                     f"lost the control plane for {silent:.1f} s "
                     f"(dead man's switch after {limit:g} s)",
                 )
-            await asyncio.sleep(DEAD_MAN_POLL_S)
+            await asyncio.sleep(DEAD_MAN_POLL_S if limit is not None else UNARMED_POLL_S)
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -60,6 +60,15 @@ class LogTail:
                 return
             self._offset, self._inode = stat.st_size, stat.st_ino
 
+    def skip(self) -> None:
+        """Pass over whatever was appended since the last read, unread (nobody wants it)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return
+        self._inode, self._offset, self._partial = stat.st_ino, stat.st_size, b""
+        self._copy = _identity(self.rotated)
+
     def read(self) -> list[str]:
         """Return the lines completed since the last call (at most a few MiB per call)."""
         try:
@@ -207,7 +216,10 @@ class LogWatch:
         next_flush = loop.time() + self.batch_s
         while True:
             try:
-                await asyncio.to_thread(self.scan)
+                if self._patterns():
+                    await asyncio.to_thread(self.scan)
+                else:  # no pattern: no thread hand-off five times a second for nothing
+                    self.tail.skip()
             except OSError as exc:  # an unreadable log must not stop the agent
                 event("log-watch-failed", path=str(self.tail.path), reason=str(exc)[:200])
             except Exception:
