@@ -237,8 +237,7 @@ class KillSwitch:
         supervisor = self._supervisor
         pgid = supervisor.status().pid if supervisor.running else None
         group = _descendants(pgid) if pgid is not None else []
-        await supervisor.stop(halted=True)
-        gone_at = self._clock.now()
+        gone_at = await supervisor.stop(halted=True)
         sweep = asyncio.create_task(self._sweep_strays())
         self._sweeps.add(sweep)
         sweep.add_done_callback(self._sweeps.discard)

@@ -18,6 +18,7 @@ import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from knightwatch.agent.checks import run_command, wait_healthy
@@ -166,13 +167,19 @@ class Supervisor:
             return self._detail or "the service is not running"
         return await asyncio.shield(self._ready)
 
-    async def stop(self, *, halted: bool = False) -> None:
-        """Stop the service: halt hook, halt signal, grace period, then SIGKILL of the group."""
+    async def stop(self, *, halted: bool = False) -> datetime:
+        """Stop the service: halt hook, halt signal, grace period, then SIGKILL of the group.
+
+        Return when it was confirmed gone (reaped, no process of its group
+        left) — now, if nothing ran — taken before any bookkeeping.
+        """
         await self.close()
         process, launch = self._process, self._launch
+        gone_at = self._clock.now()
         if process is not None and process.returncode is None and launch is not None:
             await self._terminate(process.pid, launch.spec.halt, launch, leader=process)
             await process.wait()
+            gone_at = self._clock.now()
             event("service-stopped", pid=process.pid, release=launch.release_id, halted=halted)
         self._resolve_ready("the service was stopped")
         self._process = None
@@ -181,6 +188,7 @@ class Supervisor:
             self._state = ServiceState.HALTED if halted else ServiceState.STOPPED
             self._detail = None
         self._notify()
+        return gone_at
 
     def forget(self) -> None:
         """Stop reporting a release's service (the active release has none); call after stop."""
