@@ -33,6 +33,7 @@ __all__ = ["LOG_PREFIX", "LogTail", "LogWatch"]
 
 LOG_PREFIX = "log:"
 MAX_READ_BYTES = 4 * 1024 * 1024
+_IDLE_POLL_S = 1.0  # no pattern declared: only keep the read position near the end
 MAX_LINE_BYTES = 64 * 1024
 _SHOWN_LINE = 1000
 
@@ -215,8 +216,9 @@ class LogWatch:
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + self.batch_s
         while True:
+            watching = bool(self._patterns())
             try:
-                if self._patterns():
+                if watching:
                     await asyncio.to_thread(self.scan)
                 else:  # no pattern: no thread hand-off five times a second for nothing
                     self.tail.skip()
@@ -229,7 +231,7 @@ class LogWatch:
                 alerts = self.flush()
                 if alerts:
                     self._send(alerts)
-            await asyncio.sleep(self.poll_s)
+            await asyncio.sleep(self.poll_s if watching else max(self.poll_s, _IDLE_POLL_S))
 
     def _regex(self, pattern: LogPattern) -> re.Pattern[str]:
         regex = self._compiled.get(pattern)

@@ -33,6 +33,7 @@ from knightwatch.control.killswitch import require_not_halted
 from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase, check_transition
 from knightwatch.control.targets import (
     enrolled_nodes,
+    lagging_nodes,
     require_deployable,
     resolve_release,
     select_targets,
@@ -567,11 +568,8 @@ class Orchestrator:
                 return
             lagging = [
                 n
-                for n in enrolled_nodes(session)
-                if n.connected
-                and n.desired_digest
-                and n.active_digest != n.desired_digest
-                and (n.name, n.desired_digest) not in self._failed_catchups
+                for n in lagging_nodes(session)
+                if (n.name, n.desired_digest) not in self._failed_catchups
             ]
             if not lagging:
                 return

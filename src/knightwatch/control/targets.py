@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from knightwatch.control.selection import matches_selector, parse_selector
 from knightwatch.errors import GateRefusedError, InvalidInputError, ReleaseNotFoundError
 from knightwatch.store import Node, Release, Retirement
 
-__all__ = ["Targets", "enrolled_nodes", "require_deployable", "resolve_release", "select_targets"]
+__all__ = [
+    "Targets",
+    "enrolled_nodes",
+    "lagging_nodes",
+    "require_deployable",
+    "resolve_release",
+    "select_targets",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,21 @@ class Targets:
 def enrolled_nodes(session: Session) -> list[Node]:
     """Every enrolled node, sorted by name."""
     return list(session.scalars(select(Node).where(Node.status == "enrolled").order_by(Node.name)))
+
+
+def lagging_nodes(session: Session) -> list[Node]:
+    """Connected enrolled nodes whose active release is not their desired one, by name.
+
+    Filtered in SQL: the orchestrator asks on every tick, and a large fleet
+    must not be loaded row by row five times a second to find none.
+    """
+    behind = or_(Node.active_digest.is_(None), Node.active_digest != Node.desired_digest)
+    statement = (
+        select(Node)
+        .where(Node.status == "enrolled", Node.connected, Node.desired_digest.is_not(None), behind)
+        .order_by(Node.name)
+    )
+    return list(session.scalars(statement))
 
 
 def select_targets(session: Session, selector: str | None) -> Targets:
