@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -173,7 +174,7 @@ class _Session:
         if replaced is not None:
             with contextlib.suppress(Exception):
                 await replaced.socket.close(code=4409, reason="replaced by a newer connection")
-        self._mark_connected()
+        await self.plane.in_store(self._mark_connected)
         writer = asyncio.create_task(self._write())
         try:
             await self.socket.send_text(
@@ -193,8 +194,8 @@ class _Session:
         finally:
             writer.cancel()
             if self.plane.hub.detach(self.connection):
-                self._mark_disconnected()
-                self.plane.orchestrator.on_disconnect(self.node)
+                with contextlib.suppress(RuntimeError):  # the store thread is shut down
+                    await self.plane.in_store(self._mark_disconnected)
 
     async def _write(self) -> None:
         while True:
@@ -212,7 +213,7 @@ class _Session:
                 await self.socket.send_text(Refused(reason=exc.message).model_dump_json())
                 await self.socket.close(code=1008, reason=exc.message[:120])
                 return
-            self._ingest(report)
+            await self.plane.in_store(functools.partial(self._ingest, report))
 
     def _check(self, text: str) -> Report:
         if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
@@ -285,9 +286,11 @@ class _Session:
             node.session_nonce = self.nonce
             node.last_seq = 0
             self.group = node.group_name
+            self.public_key = public_key_from_text(node.public_key)
 
     def _mark_disconnected(self) -> None:
         with self.plane.db.session() as session:
             node = session.get(Node, self.node)
             node.connected = False
             node.disconnected_at = self.plane.clock.now()
+        self.plane.orchestrator.on_disconnect(self.node)

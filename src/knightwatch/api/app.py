@@ -8,7 +8,9 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import FastAPI
 
@@ -26,6 +28,8 @@ from knightwatch.settings import ServerSettings
 from knightwatch.store import Database, open_database
 
 __all__ = ["ControlPlane", "create_app"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("knightwatch.server")
 TICK_S = 0.2
@@ -48,6 +52,19 @@ class ControlPlane:
     credentials: CredentialCache
     fleet_guards: FleetGuards
     documents: ReleaseDocuments
+    store_worker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="store")
+    )
+    """One thread for the agent sessions' and the tick's store work, in arrival order."""
+
+    async def in_store(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (store transactions) on the store thread, keeping the event loop free.
+
+        The loop must answer every agent's pings and carry halts at once; one
+        agent's report may cost a transaction and an fsync. One thread keeps
+        this work in order, as it was on the loop, without ever blocking it.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self.store_worker, work)
 
     @classmethod
     def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
@@ -131,6 +148,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            plane.store_worker.shutdown(wait=True, cancel_futures=True)
             plane.db.close()
 
     app = FastAPI(title="knightwatch control plane", version=__version__, lifespan=lifespan)
@@ -153,15 +171,19 @@ def create_app(plane: ControlPlane) -> FastAPI:
 async def _tick_forever(plane: ControlPlane, halt_now: HaltNow) -> None:
     while True:
         await asyncio.sleep(TICK_S)
-        try:
-            plane.orchestrator.tick()
-        except Exception:
-            log.exception("orchestrator tick failed")
-        try:
-            for halt in plane.fleet_guards.tick(plane.db, plane.clock):
-                halt_now(plane, None, halt.reason, halt.requested_by)
-        except Exception:
-            log.exception("fleet guards failed")
+        await plane.in_store(lambda: _tick(plane, halt_now))
+
+
+def _tick(plane: ControlPlane, halt_now: HaltNow) -> None:
+    try:
+        plane.orchestrator.tick()
+    except Exception:
+        log.exception("orchestrator tick failed")
+    try:
+        for halt in plane.fleet_guards.tick(plane.db, plane.clock):
+            halt_now(plane, None, halt.reason, halt.requested_by)
+    except Exception:
+        log.exception("fleet guards failed")
 
 
 def plane_of(app: FastAPI) -> ControlPlane:

@@ -1,4 +1,9 @@
-"""The agent hub: one WebSocket per connected agent, commands queued per node."""
+"""The agent hub: one WebSocket per connected agent, commands queued per node.
+
+:meth:`AgentHub.send` may be called from any thread (the store worker, a
+request's worker thread): off the event loop the message is handed to the
+loop with ``call_soon_threadsafe``, so it goes out at once and in order.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ class Connection:
     socket: WebSocket
     id: int = field(default_factory=lambda: next(_ids))
     outgoing: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    """The event loop that serves the socket (the connection is made on it)."""
 
 
 class AgentHub:
@@ -70,7 +77,11 @@ class AgentHub:
         connection = self._connections.get(node)
         if connection is None:
             return False
-        connection.outgoing.put_nowait(message.model_dump_json())
+        text = message.model_dump_json()
+        if _on(connection.loop):
+            connection.outgoing.put_nowait(text)
+        else:
+            connection.loop.call_soon_threadsafe(connection.outgoing.put_nowait, text)
         log.info("sent %s to %s", message.type, node)
         return True
 
@@ -82,3 +93,11 @@ class AgentHub:
         with contextlib.suppress(Exception):  # already closing or closed: the goal is met
             await connection.socket.close(code=code, reason=reason[:120])
         return True
+
+
+def _on(loop: asyncio.AbstractEventLoop) -> bool:
+    """Tell whether the caller runs on ``loop``'s thread."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
