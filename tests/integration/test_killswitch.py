@@ -280,18 +280,23 @@ class TestBadInput:
         assert "no halted node matches the fleet" in done.stderr
 
 
+def armed_service_pid(fleet: LocalFleet) -> int:
+    """node3's service pid, once node3 keeps the dead man's period in its journal."""
+    wait_until(
+        lambda: journal(fleet, ARMED).get("dead_man_s") == DEAD_MAN_S,
+        timeout=SETTLE_S,
+        what="node3 to keep its dead man's period",
+    )
+    return service_pids(fleet)[ARMED]
+
+
 class TestDisconnected:
     def test_an_unreachable_node_is_named_and_halts_by_its_dead_man_switch(
         self, fleet: LocalFleet, link_and_fleet: tuple[LocalFleet, Link]
     ) -> None:
         """Kill with node3 cut off: exit 1 naming node3; node3 halts itself after T, says why."""
         _fleet, link = link_and_fleet
-        pid = service_pids(fleet)[ARMED]
-        wait_until(
-            lambda: journal(fleet, ARMED).get("dead_man_s") == DEAD_MAN_S,
-            timeout=SETTLE_S,
-            what="node3 to keep its dead man's period",
-        )
+        pid = armed_service_pid(fleet)
         link.cut()
         cut_at = time.time()
         wait_until(
@@ -335,12 +340,7 @@ class TestDisconnected:
     ) -> None:
         """No FIN, no RST, just silence: node3 halts T after the server's last sign of life."""
         _fleet, link = link_and_fleet
-        pid = service_pids(fleet)[ARMED]
-        wait_until(
-            lambda: journal(fleet, ARMED).get("dead_man_s") == DEAD_MAN_S,
-            timeout=SETTLE_S,
-            what="node3 to keep its dead man's period",
-        )
+        pid = armed_service_pid(fleet)
         link.stall()
         stalled_at = time.time()
         wait_until(lambda: not pid_alive(pid), timeout=SETTLE_S, what="node3's dead man's switch")
