@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from knightwatch.api.auth import Plane, node_from_headers
+from knightwatch.api.auth import Plane, agent_from_headers, node_from_headers
 from knightwatch.api.documents import DocumentKind
 from knightwatch.api.hub import Connection
 from knightwatch.api.killswitch import halt_now
@@ -99,7 +99,7 @@ def release_document(digest: str, document: str, request: Request, plane: Plane)
 @router.get("/blobs/{digest}")
 async def blob(digest: str, request: Request, plane: Plane) -> FileResponse:
     """One blob by digest; Range requests resume an interrupted download."""
-    node_from_headers(plane, request.headers)
+    await agent_from_headers(plane, request.headers)
     if not is_digest(digest):
         raise InvalidInputError(f"{digest!r} is not a SHA-256 digest")
     if not plane.catalog.blobs.has(digest):
@@ -120,7 +120,7 @@ class BlobsBody(BaseModel):
 @router.post("/blobs")
 async def blob_stream(body: BlobsBody, request: Request, plane: Plane) -> StreamingResponse:
     """Many blobs back to back (protocol.blobstream framing): one request per release."""
-    node_from_headers(plane, request.headers)
+    await agent_from_headers(plane, request.headers)
     blobs = plane.catalog.blobs
     missing = [d for d in body.digests if not blobs.has(d)]
     if missing:
@@ -145,7 +145,7 @@ async def connect(socket: WebSocket) -> None:
     """One agent's session: hello with a nonce, then signed reports up, commands down."""
     plane = socket.app.state.plane
     try:
-        name = node_from_headers(plane, socket.headers)
+        name = await agent_from_headers(plane, socket.headers)
     except KnightwatchError as exc:
         log.warning("agent connection refused: %s", exc.message)
         await socket.close(code=4401, reason=exc.message[:120])

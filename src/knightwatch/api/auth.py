@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from fastapi import Depends, Header, Request
 from knightwatch.api.app import ControlPlane, plane_of
 from knightwatch.control.enrollment import AuthenticationError, authenticate
 
-__all__ = ["Operator", "Plane", "node_from_headers", "operator_name"]
+__all__ = ["Operator", "Plane", "agent_from_headers", "node_from_headers", "operator_name"]
 
 _ACTOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
@@ -61,6 +62,21 @@ def node_from_headers(plane: ControlPlane, headers: Mapping[str, str]) -> str:
         node = authenticate(session, name, credential)
         cache.remember(node.name, node.credential_hash or "", plane.clock.monotonic())
         return node.name
+
+
+async def agent_from_headers(plane: ControlPlane, headers: Mapping[str, str]) -> str:
+    """:func:`node_from_headers` for code on the event loop: a miss asks the store thread.
+
+    On SQLite every transaction waits for the write lock, so the loop itself
+    must never open one: it would stop answering every agent meanwhile.
+    """
+    name = headers.get("x-knightwatch-node", "")
+    credential = _bearer(headers.get("authorization"))
+    if credential is not None and plane.credentials.matches(
+        name, credential, plane.clock.monotonic()
+    ):
+        return name
+    return await plane.in_store(functools.partial(node_from_headers, plane, headers))
 
 
 def _bearer(value: str | None) -> str | None:
