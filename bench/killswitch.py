@@ -262,11 +262,11 @@ def _all_running(fleet: LocalFleet) -> bool:
     return all(not n["halted"] and n["service_state"] == "running" for n in nodes)
 
 
-AGENT_NICE = 5
+AGENT_NICE = 19
 
 
 def yield_to_server(pid: int) -> None:
-    """Run an agent (every thread, and the services it will start) at nice +5.
+    """Run an agent (every thread, and the services it will start) at nice +19.
 
     In production the control plane has a host of its own. Here up to 256
     agents share two cores with it; their idle timers alone keep both cores
@@ -280,7 +280,7 @@ def yield_to_server(pid: int) -> None:
 def start_fleet(fleet: LocalFleet, batch: int = 16) -> None:
     """Start the server, then the agents a batch at a time (a thundering herd of
     enrolments times out on a small machine), each batch connected before the next.
-    The agents run at nice +5 (see :func:`yield_to_server`)."""
+    The agents run at nice +19 (see :func:`yield_to_server`)."""
     for sub in ("logs", "pids", "nodes"):
         (fleet.directory / sub).mkdir(parents=True, exist_ok=True)
     fleet.start_server(timeout=120)
