@@ -96,6 +96,22 @@ class Inspection:
         """Record a finding for ``rel``."""
         self.findings.setdefault(rel, []).append(finding)
 
+    def flag(
+        self,
+        rel: str,
+        *,
+        kind: FindingKind,
+        severity: Severity,
+        detail: str,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        """Record a finding about the path ``rel`` itself."""
+        finding = Finding(
+            kind=kind, severity=severity, detail=detail, path=rel, expected=expected, actual=actual
+        )
+        self.add(rel, finding)
+
 
 def inspect_tree(
     tree: Path,
@@ -179,26 +195,20 @@ def _check_absent(rel: str, index: ReleaseIndex, inspection: Inspection) -> None
     entry = index.files.get(rel)
     if entry is not None:
         expected = entry.digest or f"symlink to {entry.symlink}"
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.MISSING,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: missing",
-                expected=expected,
-            ),
+            kind=K.MISSING,
+            severity=V.CRITICAL,
+            detail=f"{rel}: missing",
+            expected=expected,
         )
     elif rel in index.data_links:
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.MISSING,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: missing (the data_dirs link the agent made)",
-                expected=f"symlink to {index.data_links[rel]}",
-            ),
+            kind=K.MISSING,
+            severity=V.CRITICAL,
+            detail=f"{rel}: missing (the data_dirs link the agent made)",
+            expected=f"symlink to {index.data_links[rel]}",
         )
 
 
@@ -216,14 +226,11 @@ def _check_present(
     if not stat.S_ISREG(st.st_mode):
         kind = K.TYPE if entry is not None else K.UNMANAGED
         what = stat.filemode(st.st_mode)[0]
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=kind,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: not a regular file (type {what!r})",
-            ),
+            kind=kind,
+            severity=V.CRITICAL,
+            detail=f"{rel}: not a regular file (type {what!r})",
         )
         return None
     return _check_regular(tree, rel, st, entry, index, inspection)
@@ -241,28 +248,22 @@ def _check_regular(
         inspection.add(rel, _unmanaged_file(tree, rel, st))
         return None
     if entry.digest is None:
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.TYPE,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: a regular file where the release has a symlink",
-                expected=f"symlink to {entry.symlink}",
-            ),
+            kind=K.TYPE,
+            severity=V.CRITICAL,
+            detail=f"{rel}: a regular file where the release has a symlink",
+            expected=f"symlink to {entry.symlink}",
         )
         return None
     _check_mode(rel, st, entry, inspection)
     if st.st_size != entry.size:
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.MODIFIED,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: {st.st_size} bytes, the manifest says {entry.size}",
-                expected=entry.digest,
-            ),
+            kind=K.MODIFIED,
+            severity=V.CRITICAL,
+            detail=f"{rel}: {st.st_size} bytes, the manifest says {entry.size}",
+            expected=entry.digest,
         )
         inspection.corrupt.add(entry.digest)
         return None
@@ -275,26 +276,20 @@ def _check_directory(
     if rel in index.dirs:
         return
     if entry is not None or rel in index.data_links:
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.TYPE,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}/: a directory where the release has a file or link",
-            ),
+            kind=K.TYPE,
+            severity=V.CRITICAL,
+            detail=f"{rel}/: a directory where the release has a file or link",
         )
         return
     pycache = posixpath.basename(rel) == "__pycache__"
-    inspection.add(
+    inspection.flag(
         rel,
-        Finding(
-            kind=K.UNMANAGED,
-            severity=V.CRITICAL if pycache else V.WARNING,
-            path=rel,
-            detail=f"{rel}/: "
-            + ("__pycache__ not produced by the release" if pycache else "unexpected directory"),
-        ),
+        kind=K.UNMANAGED,
+        severity=V.CRITICAL if pycache else V.WARNING,
+        detail=f"{rel}/: "
+        + ("__pycache__ not produced by the release" if pycache else "unexpected directory"),
     )
 
 
@@ -306,41 +301,32 @@ def _check_link(
     except OSError:
         target = "?"
     if entry is not None and entry.digest is not None:
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.TYPE,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: replaced by a symlink to {target!r}",
-                expected=entry.digest,
-                actual=f"symlink to {target}",
-            ),
+            kind=K.TYPE,
+            severity=V.CRITICAL,
+            detail=f"{rel}: replaced by a symlink to {target!r}",
+            expected=entry.digest,
+            actual=f"symlink to {target}",
         )
         return
     wanted = entry.symlink if entry is not None else index.data_links.get(rel)
     if wanted is None:
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.UNMANAGED,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: unexpected symlink (to {target!r})",
-                actual=f"symlink to {target}",
-            ),
+            kind=K.UNMANAGED,
+            severity=V.CRITICAL,
+            detail=f"{rel}: unexpected symlink (to {target!r})",
+            actual=f"symlink to {target}",
         )
     elif target != wanted:
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.SYMLINK,
-                severity=V.CRITICAL,
-                path=rel,
-                detail=f"{rel}: symlink to {target!r}, the manifest says {wanted!r}",
-                expected=f"symlink to {wanted}",
-                actual=f"symlink to {target}",
-            ),
+            kind=K.SYMLINK,
+            severity=V.CRITICAL,
+            detail=f"{rel}: symlink to {target!r}, the manifest says {wanted!r}",
+            expected=f"symlink to {wanted}",
+            actual=f"symlink to {target}",
         )
 
 
@@ -350,31 +336,25 @@ def _check_mode(rel: str, st: os.stat_result, entry: FileEntry, inspection: Insp
     if executable != entry.executable:
         assert entry.digest is not None
         inspection.corrupt.add(entry.digest)  # a hard-linked cached blob shares the mode
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.MODE,
-                severity=V.CRITICAL if executable else V.WARNING,
-                path=rel,
-                detail=f"{rel}: mode {mode}, should be "
-                + ("executable" if entry.executable else "not executable"),
-                expected="executable" if entry.executable else "not executable",
-                actual=mode,
-            ),
+            kind=K.MODE,
+            severity=V.CRITICAL if executable else V.WARNING,
+            detail=f"{rel}: mode {mode}, should be "
+            + ("executable" if entry.executable else "not executable"),
+            expected="executable" if entry.executable else "not executable",
+            actual=mode,
         )
     if st.st_mode & 0o222:
         assert entry.digest is not None
         inspection.corrupt.add(entry.digest)
-        inspection.add(
+        inspection.flag(
             rel,
-            Finding(
-                kind=K.MODE,
-                severity=V.WARNING,
-                path=rel,
-                detail=f"{rel}: writable (mode {mode})",
-                expected="read-only",
-                actual=mode,
-            ),
+            kind=K.MODE,
+            severity=V.WARNING,
+            detail=f"{rel}: writable (mode {mode})",
+            expected="read-only",
+            actual=mode,
         )
 
 
@@ -421,31 +401,25 @@ def _check_contents(
     for (rel, entry), result in zip(files, results, strict=True):
         assert entry.digest is not None
         if result.error is not None:
-            inspection.add(
+            inspection.flag(
                 rel,
-                Finding(
-                    kind=K.AUDIT_ERROR,
-                    severity=V.WARNING,
-                    path=rel,
-                    detail=f"{rel}: {result.error}",
-                ),
+                kind=K.AUDIT_ERROR,
+                severity=V.WARNING,
+                detail=f"{rel}: {result.error}",
             )
             continue
         inspection.files_hashed += 1
         inspection.bytes_hashed += entry.size
         if result.digest != entry.digest:
             inspection.corrupt.add(entry.digest)
-            inspection.add(
+            inspection.flag(
                 rel,
-                Finding(
-                    kind=K.MODIFIED,
-                    severity=V.CRITICAL,
-                    path=rel,
-                    detail=f"{rel}: content differs (sha256 {result.digest[:12]}…, "
-                    f"expected {entry.digest[:12]}…)",
-                    expected=entry.digest,
-                    actual=result.digest,
-                ),
+                kind=K.MODIFIED,
+                severity=V.CRITICAL,
+                detail=f"{rel}: content differs (sha256 {result.digest[:12]}…, "
+                f"expected {entry.digest[:12]}…)",
+                expected=entry.digest,
+                actual=result.digest,
             )
 
 
