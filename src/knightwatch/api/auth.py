@@ -51,16 +51,12 @@ def node_from_headers(plane: ControlPlane, headers: Mapping[str, str]) -> str:
     from the store on a miss or a mismatch, and every few seconds), so blob
     downloads do not cost a database transaction each.
     """
-    name = headers.get("x-knightwatch-node", "")
-    credential = _bearer(headers.get("authorization"))
-    if credential is None:
-        raise AuthenticationError("agent credential missing (Authorization: Bearer …)")
-    cache = plane.credentials
-    if cache.matches(name, credential, plane.clock.monotonic()):
+    name, credential = _presented(headers)
+    if plane.credentials.matches(name, credential, plane.clock.monotonic()):
         return name
     with plane.db.session() as session:
         node = authenticate(session, name, credential)
-        cache.remember(node.name, node.credential_hash or "", plane.clock.monotonic())
+        plane.credentials.remember(node.name, node.credential_hash or "", plane.clock.monotonic())
         return node.name
 
 
@@ -70,13 +66,18 @@ async def agent_from_headers(plane: ControlPlane, headers: Mapping[str, str]) ->
     On SQLite every transaction waits for the write lock, so the loop itself
     must never open one: it would stop answering every agent meanwhile.
     """
-    name = headers.get("x-knightwatch-node", "")
-    credential = _bearer(headers.get("authorization"))
-    if credential is not None and plane.credentials.matches(
-        name, credential, plane.clock.monotonic()
-    ):
+    name, credential = _presented(headers)
+    if plane.credentials.matches(name, credential, plane.clock.monotonic()):
         return name
     return await plane.in_store(functools.partial(node_from_headers, plane, headers))
+
+
+def _presented(headers: Mapping[str, str]) -> tuple[str, str]:
+    """The node name and credential an agent presents; refused when the credential is absent."""
+    credential = _bearer(headers.get("authorization"))
+    if credential is None:
+        raise AuthenticationError("agent credential missing (Authorization: Bearer …)")
+    return headers.get("x-knightwatch-node", ""), credential
 
 
 def _bearer(value: str | None) -> str | None:

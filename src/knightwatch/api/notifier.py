@@ -133,8 +133,8 @@ class AlertNotifier:
 
     async def _deliver_and_record(self, delivery: Delivery) -> None:
         try:
-            outcome = await self._deliver(delivery)
-            await asyncio.to_thread(self._record, [(delivery, outcome)])
+            ok, detail = await self._deliver(delivery)
+            await asyncio.to_thread(self._record, delivery, ok, detail)
         except Exception:
             log.exception(
                 "delivery of alert %d to %s failed", delivery.alert_id, delivery.receiver.name
@@ -144,10 +144,9 @@ class AlertNotifier:
         with self._db.session() as session:
             return claim_due(session, self._routing, self._clock.now())
 
-    def _record(self, done: list[tuple[Delivery, tuple[bool, str]]]) -> None:
+    def _record(self, delivery: Delivery, ok: bool, detail: str) -> None:
         with self._db.session() as session:
-            for delivery, (ok, detail) in done:
-                record_delivery(session, delivery, ok=ok, detail=detail, routing=self._routing)
+            record_delivery(session, delivery, ok=ok, detail=detail, routing=self._routing)
 
     async def _deliver(self, delivery: Delivery) -> tuple[bool, str]:
         payload = alertmanager_payload(delivery, self._external_url)
