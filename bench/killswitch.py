@@ -69,20 +69,24 @@ from knightwatch.testing import LocalFleet, wait_until  # noqa: E402
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
 GOALS_MS = {8: 100.0, 256: 1000.0}
-SPEC = """\
-[release]
-name = "idle"
-version = "1.0.0"
 
-[[component]]
-name = "all"
-version = "1.0.0"
-paths = ["**"]
 
+def release_spec(name: str) -> str:
+    """The ``[release]`` and one all-files ``[[component]]`` of a benchmark release."""
+    return (
+        f'[release]\nname = "{name}"\nversion = "1.0.0"\n\n'
+        '[[component]]\nname = "all"\nversion = "1.0.0"\npaths = ["**"]\n\n'
+    )
+
+
+SPEC = (
+    release_spec("idle")
+    + """\
 [service]
 command = ["sleep", "2147483647"]
 halt = { signal = "SIGTERM", grace_s = 5.0 }
 """
+)
 QUIET_AGENT = (
     "--health-timeout",
     "120",
@@ -104,16 +108,9 @@ GUARD_RULE = f"bench_orders_in_flight > {GUARD_LIMIT}"
 SCRAPE_INTERVAL_S = 0.1
 CLEAN_SCRAPES = 5
 """Scrape intervals waited after a re-arm, so the next crossing starts from clean scrapes."""
-GUARDED_SPEC = f"""\
-[release]
-name = "guarded"
-version = "1.0.0"
-
-[[component]]
-name = "all"
-version = "1.0.0"
-paths = ["**"]
-
+GUARDED_SPEC = (
+    release_spec("guarded")
+    + f"""\
 [service]
 command = ["python3", "service.py"]
 health = {{ http = "http://127.0.0.1:${{KNIGHTWATCH_SERVICE_PORT}}/health", timeout_s = 2.0 }}
@@ -127,6 +124,7 @@ rule = "{GUARD_RULE}"
 severity = "critical"
 action = "halt_node"
 """
+)
 GUARDED_SERVICE = '''\
 """The guard benchmark's service: one gauge on /metrics; POST /cross lifts it past the limit."""
 
