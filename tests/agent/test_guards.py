@@ -230,6 +230,39 @@ class TestRuntimeGuards:
         assert [a.rule for a in sent] == ["guard:g"]
         assert [source for source, _ in halt.calls] == ["guard"]
 
+    def test_a_new_service_is_followed_when_the_supervisor_says_so(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No polling: the supervisor's change notice starts the scrapes of a new launch."""
+        monkeypatch.setattr("knightwatch.agent.guards._FOLLOW_S", 3600.0)
+        current: list[ServiceLaunch] = []
+        with MetricsServer() as server:
+            server.body = "# TYPE level gauge\nlevel 7\n"
+            guards = RuntimeGuards(
+                launch=lambda: current[0] if current else None,
+                running=lambda: True,
+                guards=lambda _digest: [],
+                log_path=tmp_path / "service.log",
+                halt=FakeHalt(),
+                send=lambda _alerts: None,
+                clock=SystemClock(),
+            )
+
+            async def scenario() -> None:
+                task = asyncio.create_task(guards.run())
+                try:
+                    await asyncio.sleep(0.3)
+                    assert guards.metrics() == {}
+                    current.append(_launch(tmp_path, server.url))
+                    guards.follow()
+                    await _until(lambda: guards.metrics() == {"level": 7.0})
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+            run(scenario())
+
     def test_metrics_are_dropped_while_the_service_is_not_running(self, tmp_path: Path) -> None:
         """A stopped or halted service reports no (stale) metrics."""
         running = True

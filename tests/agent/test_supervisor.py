@@ -187,6 +187,39 @@ class TestHalt:
 
         run(scenario())
 
+    def test_a_worker_that_left_the_group_is_stopped_too(
+        self, tmp_path: Path, reap: Callable[[int], None]
+    ) -> None:
+        """A worker started with setsid escapes a signal to the group; the stop finds it."""
+        script = (
+            "import subprocess, sys, time\n"
+            "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+            " start_new_session=True)\n"
+            "print(worker.pid, flush=True)\n"
+            "while True:\n    time.sleep(0.1)\n"
+        )
+        sup = supervisor(tmp_path)
+        svc = launch(tmp_path, script, halt={"signal": "SIGTERM", "grace_s": 2.0})
+
+        async def scenario() -> None:
+            await sup.start(svc)
+            pgid = sup.status().pid or 0
+            reap(pgid)
+            log = tmp_path / "service.log"
+
+            def last_line() -> str:
+                return log.read_text().strip().splitlines()[-1]
+
+            await until(lambda: last_line().isdigit())
+            worker = int(last_line())
+            reap(worker)
+            assert os.getpgid(worker) != pgid
+            stopped = await sup.stop(halted=True)
+            assert identify(worker) is None
+            assert set(stopped.pids) == {pgid, worker}
+
+        run(scenario())
+
     def test_halt_hook_and_signal(self, tmp_path: Path, reap: Callable[[int], None]) -> None:
         """The halt hook runs first, then the configured signal reaches the service."""
         script = (

@@ -38,22 +38,27 @@ from tests.integration.conftest import (
 NODE = "node1"
 Finding = dict[str, Any]
 
-# A v1 whose service leaves a worker behind: the worker escapes the service's
-# process group (setsid), so it survives the switch to v2 and keeps old code in memory.
+# A v1 whose service leaves a worker behind: the worker is daemonized (an
+# intermediate process starts it in a session of its own and exits), so it is
+# neither in the service's process group nor its descendant. It survives the
+# switch to v2 and keeps old code in memory. (A worker that only left the group
+# is still a descendant, and every stop finds it: see test_supervisor.)
 LEAKY_LAUNCHER = '''#!/usr/bin/env python3
-"""Start a detached worker from this release, then the SMARS router."""
+"""Daemonize a worker from this release, then start the SMARS router."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-subprocess.Popen(
-    [sys.executable, "-c", "import time; time.sleep(3600)"],
+DAEMONIZE = (
+    "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; "
+    "time.sleep(3600)'], start_new_session=True, stdin=subprocess.DEVNULL, "
+    "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
+)
+subprocess.run(
+    [sys.executable, "-c", DAEMONIZE],
     cwd=str(Path(__file__).resolve().parent.parent),
-    start_new_session=True,
-    stdin=subprocess.DEVNULL,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
+    check=True,
 )
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from smars.router import serve  # noqa: E402

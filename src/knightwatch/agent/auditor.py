@@ -178,8 +178,11 @@ class Auditor:
         while True:
             if watcher is None or watcher.done():
                 watcher = self._start_watcher()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._resync.wait(), timeout=1.0)
+                asked = True
+            except TimeoutError:
+                asked = False  # the once-a-second look at ``current``
             if self._held:
                 continue
             self._resync.clear()
@@ -188,7 +191,8 @@ class Auditor:
                     watcher.cancel()
                 watcher = None
             else:
-                await self._stat_sweep()
+                if asked:  # after a hold (a switch) or a failed watcher: what changed meanwhile
+                    await self._stat_sweep()
                 self._check_current()
                 self._publish()
 

@@ -58,7 +58,8 @@ _CEL_RESERVED = frozenset(
     "true false null in as break const continue else for function if import let loop "  # noqa: SIM905 - words, not 21 lines
     "package namespace return var void while".split()
 )
-_FOLLOW_S = 0.2
+_FOLLOW_S = 5.0
+"""Re-read what the supervisor runs at least this often; :meth:`RuntimeGuards.follow` wakes it."""
 
 
 def rule_variables(snapshot: Snapshot) -> dict[str, Any]:
@@ -231,6 +232,7 @@ class RuntimeGuards:
         self._clock = clock
         self._run: _Run | None = None
         self._task: asyncio.Task[None] | None = None
+        self._moved = asyncio.Event()
         self.logs = LogWatch(log_path, self._patterns, send, clock=clock)
 
     def metrics(self) -> dict[str, float]:
@@ -239,15 +241,21 @@ class RuntimeGuards:
             return {}
         return dict(sorted(self._run.latest.items())[:MAX_METRICS_IN_REPORT])
 
+    def follow(self) -> None:
+        """The service (or what the supervisor runs) changed: look again now."""
+        self._moved.set()
+
     async def run(self) -> None:
         """Follow the service the agent runs, until cancelled."""
         logs = asyncio.create_task(self.logs.run())
         try:
             while True:
+                self._moved.clear()
                 launch = self._launch()
                 if launch != (self._run.launch if self._run else None):
                     await self._switch(launch)
-                await asyncio.sleep(_FOLLOW_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._moved.wait(), _FOLLOW_S)
         finally:
             await self._switch(None)
             await _cancel(logs)

@@ -25,11 +25,9 @@ and reports it when it reconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import Journal
@@ -234,14 +232,11 @@ class KillSwitch:
         Then, off the critical path (every agent of the fleet halts at once),
         any process group still running from the releases is stopped too.
         """
-        supervisor = self._supervisor
-        pgid = supervisor.status().pid if supervisor.running else None
-        group = _descendants(pgid) if pgid is not None else []
-        gone_at = await supervisor.stop(halted=True)
+        stopped = await self._supervisor.stop(halted=True)
         sweep = asyncio.create_task(self._sweep_strays())
         self._sweeps.add(sweep)
         sweep.add_done_callback(self._sweeps.discard)
-        return tuple(group), gone_at
+        return stopped.pids, stopped.gone_at
 
     async def _sweep_strays(self) -> None:
         """Stop processes running a release that nobody supervises (left by a crash or race)."""
@@ -257,19 +252,6 @@ class KillSwitch:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
-
-
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and its descendants, from /proc/<pid>/task/<tid>/children (no full /proc scan)."""
-    found: list[int] = []
-    todo = [pid]
-    while todo and len(found) < 1024:
-        current = todo.pop()
-        found.append(current)
-        for children in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                todo.extend(int(c) for c in children.read_text().split())
-    return sorted(set(found))
 
 
 def _describe_halt(pids: tuple[int, ...], already: bool, source: str) -> str:

@@ -256,6 +256,7 @@ class Agent:
             send=self.connection.send_alerts,
             clock=self.clock,
         )
+        self.supervisor.listen(self.guards.follow)
         self.killswitch = KillSwitch(
             journal=self.journal,
             supervisor=self.supervisor,

@@ -27,6 +27,8 @@ from knightwatch.agent.events import event
 from knightwatch.agent.journal import ServiceRecord
 from knightwatch.agent.process import (
     ProcessIdentity,
+    descendants,
+    escaped_groups,
     group_alive,
     groups_running_under,
     identify,
@@ -39,10 +41,18 @@ from knightwatch.bundle.spec import HaltSpec
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.protocol.messages import ServiceState, ServiceStatus
 
-__all__ = ["RestartPolicy", "Supervisor", "describe_exit"]
+__all__ = ["RestartPolicy", "Stopped", "Supervisor", "describe_exit"]
 
 _POLL_S = 0.05
 _KILL_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What :meth:`Supervisor.stop` did: when the service was confirmed gone, which pids."""
+
+    gone_at: datetime
+    pids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self._clock = clock or SystemClock()
         self.on_change = on_change
+        self._listeners: list[Callable[[], None]] = []
         """Called with the journal record of the process whenever it changes."""
         self._launch: ServiceLaunch | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -157,6 +168,7 @@ class Supervisor:
             process = await self._spawn(launch)
         except ServiceError as exc:
             self._state, self._detail = ServiceState.STOPPED, exc.message
+            self._tell_listeners()
             raise
         self._watcher = asyncio.create_task(self._watch(process, launch))
         self._rotator = asyncio.create_task(self._rotate_logs())
@@ -167,19 +179,27 @@ class Supervisor:
             return self._detail or "the service is not running"
         return await asyncio.shield(self._ready)
 
-    async def stop(self, *, halted: bool = False) -> datetime:
+    async def stop(self, *, halted: bool = False) -> Stopped:
         """Stop the service: halt hook, halt signal, grace period, then SIGKILL of the group.
 
-        Return when it was confirmed gone (reaped, no process of its group
-        left) — now, if nothing ran — taken before any bookkeeping.
+        A worker that left the group (``setsid``) is stopped the same way
+        right after. Return when all of it was confirmed gone (reaped, no
+        process left) — now, if nothing ran — taken before any bookkeeping,
+        with the pids that were stopped.
         """
         await self.close()
         process, launch = self._process, self._launch
         gone_at = self._clock.now()
+        pids: tuple[int, ...] = ()
         if process is not None and process.returncode is None and launch is not None:
+            family = descendants(process.pid)
             await self._terminate(process.pid, launch.spec.halt, launch, leader=process)
             await process.wait()
+            for pgid in escaped_groups(family, process.pid):
+                event("service-escaped", pgid=pgid, action="stop")
+                await self._terminate(pgid, launch.spec.halt, None)
             gone_at = self._clock.now()
+            pids = tuple(member.pid for member in family)
             event("service-stopped", pid=process.pid, release=launch.release_id, halted=halted)
         self._resolve_ready("the service was stopped")
         self._process = None
@@ -188,13 +208,14 @@ class Supervisor:
             self._state = ServiceState.HALTED if halted else ServiceState.STOPPED
             self._detail = None
         self._notify()
-        return gone_at
+        return Stopped(gone_at, pids)
 
     def forget(self) -> None:
         """Stop reporting a release's service (the active release has none); call after stop."""
         self._launch = None
         self.version = None
         self._state, self._detail = ServiceState.NONE, None
+        self._tell_listeners()
 
     async def stop_adopted(self, record: ServiceRecord, launch: ServiceLaunch | None) -> bool:
         """Stop a service started by an earlier agent run, if it is still that process.
@@ -392,6 +413,15 @@ class Supervisor:
             if await asyncio.to_thread(self.log.rotate_if_needed):
                 event("service-log-rotated", path=str(self.log.path))
 
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) whenever the service's state or launch changes."""
+        self._listeners.append(callback)
+
     def _notify(self) -> None:
         if self.on_change is not None:
             self.on_change(self.record())
+        self._tell_listeners()
+
+    def _tell_listeners(self) -> None:
+        for callback in self._listeners:
+            callback()

@@ -36,7 +36,7 @@ async def watch_tree(
     tree: Path,
     *,
     debounce_ms: int = 400,
-    step_ms: int = 30,
+    step_ms: int = 50,
     flood_paths: int = 4096,
 ) -> AsyncIterator[WatchBatch]:
     """Yield the changes under ``tree`` (recursively) until cancelled."""
@@ -54,7 +54,7 @@ async def watch_tree(
 
 
 async def watch_current_link(
-    root: Path, *, debounce_ms: int = 200, step_ms: int = 30
+    root: Path, *, debounce_ms: int = 200, step_ms: int = 100
 ) -> AsyncIterator[None]:
     """Yield whenever the ``current`` symlink in ``root`` is replaced, removed or created."""
     top = os.path.realpath(root)
