@@ -25,7 +25,7 @@ def test_read_environ_returns_what_the_process_was_started_with() -> None:
         assert environ["KNIGHTWATCH_RELEASE_ID"] == "smars@2012.8.1+0123456789ab"
     finally:
         process.kill()
-        process.wait()
+        process.communicate()
 
 
 def test_read_environ_of_a_gone_process_is_none() -> None:
