@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from knightwatch.bundle import BuildResult, SigningKey, build_release
+from knightwatch.errors import KnightwatchError
 from knightwatch.testing import LocalFleet, wait_until
 from tests.agent.network_faults import FlakyLink
 from tests.integration.conftest import (
@@ -273,6 +274,12 @@ class TestBadInput:
         assert fleet.client.get("/halts") == before
         assert not any(n["halted"] for n in fleet.status()["nodes"])
 
+    @pytest.mark.parametrize("wait", ["-1", "61", "soon"])
+    def test_a_bad_long_poll_is_refused(self, fleet: LocalFleet, wait: str) -> None:
+        """``GET /halts/{id}?wait_s=`` outside [0, 60] is refused, naming wait_s."""
+        with pytest.raises(KnightwatchError, match="wait_s"):
+            fleet.client.get(f"/halts/1?wait_s={wait}")
+
     def test_rearm_with_nothing_halted_is_refused(self, fleet: LocalFleet) -> None:
         """Re-arming a fleet that is not halted says so (exit 2) and changes nothing."""
         done = kw(fleet, "rearm", "--reason", "nothing to lift")
@@ -315,6 +322,11 @@ class TestDisconnected:
         assert state["halted_since"] - cut_at >= DEAD_MAN_S - 0.5  # it waited T, not less
         assert processes_under(fleet.root(ARMED) / "releases") == []
 
+        asked = time.monotonic()
+        waited = fleet.client.get(f"/halts/{report['halt_id']}?wait_s=1")
+        assert time.monotonic() - asked >= 1.0  # nothing to wake it: it held until wait_s
+        assert waited["unacknowledged"] == [ARMED]
+
         link.restore()
         fleet.wait_connected([ARMED], timeout=SETTLE_S)
         reported = wait_until(
@@ -326,11 +338,10 @@ class TestDisconnected:
         alerts = fleet.client.get("/alerts")
         dead_man = [a for a in alerts if a["rule"] == "dead-man" and a["node"] == ARMED]
         assert dead_man and dead_man[0]["severity"] == "critical", alerts
-        latched = wait_until(
-            lambda: (r := fleet.client.get(f"/halts/{report['halt_id']}"))["complete"] and r,
-            timeout=SETTLE_S,
-            what="node3 to acknowledge the latched halt on reconnect",
-        )
+        asked = time.monotonic()
+        latched = fleet.client.get(f"/halts/{report['halt_id']}?wait_s=60")  # a long poll
+        assert latched["complete"], "node3 never acknowledged the latched halt on reconnect"
+        assert time.monotonic() - asked < 50  # woken by node3's ack, not by the deadline
         entry = next(n for n in latched["nodes"] if n["node"] == ARMED)
         assert entry["time_to_halt_ms"] >= 0
         assert os.path.exists(fleet.root(ARMED) / "state.json")

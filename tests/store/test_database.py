@@ -153,6 +153,47 @@ class TestSession:
             assert node.service_restarts == 45
 
 
+class TestReading:
+    def test_reads_what_was_committed_and_writes_nothing(self, db: Database) -> None:
+        """A reading session sees committed rows; a change made in it is discarded."""
+        with db.session() as session:
+            session.add(make_node("a"))
+        with db.reading() as session:
+            node = session.get(Node, "a")
+            assert node is not None
+            node.service_restarts = 99
+            session.add(make_node("b"))
+        with db.session() as session:
+            assert session.get(Node, "b") is None
+            assert session.get(Node, "a").service_restarts == 0  # type: ignore[union-attr]
+
+    def test_does_not_wait_for_a_writer(self, db: Database) -> None:
+        """While a writer holds its transaction open, a reader answers from the snapshot."""
+        with db.session() as session:
+            session.add(make_node("a"))
+        writing, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with db.session() as session:
+                session.get(Node, "a", with_for_update=True).service_restarts = 5  # type: ignore[union-attr]
+                session.flush()
+                writing.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            assert writing.wait(30)
+            with db.reading() as session:  # a writer's session would wait here (busy_timeout)
+                node = session.get(Node, "a")
+                assert node is not None and node.service_restarts == 0
+        finally:
+            release.set()
+            thread.join()
+        with db.reading() as session:
+            assert session.get(Node, "a").service_restarts == 5  # type: ignore[union-attr]
+
+
 class TestOpenErrors:
     def test_unreachable_postgresql_is_one_clear_line(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture

@@ -252,6 +252,8 @@ class _Session:
             fleet_halts = ingest_alerts(session, self.node, report.alerts, now)
             latched = ingest_safety(session, node, report, now, greeting=not self.greeted)
             retires = pending_retires(session, self.node) if not self.greeted else []
+        if report.halt is not None:
+            self.plane.halt_acks.bump()  # committed: wake whoever waits for this halt
         for message in latched:  # a latched halt (or a missed re-arm) first of all
             self.plane.hub.send(self.node, message)
         if change is not None:

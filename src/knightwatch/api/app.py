@@ -19,6 +19,7 @@ from knightwatch.api.credentials import CredentialCache
 from knightwatch.api.documents import ReleaseDocuments
 from knightwatch.api.errors import install_error_handlers
 from knightwatch.api.hub import AgentHub
+from knightwatch.api.signals import ChangeSignal
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.control.deploy import DeployTimeouts, Orchestrator
@@ -56,6 +57,8 @@ class ControlPlane:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="store")
     )
     """One thread for the agent sessions' and the tick's store work, in arrival order."""
+    halt_acks: ChangeSignal = field(default_factory=ChangeSignal)
+    """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
 
     async def in_store(self, work: Callable[[], T]) -> T:
         """Run ``work`` (store transactions) on the store thread, keeping the event loop free.

@@ -7,9 +7,10 @@ a single pass on the event loop — no store work between two sends.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +24,7 @@ from knightwatch.control.killswitch import (
     issue_halt,
     lift_halts,
     list_halts,
+    unacknowledged_count,
 )
 
 __all__ = ["halt_now", "router", "send_halt"]
@@ -64,13 +66,30 @@ def halts(
     plane: Plane, _who: Operator, active: bool | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """Halts, newest first (``active=true``: only those not lifted)."""
-    with plane.db.session() as session:
+    with plane.db.reading() as session:
         return list_halts(session, active=active, limit=limit)
 
 
+MAX_WAIT_S = 60.0
+
+
 @router.get("/halts/{halt_id}")
-def show_halt(halt_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
-    """One halt: every node's acknowledgement and time to halt, as of now."""
+def show_halt(
+    halt_id: int,
+    plane: Plane,
+    _who: Operator,
+    wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
+) -> dict[str, Any]:
+    """One halt: every node's acknowledgement and time to halt, as of now.
+
+    With ``wait_s``, answer as soon as every node has acknowledged, or after
+    ``wait_s`` seconds with whatever has come in (a long poll: the request
+    sleeps until an acknowledgement is stored, it does not poll the store).
+    """
+    deadline = time.monotonic() + wait_s
+    seen = plane.halt_acks.version
+    while (left := deadline - time.monotonic()) > 0 and _waiting(plane, halt_id):
+        seen = plane.halt_acks.wait(seen, left)
     return _report(plane, halt_id)
 
 
@@ -98,6 +117,11 @@ def _lift(plane: ControlPlane, body: HaltBody, who: str) -> RearmPlan:
         return lift_halts(session, body.nodes, body.reason, who, plane.clock.now())
 
 
+def _waiting(plane: ControlPlane, halt_id: int) -> bool:
+    with plane.db.reading() as session:
+        return unacknowledged_count(session, halt_id) > 0
+
+
 def _report(plane: ControlPlane, halt_id: int) -> dict[str, Any]:
-    with plane.db.session() as session:
+    with plane.db.reading() as session:  # polled while acks are written: never wait for them
         return halt_report(session, halt_id).to_json()

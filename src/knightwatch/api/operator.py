@@ -191,7 +191,7 @@ def show_deployment(deployment_id: int, plane: Plane, _who: Operator) -> dict[st
 
 def deployment_json(plane: Plane, deployment_id: int) -> dict[str, Any]:
     """A deployment with its nodes and events as JSON data."""
-    with plane.db.session() as session:
+    with plane.db.reading() as session:
         deployment = session.get(Deployment, deployment_id)
         if deployment is None:
             raise InvalidInputError(f"no deployment {deployment_id}")

@@ -23,7 +23,7 @@ NodesOpt = Annotated[
     ),
 ]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (required, recorded)")]
-_POLL_S = 0.05
+_LONG_POLL_S = 30.0
 
 
 class HaltUnacknowledgedError(KnightwatchError):
@@ -54,9 +54,9 @@ def kill(
     report = client.post("/halts", {"nodes": nodes, "reason": reason})
     path = f"/halts/{report['halt_id']}"
     deadline = time.monotonic() + timeout
-    while not report["complete"] and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-        report = client.get(path)
+    while not report["complete"] and (left := deadline - time.monotonic()) > 0:
+        # a long poll: the server answers the moment the last node acknowledges
+        report = client.get(f"{path}?wait_s={min(left, _LONG_POLL_S):.3f}")
     if json_output:
         print_json(report)
     else:

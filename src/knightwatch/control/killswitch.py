@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from knightwatch.control import alerts
@@ -60,6 +60,7 @@ __all__ = [
     "record_halt_ack",
     "record_rearm_ack",
     "require_not_halted",
+    "unacknowledged_count",
 ]
 
 DEAD_MAN_RULE = "dead-man"
@@ -319,6 +320,16 @@ def halt_report(session: Session, halt_id: int) -> HaltReport:
         max_time_to_halt_ms=max(times) if times else None,
         nodes=nodes,
     )
+
+
+def unacknowledged_count(session: Session, halt_id: int) -> int:
+    """How many nodes have not acknowledged halt ``halt_id`` yet (one indexed count)."""
+    statement = (
+        select(func.count())
+        .select_from(HaltNode)
+        .where(HaltNode.halt_id == halt_id, HaltNode.acked_at.is_(None))
+    )
+    return int(session.scalar(statement) or 0)
 
 
 def list_halts(session: Session, *, active: bool | None = None, limit: int = 100) -> list[Any]:

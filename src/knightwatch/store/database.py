@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -82,6 +83,26 @@ class Database:
         """
         with using(self._engine.url), self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Yield a session for reads only: one consistent snapshot, always rolled back.
+
+        On SQLite it begins deferred, so it neither waits for nor holds the
+        write lock (WAL readers never block writers); whatever is changed in
+        it is discarded. Use it for reports and status, not for decisions
+        that write.
+        """
+        token = _READING.set(True)
+        try:
+            with using(self._engine.url), self._sessions() as session:
+                session.begin()
+                try:
+                    yield session
+                finally:
+                    session.rollback()
+        finally:
+            _READING.reset(token)
 
     def close(self) -> None:
         """Close every pooled connection. The object must not be used afterwards."""
@@ -180,12 +201,17 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: object) -> None:
         cursor.close()
 
 
+_READING: ContextVar[bool] = ContextVar("knightwatch_reading", default=False)
+"""True inside :meth:`Database.reading`: a SQLite transaction begins deferred."""
+
+
 def _on_sqlite_begin(connection: Connection) -> None:
     """Begin every transaction as a writer, waiting (``busy_timeout``) for the write lock.
 
     A deferred BEGIN that reads and then writes fails at once with "database is
     locked" if another connection wrote meanwhile; IMMEDIATE queues writers up
     front instead, much as ``SELECT ... FOR UPDATE`` does on PostgreSQL. So on
-    SQLite sessions run one at a time: keep them short.
+    SQLite sessions run one at a time: keep them short. A reading session
+    (:meth:`Database.reading`) begins deferred: it only reads a snapshot.
     """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    connection.exec_driver_sql("BEGIN" if _READING.get() else "BEGIN IMMEDIATE")
