@@ -48,7 +48,15 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:
-    """Send the agent's events to ``stream`` (stderr by default), once."""
+    """Send the agent's events to ``stream`` (stderr by default), once.
+
+    The records skip what no line prints (caller, thread and process names):
+    at a kill, every agent logs several events on the path to its halt.
+    """
+    logging._srcfile = None  # the logging HOWTO's "Optimization"
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     for old in list(logger.handlers):

@@ -119,11 +119,14 @@ class KillSwitch:
         halt_id: int | None = None,
         *,
         received_at: datetime | None = None,
+        announce: bool = True,
     ) -> HaltResult:
         """Set the latch (journal first), stop the service and all it left; return the timings.
 
         Halting a halted node keeps the first cause (source, reason, since),
         records the control plane's ``halt_id`` and makes sure nothing runs.
+        ``announce=False`` when the caller acknowledges at once: the
+        acknowledgement carries the node's state, so no report of its own.
         """
         received = received_at or self._clock.now()
         reason = " ".join(reason.split())[:_MAX_TEXT]
@@ -154,7 +157,8 @@ class KillSwitch:
             pids=list(pids),
             ms=(halted_at - received).total_seconds() * 1000,
         )
-        self._changed()
+        if announce:
+            self._changed()
         return HaltResult(source, received, halted_at, pids, detail)
 
     async def rearm(self, halt_id: int, reason: str) -> RearmAck:
