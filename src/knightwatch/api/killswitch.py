@@ -71,6 +71,9 @@ def halts(
 
 
 MAX_WAIT_S = 60.0
+_GATHER_S = 0.01
+"""After an acknowledgement, wait this long for more before counting: a fleet's
+acks arrive together, and one count per ack would cost the server more than them."""
 
 
 @router.get("/halts/{halt_id}")
@@ -90,6 +93,7 @@ def show_halt(
     seen = plane.halt_acks.version
     while (left := deadline - time.monotonic()) > 0 and _waiting(plane, halt_id):
         seen = plane.halt_acks.wait(seen, left)
+        time.sleep(min(_GATHER_S, max(0.0, deadline - time.monotonic())))
     return _report(plane, halt_id)
 
 
