@@ -41,7 +41,7 @@ __all__ = ["DEAD_MAN_POLL_S", "STRAY_SWEEP_DELAY_S", "HaltResult", "KillSwitch"]
 
 DEAD_MAN_POLL_S = 0.1
 UNARMED_POLL_S = 1.0  # not armed: only a new Hello (which may arm the node) is looked for
-STRAY_SWEEP_DELAY_S = 0.5
+STRAY_SWEEP_DELAY_S = 2.0
 _MAX_TEXT = 4096
 
 StartService = Callable[[], Awaitable[str | None]]

@@ -13,7 +13,6 @@ processes it reads.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -223,10 +222,10 @@ def _read_proc(pid: int, name: str) -> bytes | None:
 
 
 def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = (_PROC / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    raw = _read_proc(pid, "stat")
+    if not raw:
         return None
+    text = raw.decode("utf-8", "replace")
     # Field 2 (comm) is in parentheses and may hold spaces: split after the last ')'.
     return text[text.rindex(")") + 2 :].split()
 
@@ -276,36 +275,41 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def descendants(pid: int, *, limit: int = 1024) -> list[ProcessIdentity]:
-    """``pid`` and its live descendants, from /proc/<pid>/task/<tid>/children (no /proc scan).
+def descendants(pid: int, *, limit: int = 1024) -> dict[int, int]:
+    """``pid`` and its live descendants, each with its start time in clock ticks.
 
-    A worker that left the group with ``setsid`` is still a child of the
-    process that forked it, so this finds what a signal to the group misses.
+    Read from /proc/<pid>/task/<tid>/children (no /proc scan). A worker that
+    left the group with ``setsid`` is still a child of the process that
+    forked it, so this finds what a signal to the group misses.
     """
-    found: dict[int, ProcessIdentity] = {}
+    found: dict[int, int] = {}
     todo = [pid]
     while todo and len(found) < limit:
         current = todo.pop()
-        identity = identify(current)
-        if identity is None or current in found:
+        fields = _stat_fields(current)
+        if current in found or fields is None or fields[0] in ("Z", "X"):
             continue
-        found[current] = identity
-        for children in (_PROC / str(current) / "task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                todo.extend(int(c) for c in children.read_text().split())
-    return [found[p] for p in sorted(found)]
+        found[current] = int(fields[19])
+        try:
+            threads = os.listdir(f"{_PROC}/{current}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            children = _read_proc(current, f"task/{tid}/children") or b""
+            todo.extend(int(child) for child in children.split())
+    return dict(sorted(found.items()))
 
 
-def escaped_groups(family: list[ProcessIdentity], pgid: int) -> list[int]:
+def escaped_groups(family: dict[int, int], pgid: int) -> list[int]:
     """Process groups, other than ``pgid``, of the processes of ``family`` still alive.
 
-    Each process must still be the one recorded (same start time), so a pid
-    reused since is left alone.
+    ``family`` maps pids to start times (:func:`descendants`); a pid reused
+    since is left alone.
     """
     groups: set[int] = set()
-    for member in family:
-        fields = _stat_fields(member.pid)
-        if fields is None or fields[0] in ("Z", "X") or int(fields[19]) != member.start_ticks:
+    for pid, start_ticks in family.items():
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in ("Z", "X") or int(fields[19]) != start_ticks:
             continue
         if int(fields[2]) != pgid:
             groups.add(int(fields[2]))

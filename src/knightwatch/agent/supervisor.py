@@ -199,7 +199,7 @@ class Supervisor:
                 event("service-escaped", pgid=pgid, action="stop")
                 await self._terminate(pgid, launch.spec.halt, None)
             gone_at = self._clock.now()
-            pids = tuple(member.pid for member in family)
+            pids = tuple(family)
             event("service-stopped", pid=process.pid, release=launch.release_id, halted=halted)
         self._resolve_ready("the service was stopped")
         self._process = None
