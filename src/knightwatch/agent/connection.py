@@ -198,6 +198,7 @@ class Connection:
             open_timeout=10,
             close_timeout=2,
             ping_interval=None,  # our own keepalive, timed from the dead man's period
+            compression=None,  # small JSON on a fleet's network: deflate would only cost CPU
         ) as websocket:
             hello = self.hello = await self._hello(websocket)
             self._heard()

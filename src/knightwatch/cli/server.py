@@ -69,6 +69,7 @@ def server(
         log_config=None,
         ws_max_size=MAX_MESSAGE_BYTES,
         ws_ping_interval=None,
+        ws_per_message_deflate=False,  # agents send small JSON; a kill must not wait for zlib
         access_log=False,
     )
 
