@@ -36,7 +36,7 @@ async def watch_tree(
     tree: Path,
     *,
     debounce_ms: int = 400,
-    step_ms: int = 50,
+    step_ms: int = 100,
     flood_paths: int = 4096,
 ) -> AsyncIterator[WatchBatch]:
     """Yield the changes under ``tree`` (recursively) until cancelled."""
@@ -54,7 +54,7 @@ async def watch_tree(
 
 
 async def watch_current_link(
-    root: Path, *, debounce_ms: int = 200, step_ms: int = 100
+    root: Path, *, debounce_ms: int = 200, step_ms: int = 250
 ) -> AsyncIterator[None]:
     """Yield whenever the ``current`` symlink in ``root`` is replaced, removed or created."""
     top = os.path.realpath(root)
