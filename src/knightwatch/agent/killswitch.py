@@ -3,10 +3,12 @@
 :meth:`KillSwitch.halt` writes the latch to ``state.json`` *first* (so a
 crash or reboot at any instant leaves the node halted), then stops the
 service — its halt hook, the halt signal to its process group, SIGKILL
-after the grace time — and answers with timestamps taken once waitpid
-reaped the service and no live process of its group is left. Half a second
-later it also stops any process group still running from the releases that
-nobody supervises (a crash's or a race's leftover). While the latch is set
+after the grace time, and the same for any of its workers that left the
+group — and answers with timestamps taken once waitpid reaped the service
+and none of its processes is left. Two seconds later (after the fleet's
+halt wave, whose CPU it would otherwise share) it also stops any process
+group still running from the releases that nobody supervises (a crash's or
+a race's leftover). While the latch is set
 nothing starts the service: not a commit, not a rollback, not an agent
 restart. :meth:`KillSwitch.rearm` clears it and starts the active release's
 service again with the usual health checks.
