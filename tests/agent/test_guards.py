@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -215,16 +216,11 @@ class TestRuntimeGuards:
             )
 
             async def scenario() -> None:
-                task = asyncio.create_task(guards.run())
-                try:
+                async with _following(guards):
                     await _until(lambda: guards.metrics() == {"level": 5.0})
                     assert halt.calls == []
                     server.body = "# TYPE level gauge\nlevel 500\n"
                     await _until(lambda: bool(sent))
-                finally:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
 
             run(scenario())
         assert [a.rule for a in sent] == ["guard:g"]
@@ -238,28 +234,15 @@ class TestRuntimeGuards:
         current: list[ServiceLaunch] = []
         with MetricsServer() as server:
             server.body = "# TYPE level gauge\nlevel 7\n"
-            guards = RuntimeGuards(
-                launch=lambda: current[0] if current else None,
-                running=lambda: True,
-                guards=lambda _digest: [],
-                log_path=tmp_path / "service.log",
-                halt=FakeHalt(),
-                send=lambda _alerts: None,
-                clock=SystemClock(),
-            )
+            guards = _quiet_guards(tmp_path, lambda: current[0] if current else None, lambda: True)
 
             async def scenario() -> None:
-                task = asyncio.create_task(guards.run())
-                try:
+                async with _following(guards):
                     await asyncio.sleep(0.3)
                     assert guards.metrics() == {}
                     current.append(_launch(tmp_path, server.url))
                     guards.follow()
                     await _until(lambda: guards.metrics() == {"level": 7.0})
-                finally:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
 
             run(scenario())
 
@@ -267,27 +250,14 @@ class TestRuntimeGuards:
         """A stopped or halted service reports no (stale) metrics."""
         running = True
         with MetricsServer() as server:
-            guards = RuntimeGuards(
-                launch=lambda: _launch(tmp_path, server.url),
-                running=lambda: running,
-                guards=lambda _digest: [],
-                log_path=tmp_path / "service.log",
-                halt=FakeHalt(),
-                send=lambda _alerts: None,
-                clock=SystemClock(),
-            )
+            guards = _quiet_guards(tmp_path, lambda: _launch(tmp_path, server.url), lambda: running)
 
             async def scenario() -> None:
                 nonlocal running
-                task = asyncio.create_task(guards.run())
-                try:
+                async with _following(guards):
                     await _until(lambda: bool(guards.metrics()))
                     running = False
                     await _until(lambda: not guards.metrics())
-                finally:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
 
             run(scenario())
 
@@ -297,6 +267,33 @@ def _launch(tmp_path: Path, url: str) -> ServiceLaunch:
         {"command": ["true"], "metrics": {"endpoint": url, "scrape_interval_s": 0.02}}
     )
     return ServiceLaunch("d" * 64, "svc@1+dddddddddddd", tmp_path, spec, {})
+
+
+def _quiet_guards(
+    tmp_path: Path, launch: Callable[[], ServiceLaunch | None], running: Callable[[], bool]
+) -> RuntimeGuards:
+    """Runtime guards with no rules: only the scraping and the following are exercised."""
+    return RuntimeGuards(
+        launch=launch,
+        running=running,
+        guards=lambda _digest: [],
+        log_path=tmp_path / "service.log",
+        halt=FakeHalt(),
+        send=lambda _alerts: None,
+        clock=SystemClock(),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _following(guards: RuntimeGuards) -> AsyncIterator[None]:
+    """Run ``guards`` in the background for the block."""
+    task = asyncio.create_task(guards.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _until(check: object) -> None:

@@ -56,6 +56,18 @@ async def until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def printed_pid(tmp_path: Path) -> int:
+    """The pid the service prints on its log's last line, once it has."""
+    log = tmp_path / "service.log"
+
+    def last_line() -> str:
+        lines = log.read_text().strip().splitlines() if log.exists() else []
+        return lines[-1] if lines else ""
+
+    await until(lambda: last_line().isdigit())
+    return int(last_line())
+
+
 SLEEPER = "import time\nwhile True:\n    time.sleep(0.1)\n"
 
 
@@ -173,13 +185,7 @@ class TestHalt:
             await sup.start(svc)
             pgid = sup.status().pid or 0
             reap(pgid)
-            log = tmp_path / "service.log"
-
-            def last_line() -> str:
-                return log.read_text().strip().splitlines()[-1]
-
-            await until(lambda: last_line().isdigit())
-            child = int(last_line())
+            child = await printed_pid(tmp_path)
             await sup.stop(halted=True)
             assert not group_alive(pgid)
             assert identify(child) is None
@@ -205,13 +211,7 @@ class TestHalt:
             await sup.start(svc)
             pgid = sup.status().pid or 0
             reap(pgid)
-            log = tmp_path / "service.log"
-
-            def last_line() -> str:
-                return log.read_text().strip().splitlines()[-1]
-
-            await until(lambda: last_line().isdigit())
-            worker = int(last_line())
+            worker = await printed_pid(tmp_path)
             reap(worker)
             assert os.getpgid(worker) != pgid
             stopped = await sup.stop(halted=True)
