@@ -178,6 +178,25 @@ class TestUnmanaged:
         assert finding.kind == "unmanaged-process"
         assert finding.release == A
 
+    def test_a_checksum_tool_naming_a_release_file_is_not_reported(
+        self, node: Node, agent_pid: int, tmp_path: Path
+    ) -> None:
+        """sha256sum (whose name starts like "sh") only reads the files it names: not drift."""
+        named = node.release(A) / "x.txt"
+        fifo = tmp_path / "pending"
+        os.mkfifo(fifo)  # sha256sum hashes x.txt, then waits here: alive, naming x.txt
+        process = subprocess.Popen(["sha256sum", os.fspath(named), os.fspath(fifo)], cwd=tmp_path)
+        try:
+            wait_until(
+                lambda: (stat := read_stat(process.pid)) is not None and stat.comm == "sha256sum",
+                timeout=30,
+                what="sha256sum to run",
+            )
+            assert process.pid not in audit(node, agent_pid)
+        finally:
+            process.kill()
+            process.wait()
+
     def test_file_mapped_after_its_fd_is_closed_is_still_seen(
         self, node: Node, spawn: Spawn, agent_pid: int
     ) -> None:

@@ -287,7 +287,7 @@ def _runs_code(stat: ProcessStat, sighting: _Sighting) -> bool:
         return False
     if sighting.where == "mapped":
         return True
-    interpreter = stat.comm.rstrip("0123456789.").startswith(_INTERPRETERS)
+    interpreter = stat.comm.rstrip("0123456789.") in _INTERPRETERS  # python3.11, not sha256sum
     return sighting.where == "argv" and interpreter and os.path.isfile(sighting.path)
 
 

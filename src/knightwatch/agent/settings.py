@@ -24,7 +24,7 @@ class AuditSettings:
     process_interval_s: float = 1.0
     functional_interval_s: float = 60.0
     watch_debounce_ms: int = 400
-    watch_step_ms: int = 100
+    watch_step_ms: int = 50
     flood_paths: int = 4096
     stale_tolerance_s: float = 0.5
 

@@ -36,7 +36,7 @@ async def watch_tree(
     tree: Path,
     *,
     debounce_ms: int = 400,
-    step_ms: int = 100,
+    step_ms: int = 50,
     flood_paths: int = 4096,
 ) -> AsyncIterator[WatchBatch]:
     """Yield the changes under ``tree`` (recursively) until cancelled."""
