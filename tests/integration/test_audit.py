@@ -38,29 +38,35 @@ from tests.integration.conftest import (
 NODE = "node1"
 Finding = dict[str, Any]
 
-# A v1 whose service leaves a worker behind: the worker is daemonized (an
-# intermediate process starts it in a session of its own and exits), so it is
-# neither in the service's process group nor its descendant. It survives the
-# switch to v2 and keeps old code in memory. (A worker that only left the group
-# is still a descendant, and every stop finds it: see test_supervisor.)
+# A v1 whose service leaves a worker behind when it is stopped: on SIGTERM it
+# daemonizes a worker (an intermediate process starts it in a session of its
+# own and exits), then exits. The worker was not among the service's processes
+# when the stop began, so the switch to v2 cannot know it; it keeps old code in
+# memory. (A worker that only left the group while the service ran is still a
+# descendant, and every stop finds it: see test_supervisor.)
 LEAKY_LAUNCHER = '''#!/usr/bin/env python3
-"""Daemonize a worker from this release, then start the SMARS router."""
+"""Start the SMARS router; when told to stop, leave a daemonized worker behind."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent.parent
 DAEMONIZE = (
     "import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; "
     "time.sleep(3600)'], start_new_session=True, stdin=subprocess.DEVNULL, "
     "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"
 )
-subprocess.run(
-    [sys.executable, "-c", DAEMONIZE],
-    cwd=str(Path(__file__).resolve().parent.parent),
-    check=True,
-)
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def leave_a_worker(_signum, _frame):
+    subprocess.run([sys.executable, "-c", DAEMONIZE], cwd=str(HERE), check=True)
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, leave_a_worker)
+sys.path.insert(0, str(HERE))
 from smars.router import serve  # noqa: E402
 
 serve(int(os.environ.get("SMARS_PORT", "18080")))
@@ -301,7 +307,7 @@ def test_old_service_process_left_running_after_switch(
     """A worker of the old release that survived the switch (old code in memory) is drift."""
     fleet.push(releases.store, leaky.release_id)
     deploy_ok(fleet, leaky)
-    deploy_ok(fleet, releases.v2)  # the switch stops leaky's service, not its detached worker
+    deploy_ok(fleet, releases.v2)  # the switch stops leaky's service, not the worker it left
     finding = wait_finding(
         fleet,
         lambda f: (
