@@ -93,8 +93,8 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self._clock = clock or SystemClock()
         self.on_change = on_change
-        self._listeners: list[Callable[[], None]] = []
         """Called with the journal record of the process whenever it changes."""
+        self._listeners: list[Callable[[], None]] = []
         self._launch: ServiceLaunch | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._identity: ProcessIdentity | None = None

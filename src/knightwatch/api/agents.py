@@ -233,10 +233,8 @@ class _Session:
         return report
 
     def _public_key(self) -> Ed25519PublicKey:
-        if self.public_key is None:
-            with self.plane.db.session() as session:
-                node = session.get(Node, self.node)
-                self.public_key = public_key_from_text(node.public_key)
+        if self.public_key is None:  # _mark_connected loads it before the first read
+            raise ReportError("the session has not started: no key to check the report with")
         return self.public_key
 
     def _ingest(self, report: Report) -> None:
