@@ -73,7 +73,7 @@ class ControlPlane:
     def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
         """Open the store (migrating it), load keys and tokens, build the services."""
         clock = clock or SystemClock()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private if ours
         url = settings.database_url.reveal() if settings.database_url else None
         db = open_database(url, settings.data_dir)
         trusted = _trusted_keys(settings)
@@ -126,6 +126,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         agents,
         alerts,
         audits,
+        gate,
         killswitch,
         metrics,
         notifier,
@@ -157,6 +158,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app = FastAPI(title="knightwatch control plane", version=__version__, lifespan=lifespan)
     app.state.plane = plane
     install_error_handlers(app)
+    app.add_middleware(gate.RequestGate, plane=plane)  # who and how much, before any route
     app.include_router(operator.router)
     app.include_router(audits.router)
     app.include_router(agents.router)

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from knightwatch.api.fields import UNSAFE_TEXT
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import (
     GateRefusedError,
@@ -16,9 +17,15 @@ from knightwatch.errors import (
     VerificationError,
 )
 
-__all__ = ["error_body", "install_error_handlers", "status_for"]
+__all__ = ["RequestTooLargeError", "error_body", "install_error_handlers", "status_for"]
+
+
+class RequestTooLargeError(InvalidInputError):
+    """A request body is larger than its route accepts; refused before it was read."""
+
 
 _STATUS: tuple[tuple[type[KnightwatchError], int], ...] = (
+    (RequestTooLargeError, 413),
     (NotFoundError, 404),
     (AuthenticationError, 401),
     (InvalidInputError, 400),
@@ -61,6 +68,7 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        unsafe = first.get("type") == UNSAFE_TEXT  # refused characters: 422, naming the field
         return JSONResponse(
             {
                 "error": f"request refused: {message}",
@@ -68,7 +76,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "kind": "InvalidInputError",
                 "exit_code": 2,
             },
-            status_code=400,
+            status_code=422 if unsafe else 400,
         )
 
     app.add_exception_handler(KnightwatchError, domain)
