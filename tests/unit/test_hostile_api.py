@@ -9,6 +9,7 @@ a test must see how much of a body the server read.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import stat
@@ -22,8 +23,11 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from knightwatch.api import ControlPlane, create_app
+from knightwatch.bundle import ReleaseStore, SigningKey, build_release
+from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
 from knightwatch.clock import VirtualClock
 from knightwatch.settings import Secret, ServerSettings
+from tests.conftest import MakeSource
 
 TOKEN = "operator-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,16 +35,23 @@ BIG = 2**63
 
 
 @pytest.fixture
-def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    """A control plane over a fresh data directory, on a virtual clock."""
+def clock() -> VirtualClock:
+    """The control plane's clock: it moves only when a test says so."""
+    return VirtualClock()
+
+
+@pytest.fixture
+def plane(tmp_path: Path, key_dir: Path, clock: VirtualClock) -> Iterator[ControlPlane]:
+    """A control plane over a fresh data directory, on a virtual clock, trusting release.pub."""
     settings = ServerSettings(
         data_dir=tmp_path / "data",
+        trusted_keys=(key_dir / "release.pub",),
         operator_token=Secret(TOKEN),
         max_request_bytes=64 * 1024,
         max_upload_documents_bytes=256 * 1024,
         upload_expiry_s=600.0,
     )
-    control = ControlPlane.open(settings, clock=VirtualClock())
+    control = ControlPlane.open(settings, clock=clock)
     yield control
     control.store_worker.shutdown(wait=True)
     control.db.close()
@@ -316,3 +327,74 @@ def test_database_files_are_private(plane: ControlPlane) -> None:
     assert {p.name for p in files} >= {"knightwatch.db", "knightwatch.db-wal", "knightwatch.db-shm"}
     for path in files:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
+# -- abandoned uploads -----------------------------------------------------------------------
+
+
+def upload_documents(
+    make_source: MakeSource, signing_key: SigningKey, store: Path
+) -> dict[str, str]:
+    """The body of POST /uploads for a freshly built release."""
+    built = build_release(make_source(), store, signing_key)
+    found = ReleaseStore(store).find(built.release_id)
+    return {
+        key: base64.b64encode(found.read(name)).decode("ascii")
+        for key, name in (
+            ("manifest", MANIFEST_FILE),
+            ("sbom", SBOM_FILE),
+            ("envelope", ENVELOPE_FILE),
+        )
+    }
+
+
+async def metric(http: httpx.AsyncClient, name: str) -> float:
+    """The value of an unlabelled sample of GET /metrics."""
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_abandoned_upload_expires_on_the_server_clock(
+    app: FastAPI,
+    clock: VirtualClock,
+    plane: ControlPlane,
+    make_source: MakeSource,
+    signing_key: SigningKey,
+    tmp_path: Path,
+) -> None:
+    """An upload idle past upload_expiry_s is deleted by the server's own tick, and counted.
+
+    The server looks every tenth of the expiry, so it is gone by 1.1 x the expiry.
+    """
+    documents = upload_documents(make_source, signing_key, tmp_path / "store")
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),  # the server runs: its periodic tick too
+            httpx.AsyncClient(transport=transport, base_url="http://kw", headers=AUTH) as http,
+        ):
+            ticket = (await http.post("/api/v1/uploads", json=documents)).json()
+            staged = plane.settings.data_dir / ".tmp" / f"upload-{ticket['upload_id']}"
+            assert staged.is_dir()
+            assert await metric(http, "knightwatch_uploads_pending") == 1
+            assert await metric(http, "knightwatch_uploads_expired_total") == 0
+            clock.advance(599)
+            await asyncio.sleep(1.0)
+            assert staged.is_dir()  # idle for 599 s of 600: kept
+            clock.advance(61)  # the server looks every tenth of the expiry (here 60 s)
+            for _ in range(100):  # a generous bound against a hang: the tick is every 0.2 s
+                if not staged.exists():
+                    break
+                await asyncio.sleep(0.1)
+            assert not staged.exists()
+            assert await metric(http, "knightwatch_uploads_pending") == 0
+            assert await metric(http, "knightwatch_uploads_expired_total") == 1
+            blob = ticket["missing"][0]
+            path = f"/api/v1/uploads/{ticket['upload_id']}/blobs/{blob}"
+            refused = await http.put(path, content=b"x")
+            assert refused.status_code == 400 and "expired" in error_of(refused)
+
+    asyncio.run(scenario())

@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("knightwatch.server")
 TICK_S = 0.2
+UPLOAD_SWEEP_S = 60.0
 HaltNow = Callable[["ControlPlane", str | None, str, str], object]
 """Records and sends a halt (selector, reason, requested_by): api.killswitch.halt_now."""
 
@@ -59,6 +60,8 @@ class ControlPlane:
     """One thread for the agent sessions' and the tick's store work, in arrival order."""
     halt_acks: ChangeSignal = field(default_factory=ChangeSignal)
     """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
+    next_upload_sweep: float = 0.0
+    """When (``clock.monotonic``) the tick next deletes abandoned uploads."""
 
     async def in_store(self, work: Callable[[], T]) -> T:
         """Run ``work`` (store transactions) on the store thread, keeping the event loop free.
@@ -189,6 +192,21 @@ def _tick(plane: ControlPlane, halt_now: HaltNow) -> None:
             halt_now(plane, None, halt.reason, halt.requested_by)
     except Exception:
         log.exception("fleet guards failed")
+    try:
+        _sweep_uploads(plane)
+    except Exception:
+        log.exception("expiring abandoned uploads failed")
+
+
+def _sweep_uploads(plane: ControlPlane) -> None:
+    """Delete uploads idle for ``upload_expiry_s``, looking every tenth of that (60 s at most)."""
+    now = plane.clock.monotonic()
+    if now < plane.next_upload_sweep:
+        return
+    expiry = plane.settings.upload_expiry_s
+    plane.next_upload_sweep = now + min(UPLOAD_SWEEP_S, expiry / 10)
+    for upload_id in plane.catalog.expire_uploads(expiry):
+        log.warning("upload %s abandoned for %.0f s: deleted", upload_id, expiry)
 
 
 def plane_of(app: FastAPI) -> ControlPlane:
