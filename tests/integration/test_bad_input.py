@@ -7,6 +7,7 @@ of this file.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from knightwatch.errors import (
     VerificationError,
 )
 from knightwatch.testing import LocalFleet
-from tests.integration.conftest import SETTLE_S, Releases, make_fleet, wait_idle
+from tests.integration.conftest import SETTLE_S, Releases, kw, make_fleet, wait_idle
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,21 @@ class TestPush:
             fleet.push(releases.untrusted_store, releases.untrusted.release_id)
         assert any("trusted key" in p for p in caught.value.problems), caught.value.problems
         assert releases.untrusted.release_id not in release_ids(fleet)
+
+    def test_cli_push_of_an_untrusted_release_shows_the_server_reasons(
+        self, fleet: LocalFleet, releases: Releases
+    ) -> None:
+        """``release push`` names the untrusted key the server refused; --json prints a document."""
+        args = ("release", "push", releases.untrusted.release_id)
+        args += ("--store", str(releases.untrusted_store))
+        done = kw(fleet, *args)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "trusted key" in done.stderr and "Traceback" not in done.stderr
+        as_json = kw(fleet, *args, "--json")
+        assert as_json.returncode == 1, as_json.stderr
+        document = json.loads(as_json.stdout)
+        assert document["ok"] is False and document["kind"] == "VerificationError"
+        assert any("trusted key" in p for p in document["problems"]), document
 
     def test_interrupted_upload_leaves_no_visible_release(
         self, fleet: LocalFleet, releases: Releases

@@ -81,7 +81,7 @@ def node_enroll(
     group: Annotated[str, typer.Option("--group", help="Node group")] = "default",
     json_output: JsonOpt = False,
 ) -> None:
-    """Print a one-time join token for NAME (give it to: knightwatch agent --join)."""
+    """Print a one-time join token for NAME (give it to: knightwatch agent --join-file)."""
     client = ApiClient(resolve_target())
     grant = client.post(f"/nodes/{name}/enroll", {"ttl_s": ttl, "group": group})
     if json_output:
