@@ -150,6 +150,29 @@ class TestDeploy:
             status["desired_release"],
         )
 
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ("deploy", "smars@2012.8.1", "--nodes", ""),
+            ("deploy", "smars@2012.8.1", "--nodes", " , "),
+            ("kill", "--reason", "x", "--nodes", " "),
+            ("rearm", "--reason", "x", "--nodes", ""),
+            ("audit", "--node", ""),
+        ],
+        ids=["deploy-empty", "deploy-commas", "kill-blank", "rearm-empty", "audit-empty"],
+    )
+    def test_empty_selector_is_refused_not_the_whole_fleet(
+        self, fleet: LocalFleet, command: tuple[str, ...]
+    ) -> None:
+        """An empty --nodes (an unset variable) is refused (exit 2): nothing deployed or halted."""
+        wait_idle(fleet)
+        before = deployment_ids(fleet), fleet.client.get("/halts")
+        done = kw(fleet, *command)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "selector is empty" in done.stderr and "hint:" in done.stderr
+        assert (deployment_ids(fleet), fleet.client.get("/halts")) == before
+        assert not any(n["halted"] for n in fleet.status()["nodes"])
+
     def test_second_deploy_while_one_runs_is_refused(
         self, fleet: LocalFleet, releases: Releases
     ) -> None:

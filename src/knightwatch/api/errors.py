@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from knightwatch.api.fields import UNSAFE_TEXT
+from knightwatch.api.fields import EMPTY_SELECTOR, UNSAFE_TEXT
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import (
     GateRefusedError,
@@ -56,6 +56,13 @@ def error_body(exc: KnightwatchError) -> dict[str, object]:
     return body
 
 
+_HINTS = {
+    UNSAFE_TEXT: "type plain text: no terminal escapes, NUL or bidi controls",
+    EMPTY_SELECTOR: "name nodes (--nodes node1,node2 or 'node*' or group=NAME), "
+    "or leave the selector out for the whole fleet",
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from errors to responses on ``app``."""
 
@@ -72,7 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {
                 "error": f"request refused: {message}",
-                "hint": None,
+                "hint": _HINTS.get(str(first.get("type"))),
                 "kind": "InvalidInputError",
                 "exit_code": 2,
             },

@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from knightwatch.text import unsafe_characters
 
 __all__ = [
+    "EMPTY_SELECTOR",
     "MAX_ID",
     "UNSAFE_TEXT",
     "IdPath",
@@ -31,6 +32,8 @@ MAX_ID = 2**63 - 1
 """The largest id the store holds (a signed 64-bit integer)."""
 UNSAFE_TEXT = "unsafe_text"
 """The pydantic error type of refused characters (answered 422, not 400)."""
+EMPTY_SELECTOR = "empty_selector"
+"""The pydantic error type of a node selector without a term."""
 
 
 def _refuse_unsafe(text: str, *, newlines: bool) -> str:
@@ -56,7 +59,7 @@ def _selector(text: str) -> str:
     _safe_line(text)
     if not any(term.strip() for term in text.split(",")):
         raise PydanticCustomError(
-            "empty_selector",
+            EMPTY_SELECTOR,
             "the node selector is empty (an unset shell variable?); "
             "leave it out to select every node",
         )
