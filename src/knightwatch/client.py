@@ -51,7 +51,7 @@ def resolve_target(server: str | None = None, token: str | None = None) -> Serve
     if url is None and fleet.get("server"):
         url, where = str(fleet["server"]), str(FLEET_FILE)
         secret, secret_from = token, "the token given"  # never the environment's
-    if secret is None and fleet.get("token") and fleet.get("server") == url:
+    if secret is None and fleet.get("token") and fleet.get("server") and fleet["server"] == url:
         secret, secret_from = str(fleet["token"]), str(FLEET_FILE)
     local = Path("knightwatch-data/operator.token")
     if secret is None and where != str(FLEET_FILE) and local.exists():

@@ -114,6 +114,7 @@ TARGETS: list[tuple[str, dict[str, str], tuple[str, str | None] | None, tuple[st
     ("fleet-token-not-to-env-server", ENV_SERVER, (EVIL, "fleet"), (CP, None)),
     ("fleet-token-to-same-server", ENV_SERVER, (CP, "fleet"), (CP, "fleet")),
     ("env-token-to-default-server", ENV_TOKEN, None, (DEFAULT, "env")),
+    ("serverless-fleet-token-stays", {}, ("", "fleet"), (DEFAULT, None)),
 ]
 
 
