@@ -19,7 +19,7 @@ from knightwatch.errors import (
     VerificationError,
 )
 
-__all__ = ["ApiClient", "ServerTarget", "resolve_target"]
+__all__ = ["ApiClient", "ServerTarget", "UnexpectedAnswerError", "resolve_target"]
 
 DEFAULT_SERVER = "http://127.0.0.1:7400"
 FLEET_FILE = Path(".knightwatch-fleet") / "fleet.json"
@@ -34,16 +34,76 @@ class ServerTarget:
 
 
 def resolve_target(server: str | None = None, token: str | None = None) -> ServerTarget:
-    """Options first, then KNIGHTWATCH_SERVER/KNIGHTWATCH_TOKEN, then a local fleet file."""
-    url = server or os.environ.get("KNIGHTWATCH_SERVER")
-    secret = token or os.environ.get("KNIGHTWATCH_TOKEN")
-    if (url is None or secret is None) and FLEET_FILE.exists():
-        fleet = json.loads(FLEET_FILE.read_text())
-        url = url or fleet.get("server")
-        secret = secret or fleet.get("token")
-    if secret is None and Path("knightwatch-data/operator.token").exists():
-        secret = Path("knightwatch-data/operator.token").read_text().strip()
-    return ServerTarget((url or DEFAULT_SERVER).rstrip("/"), secret)
+    """Options first, then KNIGHTWATCH_SERVER/KNIGHTWATCH_TOKEN, then a local fleet file.
+
+    A token goes only where it was meant to: one from the environment (or
+    the local ``knightwatch-data/operator.token``) only to a server named by
+    an option, the environment or the default; a fleet file's token only to
+    that file's server. A server named by a fleet file gets its token or none.
+    """
+    url, where = server, "--server"
+    if url is None and os.environ.get("KNIGHTWATCH_SERVER"):
+        url, where = os.environ["KNIGHTWATCH_SERVER"], "KNIGHTWATCH_SERVER"
+    secret, secret_from = token, "the token given"
+    if secret is None and os.environ.get("KNIGHTWATCH_TOKEN"):
+        secret, secret_from = os.environ["KNIGHTWATCH_TOKEN"], "KNIGHTWATCH_TOKEN"
+    fleet = _fleet_file() if FLEET_FILE.exists() else {}
+    if url is None and fleet.get("server"):
+        url, where = str(fleet["server"]), str(FLEET_FILE)
+        secret, secret_from = token, "the token given"  # never the environment's
+    if secret is None and fleet.get("token") and fleet.get("server") and fleet["server"] == url:
+        secret, secret_from = str(fleet["token"]), str(FLEET_FILE)
+    local = Path("knightwatch-data/operator.token")
+    if secret is None and where != str(FLEET_FILE) and local.exists():
+        secret, secret_from = local.read_text().strip(), str(local)
+    url = _checked_url(url or DEFAULT_SERVER, where)
+    if secret is not None:
+        _check_token(secret, secret_from)
+    return ServerTarget(url, secret)
+
+
+def _fleet_file() -> dict[str, Any]:
+    """The local fleet file's server and token (``knightwatch fleet up`` wrote it)."""
+    try:
+        data = json.loads(FLEET_FILE.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"{FLEET_FILE}: cannot read the local fleet file: {exc}",
+            hint="remove it, or start the fleet again: knightwatch fleet up",
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{FLEET_FILE}: not a JSON object", hint="remove it")
+    return data
+
+
+def _checked_url(url: str, where: str) -> str:
+    """``url`` without a trailing slash, refused (naming ``where``) unless an http(s) URL."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, UnicodeError, TypeError) as exc:
+        problem = str(exc)
+    else:
+        ok = parsed.scheme in ("http", "https") and parsed.host
+        problem = "" if ok else "not an http:// or https:// URL with a host"
+    if problem:
+        raise InvalidInputError(
+            f"the control plane URL {url!r} (from {where}) is invalid: {problem}",
+            hint="e.g. KNIGHTWATCH_SERVER=http://127.0.0.1:7400",
+        )
+    return url.rstrip("/")
+
+
+def _check_token(token: str, where: str) -> None:
+    """Refuse a token that cannot be an operator token (naming ``where`` it came from)."""
+    bad = next((c for c in token if not "!" <= c <= "~"), None)
+    if bad is None:
+        return
+    what = "a line break" if bad in "\r\n" else "a space" if bad == " " else f"{bad!r}"
+    raise InvalidInputError(
+        f"the operator token from {where} contains {what}; a token is printable ASCII",
+        hint="copy it again from the server's DATA/operator.token, e.g. "
+        "export KNIGHTWATCH_TOKEN=$(cat DATA/operator.token)",
+    )
 
 
 class ApiClient:
@@ -83,7 +143,7 @@ class ApiClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
             raise KnightwatchError(
                 f"cannot reach the control plane at {self.target.url}: {exc}",
                 hint="start it (knightwatch server or knightwatch "
@@ -93,13 +153,45 @@ class ApiClient:
             raise _error_from(response)
         if response.status_code == 204 or not response.content:
             return None
-        return response.json()
+        return _answer(response, self.target.url)
+
+
+class UnexpectedAnswerError(InvalidInputError):
+    """The server's answer is not what a knightwatch control plane answers."""
+
+
+class _Answer(dict[str, Any]):
+    """A JSON object from the server: a missing key is an UnexpectedAnswerError, not a crash."""
+
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        super().__init__(data)
+        self.source = source
+
+    def __missing__(self, key: str) -> Any:
+        raise UnexpectedAnswerError(
+            f"the answer of {self.source} has no {key!r}",
+            hint="is it a knightwatch control plane of this version? check KNIGHTWATCH_SERVER",
+        )
+
+
+def _answer(response: httpx.Response, url: str) -> Any:
+    """The JSON of a successful response, its objects answering missing keys with an error."""
+    try:
+        return json.loads(response.content, object_hook=lambda data: _Answer(data, url))
+    except ValueError:
+        raise UnexpectedAnswerError(
+            f"the answer of {url} to {response.request.method} {response.request.url.path} "
+            "is not JSON",
+            hint="is it a knightwatch control plane? check KNIGHTWATCH_SERVER",
+        ) from None
 
 
 def _error_from(response: httpx.Response) -> KnightwatchError:
     try:
         body = response.json()
     except ValueError:
+        body = None
+    if not isinstance(body, dict):
         body = {"error": response.text[:200] or f"HTTP {response.status_code}"}
     message = str(body.get("error") or body.get("detail") or f"HTTP {response.status_code}")
     hint = body.get("hint")
@@ -111,6 +203,6 @@ def _error_from(response: httpx.Response) -> KnightwatchError:
         return GateRefusedError(message, hint=hint)
     if response.status_code == 422 and "problems" in body:
         return VerificationError(message.split(":", maxsplit=1)[0], list(body["problems"]))
-    if response.status_code in (400, 404):
+    if response.status_code in (400, 404, 413, 422):
         return InvalidInputError(message, hint=hint)
     return KnightwatchError(message, hint=hint)

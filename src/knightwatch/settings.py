@@ -77,6 +77,14 @@ class ServerSettings:
     """Alert receivers and the escalation route: ``[alerts]`` in server.toml, or JSON."""
     guard: tuple[GuardSpec, ...] = ()
     """Fleet rules: ``[[guard]]`` tables in server.toml (CEL over the sum of the nodes)."""
+    max_request_bytes: int = 1024 * 1024
+    """The largest request body of an API route, but the ones below (bytes)."""
+    max_upload_documents_bytes: int = 768 * 1024 * 1024
+    """The largest ``POST /api/v1/uploads`` body: a release's three documents, base64."""
+    max_upload_stream_bytes: int = 64 * 1024**3
+    """The largest body of one blob upload request (``PUT /api/v1/uploads/ID/blobs``)."""
+    upload_expiry_s: float = 3600.0
+    """An upload that received nothing for this long is abandoned and deleted."""
 
     @classmethod
     def load(
@@ -123,7 +131,9 @@ _FLOATS = {
     "heartbeat_s",
     "join_token_ttl_s",
     "dead_man_s",
+    "upload_expiry_s",
 }
+_SIZES = {"max_request_bytes", "max_upload_documents_bytes", "max_upload_stream_bytes"}
 _GROUP = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -139,7 +149,7 @@ def _groups(value: Any) -> tuple[str, ...]:
     return groups
 
 
-def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911 - one branch per kind of setting
+def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per kind
     try:
         if name in ("database_url", "operator_token"):
             return value if isinstance(value, Secret) else Secret(str(value))
@@ -159,6 +169,11 @@ def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911 - one branch per kin
         if name == "trusted_keys":
             items = value.split(":") if isinstance(value, str) else value
             return tuple(Path(v) for v in items if str(v))
+        if name in _SIZES:
+            size = int(value)
+            if size < 1024:
+                raise ValueError("must be at least 1024 bytes")
+            return size
         if name in _FLOATS:
             number = float(value)
             if not 0 < number <= 86_400:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -173,3 +174,60 @@ class TestCli:
         assert done.returncode == 2
         assert "not a valid node name" in done.stderr
         assert not (tmp_path / "r").exists()
+
+
+class TestJoinToken:
+    def test_join_token_from_a_file_stays_out_of_ps(
+        self, control_plane: LocalFleet, node_name: str, tmp_path: Path
+    ) -> None:
+        """``--join-file`` enrolls the node, and the token is not on the agent's command line."""
+        fleet = control_plane
+        token = fleet.enroll(node_name)
+        path = tmp_path / "join.token"
+        path.write_text(token + "\n")
+        agent = AgentProcess(fleet, node_name, free_port(), "--join-file", str(path))
+        try:
+            wait_connected(fleet, node_name)
+            cmdline = Path(f"/proc/{agent.process.pid}/cmdline").read_bytes()
+            assert token.encode() not in cmdline
+            assert agent.stop(signal.SIGTERM) == 0
+        finally:
+            agent.kill()
+
+    def test_join_token_from_the_environment(
+        self,
+        control_plane: LocalFleet,
+        node_name: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """KNIGHTWATCH_JOIN_TOKEN enrolls the node when --join is not given."""
+        fleet = control_plane
+        monkeypatch.setenv("KNIGHTWATCH_JOIN_TOKEN", fleet.enroll(node_name))
+        agent = AgentProcess(fleet, node_name, free_port())
+        try:
+            wait_connected(fleet, node_name)
+            assert agent.stop(signal.SIGTERM) == 0
+        finally:
+            agent.kill()
+
+    @pytest.mark.parametrize(
+        ("case", "says"),
+        [("both", "both a join token"), ("missing", "cannot read"), ("empty", "is empty")],
+    )
+    def test_unusable_join_file_exits_2(self, tmp_path: Path, case: str, says: str) -> None:
+        """--join with --join-file, a missing file or an empty one is refused (exit 2), by name."""
+        path = tmp_path / "join.token"
+        if case != "missing":
+            path.write_text("" if case == "empty" else "tok")
+        extra = ["--join", "tok"] if case == "both" else []
+        args = ["--server", "http://127.0.0.1:9", "--root", str(tmp_path / "r"), "--name", "node1"]
+        done = subprocess.run(
+            [*AGENT, *args, "--join-file", str(path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "--join-file" in done.stderr and says in done.stderr
+        assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()

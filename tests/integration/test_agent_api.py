@@ -285,6 +285,17 @@ class TestReports:
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=TIMEOUT)
 
+    def test_report_with_a_seq_past_64_bits_is_refused(
+        self, fleet: LocalFleet, session: tuple[ClientConnection, Hello]
+    ) -> None:
+        """A report with seq = 2**63 is refused by name; the server then serves node1 again."""
+        ws, hello = session
+        too_big = report(hello.nonce, 1).model_copy(update={"seq": 2**63})
+        ws.send(sign_report(too_big, node_key(fleet, "node1")).model_dump_json())
+        expect_refusal(ws, "seq")
+        with open_session(fleet, headers("node1", credential(fleet, "node1"))) as again:
+            assert isinstance(parse_server_message(again.recv(timeout=TIMEOUT)), Hello)
+
     def test_oversized_message_closes_the_session(
         self, session: tuple[ClientConnection, Hello]
     ) -> None:

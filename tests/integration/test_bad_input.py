@@ -7,6 +7,7 @@ of this file.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from knightwatch.errors import (
     VerificationError,
 )
 from knightwatch.testing import LocalFleet
-from tests.integration.conftest import SETTLE_S, Releases, make_fleet, wait_idle
+from tests.integration.conftest import SETTLE_S, Releases, kw, make_fleet, wait_idle
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,21 @@ class TestPush:
             fleet.push(releases.untrusted_store, releases.untrusted.release_id)
         assert any("trusted key" in p for p in caught.value.problems), caught.value.problems
         assert releases.untrusted.release_id not in release_ids(fleet)
+
+    def test_cli_push_of_an_untrusted_release_shows_the_server_reasons(
+        self, fleet: LocalFleet, releases: Releases
+    ) -> None:
+        """``release push`` names the untrusted key the server refused; --json prints a document."""
+        args = ("release", "push", releases.untrusted.release_id)
+        args += ("--store", str(releases.untrusted_store))
+        done = kw(fleet, *args)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "trusted key" in done.stderr and "Traceback" not in done.stderr
+        as_json = kw(fleet, *args, "--json")
+        assert as_json.returncode == 1, as_json.stderr
+        document = json.loads(as_json.stdout)
+        assert document["ok"] is False and document["kind"] == "VerificationError"
+        assert any("trusted key" in p for p in document["problems"]), document
 
     def test_interrupted_upload_leaves_no_visible_release(
         self, fleet: LocalFleet, releases: Releases
@@ -133,6 +149,29 @@ class TestDeploy:
             status["state"],
             status["desired_release"],
         )
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ("deploy", "smars@2012.8.1", "--nodes", ""),
+            ("deploy", "smars@2012.8.1", "--nodes", " , "),
+            ("kill", "--reason", "x", "--nodes", " "),
+            ("rearm", "--reason", "x", "--nodes", ""),
+            ("audit", "--node", ""),
+        ],
+        ids=["deploy-empty", "deploy-commas", "kill-blank", "rearm-empty", "audit-empty"],
+    )
+    def test_empty_selector_is_refused_not_the_whole_fleet(
+        self, fleet: LocalFleet, command: tuple[str, ...]
+    ) -> None:
+        """An empty --nodes (an unset variable) is refused (exit 2): nothing deployed or halted."""
+        wait_idle(fleet)
+        before = deployment_ids(fleet), fleet.client.get("/halts")
+        done = kw(fleet, *command)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "selector is empty" in done.stderr and "hint:" in done.stderr
+        assert (deployment_ids(fleet), fleet.client.get("/halts")) == before
+        assert not any(n["halted"] for n in fleet.status()["nodes"])
 
     def test_second_deploy_while_one_runs_is_refused(
         self, fleet: LocalFleet, releases: Releases

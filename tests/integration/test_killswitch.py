@@ -239,6 +239,19 @@ class TestKill:
         assert state["service_state"] == "halted", state
         assert node(fleet, "node2")["service_state"] == "running"
 
+    def test_reasons_holding_markup_print_as_typed(self, fleet: LocalFleet) -> None:
+        """Kill and reconcile reasons with ``[/]`` show as typed in status and deployments."""
+        done = kw(fleet, "reconcile", "--node", "node2", "--reason", "[/] fix [red]it", "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        code, _report, stderr = kill(fleet, "--reason", "[/] stop [bold]now")
+        assert code == 0, stderr
+        status = kw(fleet, "status")
+        assert status.returncode == 0, status.stderr
+        assert "HALTED by kill: [/] stop [bold]now" in status.stdout
+        deployments = kw(fleet, "deployments")
+        assert deployments.returncode == 0, deployments.stderr
+        assert "(reconcile: [/] fix [red]it)" in deployments.stdout
+
     def test_rearm_starts_every_service_again(self, fleet: LocalFleet, hooked: BuildResult) -> None:
         """``rearm`` lifts the latch; every node runs the release again, checked."""
         code, _report, stderr = kill(fleet, "--reason", "before re-arm")

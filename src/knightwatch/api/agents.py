@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knightwatch.api.auth import Plane, agent_from_headers, node_from_headers
 from knightwatch.api.documents import DocumentKind
+from knightwatch.api.fields import SafeLine
 from knightwatch.api.hub import Connection
 from knightwatch.api.killswitch import halt_now
 from knightwatch.bundle.blobstore import BlobStore, is_digest
@@ -58,7 +59,7 @@ class EnrollBody(BaseModel):
     """What an agent presents to enroll."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(max_length=63)]
+    name: Annotated[str, Field(max_length=63), SafeLine]
     token: Annotated[str, Field(min_length=1, max_length=200)]
     public_key: Annotated[str, Field(max_length=100)]
 

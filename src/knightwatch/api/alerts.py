@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.fields import IdPath, SafeLine, SafeText
 from knightwatch.control.alerts import (
     ALERT_STATES,
     acknowledge,
@@ -30,8 +31,8 @@ class ActionBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    by: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    comment: Annotated[str, Field(max_length=1000)] = ""
+    by: Annotated[str, Field(min_length=1, max_length=64), SafeLine] | None = None
+    comment: Annotated[str, Field(max_length=1000), SafeText] = ""
 
 
 @router.get("/alerts")
@@ -49,7 +50,7 @@ def alerts(
 
 
 @router.get("/alerts/{alert_id}")
-def show_alert(alert_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
+def show_alert(alert_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]:
     """One alert and every notification sent about it, oldest first."""
     with plane.db.session() as session:
         alert = get_alert(session, alert_id)
@@ -58,7 +59,7 @@ def show_alert(alert_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
 
 
 @router.post("/alerts/{alert_id}/ack")
-def ack_alert(alert_id: int, body: ActionBody, plane: Plane, who: Operator) -> dict[str, Any]:
+def ack_alert(alert_id: IdPath, body: ActionBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Acknowledge an alert: someone is on it, so it stops escalating."""
     with plane.db.session() as session:
         alert = acknowledge(
@@ -68,7 +69,7 @@ def ack_alert(alert_id: int, body: ActionBody, plane: Plane, who: Operator) -> d
 
 
 @router.post("/alerts/{alert_id}/resolve")
-def close_alert(alert_id: int, body: ActionBody, plane: Plane, who: Operator) -> dict[str, Any]:
+def close_alert(alert_id: IdPath, body: ActionBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Resolve an alert by hand; receivers that were told it fired hear that it is resolved."""
     with plane.db.session() as session:
         alert = resolve_alert(

@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("knightwatch.server")
 TICK_S = 0.2
+UPLOAD_SWEEP_S = 60.0
 HaltNow = Callable[["ControlPlane", str | None, str, str], object]
 """Records and sends a halt (selector, reason, requested_by): api.killswitch.halt_now."""
 
@@ -59,6 +60,8 @@ class ControlPlane:
     """One thread for the agent sessions' and the tick's store work, in arrival order."""
     halt_acks: ChangeSignal = field(default_factory=ChangeSignal)
     """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
+    next_upload_sweep: float = 0.0
+    """When (``clock.monotonic``) the tick next deletes abandoned uploads."""
 
     async def in_store(self, work: Callable[[], T]) -> T:
         """Run ``work`` (store transactions) on the store thread, keeping the event loop free.
@@ -73,7 +76,7 @@ class ControlPlane:
     def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
         """Open the store (migrating it), load keys and tokens, build the services."""
         clock = clock or SystemClock()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private if ours
         url = settings.database_url.reveal() if settings.database_url else None
         db = open_database(url, settings.data_dir)
         trusted = _trusted_keys(settings)
@@ -126,6 +129,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         agents,
         alerts,
         audits,
+        gate,
         killswitch,
         metrics,
         notifier,
@@ -157,6 +161,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app = FastAPI(title="knightwatch control plane", version=__version__, lifespan=lifespan)
     app.state.plane = plane
     install_error_handlers(app)
+    app.add_middleware(gate.RequestGate, plane=plane)  # who and how much, before any route
     app.include_router(operator.router)
     app.include_router(audits.router)
     app.include_router(agents.router)
@@ -187,6 +192,21 @@ def _tick(plane: ControlPlane, halt_now: HaltNow) -> None:
             halt_now(plane, None, halt.reason, halt.requested_by)
     except Exception:
         log.exception("fleet guards failed")
+    try:
+        _sweep_uploads(plane)
+    except Exception:
+        log.exception("expiring abandoned uploads failed")
+
+
+def _sweep_uploads(plane: ControlPlane) -> None:
+    """Delete uploads idle for ``upload_expiry_s``, looking every tenth of that (60 s at most)."""
+    now = plane.clock.monotonic()
+    if now < plane.next_upload_sweep:
+        return
+    expiry = plane.settings.upload_expiry_s
+    plane.next_upload_sweep = now + min(UPLOAD_SWEEP_S, expiry / 10)
+    for upload_id in plane.catalog.expire_uploads(expiry):
+        log.warning("upload %s abandoned for %.0f s: deleted", upload_id, expiry)
 
 
 def plane_of(app: FastAPI) -> ControlPlane:

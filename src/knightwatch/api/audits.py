@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeText
 from knightwatch.api.operator import deployment_json
 from knightwatch.control.audits import audit_report, start_audit
 from knightwatch.control.retirement import retirement_report, start_retirement
@@ -24,19 +25,19 @@ class _Body(BaseModel):
 class AuditBody(_Body):
     """Which nodes to audit (a selector; all enrolled nodes when absent)."""
 
-    nodes: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    nodes: Annotated[NodeSelector, Field(min_length=1, max_length=4096)] | None = None
 
 
 class ReconcileBody(_Body):
     """Why a node is reconciled (recorded with the deployment)."""
 
-    reason: Annotated[str, Field(max_length=1000)] = ""
+    reason: Annotated[str, Field(max_length=1000), SafeText] = ""
 
 
 class RetireBody(_Body):
     """Why a release is retired (recorded in its history)."""
 
-    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    reason: Annotated[str, Field(min_length=1, max_length=1000), SafeText]
 
 
 @router.post("/audits", status_code=201)
@@ -50,14 +51,14 @@ def create_audit(body: AuditBody, plane: Plane, who: Operator) -> dict[str, Any]
 
 
 @router.get("/audits/{audit_id}")
-def show_audit(audit_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
+def show_audit(audit_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]:
     """An audit's per-node verdicts as of now."""
     with plane.db.session() as session:
         return audit_report(session, audit_id).to_json()
 
 
 @router.post("/nodes/{name}/reconcile", status_code=201)
-def reconcile(name: str, body: ReconcileBody, plane: Plane, who: Operator) -> dict[str, Any]:
+def reconcile(name: NamePath, body: ReconcileBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Re-stage the exact bytes of the node's release and restart it, as a deployment."""
     by = f"{who} (reconcile{': ' + body.reason if body.reason else ''})"
     deployment_id = plane.orchestrator.start_reconcile(name, requested_by=by[:255])
@@ -65,7 +66,7 @@ def reconcile(name: str, body: ReconcileBody, plane: Plane, who: Operator) -> di
 
 
 @router.post("/releases/{ref}/retire", status_code=201)
-def retire(ref: str, body: RetireBody, plane: Plane, who: Operator) -> dict[str, Any]:
+def retire(ref: NamePath, body: RetireBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Retire a release: every node deletes it and verifies its absence."""
     with plane.db.session() as session:
         plan = start_retirement(session, ref, body.reason, who, plane.clock.now())
@@ -76,7 +77,7 @@ def retire(ref: str, body: RetireBody, plane: Plane, who: Operator) -> dict[str,
 
 
 @router.get("/retirements/{retirement_id}")
-def show_retirement(retirement_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
+def show_retirement(retirement_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]:
     """A retirement and every node's verified absence."""
     with plane.db.session() as session:
         return retirement_report(session, retirement_id)

@@ -13,7 +13,14 @@ from fastapi import Depends, Header, Request
 from knightwatch.api.app import ControlPlane, plane_of
 from knightwatch.control.enrollment import AuthenticationError, authenticate
 
-__all__ = ["Operator", "Plane", "agent_from_headers", "node_from_headers", "operator_name"]
+__all__ = [
+    "Operator",
+    "Plane",
+    "agent_from_headers",
+    "check_operator_token",
+    "node_from_headers",
+    "operator_name",
+]
 
 _ACTOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
@@ -30,18 +37,25 @@ def operator_name(
     request: Request, plane: Plane, x_knightwatch_actor: Annotated[str | None, Header()] = None
 ) -> str:
     """Check the operator token; return who the operator says they are."""
-    token = _bearer(request.headers.get("authorization"))
-    if token is None or not hmac.compare_digest(token, plane.operator_token):
-        raise AuthenticationError(
-            "operator token missing or wrong",
-            hint="set KNIGHTWATCH_TOKEN (see DATA/operator.token)",
-        )
+    check_operator_token(plane, request.headers)
     if x_knightwatch_actor and _ACTOR.fullmatch(x_knightwatch_actor):
         return x_knightwatch_actor
     return "operator"
 
 
 Operator = Annotated[str, Depends(operator_name)]
+
+
+def check_operator_token(plane: ControlPlane, headers: Mapping[str, str]) -> None:
+    """Refuse a request that does not carry the operator's bearer token."""
+    token = _bearer(headers.get("authorization"))
+    if token is None or not hmac.compare_digest(
+        token.encode("utf-8", "surrogateescape"), plane.operator_token.encode("utf-8")
+    ):
+        raise AuthenticationError(
+            "operator token missing or wrong",
+            hint="set KNIGHTWATCH_TOKEN (see DATA/operator.token)",
+        )
 
 
 def node_from_headers(plane: ControlPlane, headers: Mapping[str, str]) -> str:

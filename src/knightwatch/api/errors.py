@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from knightwatch.api.fields import EMPTY_SELECTOR, UNSAFE_TEXT
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import (
     GateRefusedError,
@@ -16,9 +17,15 @@ from knightwatch.errors import (
     VerificationError,
 )
 
-__all__ = ["error_body", "install_error_handlers", "status_for"]
+__all__ = ["RequestTooLargeError", "error_body", "install_error_handlers", "status_for"]
+
+
+class RequestTooLargeError(InvalidInputError):
+    """A request body is larger than its route accepts; refused before it was read."""
+
 
 _STATUS: tuple[tuple[type[KnightwatchError], int], ...] = (
+    (RequestTooLargeError, 413),
     (NotFoundError, 404),
     (AuthenticationError, 401),
     (InvalidInputError, 400),
@@ -49,6 +56,13 @@ def error_body(exc: KnightwatchError) -> dict[str, object]:
     return body
 
 
+_HINTS = {
+    UNSAFE_TEXT: "type plain text: no terminal escapes, NUL or bidi controls",
+    EMPTY_SELECTOR: "name nodes (--nodes node1,node2 or 'node*' or group=NAME), "
+    "or leave the selector out for the whole fleet",
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from errors to responses on ``app``."""
 
@@ -61,14 +75,15 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        unsafe = first.get("type") == UNSAFE_TEXT  # refused characters: 422, naming the field
         return JSONResponse(
             {
                 "error": f"request refused: {message}",
-                "hint": None,
+                "hint": _HINTS.get(str(first.get("type"))),
                 "kind": "InvalidInputError",
                 "exit_code": 2,
             },
-            status_code=400,
+            status_code=422 if unsafe else 400,
         )
 
     app.add_exception_handler(KnightwatchError, domain)

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from knightwatch.api.app import ControlPlane
 from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.fields import IdPath, NodeSelector, SafeText
 from knightwatch.control.killswitch import (
     MAX_REASON,
     HaltPlan,
@@ -36,8 +37,8 @@ class HaltBody(BaseModel):
     """Which nodes to halt (a selector; the whole fleet when absent) and why."""
 
     model_config = ConfigDict(extra="forbid")
-    nodes: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON)]
+    nodes: Annotated[NodeSelector, Field(min_length=1, max_length=4096)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON), SafeText]
 
 
 @router.post("/halts", status_code=201)
@@ -78,7 +79,7 @@ acks arrive together, and one count per ack would cost the server more than them
 
 @router.get("/halts/{halt_id}")
 def show_halt(
-    halt_id: int,
+    halt_id: IdPath,
     plane: Plane,
     _who: Operator,
     wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,

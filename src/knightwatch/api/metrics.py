@@ -24,11 +24,12 @@ from knightwatch.api.auth import Plane
 from knightwatch.clock import Clock
 from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
 from knightwatch.control.fleet import FleetState
+from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.control.states import TERMINAL
 from knightwatch.control.statistics import FleetStatistics, fleet_statistics
 from knightwatch.store import Database
 
-__all__ = ["TIME_TO_HALT_BUCKETS", "FleetCollector", "router"]
+__all__ = ["TIME_TO_HALT_BUCKETS", "FleetCollector", "UploadCollector", "router"]
 
 router = APIRouter()
 TIME_TO_HALT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -55,11 +56,32 @@ class FleetCollector(Collector):
         yield _alerts(stats)
 
 
+class UploadCollector(Collector):
+    """Release uploads of this replica: staged now, and deleted as abandoned since it started."""
+
+    def __init__(self, catalog: ReleaseCatalog) -> None:
+        self._catalog = catalog
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield knightwatch_uploads_pending and knightwatch_uploads_expired_total."""
+        yield GaugeMetricFamily(
+            "knightwatch_uploads_pending",
+            "Release uploads staged and not yet committed, aborted or expired.",
+            self._catalog.pending_uploads(),
+        )
+        yield CounterMetricFamily(
+            "knightwatch_uploads_expired",
+            "Abandoned release uploads deleted since this control plane started.",
+            self._catalog.expired_total,
+        )
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(plane: Plane) -> Response:
     """The Prometheus text exposition of the control plane's figures."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(plane.db, plane.clock))
+    registry.register(UploadCollector(plane.catalog))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

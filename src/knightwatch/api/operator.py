@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeLine, SafeText
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.control.accounting import history
 from knightwatch.control.deploy import DeployRequest
@@ -48,8 +49,8 @@ class UploadBody(_Body):
 class DeployBody(_Body):
     """A deployment request."""
 
-    release: Annotated[str, Field(min_length=1, max_length=200)]
-    nodes: Annotated[str, Field(max_length=4096)] | None = None
+    release: Annotated[str, Field(min_length=1, max_length=200), SafeLine]
+    nodes: Annotated[NodeSelector, Field(max_length=4096)] | None = None
     strategy: Literal["atomic", "canary"] = "atomic"
     soak_s: Annotated[float, Field(ge=0, le=86400)] | None = None
 
@@ -62,7 +63,7 @@ def status(plane: Plane, _who: Operator) -> dict[str, Any]:
 
 
 @router.post("/nodes/{name}/enroll", status_code=201)
-def enroll_node(name: str, body: EnrollBody, plane: Plane, _who: Operator) -> dict[str, Any]:
+def enroll_node(name: NamePath, body: EnrollBody, plane: Plane, _who: Operator) -> dict[str, Any]:
     """Create a one-time join token for node ``name``."""
     ttl = body.ttl_s or plane.settings.join_token_ttl_s
     with plane.db.session() as session:
@@ -79,7 +80,7 @@ def list_releases(plane: Plane, _who: Operator) -> list[dict[str, Any]]:
 
 
 @router.get("/releases/{ref}")
-def show_release(ref: str, plane: Plane, _who: Operator) -> dict[str, Any]:
+def show_release(ref: NamePath, plane: Plane, _who: Operator) -> dict[str, Any]:
     """One release, with its manifest."""
     with plane.db.session() as session:
         release = session.get(Release, ref) or next(
@@ -184,7 +185,7 @@ def list_deployments(plane: Plane, _who: Operator, limit: int = 50) -> list[dict
 
 
 @router.get("/deployments/{deployment_id}")
-def show_deployment(deployment_id: int, plane: Plane, _who: Operator) -> dict[str, Any]:
+def show_deployment(deployment_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]:
     """One deployment: its state, every node's phase, and its recorded transitions."""
     return deployment_json(plane, deployment_id)
 
@@ -270,12 +271,12 @@ def _b64(text: str, what: str) -> bytes:
 class NodeChangeBody(_Body):
     """Why a node is drained, resumed or retired, and (optionally) by whom."""
 
-    reason: Annotated[str, Field(min_length=1, max_length=1000)]
+    reason: Annotated[str, Field(min_length=1, max_length=1000), SafeText]
     by: Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")] | None = None
 
 
 @router.post("/nodes/{name}/drain")
-def drain(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
+def drain(name: NamePath, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Stop giving node ``name`` deployments; its agent keeps reporting."""
     with plane.db.session() as session:
         change = drain_node(
@@ -285,7 +286,7 @@ def drain(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[
 
 
 @router.post("/nodes/{name}/resume")
-def resume(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
+def resume(name: NamePath, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Give drained node ``name`` deployments again."""
     with plane.db.session() as session:
         change = resume_node(
@@ -295,7 +296,9 @@ def resume(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict
 
 
 @router.post("/nodes/{name}/retire")
-async def retire(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
+async def retire(
+    name: NamePath, body: NodeChangeBody, plane: Plane, who: Operator
+) -> dict[str, Any]:
     """Retire node ``name`` for good: revoke its credential and close its connection."""
     with plane.db.session() as session:
         change = retire_node(
@@ -308,7 +311,9 @@ async def retire(name: str, body: NodeChangeBody, plane: Plane, who: Operator) -
 
 @router.get("/history")
 def show_history(
-    item: Annotated[str, Query(min_length=1, max_length=300)], plane: Plane, _who: Operator
+    item: Annotated[str, Query(min_length=1, max_length=300), SafeLine],
+    plane: Plane,
+    _who: Operator,
 ) -> dict[str, Any]:
     """The recorded lifecycle of one configuration item (release, component, flag, node)."""
     with plane.db.session() as session:

@@ -14,13 +14,13 @@ import typer
 from knightwatch.agent import AgentSettings, run_agent
 from knightwatch.agent.settings import AuditSettings
 from knightwatch.cli.output import fail
-from knightwatch.errors import KnightwatchError
+from knightwatch.errors import InvalidInputError, KnightwatchError
 
 __all__ = ["EPILOG", "agent", "register"]
 
 EPILOG = (
     "Example: knightwatch agent --server http://127.0.0.1:7400 "
-    "--root /var/lib/knightwatch --name node1 --join TOKEN"
+    "--root /var/lib/knightwatch --name node1 --join-file /etc/knightwatch/join.token"
 )
 
 
@@ -33,7 +33,18 @@ def agent(
     ],
     name: Annotated[str, typer.Option("--name", help="This node's name (a-z 0-9 . _ -)")],
     join: Annotated[
-        str | None, typer.Option("--join", help="One-time join token, needed on first start")
+        str | None,
+        typer.Option(
+            "--join",
+            envvar="KNIGHTWATCH_JOIN_TOKEN",
+            show_envvar=True,
+            help="One-time join token, needed on first start (visible in ps: prefer "
+            "--join-file or KNIGHTWATCH_JOIN_TOKEN)",
+        ),
+    ] = None,
+    join_file: Annotated[
+        Path | None,
+        typer.Option("--join-file", help="Read the one-time join token from this file"),
     ] = None,
     trust: Annotated[
         list[Path] | None,
@@ -98,7 +109,7 @@ def agent(
             server=server,
             root=root,
             name=name,
-            join=join,
+            join=_join_token(join, join_file),
             trust=tuple(trust or ()),
             service_port=service_port,
             heartbeat_s=heartbeat,
@@ -115,6 +126,27 @@ def agent(
         fail(exc)
         raise typer.Exit(exc.exit_code) from None
     raise typer.Exit(code)
+
+
+def _join_token(join: str | None, join_file: Path | None) -> str | None:
+    """The join token from --join (or KNIGHTWATCH_JOIN_TOKEN) or from --join-file."""
+    if join_file is None:
+        return join
+    if join is not None:
+        raise InvalidInputError(
+            "both a join token (--join or KNIGHTWATCH_JOIN_TOKEN) and --join-file are given",
+            hint="give the token one way only",
+        )
+    try:
+        token = join_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(
+            f"--join-file {join_file}: cannot read the join token: {exc}",
+            hint="write the token printed by knightwatch node enroll into that file",
+        ) from None
+    if not token:
+        raise InvalidInputError(f"--join-file {join_file} is empty", hint="write the token into it")
+    return token
 
 
 def register(app: typer.Typer) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from knightwatch.cli.output import out, print_json
+from knightwatch.cli.output import out, print_json, shown
 from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import InvalidInputError
 
@@ -61,15 +60,15 @@ def list_alerts(
     table.add_column("summary", overflow="fold")
     for alert in data:
         table.add_row(
-            str(alert["id"]),
+            shown(alert["id"]),
             _paint(alert["state"]),
             _paint(alert["severity"]),
-            escape(alert["rule"]),
-            escape(alert["node"] or "fleet"),
-            str(alert["count"]),
-            _time(alert["first_at"]),
-            escape(alert["resolved_by"] or alert["acknowledged_by"] or "-"),
-            escape(alert["summary"]),
+            shown(alert["rule"]),
+            shown(alert["node"] or "fleet"),
+            shown(alert["count"]),
+            shown(_time(alert["first_at"])),
+            shown(alert["resolved_by"] or alert["acknowledged_by"] or "-"),
+            shown(alert["summary"]),
         )
     out.print(table if data else "no alerts")
 
@@ -82,16 +81,16 @@ def show(alert_id: IdArg, json_output: JsonOpt = False) -> None:
         print_json(data)
         return
     _headline(data)
-    out.print(f"  {escape(data['summary'])}")
+    out.print(f"  {shown(data['summary'])}")
     table = Table("sent (UTC)", "status", "level", "receiver", "ok", "detail")
     for sent in data["notifications"]:
         table.add_row(
-            _time(sent["at"]),
+            shown(_time(sent["at"])),
             _paint(sent["status"]),
-            str(sent["level"]),
-            escape(sent["receiver"]),
+            shown(sent["level"]),
+            shown(sent["receiver"]),
             "yes" if sent["ok"] else "[red]no[/]",
-            escape(sent["detail"]),
+            shown(sent["detail"]),
         )
     out.print(table if data["notifications"] else "  no notification sent")
 
@@ -123,15 +122,15 @@ def _act(alert_id: int, verb: str, body: dict[str, Any], json_output: bool) -> N
 def _headline(alert: dict[str, Any]) -> None:
     who = alert["resolved_by"] or alert["acknowledged_by"]
     out.print(
-        f"alert {alert['id']} {_paint(alert['state'])} {_paint(alert['severity'])} "
-        f"{escape(alert['rule'])} on {escape(alert['node'] or 'the fleet')} "
-        f"(fired {alert['count']} times, escalation level {alert['escalation_level']})"
-        + (f" by {escape(who)}" if who else "")
+        f"alert {shown(alert['id'])} {_paint(alert['state'])} {_paint(alert['severity'])} "
+        f"{shown(alert['rule'])} on {shown(alert['node'] or 'the fleet')} "
+        f"(fired {shown(alert['count'])} times, escalation level "
+        f"{shown(alert['escalation_level'])})" + (f" by {shown(who)}" if who else "")
     )
 
 
 def _paint(word: str) -> str:
-    return f"[{_COLOURS.get(word, 'white')}]{escape(word)}[/]"
+    return f"[{_COLOURS.get(word, 'white')}]{shown(word)}[/]"
 
 
 def _time(value: str | None) -> str:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from knightwatch.cli.operate import follow_deployment
-from knightwatch.cli.output import err, out, print_json
+from knightwatch.cli.output import err, out, print_json, shown
 from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
 
@@ -74,12 +74,13 @@ def audit(
 def _wait(client: ApiClient, path: str, timeout: float, quiet: bool) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     report: dict[str, Any] = client.get(path)
-    shown = -1
+    told = -1
     while not report["complete"] and time.monotonic() < deadline:
         answered = sum(1 for n in report["nodes"] if n["verdict"] != "pending")
-        if answered != shown and not quiet:
-            err.print(f"audit {report['audit_id']}: {answered}/{len(report['nodes'])} answered")
-            shown = answered
+        if answered != told and not quiet:
+            count = f"{answered}/{len(report['nodes'])}"
+            err.print(f"audit {shown(report['audit_id'])}: {count} answered")
+            told = answered
         time.sleep(_POLL_S)
         report = client.get(path)
     return report
@@ -95,27 +96,30 @@ def _print_audit(report: dict[str, Any], *, files: bool) -> None:
         "seconds",
         "findings",
         "first finding",
-        title=f"audit {report['audit_id']} · "
+        title=f"audit {shown(report['audit_id'])} · "
         + ("[green]everything matches[/]" if report["ok"] else "[bold red]differences[/]"),
     )
     for node in report["nodes"]:
         findings = node["findings"]
         seconds = node["seconds"]
         table.add_row(
-            node["node"],
-            f"[{_VERDICT_COLOURS[node['verdict']]}]{node['verdict']}[/]",
-            node["release"] or "-",
-            str(node["files"]),
+            shown(node["node"]),
+            f"[{_VERDICT_COLOURS.get(node['verdict'], 'white')}]{shown(node['verdict'])}[/]",
+            shown(node["release"] or "-"),
+            shown(node["files"]),
             f"{node['bytes_hashed'] / 1e6:.1f}",
             f"{seconds:.2f}" if seconds is not None else "-",
-            str(node["total"]),
-            findings[0]["detail"] if findings else "",
+            shown(node["total"]),
+            shown(findings[0]["detail"]) if findings else "",
         )
     out.print(table)
     for node in report["nodes"]:
         failing = [c for c in node["checks"] if not c["ok"]]
         for check in failing:
-            out.print(f"  {node['node']}: check {check['name']} failed: {check['detail']}")
+            out.print(
+                f"  {shown(node['node'])}: check {shown(check['name'])} failed: "
+                f"{shown(check['detail'])}"
+            )
     if files:
         _print_files(report)
 
@@ -125,13 +129,15 @@ def _print_files(report: dict[str, Any]) -> None:
     for node in report["nodes"]:
         for finding in node["findings"]:
             table.add_row(
-                node["node"],
-                finding["severity"],
-                finding["kind"],
-                finding.get("path") or (f"pid {finding['pid']}" if finding.get("pid") else ""),
-                _short(finding.get("expected")),
-                _short(finding.get("actual")),
-                finding["detail"],
+                shown(node["node"]),
+                shown(finding["severity"]),
+                shown(finding["kind"]),
+                shown(
+                    finding.get("path") or (f"pid {finding['pid']}" if finding.get("pid") else "")
+                ),
+                shown(_short(finding.get("expected"))),
+                shown(_short(finding.get("actual"))),
+                shown(finding["detail"]),
             )
     out.print(table)
 
@@ -192,16 +198,16 @@ def retire(
             "absence",
             "connected",
             "detail",
-            title=f"retirement {report['retirement_id']} · {report['release']} · "
+            title=f"retirement {shown(report['retirement_id'])} · {shown(report['release'])} · "
             + ("[green]retired[/]" if report["complete"] else "[yellow]incomplete[/]"),
         )
         for node in report["nodes"]:
             state = {"absent": "verified", "pending": "pending", "failed": "failed"}[node["state"]]
             table.add_row(
-                node["node"],
+                shown(node["node"]),
                 "[green]verified[/]" if state == "verified" else f"[red]{state}[/]",
                 "yes" if node["connected"] else "[red]no[/]",
-                node["detail"],
+                shown(node["detail"]),
             )
         out.print(table)
     if not report["complete"]:

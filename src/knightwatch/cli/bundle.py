@@ -18,7 +18,7 @@ from knightwatch.bundle import (
     verify_release,
 )
 from knightwatch.bundle.manifest import Manifest, component_digest
-from knightwatch.cli.output import out, print_json, progress_bar
+from knightwatch.cli.output import out, print_json, progress_bar, shown
 from knightwatch.errors import InvalidInputError, VerificationError
 
 app = typer.Typer(help="Build, verify, inspect and compare release bundles.", no_args_is_help=True)
@@ -49,12 +49,12 @@ def build(
         print_json(result.to_json())
         return
     verb = "built" if result.created else "already in the store (identical rebuild)"
-    out.print(f"[green]✓[/] [bold]{result.release_id}[/] {verb}")
+    out.print(f"[green]✓[/] [bold]{shown(result.release_id)}[/] {verb}")
     table = _fact_table()
     table.add_row("digest", f"sha256:{result.digest}")
     table.add_row("files", f"{result.files:,} ({_size(result.total_bytes)})")
     table.add_row("blobs written", f"{result.blobs_written:,} ({_size(result.bytes_written)})")
-    table.add_row("signed by key", result.keyid)
+    table.add_row("signed by key", shown(result.keyid))
     table.add_row("time", f"{result.seconds:.2f} s")
     out.print(table)
 
@@ -79,13 +79,13 @@ def verify(
         print_json(report.to_json())
     elif report.ok:
         out.print(
-            f"[green]✓[/] [bold]{report.release_id}[/] verified: {report.files:,} files, "
+            f"[green]✓[/] [bold]{shown(report.release_id)}[/] verified: {report.files:,} files, "
             f"{report.blobs:,} blobs, {_size(report.bytes)} re-hashed; manifest, SBOM and "
-            f"signature (key {report.signed_by[0][:16]}…) match"
+            f"signature (key {shown(report.signed_by[0][:16])}…) match"
         )
     else:
         for problem in report.problems:
-            out.print(f"[red]✗[/] {problem}")
+            out.print(f"[red]✗[/] {shown(problem)}")
     if not report.ok:
         raise VerificationError(report.release_id or release, report.problems)
 
@@ -113,19 +113,26 @@ def show(
     if manifest.spec.flag:
         table = Table("flag", "kind", "default", "description", title="flags")
         for flag in manifest.spec.flag:
-            table.add_row(flag.name, flag.kind, repr(flag.default), flag.description)
+            table.add_row(
+                shown(flag.name),
+                shown(flag.kind),
+                shown(repr(flag.default)),
+                shown(flag.description),
+            )
         out.print(table)
     if manifest.spec.guard:
         table = Table("guard", "severity", "action", "rule", title="guards")
         for guard in manifest.spec.guard:
-            table.add_row(guard.name, guard.severity, guard.action, guard.rule)
+            table.add_row(
+                shown(guard.name), shown(guard.severity), shown(guard.action), shown(guard.rule)
+            )
         out.print(table)
     if files:
         table = Table("path", "component", "size", "exec", "digest", title="files")
         for entry in manifest.files:
             table.add_row(
-                entry.path,
-                entry.component or "(identity)",
+                shown(entry.path),
+                shown(entry.component or "(identity)"),
                 _size(entry.size),
                 "x" if entry.executable else "",
                 (entry.digest or "")[:16],
@@ -148,7 +155,7 @@ def diff(
     if json_output:
         print_json(result.to_json())
         return
-    out.print(f"[bold]{result.a}[/] → [bold]{result.b}[/]")
+    out.print(f"[bold]{shown(result.a)}[/] → [bold]{shown(result.b)}[/]")
     if result.identical:
         out.print("[green]identical[/]: no file and no component differs")
         return
@@ -160,32 +167,32 @@ def diff(
         if paths:
             out.print(f"files {label} ({len(paths)}):")
             for path in paths:
-                out.print(f"  {mark} {path}")
+                out.print(f"  {mark} {shown(path)}")
     table = Table("component", "change", title="components")
     for name in result.components_added:
-        table.add_row(name, "[green]added[/]")
+        table.add_row(shown(name), "[green]added[/]")
     for name in result.components_removed:
-        table.add_row(name, "[red]removed[/]")
+        table.add_row(shown(name), "[red]removed[/]")
     for name in result.components_changed:
-        table.add_row(name, "[yellow]changed[/]")
+        table.add_row(shown(name), "[yellow]changed[/]")
     for name in result.downstream:
-        table.add_row(name, "[magenta]downstream[/] (depends on a changed component)")
+        table.add_row(shown(name), "[magenta]downstream[/] (depends on a changed component)")
     out.print(table)
 
 
 def _print_identity(manifest: Manifest) -> None:
     src = manifest.source
-    table = _fact_table(manifest.release_id)
+    table = _fact_table(shown(manifest.release_id))
     table.add_row("digest", f"sha256:{manifest.digest}")
-    table.add_row("description", manifest.description or "-")
+    table.add_row("description", shown(manifest.description or "-"))
     commit = f"{src.commit}{' (dirty)' if src.dirty else ''}" if src.commit else "not from git"
-    table.add_row("source commit", commit)
-    table.add_row("build time", f"{src.build_time} (from {src.build_time_source})")
+    table.add_row("source commit", shown(commit))
+    table.add_row("build time", shown(f"{src.build_time} (from {src.build_time_source})"))
     table.add_row(
         "files", f"{len(manifest.files):,} ({_size(sum(f.size for f in manifest.files))})"
     )
     service = manifest.spec.service
-    table.add_row("service", " ".join(service.command) if service else "-")
+    table.add_row("service", shown(" ".join(service.command) if service else "-"))
     out.print(table)
 
 
@@ -203,11 +210,11 @@ def _components_table(manifest: Manifest) -> Table:
     for spec in manifest.spec.component:
         owned = manifest.component_files(spec.name)
         table.add_row(
-            spec.name,
-            spec.version,
+            shown(spec.name),
+            shown(spec.version),
             str(len(owned)),
             _size(sum(f.size for f in owned)),
-            ", ".join(spec.depends_on) or "-",
+            shown(", ".join(spec.depends_on) or "-"),
             component_digest(owned)[:16],
         )
     return table

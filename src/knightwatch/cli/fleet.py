@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from knightwatch.cli.output import out, print_json
+from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
 from knightwatch.testing import LocalFleet, stop_fleet
 
@@ -68,28 +68,30 @@ def up(
     table = Table("node", "root", "service port", "log")
     for name in fleet.names:
         table.add_row(
-            name,
-            str(fleet.root(name)),
-            str(fleet.service_port(name)),
-            str(fleet.directory / "logs" / f"{name}.log"),
+            shown(name),
+            shown(fleet.root(name)),
+            shown(fleet.service_port(name)),
+            shown(fleet.directory / "logs" / f"{name}.log"),
         )
     out.print(
-        f"[green]✓[/] control plane at [bold]{fleet.url}[/] with {len(fleet.names)} "
+        f"[green]✓[/] control plane at [bold]{shown(fleet.url)}[/] with {len(fleet.names)} "
         "connected agent(s)"
     )
     out.print(table)
     if deployment is not None:
         out.print(
-            f"deployment {deployment['id']} of {deployment['release_id']}: "
-            f"[bold]{deployment['state']}[/]"
+            f"deployment {shown(deployment['id'])} of {shown(deployment['release_id'])}: "
+            f"[bold]{shown(deployment['state'])}[/]"
         )
     if directory == DEFAULT_DIR:
-        out.print(f"commands run from this directory find it through {directory}/fleet.json")
+        out.print(f"commands run from this directory find it through {shown(directory)}/fleet.json")
     else:
         out.print("point other commands at it with:")
-        out.print(f"  export KNIGHTWATCH_SERVER={fleet.url}", soft_wrap=True)
-        out.print(f"  export KNIGHTWATCH_TOKEN=$(cat {summary['token_file']})", soft_wrap=True)
-    out.print(f"stop it with: knightwatch fleet down --dir {directory}", soft_wrap=True)
+        out.print(f"  export KNIGHTWATCH_SERVER={shown(fleet.url)}", soft_wrap=True)
+        out.print(
+            f"  export KNIGHTWATCH_TOKEN=$(cat {shown(summary['token_file'])})", soft_wrap=True
+        )
+    out.print(f"stop it with: knightwatch fleet down --dir {shown(directory)}", soft_wrap=True)
 
 
 @app.command("down", epilog="Example: knightwatch fleet down")
@@ -99,6 +101,6 @@ def down(directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
     if json_output:
         print_json({"stopped": stopped})
     elif stopped:
-        out.print(f"[green]✓[/] stopped {', '.join(stopped)}")
+        out.print(f"[green]✓[/] stopped {shown(', '.join(stopped))}")
     else:
-        out.print(f"no fleet is running in {directory}")
+        out.print(f"no fleet is running in {shown(directory)}")

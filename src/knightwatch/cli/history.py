@@ -6,10 +6,9 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from knightwatch.cli.output import out, print_json
+from knightwatch.cli.output import out, print_json, shown
 from knightwatch.client import ApiClient, resolve_target
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
@@ -49,15 +48,17 @@ def history(
     if json_output:
         print_json(data)
         return
-    table = Table("when (UTC)", "state", "who", "why", title=f"{data['kind']} {data['key']}")
+    table = Table(
+        "when (UTC)", "state", "who", "why", title=f"{shown(data['kind'])} {shown(data['key'])}"
+    )
     table.add_column("detail", overflow="fold")
     for event in data["events"]:
         table.add_row(
-            event["at"][:19].replace("T", " "),
+            shown(event["at"][:19].replace("T", " ")),
             _paint(event["state"]),
-            escape(event["actor"]),
-            escape(event["reason"]),
-            escape(event["detail"]),
+            shown(event["actor"]),
+            shown(event["reason"]),
+            shown(event["detail"]),
         )
     out.print(table)
     if not data["events"]:
@@ -92,10 +93,10 @@ def _change(name: str, action: str, reason: str, by: str | None, json_output: bo
         print_json(change)
         return
     out.print(
-        f"[green]✓[/] node [bold]{escape(change['node'])}[/] is {_paint(change['status'])} "
-        f"(by {escape(change['actor'])}: {escape(change['reason'])})"
+        f"[green]✓[/] node [bold]{shown(change['node'])}[/] is {_paint(change['status'])} "
+        f"(by {shown(change['actor'])}: {shown(change['reason'])})"
     )
 
 
 def _paint(word: str) -> str:
-    return f"[{_COLOURS.get(word, 'white')}]{escape(word)}[/]"
+    return f"[{_COLOURS.get(word, 'white')}]{shown(word)}[/]"

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from knightwatch.bundle import generate_keypair
-from knightwatch.cli.output import out, print_json
+from knightwatch.cli.output import out, print_json, shown
 
 app = typer.Typer(help="Manage the Ed25519 keys that sign releases.", no_args_is_help=True)
 
@@ -26,6 +26,10 @@ def generate(
     if json_output:
         print_json({"private_key": str(private), "public_key": str(public), "keyid": keyid})
         return
-    out.print(f"[green]✓[/] wrote private key [bold]{private}[/] (mode 0600: keep it secret)")
-    out.print(f"[green]✓[/] wrote public key  [bold]{public}[/] (give it to verifiers: --trust)")
-    out.print(f"  key id {keyid}")
+    out.print(
+        f"[green]✓[/] wrote private key [bold]{shown(private)}[/] (mode 0600: keep it secret)"
+    )
+    out.print(
+        f"[green]✓[/] wrote public key  [bold]{shown(public)}[/] (give it to verifiers: --trust)"
+    )
+    out.print(f"  key id {shown(keyid)}")

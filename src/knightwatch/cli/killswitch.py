@@ -6,10 +6,9 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from knightwatch.cli.output import err, out, print_json
+from knightwatch.cli.output import err, out, print_json, shown
 from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
 
@@ -121,7 +120,7 @@ def _print_halt(report: dict[str, Any]) -> None:
     acked = len(report["nodes"]) - len(report["unacknowledged"])
     worst = report["max_time_to_halt_ms"]
     title = (
-        f"halt {report['halt_id']} · {escape(report['reason'])} · "
+        f"halt {shown(report['halt_id'])} · {shown(report['reason'])} · "
         f"{acked}/{len(report['nodes'])} acknowledged"
         + (f" · slowest {worst:.0f} ms" if worst is not None else "")
     )
@@ -135,15 +134,15 @@ def _print_halt(report: dict[str, Any]) -> None:
         else:
             ack = "[bold red]NO[/]" + ("" if node["connected"] else " (disconnected)")
         table.add_row(
-            node["node"],
+            shown(node["node"]),
             ack,
             f"{took:.1f}" if took is not None else "-",
-            ", ".join(map(str, node["stopped_pids"])) or "-",
-            escape(node["detail"]),
+            shown(", ".join(map(str, node["stopped_pids"])) or "-"),
+            shown(node["detail"]),
         )
     out.print(table)
     if report["unacknowledged"]:
-        out.print(f"[bold red]not acknowledged:[/] {_describe_waiting(report)}")
+        out.print(f"[bold red]not acknowledged:[/] {shown(_describe_waiting(report))}")
     elif not err.is_terminal:
         out.print("every node halted; lift it with: knightwatch rearm --reason TEXT")
 
@@ -186,18 +185,18 @@ def _rearm_rows(plan: dict[str, Any], status: dict[str, Any]) -> list[dict[str, 
 
 
 def _print_rearm(plan: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    lifted = ", ".join(map(str, plan["lifted"])) or "none active"
+    lifted = shown(", ".join(map(str, plan["lifted"])) or "none active")
     table = Table(
         "node", "connected", "service", "pid", "detail", title=f"re-armed · halts {lifted}"
     )
     for row in rows:
-        state = row["service_state"] or "-"
-        shown = f"[green]{state}[/]" if row["running"] else f"[yellow]{state}[/]"
+        state = shown(row["service_state"] or "-")
+        painted = f"[green]{state}[/]" if row["running"] else f"[yellow]{state}[/]"
         table.add_row(
-            row["node"],
+            shown(row["node"]),
             "yes" if row["connected"] else "[red]no[/] (re-armed when it reconnects)",
-            shown,
-            str(row["service_pid"] or "-"),
-            escape(row["detail"]),
+            painted,
+            shown(row["service_pid"] or "-"),
+            shown(row["detail"]),
         )
     out.print(table)

@@ -9,8 +9,8 @@ import typer
 from knightwatch import __version__
 from knightwatch.cli import alerts, audit, bundle, fleet, history, keys, killswitch, operate, server
 from knightwatch.cli.agent import agent
-from knightwatch.cli.output import fail, out
-from knightwatch.errors import KnightwatchError
+from knightwatch.cli.output import err, fail, fail_json, out, shown, wants_json
+from knightwatch.errors import KnightwatchError, VerificationError
 
 app = typer.Typer(
     name="knightwatch",
@@ -63,9 +63,40 @@ def version() -> None:
 
 
 def run() -> None:
-    """Run the CLI, turning every KnightwatchError into one line, a hint and an exit code."""
+    """Run the CLI, turning every KnightwatchError into one line, a hint and an exit code.
+
+    With ``--json`` a failure is a JSON document on stdout as well
+    (``{"ok": false, "error": …, "problems": […]}``), usage errors included,
+    unless the command printed its own document before failing.
+    """
+    as_json = wants_json(sys.argv[1:])
     try:
-        app()
+        if not as_json:
+            app()
+            return
+        code = app(standalone_mode=False)
     except KnightwatchError as exc:
         fail(exc)
+        if as_json:
+            problems = exc.problems if isinstance(exc, VerificationError) else None
+            kind = type(exc).__name__
+            fail_json(
+                exc.message, exit_code=exc.exit_code, kind=kind, hint=exc.hint, problems=problems
+            )
         sys.exit(exc.exit_code)
+    except Exception as exc:  # under --json: typer's own (click) usage errors and aborts
+        if not type(exc).__module__.startswith(("typer", "click")):
+            raise
+        _usage_failure(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_failure(exc: Exception) -> None:
+    """Report a usage error (or an abort) of a ``--json`` command line, and exit."""
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else "aborted"
+    code = int(getattr(exc, "exit_code", 1))
+    err.print(f"[bold red]error:[/] {shown(message)}", soft_wrap=True, highlight=False)
+    err.print("[dim]hint:[/] see the command's --help", soft_wrap=True, highlight=False)
+    fail_json(str(message), exit_code=code, kind="UsageError", hint="see the command's --help")
+    sys.exit(code)

@@ -9,7 +9,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from knightwatch.cli.output import err, out, print_json
+from knightwatch.cli.output import err, out, print_json, shown
 from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
 
@@ -85,11 +85,11 @@ def status(json_output: JsonOpt = False) -> None:
     age = f" for {data['mixed_for_s']:.0f} s" if data.get("mixed_for_s") is not None else ""
     out.print(
         f"fleet [bold {_colour(data['state'])}]{data['state']}[/]{age}   "
-        f"release {data['desired_release'] or '-'}   previous "
-        f"{data['previous_release'] or '-'}"
+        f"release {shown(data['desired_release'] or '-')}   previous "
+        f"{shown(data['previous_release'] or '-')}"
     )
     for reason in data["reasons"]:
-        out.print(f"  • {reason}")
+        out.print(f"  • {shown(reason)}")
     table = Table(
         "node",
         "connected",
@@ -104,15 +104,15 @@ def status(json_output: JsonOpt = False) -> None:
     for node in data["nodes"]:
         age_s = node["last_report_age_s"]
         table.add_row(
-            node["name"],
+            shown(node["name"]),
             "yes" if node["connected"] else "[red]no[/]",
-            node["active_release"] or "-",
-            (node["active_digest"] or "-")[:12],
+            shown(node["active_release"] or "-"),
+            shown((node["active_digest"] or "-")[:12]),
             _paint(node["drift_state"])
             + (f" ({node['drift_count']})" if node["drift_state"] == "drifted" else ""),
             _paint(node["service_state"]),
-            str(node["service_pid"] or "-"),
-            node["service_version"] or "-",
+            shown(node["service_pid"] or "-"),
+            shown(node["service_version"] or "-"),
             f"{age_s:.1f} s" if age_s is not None else "never",
         )
     out.print(table)
@@ -130,14 +130,14 @@ def deployments(
     table = Table("id", "kind", "release", "strategy", "state", "by", "created", "reason")
     for row in rows:
         table.add_row(
-            str(row["id"]),
-            row["kind"],
-            row["release_id"],
-            row["strategy"],
+            shown(row["id"]),
+            shown(row["kind"]),
+            shown(row["release_id"]),
+            shown(row["strategy"]),
             _paint(row["state"]),
-            row["requested_by"],
-            row["created_at"][:19],
-            row["reason"] or "",
+            shown(row["requested_by"]),
+            shown(row["created_at"][:19]),
+            shown(row["reason"] or ""),
         )
     out.print(table)
 
@@ -156,7 +156,10 @@ def deployment_show(
     events = Table("at", "node", "event", "detail", title="transitions")
     for event in data["events"]:
         events.add_row(
-            event["at"][11:23], event["node"] or "", _paint(event["event"]), event["detail"]
+            shown(event["at"][11:23]),
+            shown(event["node"] or ""),
+            _paint(event["event"]),
+            shown(event["detail"]),
         )
     out.print(events)
 
@@ -170,9 +173,9 @@ def follow_deployment(
             print_json(started)
         else:
             out.print(
-                f"deployment [bold]{started['id']}[/] started: {started['release_id']} "
-                f"({started['state']}); follow it with: knightwatch deployment show "
-                f"{started['id']}"
+                f"deployment [bold]{shown(started['id'])}[/] started: "
+                f"{shown(started['release_id'])} ({shown(started['state'])}); follow it with: "
+                f"knightwatch deployment show {shown(started['id'])}"
             )
         return
     data = started
@@ -203,7 +206,7 @@ def _poll(client: ApiClient, data: dict[str, Any]) -> dict[str, Any]:
         data = client.get(f"/deployments/{data['id']}")
         if data["state"] != seen:
             seen = data["state"]
-            err.print(f"deployment {data['id']}: {seen}")
+            err.print(f"deployment {shown(data['id'])}: {shown(seen)}")
     return data
 
 
@@ -215,20 +218,20 @@ def _deployment_table(data: dict[str, Any]) -> Table:
         "pid",
         "version",
         "reason",
-        title=f"deployment {data['id']} · {data['kind']} {data['release_id']} · "
-        f"{data['strategy']} · {_paint(data['state'])}",
+        title=f"deployment {shown(data['id'])} · {shown(data['kind'])} "
+        f"{shown(data['release_id'])} · {shown(data['strategy'])} · {_paint(data['state'])}",
     )
     for node in data.get("nodes", []):
         table.add_row(
-            node["node"],
-            node["role"],
+            shown(node["node"]),
+            shown(node["role"]),
             _paint(node["phase"]),
-            str(node["pid"] or ""),
-            node["version"] or "",
-            node["reason"] or "",
+            shown(node["pid"] or ""),
+            shown(node["version"] or ""),
+            shown(node["reason"] or ""),
         )
     if data.get("reason"):
-        table.caption = data["reason"]
+        table.caption = shown(data["reason"])
     return table
 
 
@@ -242,4 +245,4 @@ def _colour(word: str) -> str:
 
 
 def _paint(word: str) -> str:
-    return f"[{_colour(word)}]{word}[/]"
+    return f"[{_colour(word)}]{shown(word)}[/]"

@@ -20,24 +20,81 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from knightwatch.errors import KnightwatchError
+from knightwatch.errors import KnightwatchError, VerificationError
+from knightwatch.text import visible
 
-__all__ = ["err", "fail", "out", "print_json", "progress_bar"]
+__all__ = [
+    "err",
+    "fail",
+    "fail_json",
+    "out",
+    "print_json",
+    "progress_bar",
+    "shown",
+    "wants_json",
+]
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
+MAX_PROBLEMS_SHOWN = 20
+_printed_json = [False]
+
+
+def shown(value: object) -> str:
+    """``value`` as text safe inside Rich markup: brackets escaped, control characters visible.
+
+    Every string that came from a person or a node (a reason, a name, a
+    detail, a path) goes through this before a Rich print or table, so
+    ``[/]`` prints as itself and an escape sequence as ``\\x1b``.
+    """
+    return escape(visible(str(value)))
 
 
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON on stdout, for scripts."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    _printed_json[0] = True
 
 
 def fail(exc: KnightwatchError) -> None:
-    """Print one error line and a hint on stderr."""
-    err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True, highlight=False)
+    """Print one error line and a hint on stderr (and a refused release's problems)."""
+    err.print(f"[bold red]error:[/] {shown(exc.message)}", soft_wrap=True, highlight=False)
+    if isinstance(exc, VerificationError):
+        for problem in exc.problems[:MAX_PROBLEMS_SHOWN]:
+            err.print(f"  [red]✗[/] {shown(problem)}", soft_wrap=True, highlight=False)
+        if len(exc.problems) > MAX_PROBLEMS_SHOWN:
+            err.print(f"  … and {len(exc.problems) - MAX_PROBLEMS_SHOWN} more", soft_wrap=True)
     if exc.hint:
-        err.print(f"[dim]hint:[/] {escape(exc.hint)}", soft_wrap=True, highlight=False)
+        err.print(f"[dim]hint:[/] {shown(exc.hint)}", soft_wrap=True, highlight=False)
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Tell whether a command line asks for ``--json`` (before any ``--``)."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
+def fail_json(
+    message: str,
+    *,
+    exit_code: int,
+    kind: str,
+    hint: str | None = None,
+    problems: list[str] | None = None,
+) -> None:
+    """Print the failure as a JSON document on stdout, unless the command printed one already."""
+    if _printed_json[0]:
+        return
+    print_json(
+        {
+            "ok": False,
+            "error": message,
+            "hint": hint,
+            "kind": kind,
+            "exit_code": exit_code,
+            "problems": problems or [],
+        }
+    )
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from knightwatch.bundle import ReleaseStore
-from knightwatch.cli.output import out, print_json, progress_bar
+from knightwatch.cli.output import out, print_json, progress_bar, shown
 from knightwatch.client import ApiClient, resolve_target
 from knightwatch.protocol import MAX_MESSAGE_BYTES
 from knightwatch.push import push_release
@@ -81,14 +81,17 @@ def node_enroll(
     group: Annotated[str, typer.Option("--group", help="Node group")] = "default",
     json_output: JsonOpt = False,
 ) -> None:
-    """Print a one-time join token for NAME (give it to: knightwatch agent --join)."""
+    """Print a one-time join token for NAME (give it to: knightwatch agent --join-file)."""
     client = ApiClient(resolve_target())
     grant = client.post(f"/nodes/{name}/enroll", {"ttl_s": ttl, "group": group})
     if json_output:
         print_json(grant)
         return
-    out.print(f"join token for [bold]{grant['node']}[/] (one use, expires {grant['expires_at']}):")
-    out.print(grant["token"], soft_wrap=True)
+    out.print(
+        f"join token for [bold]{shown(grant['node'])}[/] "
+        f"(one use, expires {shown(grant['expires_at'])}):"
+    )
+    out.print(shown(grant["token"]), soft_wrap=True)
 
 
 @release_app.command(
@@ -108,9 +111,9 @@ def release_push(
     if json_output:
         print_json(result)
     elif pushed.already_present:
-        out.print(f"[green]✓[/] {pushed.release_id} is already on the control plane")
+        out.print(f"[green]✓[/] {shown(pushed.release_id)} is already on the control plane")
     else:
         out.print(
-            f"[green]✓[/] pushed [bold]{pushed.release_id}[/]: {pushed.blobs_sent} blob(s), "
+            f"[green]✓[/] pushed [bold]{shown(pushed.release_id)}[/]: {pushed.blobs_sent} blob(s), "
             f"{pushed.bytes_sent:,} bytes; verified by the server"
         )

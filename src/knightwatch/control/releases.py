@@ -13,6 +13,7 @@ import hashlib
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ class UploadTicket:
 class BlobWriter:
     """Streams one blob of an upload to disk, hashing as it goes."""
 
-    def __init__(self, target: Path, digest: str, size: int) -> None:
+    def __init__(
+        self, target: Path, digest: str, size: int, on_write: Callable[[], None] | None = None
+    ) -> None:
+        self._on_write = on_write
         self._target = target
         self._digest = digest
         self._size = size
@@ -73,6 +77,8 @@ class BlobWriter:
             )
         self._hash.update(chunk)
         self._handle.write(chunk)
+        if self._on_write is not None:
+            self._on_write()
 
     def finish(self) -> None:
         """Check the digest and keep the blob, or discard it and raise."""
@@ -105,6 +111,10 @@ class ReleaseCatalog:
         self.blobs = BlobStore(data_dir)
         self._uploads = data_dir / ".tmp"
         self._sizes: dict[str, dict[str, int]] = {}
+        self._active: dict[str, float] = {}
+        """Upload id -> when (clock.monotonic) it last received anything, or was first seen."""
+        self.expired_total = 0
+        """Abandoned uploads deleted by :meth:`expire_uploads` since this process started."""
 
     def begin_upload(
         self, manifest: bytes, sbom: bytes, envelope: bytes, pushed_by: str
@@ -119,6 +129,7 @@ class ReleaseCatalog:
             return UploadTicket("", parsed.digest, parsed.release_id, [], True)
         upload_id = secrets.token_hex(_UPLOAD_ID_BYTES)
         directory = self._uploads / f"upload-{upload_id}"
+        self._touch(upload_id)
         (directory / "blobs").mkdir(parents=True)
         for name, data in (
             ("manifest.json", manifest),
@@ -142,7 +153,9 @@ class ReleaseCatalog:
         sizes = self._upload_sizes(upload_id)
         if digest not in sizes:
             raise InvalidInputError(f"blob {digest} is not part of this upload's release")
-        return BlobWriter(self._upload_dir(upload_id) / "blobs" / digest, digest, sizes[digest])
+        self._touch(upload_id)
+        target = self._upload_dir(upload_id) / "blobs" / digest
+        return BlobWriter(target, digest, sizes[digest], lambda: self._touch(upload_id))
 
     def commit_upload(self, upload_id: str) -> str:
         """Publish an upload's blobs and make the release visible; return its release ID."""
@@ -171,11 +184,48 @@ class ReleaseCatalog:
         with self._db.session() as session:
             self._insert(session, directory, manifest)
         shutil.rmtree(directory, ignore_errors=True)
+        self._active.pop(upload_id, None)
         return manifest.release_id
 
     def abort_upload(self, upload_id: str) -> None:
         """Forget an upload and everything it staged."""
         shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+        self._active.pop(upload_id, None)
+
+    def pending_uploads(self) -> int:
+        """How many uploads are staged and neither committed, aborted nor expired."""
+        return len(self._upload_ids())
+
+    def expire_uploads(self, max_idle_s: float) -> list[str]:
+        """Delete every upload that received nothing for ``max_idle_s``; return their ids.
+
+        Idleness is measured on the injected clock from the last byte received
+        (or, for an upload this process did not start, from when it was first
+        seen here), so a slow push in progress is never cut off.
+        """
+        now = self._clock.monotonic()
+        present = self._upload_ids()
+        for gone in set(self._active) - set(present):
+            del self._active[gone]
+        expired = [u for u in present if now - self._active.setdefault(u, now) > max_idle_s]
+        for upload_id in expired:
+            shutil.rmtree(self._uploads / f"upload-{upload_id}", ignore_errors=True)
+            self._active.pop(upload_id, None)
+            self._sizes.pop(upload_id, None)
+        self.expired_total += len(expired)
+        return expired
+
+    def _upload_ids(self) -> list[str]:
+        if not self._uploads.is_dir():
+            return []
+        return sorted(
+            p.name.removeprefix("upload-")
+            for p in self._uploads.iterdir()
+            if p.name.startswith("upload-") and p.is_dir()
+        )
+
+    def _touch(self, upload_id: str) -> None:
+        self._active[upload_id] = self._clock.monotonic()
 
     def _insert(self, session: Session, directory: Path, manifest: Manifest) -> None:
         if session.get(Release, manifest.digest) is not None:

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from knightwatch.protocol.bounds import MAX_INT
+
 __all__ = [
     "MAX_FINDINGS_IN_HEARTBEAT",
     "MAX_FINDINGS_IN_RESULT",
@@ -85,7 +87,7 @@ class Finding(_Message):
     path: RelPath | None = None
     expected: Annotated[str, Field(max_length=4096)] | None = None
     actual: Annotated[str, Field(max_length=4096)] | None = None
-    pid: Annotated[int, Field(ge=1)] | None = None
+    pid: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
 
     @property
     def is_drift(self) -> bool:
@@ -99,13 +101,13 @@ class AuditStatus(_Message):
     release: Digest | None = None
     watching: bool = False
     """True while the file watcher (inotify) runs on the active tree."""
-    files: Annotated[int, Field(ge=0)] = 0
+    files: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
     last_sweep_at: datetime | None = None
     """When every file of the active tree was last re-hashed."""
     last_process_check_at: datetime | None = None
     last_functional_check_at: datetime | None = None
     findings: Annotated[list[Finding], Field(max_length=MAX_FINDINGS_IN_HEARTBEAT)] = []
-    total: Annotated[int, Field(ge=0)] = 0
+    total: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
     """How many findings there are (``findings`` holds the most severe first)."""
 
 
@@ -120,7 +122,7 @@ class AuditRequest(_Message):
     """Audit now: re-hash every file, check processes, run the functional checks."""
 
     type: Literal["audit"] = "audit"
-    audit_id: Annotated[int, Field(ge=1)]
+    audit_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     absent: Annotated[list[AbsentPath], Field(max_length=20000)] = []
 
 
@@ -135,30 +137,30 @@ class CheckOutcome(_Message):
 class AuditResult(_Message):
     """A node's answer to an :class:`AuditRequest`."""
 
-    audit_id: Annotated[int, Field(ge=1)]
+    audit_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     release: Digest | None
     started_at: datetime
     finished_at: datetime
-    files: Annotated[int, Field(ge=0)]
-    bytes_hashed: Annotated[int, Field(ge=0)]
-    processes_checked: Annotated[int, Field(ge=0)]
+    files: Annotated[int, Field(ge=0, le=MAX_INT)]
+    bytes_hashed: Annotated[int, Field(ge=0, le=MAX_INT)]
+    processes_checked: Annotated[int, Field(ge=0, le=MAX_INT)]
     checks: Annotated[list[CheckOutcome], Field(max_length=300)] = []
     findings: Annotated[list[Finding], Field(max_length=MAX_FINDINGS_IN_RESULT)] = []
-    total: Annotated[int, Field(ge=0)] = 0
+    total: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
 
 
 class Retire(_Message):
     """Delete a retired release's tree and verify that it is gone."""
 
     type: Literal["retire"] = "retire"
-    retirement_id: Annotated[int, Field(ge=1)]
+    retirement_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     digest: Digest
 
 
 class RetireResult(_Message):
     """Whether the retired release is verifiably absent from the node."""
 
-    retirement_id: Annotated[int, Field(ge=1)]
+    retirement_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     digest: Digest
     absent: bool
     detail: Text

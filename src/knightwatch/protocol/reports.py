@@ -107,4 +107,6 @@ def open_report(signed: SignedReport, public_key: Ed25519PublicKey) -> Report:
     try:
         return Report.model_validate_json(payload)
     except ValidationError as exc:
-        raise ReportError(f"malformed report: {exc.errors()[0]['msg']}") from None
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ReportError(f"malformed report: {where}: {first['msg']}") from None

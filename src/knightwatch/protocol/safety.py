@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from knightwatch.protocol.bounds import MAX_INT
+
 __all__ = [
     "MAX_ALERTS_IN_REPORT",
     "MAX_METRICS_IN_REPORT",
@@ -41,7 +43,7 @@ class Halt(_Message):
     """Halt the service now and keep it halted (across restarts) until re-armed."""
 
     type: Literal["halt"] = "halt"
-    halt_id: Annotated[int, Field(ge=1)]
+    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     reason: Text
     issued_at: datetime
     """When the control plane sent it (its clock), for time-to-halt figures."""
@@ -51,25 +53,27 @@ class Rearm(_Message):
     """Lift the halt: the agent may start the active release's service again."""
 
     type: Literal["rearm"] = "rearm"
-    halt_id: Annotated[int, Field(ge=1)]
+    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     reason: Text
 
 
 class HaltAck(_Message):
     """A node's answer to :class:`Halt`: when it got it and when its service was gone."""
 
-    halt_id: Annotated[int, Field(ge=1)]
+    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     received_at: datetime
     halted_at: datetime
     """When waitpid confirmed every service process gone (or received_at if none ran)."""
-    stopped_pids: Annotated[list[int], Field(max_length=1024)] = []
+    stopped_pids: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_INT)]], Field(max_length=1024)
+    ] = []
     detail: Text = ""
 
 
 class RearmAck(_Message):
     """A node's answer to :class:`Rearm`."""
 
-    halt_id: Annotated[int, Field(ge=1)]
+    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
     rearmed_at: datetime
     started: bool
     """True if the active release's service was started again."""
@@ -81,7 +85,7 @@ class HaltState(_Message):
 
     halted: bool = False
     source: HaltSource | None = None
-    halt_id: Annotated[int, Field(ge=1)] | None = None
+    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
     since: datetime | None = None
     reason: Text | None = None
 
@@ -94,7 +98,7 @@ class AlertEvent(_Message):
     severity: Literal["info", "warning", "critical"]
     summary: Text
     detail: Text = ""
-    count: Annotated[int, Field(ge=1)] = 1
+    count: Annotated[int, Field(ge=1, le=MAX_INT)] = 1
     first_at: datetime
     last_at: datetime
     resolved: bool = False

@@ -9,6 +9,8 @@ on any exception. Database failures surface as
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -139,12 +141,24 @@ def open_database(url: str | None, data_dir: Path) -> Database:
 
 
 def _default_url(data_dir: Path) -> URL:
-    """The URL of the embedded SQLite database, creating its directory."""
+    """The URL of the embedded SQLite database, creating its directory (0700) and file (0600).
+
+    SQLite gives the WAL and SHM files the mode of the database file, so
+    they are private too; files an older version made readable are narrowed.
+    """
+    path = data_dir / DB_FILENAME
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the data directory {data_dir}: {exc.strerror}") from exc
-    return URL.create("sqlite+pysqlite", database=str(data_dir / DB_FILENAME))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for name in (DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(data_dir / name, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot create the database in {data_dir}: {exc.strerror}") from exc
+    return URL.create("sqlite+pysqlite", database=str(path))
 
 
 def _parse_url(text: str) -> URL:
