@@ -20,10 +20,15 @@ class _Named(Protocol):
 
 
 def parse_selector(selector: str | None) -> list[str]:
-    """Split and validate a selector; None or empty means every node."""
-    if selector is None or not selector.strip():
+    """Split and validate a selector; None means every node, an empty one is refused."""
+    if selector is None:
         return []
     terms = [t.strip() for t in selector.split(",") if t.strip()]
+    if not terms:
+        raise InvalidInputError(
+            f"the node selector {selector!r} names no node (an unset shell variable?)",
+            hint="leave --nodes out for the whole fleet, or name nodes: --nodes node1,node2",
+        )
     for term in terms:
         if not _TERM.fullmatch(term):
             raise InvalidInputError(
