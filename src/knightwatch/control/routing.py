@@ -340,7 +340,7 @@ def standing_deliveries(session: Session, routing: AlertRouting, now: datetime) 
         .order_by(AlertNotification.id)
     )
     last: dict[tuple[int, str], tuple[AlertNotification, Alert]] = {}
-    for row, alert in session.execute(statement).tuples():
+    for row, alert in session.execute(statement):
         last[(alert.id, row.receiver)] = (row, alert)
     standing = []
     for (_, name), (row, alert) in sorted(last.items(), key=lambda item: item[0]):
