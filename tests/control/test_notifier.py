@@ -288,3 +288,31 @@ def test_one_member_of_an_ha_pair_taking_the_alert_is_a_delivery(
     assert ok and len(alertmanager.posts) == 1
     assert detail.startswith(f"firing: 127.0.0.1:{down} ConnectError; 127.0.0.1:")
     assert detail.endswith("HTTP 200")
+
+
+def test_a_resolution_alertmanager_did_not_take_is_posted_again(
+    db: Database, alertmanager: StandInAlertmanager
+) -> None:
+    """The end of an alert, refused once, is posted again after 1 s and then not again."""
+    clock = VirtualClock(datetime(2012, 8, 1, 9, 30, tzinfo=UTC))
+    notifier = am_notifier(db, clock, alertmanager.url)
+
+    async def scenario() -> None:
+        alert_id = raise_alert(db, clock, "order router halted")
+        await step(notifier, clock, 0)
+        with db.session() as session:
+            resolve_alert(session, alert_id, by="bob", now=clock.now())
+        alertmanager.statuses.append(500)
+        await step(notifier, clock, 0.5)
+        for seconds in (0.6, 8.1, 8.1):
+            await step(notifier, clock, seconds)
+
+    asyncio.run(scenario())
+    ends = [body[0].get("endsAt") for _, body in alertmanager.posts]
+    assert ends == [None, "2012-08-01T09:30:00Z", "2012-08-01T09:30:00Z"]
+    port = alertmanager.url.rsplit(":", 1)[1]
+    assert deliveries(db) == [
+        (True, f"firing: 127.0.0.1:{port} HTTP 200"),
+        (False, f"resolved: 127.0.0.1:{port} HTTP 500"),
+        (True, f"resolved: 127.0.0.1:{port} HTTP 200 (after 1 failed attempt(s))"),
+    ]

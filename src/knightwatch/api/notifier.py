@@ -109,6 +109,8 @@ class AlertNotifier:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._resends = Resends()
         self._posting: dict[tuple[int, str], asyncio.Lock] = {}
+        self._resolving: set[int] = set()
+        """Alerts whose resolution an Alertmanager did not take yet (retried for a while)."""
 
     @classmethod
     def for_settings(cls, db: Database, clock: Clock, settings: ServerSettings) -> AlertNotifier:
@@ -142,7 +144,9 @@ class AlertNotifier:
         for delivery in deliveries:
             self._start(self._deliver_and_record(delivery))
         if any(r.kind == "alertmanager" for r in self._routing.receivers):
-            standing = await asyncio.to_thread(self._standing)
+            asked = set(self._resolving)
+            standing = await asyncio.to_thread(self._standing, tuple(asked))
+            self._resolving -= asked - {s.delivery.alert_id for s in standing}
             keys = {(s.delivery.alert_id, s.delivery.receiver.name) for s in standing}
             for key in [k for k, lock in self._posting.items() if not lock.locked()]:
                 if key not in keys:
@@ -205,7 +209,9 @@ class AlertNotifier:
     def _posted(self, delivery: Delivery, ok: bool) -> int:
         """Schedule the next post of this pair; forget it once its resolution was taken."""
         failed_before = self._resends.posted(delivery, ok, self._clock.now())
-        if ok and delivery.status == "resolved":
+        if delivery.status == "resolved" and not ok:
+            self._resolving.add(delivery.alert_id)
+        elif delivery.status == "resolved":
             self._resends.forget(delivery)
             self._posting.pop((delivery.alert_id, delivery.receiver.name), None)
         return failed_before
@@ -214,9 +220,9 @@ class AlertNotifier:
         with self._db.session() as session:
             return claim_due(session, self._routing, self._clock.now())
 
-    def _standing(self) -> list[Standing]:
+    def _standing(self, resolving: tuple[int, ...]) -> list[Standing]:
         with self._db.session() as session:
-            return standing_deliveries(session, self._routing, self._clock.now())
+            return standing_deliveries(session, self._routing, self._clock.now(), resolving)
 
     def _still_due(self, delivery: Delivery) -> bool:
         """A firing re-post only while the alert is open; a resolution re-post only if resolved."""

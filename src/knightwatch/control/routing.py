@@ -27,6 +27,7 @@ re-post without touching the escalation schedule.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -39,7 +40,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from knightwatch.control.alerts import SEVERITY_RANK, alert_json
@@ -318,48 +319,48 @@ def _told_firing(session: Session, alert_id: int) -> dict[str, int]:
     return dict(session.execute(statement).all())
 
 
-def standing_deliveries(session: Session, routing: AlertRouting, now: datetime) -> list[Standing]:
+def standing_deliveries(
+    session: Session, routing: AlertRouting, now: datetime, resolving: Collection[int] = ()
+) -> list[Standing]:
     """What each Alertmanager receiver must be told again, with how its last post went.
 
     For an open alert (firing or acknowledged — the condition still holds): every
     Alertmanager receiver that was sent it as firing, whatever the level the
-    route has reached since. For an alert resolved in the last
-    :data:`RESOLVED_RETRY_S`: every one whose last post, the resolution, failed.
+    route has reached since. For an alert of ``resolving`` (resolutions an
+    Alertmanager did not take, as the caller knows) resolved in the last
+    :data:`RESOLVED_RETRY_S`: every receiver whose last post, the resolution, failed.
     """
     by_name = {r.name: r for r in routing.receivers if r.kind == "alertmanager"}
     if not by_name:
         return []
     recent = now - timedelta(seconds=RESOLVED_RETRY_S)
-    statement = (
-        select(AlertNotification, Alert)
-        .join(Alert, Alert.id == AlertNotification.alert_id)
-        .where(
-            AlertNotification.receiver.in_(list(by_name)),
-            or_(Alert.state != "resolved", Alert.resolved_at >= recent),
+    statement = select(Alert).where(
+        or_(
+            Alert.state.in_(("firing", "acknowledged")),
+            and_(Alert.id.in_(list(resolving)), Alert.resolved_at >= recent),
         )
-        .order_by(AlertNotification.id)
     )
-    last: dict[tuple[int, str], tuple[AlertNotification, Alert]] = {}
-    for row, alert in session.execute(statement):
-        last[(alert.id, row.receiver)] = (row, alert)
+    alerts = {a.id: a for a in session.scalars(statement)}
+    if not alerts:
+        return []
+    rows = select(AlertNotification).where(
+        AlertNotification.alert_id.in_(list(alerts)),
+        AlertNotification.receiver.in_(list(by_name)),
+    )
+    last: dict[tuple[int, str], AlertNotification] = {}
+    for row in session.scalars(rows.order_by(AlertNotification.id)):
+        last[(row.alert_id, row.receiver)] = row
     standing = []
-    for (_, name), (row, alert) in sorted(last.items(), key=lambda item: item[0]):
-        status = row.detail.partition(":")[0]
+    for (alert_id, name), row in sorted(last.items()):
+        alert, status = alerts[alert_id], row.detail.partition(":")[0]
         if alert.state != "resolved" and status == "firing":
             again: DeliveryStatus = "firing"
         elif alert.state == "resolved" and status == "resolved" and not row.ok:
             again = "resolved"
         else:
             continue
-        delivery = Delivery(
-            alert.id,
-            by_name[name],
-            row.level,
-            again,
-            alert_json(alert),
-            now,
-            _release_of(session, alert),
-        )
+        snapshot, release = alert_json(alert), _release_of(session, alert)
+        delivery = Delivery(alert_id, by_name[name], row.level, again, snapshot, now, release)
         standing.append(Standing(delivery, row.at, row.ok))
     return standing
 
