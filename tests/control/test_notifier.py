@@ -316,3 +316,33 @@ def test_a_resolution_alertmanager_did_not_take_is_posted_again(
         (False, f"resolved: 127.0.0.1:{port} HTTP 500"),
         (True, f"resolved: 127.0.0.1:{port} HTTP 200 (after 1 failed attempt(s))"),
     ]
+
+
+def test_an_alertmanager_keeps_the_alert_after_the_route_escalates_past_it(
+    db: Database, alertmanager: StandInAlertmanager, receiver: StallingReceiver
+) -> None:
+    """Route am → pager: unacknowledged, the pager is told; Alertmanager is still re-posted to."""
+    clock = VirtualClock(datetime(2012, 8, 1, 9, 30, tzinfo=UTC))
+    routing = AlertRouting.parse(
+        {
+            "receivers": [
+                {"name": "am", "alertmanager": alertmanager.url, "resend_s": 8},
+                {"name": "pager", "webhook": receiver.url},
+            ],
+            "escalate_after_s": 5,
+        }
+    )
+    notifier = AlertNotifier(db, clock, routing, "http://kw.example:7400")
+
+    async def scenario() -> list[tuple[int, int]]:
+        raise_alert(db, clock, "order router halted")
+        seen = []
+        for seconds in (0, 5.1, 3.0, 8.1):
+            await step(notifier, clock, seconds)
+            seen.append((len(alertmanager.posts), len(receiver.seen)))
+        return seen
+
+    assert asyncio.run(scenario()) == [(1, 0), (1, 1), (2, 1), (3, 1)]
+    with db.session() as session:
+        levels = [(n.receiver, n.level) for n in session.query(AlertNotification)]
+    assert levels == [("am", 0), ("pager", 1)]  # re-posts that went well are not recorded

@@ -18,7 +18,7 @@ while it fires.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -105,12 +105,12 @@ class _Due:
     failures: int = 0
 
 
-@dataclass
 class Resends:
     """When each (alert, Alertmanager receiver) pair is posted next, with backoff on failure."""
 
-    _due: dict[tuple[int, str], _Due] = field(default_factory=dict)
-    _labels: dict[int, dict[str, str]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._due: dict[tuple[int, str], _Due] = {}
+        self._labels: dict[int, dict[str, str]] = {}
 
     def labels(self, delivery: Delivery, fleet: str) -> dict[str, str]:
         """The alert's labels as first posted (computed now if never posted by this process)."""

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,8 +157,8 @@ class AlertNotifier:
                     self._start(self._resend(due))
         return len(deliveries)
 
-    def _start(self, work: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(work)
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
@@ -189,7 +190,7 @@ class AlertNotifier:
                 if not await asyncio.to_thread(self._still_due, delivery):
                     return
                 delivery = dataclasses.replace(delivery, at=self._clock.now())
-                ok, detail = await self._deliver(delivery)
+                ok, detail = await self._deliver(delivery, log_success=False)
                 failed_before = self._posted(delivery, ok)
                 if not ok and failed_before == 0:
                     detail += " (retrying with backoff)"
@@ -240,7 +241,7 @@ class AlertNotifier:
         with self._db.session() as session:
             record_delivery(session, delivery, ok=ok, detail=detail, routing=self._routing)
 
-    async def _deliver(self, delivery: Delivery) -> tuple[bool, str]:
+    async def _deliver(self, delivery: Delivery, *, log_success: bool = True) -> tuple[bool, str]:
         receiver = delivery.receiver
         if receiver.alertmanager is not None:
             labels = self._resends.labels(delivery, self._routing.fleet)
@@ -261,7 +262,7 @@ class AlertNotifier:
             body = json.dumps(payload, sort_keys=True).encode()
             ok, detail = await _run(receiver.command, body, receiver.timeout_s, _env(delivery))
         log.log(
-            logging.INFO if ok else logging.WARNING,
+            logging.WARNING if not ok else logging.INFO if log_success else logging.DEBUG,
             "alert %d %s → %s (level %d): %s",
             delivery.alert_id,
             delivery.status,
