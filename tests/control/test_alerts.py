@@ -288,6 +288,10 @@ class TestRoutingSettings:
             ),
             ({"receivers": [{"name": "x", "alertmanager": 9093}]}, "receivers.0.alertmanager"),
             ({**ROUTE, "fleet": "two words"}, "fleet"),
+            (
+                {"receivers": [{"name": "x", "webhook": "http://h/", "resend_s": 5}]},
+                "receiver 'x': resend_s is for an alertmanager receiver",
+            ),
             ({"receivers": [{"name": "x", "webhook": "ftp://h/"}]}, "receivers.0.webhook"),
             ({"receivers": [{"name": "x", "command": []}]}, "receivers.0.command"),
             ({"receivers": ROUTE["receivers"] * 2}, "'first' is declared twice"),

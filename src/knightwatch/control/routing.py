@@ -1,8 +1,7 @@
 """Alert routing: who is told about an alert, and who next when nobody acknowledges it (P6).
 
 A route is an ordered list of receivers (a webhook, a command or a Prometheus
-Alertmanager). A new
-firing alert goes to the first; if nobody acknowledges it within
+Alertmanager). A new firing alert goes to the first; if nobody acknowledges it within
 ``escalate_after_s`` it goes to the next one, and so on; the receiver
 reached last is told again every ``renotify_s`` until someone acknowledges
 or the alert resolves. A resolved alert is announced once to every receiver
@@ -117,6 +116,8 @@ class Receiver(_Config):
             raise ValueError(
                 f"receiver {self.name!r}: give exactly one of webhook, command or alertmanager"
             )
+        if "resend_s" in self.model_fields_set and self.alertmanager is None:
+            raise ValueError(f"receiver {self.name!r}: resend_s is for an alertmanager receiver")
         return self
 
     @property
