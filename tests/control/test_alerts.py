@@ -9,6 +9,7 @@ tests deliver to real HTTP receivers and commands.)
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ from knightwatch.store import (
     open_database,
 )
 from knightwatch.store.queries import get_fleet
+from tests.conftest import REPO
 
 ROUTE = {
     "receivers": [
@@ -267,10 +269,28 @@ class TestRoutingSettings:
         [
             ({**ROUTE, "route": ["first", "nobody"]}, "route names 'nobody', not a receiver"),
             ({**ROUTE, "route": ["first", "first"]}, "route names 'first' twice"),
-            ({"receivers": [{"name": "x"}]}, "give exactly one of webhook or command"),
+            (
+                {"receivers": [{"name": "x"}]},
+                "give exactly one of webhook, command or alertmanager",
+            ),
             (
                 {"receivers": [{"name": "x", "webhook": "http://h/", "command": ["a"]}]},
-                "give exactly one of webhook or command",
+                "give exactly one of webhook, command or alertmanager",
+            ),
+            (
+                {"receivers": [{"name": "x", "webhook": "http://h/", "alertmanager": "http://a"}]},
+                "receiver 'x': give exactly one of webhook, command or alertmanager",
+            ),
+            ({"receivers": [{"name": "x", "alertmanager": []}]}, "receivers.0.alertmanager"),
+            (
+                {"receivers": [{"name": "x", "alertmanager": "am:9093"}]},
+                "receivers.0.alertmanager.0",
+            ),
+            ({"receivers": [{"name": "x", "alertmanager": 9093}]}, "receivers.0.alertmanager"),
+            ({**ROUTE, "fleet": "two words"}, "fleet"),
+            (
+                {"receivers": [{"name": "x", "webhook": "http://h/", "resend_s": 5}]},
+                "receiver 'x': resend_s is for an alertmanager receiver",
             ),
             ({"receivers": [{"name": "x", "webhook": "ftp://h/"}]}, "receivers.0.webhook"),
             ({"receivers": [{"name": "x", "command": []}]}, "receivers.0.command"),
@@ -309,6 +329,39 @@ class TestRoutingSettings:
             ServerSettings.load(
                 {"data_dir": tmp_path}, environ={"KNIGHTWATCH_ALERTS": '{"route": ["x"]}'}
             )
+
+    def test_alertmanager_receivers_from_server_toml(self, tmp_path: Path) -> None:
+        """``alertmanager`` takes one URL or a list (an HA pair); credentials stay out of reprs."""
+        (tmp_path / "server.toml").write_text(
+            "[alerts]\n"
+            'fleet = "smars-prod"\n'
+            "[[alerts.receivers]]\n"
+            'name = "am"\n'
+            'alertmanager = "http://am.example:9093"\n'
+            "[[alerts.receivers]]\n"
+            'name = "am-ha"\n'
+            'alertmanager = ["http://kw:s3cret@am1:9093", "http://kw:s3cret@am2:9093"]\n'
+            "resend_s = 30\n"
+        )
+        alerts = ServerSettings.load({"data_dir": tmp_path}, environ={}).alerts
+        single, pair = alerts.chain
+        assert (single.kind, single.alertmanager, single.resend_s) == (
+            "alertmanager",
+            ("http://am.example:9093",),
+            60,
+        )
+        assert pair.alertmanager is not None and len(pair.alertmanager) == 2
+        assert pair.resend_s == 30 and alerts.fleet == "smars-prod"
+        assert "s3cret" not in repr(alerts)
+
+    def test_the_readme_alertmanager_example_is_valid(self) -> None:
+        """The README's "Using an existing Alertmanager" configuration parses as shown."""
+        readme = (REPO / "README.md").read_text()
+        section = readme.split("### Using an existing Alertmanager and Prometheus", 1)[1]
+        block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+        alerts = AlertRouting.parse(tomllib.loads(block)["alerts"])
+        assert [r.kind for r in alerts.chain] == ["alertmanager", "command"]
+        assert alerts.receivers[0].alertmanager == ("http://am1:9093", "http://am2:9093")
 
 
 class TestEscalation:

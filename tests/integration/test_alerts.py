@@ -424,11 +424,13 @@ def test_metrics_parse_with_prometheus_client(fleet: LocalFleet) -> None:
         if d["state"] in ("SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED")
     )
     assert ended[("deploy", "SUCCEEDED")] >= 1
-    assert {
+    totals = {
         (s.labels["kind"], s.labels["state"]): s.value
         for s in deployments.samples
         if s.name == "knightwatch_deployments_total"
-    } == ended
+    }
+    assert {k: v for k, v in totals.items() if v} == ended
+    assert len(totals) == 16  # every kind and final state, zeros included (rules use increase)
     assert families["knightwatch_halts_active"].samples[0].value == 0
 
     halts = families["knightwatch_time_to_halt_seconds"]

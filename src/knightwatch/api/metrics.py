@@ -1,14 +1,18 @@
 """``GET /metrics``: the control plane's own figures in the Prometheus text format.
 
-No authentication, as Prometheus scrapers expect; only counts are exposed
-(no names of releases, no findings). A custom collector on a registry of
-its own reads the store at scrape time, so every replica reports the same
-figures and nothing is kept in memory between scrapes.
+No authentication, as Prometheus scrapers expect; only counts, ages and
+node names are exposed (no names of releases, no findings). A custom
+collector on a registry of its own reads the store at scrape time, so every
+replica reports the same figures and nothing is kept in memory between
+scrapes. Ages are counted from when the condition began, as recorded where
+it changed, so an alerting rule on them survives a Prometheus restart;
+``examples/prometheus/`` has rules over these figures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import get_args, get_type_hints
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,6 +27,7 @@ from prometheus_client.registry import Collector
 from knightwatch.api.auth import Plane
 from knightwatch.clock import Clock
 from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
+from knightwatch.control.deploy import DeployRequest
 from knightwatch.control.fleet import FleetState
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.control.states import TERMINAL
@@ -33,6 +38,7 @@ __all__ = ["TIME_TO_HALT_BUCKETS", "FleetCollector", "UploadCollector", "router"
 
 router = APIRouter()
 TIME_TO_HALT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_KINDS: tuple[str, ...] = get_args(get_type_hints(DeployRequest)["kind"])
 
 
 class FleetCollector(Collector):
@@ -47,7 +53,9 @@ class FleetCollector(Collector):
         with self._db.session() as session:
             stats = fleet_statistics(session, self._clock.now())
         yield _fleet_state(stats)
+        yield from _ages(stats)
         yield _nodes(stats)
+        yield from _per_node(stats)
         yield from _deployments(stats)
         yield GaugeMetricFamily(
             "knightwatch_halts_active", "Kill-switch halts not lifted yet.", stats.halts_active
@@ -94,6 +102,50 @@ def _fleet_state(stats: FleetStatistics) -> Metric:
     return family
 
 
+def _ages(stats: FleetStatistics) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "knightwatch_fleet_mixed_seconds",
+        "Seconds since the fleet's nodes began to run different releases (MIXED); 0 while "
+        "they run one.",
+        stats.mixed_for_s or 0.0,
+    )
+    yield GaugeMetricFamily(
+        "knightwatch_fleet_drifted_seconds",
+        "Seconds since the oldest drift still present on a node began; 0 without drift.",
+        stats.drifted_for_s or 0.0,
+    )
+
+
+def _per_node(stats: FleetStatistics) -> Iterator[Metric]:
+    figures = stats.node_figures
+    yield GaugeMetricFamily(
+        "knightwatch_agents_connected",
+        "Node agents connected to the control plane now.",
+        sum(1 for n in figures if n.connected),
+    )
+    yield GaugeMetricFamily(
+        "knightwatch_nodes_behind",
+        "Enrolled nodes not running the release they were told to run (left behind).",
+        sum(1 for n in figures if n.behind),
+    )
+    connected = GaugeMetricFamily(
+        "knightwatch_node_connected",
+        "1 while the node's agent is connected, 0 otherwise.",
+        labels=["node", "group"],
+    )
+    age = GaugeMetricFamily(
+        "knightwatch_node_last_report_age_seconds",
+        "Seconds since the node's agent last reported (absent for a node that never did).",
+        labels=["node", "group"],
+    )
+    for node in figures:
+        connected.add_metric([node.name, node.group], 1.0 if node.connected else 0.0)
+        if node.last_report_age_s is not None:
+            age.add_metric([node.name, node.group], max(0.0, node.last_report_age_s))
+    yield connected
+    yield age
+
+
 def _nodes(stats: FleetStatistics) -> Metric:
     family = GaugeMetricFamily(
         "knightwatch_nodes",
@@ -116,7 +168,10 @@ def _deployments(stats: FleetStatistics) -> Iterator[Metric]:
         "Deployments under way, by kind and state.",
         labels=["kind", "state"],
     )
-    for (kind, state), count in sorted(stats.deployments.items()):
+    # every ended (kind, state) from zero, so a rule's increase() sees the first failure too
+    counts = {(kind, str(state)): 0 for kind in _KINDS for state in sorted(TERMINAL)}
+    counts.update(stats.deployments)
+    for (kind, state), count in sorted(counts.items()):
         (finished if state in TERMINAL else running).add_metric([kind, state], count)
     yield finished
     yield running

@@ -1,4 +1,5 @@
-"""Deliver alert notifications: Alertmanager webhook JSON, POSTed or piped to a command.
+"""Deliver alert notifications: Alertmanager webhook JSON, POSTed or piped to a command,
+or the alert itself posted into an Alertmanager (:mod:`knightwatch.api.alertmanager`).
 
 Every notification is the JSON body Prometheus Alertmanager's ``webhook_config``
 sends (``version`` "4", one alert per message), so existing receivers — chat
@@ -10,27 +11,41 @@ timeout; its exit status is what is recorded.
 loop: it claims what is due (one short transaction that leases each alert),
 then delivers each notification in its own task with no transaction open and
 records its outcome as soon as it is known. The next round does not wait for
-a slow or hanging receiver: a new alert is announced at once.
+a slow or hanging receiver: a new alert is announced at once. Each round
+also re-posts what Alertmanager receivers hold (:func:`standing_deliveries`)
+when due; posts about one alert to one receiver never overlap, so a late
+"firing" cannot land after its resolution.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from knightwatch.api.alertmanager import Resends, post_alert, postable_alert
 from knightwatch.clock import Clock
-from knightwatch.control.routing import AlertRouting, Delivery, claim_due, record_delivery
+from knightwatch.control.routing import (
+    AlertRouting,
+    Delivery,
+    Standing,
+    claim_due,
+    record_delivery,
+    record_resend,
+    standing_deliveries,
+)
 from knightwatch.settings import ServerSettings
-from knightwatch.store import Database
+from knightwatch.store import Alert, Database
 
 __all__ = ["AlertNotifier", "alertmanager_payload"]
 
@@ -93,6 +108,10 @@ class AlertNotifier:
         self._external_url = external_url.rstrip("/")
         self._http: httpx.AsyncClient | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._resends = Resends()
+        self._posting: dict[tuple[int, str], asyncio.Lock] = {}
+        self._resolving: set[int] = set()
+        """Alerts whose resolution an Alertmanager did not take yet (retried for a while)."""
 
     @classmethod
     def for_settings(cls, db: Database, clock: Clock, settings: ServerSettings) -> AlertNotifier:
@@ -116,15 +135,32 @@ class AlertNotifier:
                     task.cancel()
 
     async def tick(self) -> int:
-        """Claim everything due now and start delivering it; return how many were claimed."""
+        """Claim everything due now and start delivering it; return how many were claimed.
+
+        Re-posts due to Alertmanager receivers are started too (not counted).
+        """
         if not self._routing.chain:
             return 0
         deliveries = await asyncio.to_thread(self._claim)
         for delivery in deliveries:
-            task = asyncio.create_task(self._deliver_and_record(delivery))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._start(self._deliver_and_record(delivery))
+        if any(r.kind == "alertmanager" for r in self._routing.receivers):
+            asked = set(self._resolving)
+            standing = await asyncio.to_thread(self._standing, tuple(asked))
+            self._resolving -= asked - {s.delivery.alert_id for s in standing}
+            keys = {(s.delivery.alert_id, s.delivery.receiver.name) for s in standing}
+            for key in [k for k, lock in self._posting.items() if not lock.locked()]:
+                if key not in keys:
+                    del self._posting[key]
+            for due in self._resends.refresh(standing):
+                if not self._lock(due.delivery).locked():
+                    self._start(self._resend(due))
         return len(deliveries)
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     async def settle(self) -> None:
         """Wait until every delivery started so far is made and recorded."""
@@ -133,32 +169,100 @@ class AlertNotifier:
 
     async def _deliver_and_record(self, delivery: Delivery) -> None:
         try:
-            ok, detail = await self._deliver(delivery)
-            await asyncio.to_thread(self._record, delivery, ok, detail)
+            if delivery.receiver.kind == "alertmanager":
+                async with self._lock(delivery):
+                    ok, detail = await self._deliver(delivery)
+                    self._posted(delivery, ok)
+                    await asyncio.to_thread(self._record, delivery, ok, detail)
+            else:
+                ok, detail = await self._deliver(delivery)
+                await asyncio.to_thread(self._record, delivery, ok, detail)
         except Exception:
             log.exception(
                 "delivery of alert %d to %s failed", delivery.alert_id, delivery.receiver.name
             )
 
+    async def _resend(self, standing: Standing) -> None:
+        """Post an Alertmanager's copy again; record a failure and a recovery, not each success."""
+        delivery = standing.delivery
+        try:
+            async with self._lock(delivery):
+                if not await asyncio.to_thread(self._still_due, delivery):
+                    return
+                delivery = dataclasses.replace(delivery, at=self._clock.now())
+                ok, detail = await self._deliver(delivery, log_success=False)
+                failed_before = self._posted(delivery, ok)
+                if not ok and failed_before == 0:
+                    detail += " (retrying with backoff)"
+                elif ok and failed_before:
+                    detail += f" (after {failed_before} failed attempt(s))"
+                else:
+                    return
+                await asyncio.to_thread(self._record_resend, delivery, ok, detail)
+        except Exception:
+            log.exception(
+                "re-post of alert %d to %s failed", delivery.alert_id, delivery.receiver.name
+            )
+
+    def _lock(self, delivery: Delivery) -> asyncio.Lock:
+        return self._posting.setdefault((delivery.alert_id, delivery.receiver.name), asyncio.Lock())
+
+    def _posted(self, delivery: Delivery, ok: bool) -> int:
+        """Schedule the next post of this pair; forget it once its resolution was taken."""
+        failed_before = self._resends.posted(delivery, ok, self._clock.now())
+        if delivery.status == "resolved" and not ok:
+            self._resolving.add(delivery.alert_id)
+        elif delivery.status == "resolved":
+            self._resends.forget(delivery)
+            self._posting.pop((delivery.alert_id, delivery.receiver.name), None)
+        return failed_before
+
     def _claim(self) -> list[Delivery]:
         with self._db.session() as session:
             return claim_due(session, self._routing, self._clock.now())
+
+    def _standing(self, resolving: tuple[int, ...]) -> list[Standing]:
+        with self._db.session() as session:
+            return standing_deliveries(session, self._routing, self._clock.now(), resolving)
+
+    def _still_due(self, delivery: Delivery) -> bool:
+        """A firing re-post only while the alert is open; a resolution re-post only if resolved."""
+        with self._db.session() as session:
+            alert = session.get(Alert, delivery.alert_id)
+            return alert is not None and (alert.state == "resolved") == (
+                delivery.status == "resolved"
+            )
+
+    def _record_resend(self, delivery: Delivery, ok: bool, detail: str) -> None:
+        with self._db.session() as session:
+            record_resend(session, delivery, ok=ok, detail=detail)
 
     def _record(self, delivery: Delivery, ok: bool, detail: str) -> None:
         with self._db.session() as session:
             record_delivery(session, delivery, ok=ok, detail=detail, routing=self._routing)
 
-    async def _deliver(self, delivery: Delivery) -> tuple[bool, str]:
-        payload = alertmanager_payload(delivery, self._external_url)
-        body = json.dumps(payload, sort_keys=True).encode()
+    async def _deliver(self, delivery: Delivery, *, log_success: bool = True) -> tuple[bool, str]:
         receiver = delivery.receiver
-        if receiver.webhook is not None:
+        if receiver.alertmanager is not None:
+            labels = self._resends.labels(delivery, self._routing.fleet)
+            alert = postable_alert(delivery, labels, self._external_url)
+            client = self._http or httpx.AsyncClient(follow_redirects=False)
+            try:
+                ok, detail = await post_alert(client, receiver, alert)
+            finally:
+                if client is not self._http:
+                    await client.aclose()
+        elif receiver.webhook is not None:
+            payload = alertmanager_payload(delivery, self._external_url)
+            body = json.dumps(payload, sort_keys=True).encode()
             ok, detail = await self._post(receiver.webhook, body, receiver.timeout_s)
         else:
             assert receiver.command is not None
+            payload = alertmanager_payload(delivery, self._external_url)
+            body = json.dumps(payload, sort_keys=True).encode()
             ok, detail = await _run(receiver.command, body, receiver.timeout_s, _env(delivery))
         log.log(
-            logging.INFO if ok else logging.WARNING,
+            logging.WARNING if not ok else logging.INFO if log_success else logging.DEBUG,
             "alert %d %s → %s (level %d): %s",
             delivery.alert_id,
             delivery.status,

@@ -1,8 +1,10 @@
 """Figures about the fleet, read from the store at one instant (for /metrics and dashboards).
 
-:func:`fleet_statistics` returns a frozen record: the fleet state, node
-counts by drift, connection and halt, deployments by kind and state, active
-halts and every node's time to halt, and alerts by state and severity.
+:func:`fleet_statistics` returns a frozen record: the fleet state and how
+long the fleet has been MIXED and DRIFTED, node counts by drift, connection
+and halt, each node's connection and last report's age, deployments by kind
+and state, active halts and every node's time to halt, and alerts by state
+and severity.
 """
 
 from __future__ import annotations
@@ -17,7 +19,20 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from knightwatch.control.fleet import FleetState, fleet_status
 from knightwatch.store import Alert, Deployment, Halt, HaltNode, Node
 
-__all__ = ["FleetStatistics", "fleet_statistics"]
+__all__ = ["FleetStatistics", "NodeFigures", "fleet_statistics"]
+
+
+@dataclass(frozen=True)
+class NodeFigures:
+    """One node (not retired), as the control plane last heard of it."""
+
+    name: str
+    group: str
+    connected: bool
+    last_report_age_s: float | None
+    """None when the node never reported."""
+    behind: bool
+    """Enrolled, told which release to run, and not running it (left behind by a deploy)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,11 @@ class FleetStatistics:
     """For each node that confirmed a halt: seconds from the halt's issue to its service gone."""
     alerts: dict[tuple[str, str], int]
     """(state, severity) → number of alerts."""
+    mixed_for_s: float | None = None
+    """Seconds since the nodes began to run different releases (None while they do not)."""
+    drifted_for_s: float | None = None
+    """Seconds since the oldest drift still present on a node began (None without drift)."""
+    node_figures: tuple[NodeFigures, ...] = ()
 
 
 def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
@@ -44,8 +64,10 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
             select(Node.drift_state, Node.connected, Node.halted).where(Node.status != "retired")
         )
     )
+    status = fleet_status(session, now)
+    drifts = [n.drift_since for n in status.nodes if n.drift_state == "drifted" and n.drift_since]
     return FleetStatistics(
-        state=fleet_status(session, now).state,
+        state=status.state,
         nodes=dict(nodes),
         deployments=_grouped(session, Deployment.kind, Deployment.state),
         halts_active=session.scalar(
@@ -54,6 +76,20 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
         or 0,
         times_to_halt_s=_times_to_halt(session),
         alerts=_grouped(session, Alert.state, Alert.severity),
+        mixed_for_s=status.mixed_for_s,
+        drifted_for_s=max(0.0, (now - min(drifts)).total_seconds()) if drifts else None,
+        node_figures=tuple(
+            NodeFigures(
+                name=n.name,
+                group=n.group,
+                connected=n.connected,
+                last_report_age_s=n.last_report_age_s,
+                behind=n.status == "enrolled"
+                and n.desired_digest is not None
+                and n.active_digest != n.desired_digest,
+            )
+            for n in status.nodes
+        ),
     )
 
 
