@@ -8,14 +8,14 @@ halts and every node's time to halt, and alerts by state and severity.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from knightwatch.control.fleet import FleetState, fleet_status
-from knightwatch.store import Alert, Deployment, Halt, HaltNode, Node
+from knightwatch.store import Alert, Deployment, Halt, HaltNode
 
 __all__ = ["FleetStatistics", "fleet_statistics"]
 
@@ -25,8 +25,11 @@ class FleetStatistics:
     """What the control plane knows about the fleet, counted."""
 
     state: FleetState
-    nodes: dict[tuple[str, bool, bool], int]
-    """(drift_state, connected, halted) → number of enrolled (not retired) nodes."""
+    nodes: dict[tuple[str, bool, bool | None], int]
+    """(drift_state, connected, halted) → number of not retired nodes.
+
+    For a node whose agent is gone, drift_state is ``unknown`` and halted None:
+    its last report's values are not facts about now."""
     deployments: dict[tuple[str, str], int]
     """(kind, state) → number of deployments."""
     halts_active: int
@@ -34,18 +37,24 @@ class FleetStatistics:
     """For each node that confirmed a halt: seconds from the halt's issue to its service gone."""
     alerts: dict[tuple[str, str], int]
     """(state, severity) → number of alerts."""
+    condition_ages_s: dict[str, float] = field(default_factory=dict)
+    """mixed / drifted / halted → seconds since it began (present conditions only)."""
 
 
 def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
     """Count everything once, inside the caller's transaction."""
-    nodes = Counter(
-        (drift, bool(connected), bool(halted))
-        for drift, connected, halted in session.execute(
-            select(Node.drift_state, Node.connected, Node.halted).where(Node.status != "retired")
-        )
+    status = fleet_status(session, now)
+    nodes: Counter[tuple[str, bool, bool | None]] = Counter(
+        (n.drift_state, True, n.halted) if n.connected else ("unknown", False, None)
+        for n in status.nodes
     )
+    ages = {
+        "mixed": status.mixed_for_s,
+        "drifted": status.drifted_for_s,
+        "halted": status.halted_for_s,
+    }
     return FleetStatistics(
-        state=fleet_status(session, now).state,
+        state=status.state,
         nodes=dict(nodes),
         deployments=_grouped(session, Deployment.kind, Deployment.state),
         halts_active=session.scalar(
@@ -54,6 +63,7 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
         or 0,
         times_to_halt_s=_times_to_halt(session),
         alerts=_grouped(session, Alert.state, Alert.severity),
+        condition_ages_s={k: v for k, v in ages.items() if v is not None},
     )
 
 
