@@ -153,6 +153,8 @@ def _node_row(node: dict[str, Any]) -> list[str]:
             f"{known['service_pid'] or '-'} (last known)",
             known["service_version"] or "-",
         ]
+    if known is not None:
+        drift += " (last known)"
     state = node.get("state", "CONNECTED")
     return [node["name"], _paint(state), facts[0], facts[1], drift, *facts[2:], age]
 

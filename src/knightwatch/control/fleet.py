@@ -301,7 +301,8 @@ def _live_nodes(session: Session) -> list[Node]:
 
 
 def _release_names(session: Session) -> dict[str, str]:
-    return dict(session.execute(select(Release.digest, Release.release_id)))
+    rows = session.execute(select(Release.digest, Release.release_id))
+    return {row.digest: row.release_id for row in rows}
 
 
 def _is_current(node: Node) -> bool:
