@@ -170,11 +170,13 @@ class _Unconfirmed:
 
 def ingest_report(session: Session, node: Node, report: Report, now: datetime) -> None:
     """Copy a verified report's facts onto the node's row (and record a MIXED change)."""
-    before = node.active_digest
+    state = report.state
     first = node.last_report_at is None or (
         node.connected_at is not None and node.last_report_at < node.connected_at
     )
-    state = report.state
+    changes_fleet = first or node.active_digest != state.active_digest
+    if changes_fleet:  # only these can change whether the fleet is mixed
+        _lock_fleet(session, now)
     node.active_digest = state.active_digest
     node.previous_digest = state.previous_digest
     service = state.service
@@ -187,12 +189,13 @@ def ingest_report(session: Session, node: Node, report: Report, now: datetime) -
     node.last_report = canonical_json(report.model_dump(mode="json")).decode("utf-8")
     node.last_report_at = now
     node.last_seq = report.seq
-    if first or before != node.active_digest:  # only these can change whether the fleet is mixed
+    if changes_fleet:
         record_fleet_conditions(session, now)
 
 
 def mark_connected(session: Session, name: str, *, nonce: str, now: datetime) -> Node:
     """Record that node ``name``'s agent connected with session ``nonce``."""
+    _lock_fleet(session, now)
     node = _get_node(session, name)
     node.connected = True
     node.connected_at = now
@@ -204,6 +207,7 @@ def mark_connected(session: Session, name: str, *, nonce: str, now: datetime) ->
 
 def mark_disconnected(session: Session, name: str, *, now: datetime) -> None:
     """Record that node ``name``'s agent is gone: from now on its facts are last-known only."""
+    _lock_fleet(session, now)
     node = _get_node(session, name)
     node.connected = False
     node.disconnected_at = now
@@ -213,16 +217,15 @@ def mark_disconnected(session: Session, name: str, *, now: datetime) -> None:
 def record_fleet_conditions(session: Session, now: datetime) -> None:
     """Record when the fleet became MIXED (or stopped being): call it where the fleet changes.
 
-    Writes the fleet row only when the answer changed, so calling it often is
-    cheap on writes. (DRIFTED and HALTED begin on a node's row:
+    Locks the fleet row (see :func:`_lock_fleet`) and writes it only when the
+    answer changed. (DRIFTED and HALTED begin on a node's row:
     ``drift_since`` and ``halted_since`` are set where the reports and halts
     are ingested.)
     """
-    session.flush()
+    fleet = _lock_fleet(session, now)
     nodes = _live_nodes(session)
     names = _release_names(session)
     mixed = bool(_mixed_reasons(nodes, names, _unconfirmed_switches(session, nodes), None))
-    fleet = get_fleet(session, now=now)
     if mixed and fleet.mixed_since is None:
         fleet.mixed_since = now
     elif not mixed and fleet.mixed_since is not None:
@@ -287,6 +290,17 @@ def fleet_status(session: Session, now: datetime) -> FleetStatus:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _lock_fleet(session: Session, now: datetime) -> Fleet:
+    """The fleet row, locked before any node row is written (the order every writer keeps).
+
+    The orchestrator and drain/resume/retire lock the fleet row first, then
+    write nodes; taking it here before this transaction's node changes are
+    flushed keeps one lock order on PostgreSQL, so the two never deadlock.
+    """
+    with session.no_autoflush:
+        return get_fleet(session, for_update=True, now=now)
 
 
 def _get_node(session: Session, name: str) -> Node:
