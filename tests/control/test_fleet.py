@@ -206,6 +206,14 @@ class TestAgentGone:
         report(db, clock, "n3", OLD)
         assert status(db, clock).state is FleetState.CONVERGED
 
+    def test_a_drained_node_gone_is_unknown_too(self, db: Database, clock: VirtualClock) -> None:
+        """A drained node takes no deploys but still runs code: gone, the fleet is UNKNOWN."""
+        with db.session() as session:
+            drain_node(session, "n3", at=clock.now(), actor="alice", reason="maintenance")
+        assert status(db, clock).state is FleetState.CONVERGED
+        disconnect(db, clock, "n3")
+        assert status(db, clock).state is FleetState.UNKNOWN
+
     def test_gone_node_last_on_another_release_makes_the_fleet_mixed_saying_last_reported(
         self, db: Database, clock: VirtualClock
     ) -> None:

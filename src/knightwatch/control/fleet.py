@@ -419,7 +419,7 @@ def _unknown_reasons(nodes: list[Node], now: datetime) -> list[str]:
         f"{n.name} is UNKNOWN: its agent is not connected; "
         f"last report {_ago(n.last_report_at, now)}"
         for n in nodes
-        if n.status == "enrolled" and not _is_current(n)
+        if n.status in ("enrolled", "drained") and not _is_current(n)
     ]
 
 
