@@ -25,7 +25,7 @@ from knightwatch.bundle.blobstore import BlobStore, is_digest
 from knightwatch.control.audits import record_audit_result
 from knightwatch.control.drift import ingest_audit_status
 from knightwatch.control.enrollment import enroll
-from knightwatch.control.fleet import ingest_report
+from knightwatch.control.fleet import ingest_report, mark_connected, mark_disconnected
 from knightwatch.control.guards import ingest_alerts
 from knightwatch.control.killswitch import dead_man_seconds, ingest_safety
 from knightwatch.control.retirement import pending_retires, record_retire_result
@@ -242,7 +242,7 @@ class _Session:
         now = self.plane.clock.now()
         with self.plane.db.session() as session:
             node = session.get(Node, self.node)
-            ingest_report(node, report, now)
+            ingest_report(session, node, report, now)
             change = ingest_audit_status(session, node, report.state.audit, now)
             if report.audit is not None:
                 record_audit_result(session, self.node, report.audit, now)
@@ -281,17 +281,11 @@ class _Session:
 
     def _mark_connected(self) -> None:
         with self.plane.db.session() as session:
-            node = session.get(Node, self.node)
-            node.connected = True
-            node.connected_at = self.plane.clock.now()
-            node.session_nonce = self.nonce
-            node.last_seq = 0
+            node = mark_connected(session, self.node, nonce=self.nonce, now=self.plane.clock.now())
             self.group = node.group_name
-            self.public_key = public_key_from_text(node.public_key)
+            self.public_key = public_key_from_text(node.public_key or "")  # enrolled: has one
 
     def _mark_disconnected(self) -> None:
         with self.plane.db.session() as session:
-            node = session.get(Node, self.node)
-            node.connected = False
-            node.disconnected_at = self.plane.clock.now()
+            mark_disconnected(session, self.node, now=self.plane.clock.now())
         self.plane.orchestrator.on_disconnect(self.node)

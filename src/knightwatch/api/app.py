@@ -23,6 +23,7 @@ from knightwatch.api.signals import ChangeSignal
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.control.deploy import DeployTimeouts, Orchestrator
+from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.control.guards import FleetGuards
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.settings import ServerSettings
@@ -35,6 +36,7 @@ T = TypeVar("T")
 log = logging.getLogger("knightwatch.server")
 TICK_S = 0.2
 UPLOAD_SWEEP_S = 60.0
+CONDITIONS_EVERY_TICKS = 5
 HaltNow = Callable[["ControlPlane", str | None, str, str], object]
 """Records and sends a halt (selector, reason, requested_by): api.killswitch.halt_now."""
 
@@ -177,9 +179,22 @@ def create_app(plane: ControlPlane) -> FastAPI:
 
 
 async def _tick_forever(plane: ControlPlane, halt_now: HaltNow) -> None:
+    ticks = 0
     while True:
         await asyncio.sleep(TICK_S)
         await plane.in_store(lambda: _tick(plane, halt_now))
+        ticks += 1
+        if ticks % CONDITIONS_EVERY_TICKS == 0:
+            await plane.in_store(lambda: _record_conditions(plane))
+
+
+def _record_conditions(plane: ControlPlane) -> None:
+    """The safety net of the change points: any change they missed is recorded within a second."""
+    try:
+        with plane.db.session() as session:
+            record_fleet_conditions(session, plane.clock.now())
+    except Exception:
+        log.exception("recording the fleet's conditions failed")
 
 
 def _tick(plane: ControlPlane, halt_now: HaltNow) -> None:

@@ -50,10 +50,11 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield every knightwatch_* family."""
-        with self._db.session() as session:
+        with self._db.reading() as session:  # a scrape writes nothing
             stats = fleet_statistics(session, self._clock.now())
         yield _fleet_state(stats)
         yield from _ages(stats)
+        yield _condition_ages(stats)
         yield _nodes(stats)
         yield from _per_node(stats)
         yield from _deployments(stats)
@@ -146,14 +147,27 @@ def _per_node(stats: FleetStatistics) -> Iterator[Metric]:
     yield age
 
 
+def _condition_ages(stats: FleetStatistics) -> Metric:
+    family = GaugeMetricFamily(
+        "knightwatch_fleet_condition_seconds",
+        "Seconds since each present condition (mixed, drifted, halted) began, as recorded then.",
+        labels=["condition"],
+    )
+    for condition, age in sorted(stats.condition_ages_s.items()):
+        family.add_metric([condition], age)
+    return family
+
+
 def _nodes(stats: FleetStatistics) -> Metric:
     family = GaugeMetricFamily(
         "knightwatch_nodes",
-        "Enrolled nodes by drift state, connection and halt.",
+        "Enrolled nodes by drift state, connection and halt "
+        "(drift_state and halted are unknown for a node whose agent is gone).",
         labels=["drift_state", "connected", "halted"],
     )
-    for (drift, connected, halted), count in sorted(stats.nodes.items()):
-        family.add_metric([drift, str(connected).lower(), str(halted).lower()], count)
+    for (drift, connected, halted), count in sorted(stats.nodes.items(), key=str):
+        shown = "unknown" if halted is None else str(halted).lower()
+        family.add_metric([drift, str(connected).lower(), shown], count)
     return family
 
 

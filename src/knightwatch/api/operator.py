@@ -57,8 +57,8 @@ class DeployBody(_Body):
 
 @router.get("/status")
 def status(plane: Plane, _who: Operator) -> dict[str, Any]:
-    """The fleet's state and every node's last report."""
-    with plane.db.session() as session:
+    """The fleet's state and every node's last report (a pure read: one snapshot, no writes)."""
+    with plane.db.reading() as session:
         return fleet_status(session, plane.clock.now()).to_json()
 
 

@@ -37,6 +37,9 @@ _COLOURS = {
     "running": "green",
     "crash_loop": "red",
     "OFFLINE": "yellow",
+    "UNKNOWN": "bold yellow",
+    "CONNECTED": "green",
+    "PENDING": "yellow",
 }
 
 
@@ -77,14 +80,17 @@ def rollback(
 
 
 def status(json_output: JsonOpt = False) -> None:
-    """Fleet state (CONVERGED, DRIFTED, MIXED, DEPLOYING, DEGRADED) and every node."""
+    """Fleet state (CONVERGED, DRIFTED, MIXED, UNKNOWN, DEPLOYING, DEGRADED) and every node.
+
+    A node whose agent is gone is UNKNOWN: its release, service and pid are shown
+    as "last known" with that report's age, never as current.
+    """
     data = ApiClient(resolve_target()).get("/status")
     if json_output:
         print_json(data)
         return
-    age = f" for {data['mixed_for_s']:.0f} s" if data.get("mixed_for_s") is not None else ""
     out.print(
-        f"fleet [bold {_colour(data['state'])}]{data['state']}[/]{age}   "
+        f"fleet [bold {_colour(data['state'])}]{data['state']}[/]{_condition_age(data)}   "
         f"release {shown(data['desired_release'] or '-')}   previous "
         f"{shown(data['previous_release'] or '-')}"
     )
@@ -92,7 +98,7 @@ def status(json_output: JsonOpt = False) -> None:
         out.print(f"  • {shown(reason)}")
     table = Table(
         "node",
-        "connected",
+        "state",
         "active release",
         "digest",
         "drift",
@@ -102,20 +108,55 @@ def status(json_output: JsonOpt = False) -> None:
         "report age",
     )
     for node in data["nodes"]:
-        age_s = node["last_report_age_s"]
-        table.add_row(
-            shown(node["name"]),
-            "yes" if node["connected"] else "[red]no[/]",
+        table.add_row(*_node_row(node))
+    out.print(table)
+    if any(node.get("last_known") for node in data["nodes"]):
+        out.print("  (last known): from the node's last report, as old as its report age")
+
+
+def _condition_age(data: dict[str, Any]) -> str:
+    """The age shown after the fleet state, counted from when the condition began."""
+    key = {"MIXED": "mixed_for_s", "DRIFTED": "drifted_for_s", "HALTED": "halted_for_s"}
+    age = data.get(key.get(data["state"], ""))
+    if age is None:
+        return " (since: not recorded yet)" if data["state"] == "MIXED" else ""
+    return f" for {age:.0f} s"
+
+
+def _node_row(node: dict[str, Any]) -> list[str]:
+    """One table row: current facts, or last-known ones marked so for an UNKNOWN node."""
+    age_s = node["last_report_age_s"]
+    age = f"{age_s:.1f} s" if age_s is not None else "never"
+    drift = _paint(node["drift_state"]) + (
+        f" ({node['drift_count']})" if node["drift_state"] == "drifted" else ""
+    )
+    known = node.get("last_known")
+    if known is None:
+        facts = [
             shown(node["active_release"] or "-"),
             shown((node["active_digest"] or "-")[:12]),
-            _paint(node["drift_state"])
-            + (f" ({node['drift_count']})" if node["drift_state"] == "drifted" else ""),
             _paint(node["service_state"]),
             shown(node["service_pid"] or "-"),
             shown(node["service_version"] or "-"),
-            f"{age_s:.1f} s" if age_s is not None else "never",
+        ]
+    else:
+        possible = node.get("possible_releases") or []
+        release = (
+            "[red]one of " + ", ".join(shown(p) for p in possible) + "?[/]"
+            if possible
+            else f"{shown(known['active_release'] or '-')} (last known)"
         )
-    out.print(table)
+        facts = [
+            release,
+            shown((known["active_digest"] or "-")[:12]),
+            f"{shown(known['service_state'])} (last known)",
+            f"{shown(known['service_pid'] or '-')} (last known)",
+            shown(known["service_version"] or "-"),
+        ]
+    if known is not None:
+        drift += " (last known)"
+    state = node.get("state", "CONNECTED")
+    return [shown(node["name"]), _paint(state), facts[0], facts[1], drift, *facts[2:], age]
 
 
 def deployments(

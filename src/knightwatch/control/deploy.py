@@ -29,6 +29,7 @@ from knightwatch.control.accounting import deployment_succeeded
 from knightwatch.control.alerts import require_no_unacknowledged_critical
 from knightwatch.control.drift import require_no_drift
 from knightwatch.control.faults import crash_point
+from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.control.killswitch import require_not_halted
 from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase, check_transition
 from knightwatch.control.targets import (
@@ -492,6 +493,7 @@ class Orchestrator:
                 fleet.previous_digest = fleet.desired_digest
                 fleet.desired_digest = deployment.release_digest
             fleet.updated_at = self._clock.now()
+        record_fleet_conditions(session, self._clock.now())  # the fleet's desired state moved
 
     def _transition(
         self,

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.control.accounting import node_drained, node_resumed, node_retired
+from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
 from knightwatch.store import DeploymentNode, JoinToken, Node
 from knightwatch.store.queries import active_deployment, get_fleet
@@ -125,4 +126,5 @@ def _change(
 ) -> NodeChange:
     node.status = status
     recorder(session, node, at=at, actor=actor, reason=reason)
+    record_fleet_conditions(session, at)  # the fleet's membership changed
     return NodeChange(node.name, status, at, actor, reason)

@@ -10,14 +10,14 @@ and severity.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from knightwatch.control.fleet import FleetState, fleet_status
-from knightwatch.store import Alert, Deployment, Halt, HaltNode, Node
+from knightwatch.control.fleet import FleetState, NodeStatus, fleet_status
+from knightwatch.store import Alert, Deployment, Halt, HaltNode
 
 __all__ = ["FleetStatistics", "NodeFigures", "fleet_statistics"]
 
@@ -40,8 +40,11 @@ class FleetStatistics:
     """What the control plane knows about the fleet, counted."""
 
     state: FleetState
-    nodes: dict[tuple[str, bool, bool], int]
-    """(drift_state, connected, halted) → number of enrolled (not retired) nodes."""
+    nodes: dict[tuple[str, bool, bool | None], int]
+    """(drift_state, connected, halted) → number of not retired nodes.
+
+    For a node whose agent is gone, drift_state is ``unknown`` and halted None:
+    its last report's values are not facts about now."""
     deployments: dict[tuple[str, str], int]
     """(kind, state) → number of deployments."""
     halts_active: int
@@ -54,18 +57,22 @@ class FleetStatistics:
     drifted_for_s: float | None = None
     """Seconds since the oldest drift still present on a node began (None without drift)."""
     node_figures: tuple[NodeFigures, ...] = ()
+    condition_ages_s: dict[str, float] = field(default_factory=dict)
+    """mixed / drifted / halted → seconds since it began (present conditions only)."""
 
 
 def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
     """Count everything once, inside the caller's transaction."""
-    nodes = Counter(
-        (drift, bool(connected), bool(halted))
-        for drift, connected, halted in session.execute(
-            select(Node.drift_state, Node.connected, Node.halted).where(Node.status != "retired")
-        )
-    )
     status = fleet_status(session, now)
-    drifts = [n.drift_since for n in status.nodes if n.drift_state == "drifted" and n.drift_since]
+    nodes: Counter[tuple[str, bool, bool | None]] = Counter(
+        (n.drift_state, True, n.halted) if n.connected else ("unknown", False, None)
+        for n in status.nodes
+    )
+    ages = {
+        "mixed": status.mixed_for_s,
+        "drifted": status.drifted_for_s,
+        "halted": status.halted_for_s,
+    }
     return FleetStatistics(
         state=status.state,
         nodes=dict(nodes),
@@ -77,7 +84,7 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
         times_to_halt_s=_times_to_halt(session),
         alerts=_grouped(session, Alert.state, Alert.severity),
         mixed_for_s=status.mixed_for_s,
-        drifted_for_s=max(0.0, (now - min(drifts)).total_seconds()) if drifts else None,
+        drifted_for_s=status.drifted_for_s,
         node_figures=tuple(
             NodeFigures(
                 name=n.name,
@@ -86,11 +93,19 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
                 last_report_age_s=n.last_report_age_s,
                 behind=n.status == "enrolled"
                 and n.desired_digest is not None
-                and n.active_digest != n.desired_digest,
+                and _known_digest(n) != n.desired_digest,
             )
             for n in status.nodes
         ),
+        condition_ages_s={k: v for k, v in ages.items() if v is not None},
     )
+
+
+def _known_digest(node: NodeStatus) -> str | None:
+    """What the node runs: reported now, or last reported when its agent is gone."""
+    if node.last_known is not None:
+        return node.last_known.active_digest
+    return node.active_digest
 
 
 def _grouped(
