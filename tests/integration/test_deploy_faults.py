@@ -28,7 +28,6 @@ from tests.integration.conftest import (
     Releases,
     assert_fleet_on,
     current_digest,
-    deploy_ok,
     events,
     fleet_digests,
     make_fleet,
@@ -43,6 +42,7 @@ LONG_TIMEOUTS = {
     "KNIGHTWATCH_COMMIT_TIMEOUT_S": LONG,
     "KNIGHTWATCH_ROLLBACK_TIMEOUT_S": LONG,
 }
+SLOW_HEALTH = ("--health-timeout", "30")  # a loaded machine must not fail the v1 deploy
 REACTION_S = 150.0  # generous on a loaded machine, yet a sixth of the timeouts above
 LOST = "node3"
 
@@ -50,7 +50,9 @@ LOST = "node3"
 @pytest.fixture
 def fleet(tmp_path: Path, releases: Releases) -> Iterator[LocalFleet]:
     """Three nodes on v1, v2 pushed, every deployment timeout 900 s."""
-    with make_fleet(tmp_path / "fleet", releases, nodes=3, server_env=LONG_TIMEOUTS) as local:
+    with make_fleet(
+        tmp_path / "fleet", releases, nodes=3, server_env=LONG_TIMEOUTS, agent_args=SLOW_HEALTH
+    ) as local:
         for release in (releases.v1, releases.v2):
             local.push(releases.store, release.release_id)
         first = local.deploy(releases.v1.release_id, timeout=180)
@@ -66,11 +68,15 @@ def deployment(fleet: LocalFleet, deployment_id: int) -> dict[str, Any]:
 
 def wait_deployment_state(fleet: LocalFleet, deployment_id: int, state: str) -> None:
     """Wait until the deployment is in ``state``."""
-    wait_until(
-        lambda: deployment(fleet, deployment_id)["state"] == state,
-        timeout=SETTLE_S,
-        what=f"deployment {deployment_id} to be {state}",
-        interval=0.1,
+
+    def reached() -> bool:
+        return bool(deployment(fleet, deployment_id)["state"] == state)
+
+    wait_explained(
+        fleet,
+        reached,
+        f"deployment {deployment_id} to be {state}",
+        logs=("server",),
     )
 
 
@@ -210,7 +216,9 @@ def test_control_plane_killed_during_prepare_leaves_no_staged_tree(
 @pytest.fixture
 def linked(tmp_path: Path, releases: Releases) -> Iterator[tuple[LocalFleet, Link]]:
     """Three nodes on v1 (v2 pushed, timeouts 900 s); node3 reaches the server through a relay."""
-    fleet = make_fleet(tmp_path / "fleet", releases, nodes=3, server_env=LONG_TIMEOUTS)
+    fleet = make_fleet(
+        tmp_path / "fleet", releases, nodes=3, server_env=LONG_TIMEOUTS, agent_args=SLOW_HEALTH
+    )
     for sub in ("logs", "pids", "nodes"):
         (fleet.directory / sub).mkdir(parents=True, exist_ok=True)
     link: Link | None = None
@@ -223,7 +231,8 @@ def linked(tmp_path: Path, releases: Releases) -> Iterator[tuple[LocalFleet, Lin
         fleet.wait_connected(fleet.names, timeout=SETTLE_S)
         for release in (releases.v1, releases.v2):
             fleet.push(releases.store, release.release_id)
-        deploy_ok(fleet, releases.v1)
+        first = fleet.deploy(releases.v1.release_id, timeout=180)
+        assert first["state"] == "SUCCEEDED", (first["reason"], events(first), first["nodes"])
         yield fleet, link
     finally:
         fleet.down()
