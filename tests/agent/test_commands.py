@@ -254,6 +254,22 @@ class TestAbortAndGarbage:
 
         scenario(node, body)
 
+    def test_a_late_abort_spares_the_release_staged_again_since(
+        self, node: Node, releases: Releases
+    ) -> None:
+        """An abort of an old deployment leaves the same release staged by a newer one."""
+        v1 = releases.smars("2012.8.1")
+
+        async def body() -> None:
+            assert (await node.prepare(v1, deployment=7)).phase is AckPhase.PREPARED
+            ack = await node.runner.run(Abort(deployment_id=5, digest=v1.digest))
+            assert ack.phase is AckPhase.ABORTED
+            assert node.layout.release_digests() == [v1.digest]
+            ack = await node.runner.run(Abort(deployment_id=7, digest=v1.digest))
+            assert node.layout.release_digests() == []
+
+        scenario(node, body)
+
     def test_commit_keeps_two_releases_and_later_deployments(
         self, node: Node, releases: Releases
     ) -> None:

@@ -253,10 +253,15 @@ class CommandRunner:
         return result
 
     async def abort(self, command: Abort) -> Ack:
-        """Remove a staged release unless it is the current or previous one."""
+        """Remove a staged release unless it is current, previous or staged by a later deployment.
+
+        (An abort the control plane re-sends on reconnect for an old deployment
+        must not remove the same release staged again since, for a newer one.)
+        """
         state = self.journal.state
         digest = command.digest
-        if digest in (state.current, state.previous):
+        later = state.staged_for.get(digest, 0) > command.deployment_id
+        if digest in (state.current, state.previous) or later:
             return _ack(command, AckPhase.ABORTED)
         reason = None
         try:
