@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from knightwatch.agent.commands import CommandRunner
-from knightwatch.agent.journal import Journal
+from knightwatch.agent.journal import Journal, reconcile
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.reporting import node_state
 from knightwatch.agent.servicelog import ServiceLog
@@ -254,18 +254,38 @@ class TestAbortAndGarbage:
 
         scenario(node, body)
 
-    def test_commit_keeps_two_releases_and_other_deployments(
+    def test_a_late_abort_spares_the_release_staged_again_since(
         self, node: Node, releases: Releases
     ) -> None:
-        """After a commit only current, previous and other deployments' staged trees remain."""
+        """An abort of an old deployment leaves the same release staged by a newer one."""
+        v1 = releases.smars("2012.8.1")
+
+        async def body() -> None:
+            assert (await node.prepare(v1, deployment=7)).phase is AckPhase.PREPARED
+            ack = await node.runner.run(Abort(deployment_id=5, digest=v1.digest))
+            assert ack.phase is AckPhase.ABORTED
+            assert node.layout.release_digests() == [v1.digest]
+            ack = await node.runner.run(Abort(deployment_id=7, digest=v1.digest))
+            assert node.layout.release_digests() == []
+
+        scenario(node, body)
+
+    def test_commit_keeps_two_releases_and_later_deployments(
+        self, node: Node, releases: Releases
+    ) -> None:
+        """After a commit only current, previous and later deployments' staged trees remain."""
         v1, v2, v3, other = (releases.smars(f"2012.8.{n}") for n in (1, 2, 3, 9))
 
         async def body() -> None:
             for built in (v1, v2):
                 assert (await node.deploy(built)).phase is AckPhase.ACTIVE
             assert (await node.prepare(other, deployment=50)).phase is AckPhase.PREPARED
-            assert (await node.deploy(v3)).phase is AckPhase.ACTIVE
-            assert set(node.layout.release_digests()) == {v2.digest, v3.digest, other.digest}
+            assert (await node.deploy(v3)).phase is AckPhase.ACTIVE  # deployment 51
+            assert set(node.layout.release_digests()) == {v2.digest, v3.digest}
+            assert (await node.prepare(other, deployment=99)).phase is AckPhase.PREPARED
+            node._deployment = 52
+            assert (await node.deploy(v1)).phase is AckPhase.ACTIVE  # deployment 53
+            assert set(node.layout.release_digests()) == {v3.digest, v1.digest, other.digest}
             assert node.journal.state.staged == [other.digest]
             used = set()
             for digest in node.layout.release_digests():
@@ -275,3 +295,85 @@ class TestAbortAndGarbage:
             assert cached == used
 
         scenario(node, body)
+
+
+def restarted(node: Node, layout: NodeLayout, releases: Releases, trusted: TrustedKey) -> Node:
+    """The same node after its agent was SIGKILLed: journal reloaded, a fresh supervisor."""
+    journal = node.journal.state
+    again = Node(layout, releases, trusted)  # (its constructor writes a journal of its own)
+    again.journal.save(reconcile(journal, layout))
+    again._deployment = node._deployment
+    return again
+
+
+def started(layout: NodeLayout, built: BuildResult) -> int:
+    """How often the service log shows ``built``'s service being started."""
+    return layout.service_log.read_text().count(f"starting {built.release_id}")
+
+
+def scenario_of(nodes: list[Node], body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body``, then stop the service of every node in ``nodes`` (filled as it goes)."""
+
+    async def main() -> None:
+        try:
+            await body()
+        finally:
+            for each in nodes:
+                await each.supervisor.stop()
+
+    run(main())
+
+
+class TestRestartMidDeployment:
+    def test_restart_before_the_outcome_starts_nothing_until_told(
+        self, node: Node, layout: NodeLayout, releases: Releases, trusted_key: TrustedKey
+    ) -> None:
+        """An agent restarted after switching runs no service until the control plane decides."""
+        v1, v2 = releases.smars("2012.8.1"), releases.smars("2012.8.2")
+        nodes = [node]
+
+        async def body() -> None:
+            assert (await node.deploy(v1)).phase is AckPhase.ACTIVE
+            assert (await node.commit(v1)).phase is AckPhase.ACTIVE  # the outcome: keep v1
+            assert node.journal.state.awaiting is None
+            assert (await node.deploy(v2)).phase is AckPhase.ACTIVE
+            assert node.journal.state.awaiting == node._deployment
+            await node.supervisor.stop()  # its service dies with the node
+            runs_of_v2 = started(layout, v2)
+            again = restarted(node, layout, releases, trusted_key)
+            nodes.append(again)
+            await again.runner.resume()
+            assert again.runner.held == node._deployment
+            assert again.state().service.state is not ServiceState.RUNNING
+            ack = await again.rollback(v1)  # the deployment was abandoned
+            assert (ack.phase, ack.reason) == (AckPhase.ROLLED_BACK, None)
+            assert again.runner.held is None and again.journal.state.awaiting is None
+            assert again.state().service.version == v1.release_id
+            assert started(layout, v2) == runs_of_v2  # v2 never ran again
+
+        scenario_of(nodes, body)
+
+    def test_restart_after_the_outcome_starts_at_once(
+        self, node: Node, layout: NodeLayout, releases: Releases, trusted_key: TrustedKey
+    ) -> None:
+        """Once told to run its release (a Commit of it), a restarted agent starts it at once."""
+        v1 = releases.smars("2012.8.1")
+        nodes = [node]
+
+        async def body() -> None:
+            assert (await node.deploy(v1)).phase is AckPhase.ACTIVE
+            await node.supervisor.stop()
+            again = restarted(node, layout, releases, trusted_key)
+            nodes.append(again)
+            await again.runner.resume()
+            assert again.runner.held == node._deployment  # not told yet
+            assert (await again.commit(v1)).phase is AckPhase.ACTIVE
+            assert again.state().service.state is ServiceState.RUNNING
+            await again.supervisor.stop()
+            third = restarted(again, layout, releases, trusted_key)
+            nodes.append(third)
+            await third.runner.resume()
+            assert third.runner.held is None
+            assert third.state().service.version == v1.release_id
+
+        scenario_of(nodes, body)

@@ -77,6 +77,15 @@ class TestReconcile:
         state = reconcile(state, layout)
         assert (state.current, state.previous, state.staged) == (B, A, [C])
 
+    def test_a_commit_that_reached_current_awaits_its_outcome(self, layout: NodeLayout) -> None:
+        """A commit's switch completed after a crash still awaits its deployment's outcome."""
+        tree(layout, A, B)
+        layout.switch_current(B)
+        for op, awaiting in (("commit", 7), ("rollback", None)):
+            pending = PendingSwitch(op=op, digest=B, from_digest=A, deployment_id=7)
+            state = reconcile(AgentState(node="n", current=A, pending=pending, awaiting=3), layout)
+            assert (state.current, state.awaiting) == (B, awaiting)
+
     def test_unknown_trees_are_staged_and_missing_ones_dropped(self, layout: NodeLayout) -> None:
         """Trees on disk the journal does not know are staged; vanished ones are forgotten."""
         tree(layout, A, C)

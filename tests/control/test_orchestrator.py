@@ -419,3 +419,197 @@ class TestTransitions:
         """There is no transition from nothing straight to COMMITTING or SUCCEEDED."""
         with pytest.raises(IllegalTransitionError):
             check_transition(DeploymentState.PREPARING, DeploymentState.SUCCEEDED)
+
+
+def soaking(orchestrator: Orchestrator, sink: RecordingSink) -> int:
+    """A canary deployment of NEW with n1 ACTIVE and soaking, n2 and n3 WAITING."""
+    deployment = orchestrator.start(DeployRequest(release=NEW, strategy="canary"))
+    for node in NODES:
+        ack(orchestrator, node, deployment, AckPhase.PREPARED)
+    ack(orchestrator, "n1", deployment, AckPhase.ACTIVE)
+    sink.take()
+    return deployment
+
+
+def lose(orchestrator: Orchestrator, sink: RecordingSink, db: Database, node: str) -> None:
+    """Node ``node``'s agent is gone: disconnected in the store and the hub."""
+    sink.offline.add(node)
+    with db.session() as session:
+        row = session.get(Node, node)
+        assert row is not None
+        row.connected = False
+    orchestrator.on_disconnect(node)
+
+
+def reconnect(
+    orchestrator: Orchestrator,
+    sink: RecordingSink,
+    db: Database,
+    node: str,
+    *,
+    active: str = OLD,
+    service: str = "running",
+) -> list[tuple[str, str]]:
+    """Node ``node`` returns reporting ``active`` and ``service``; return what it is sent."""
+    sink.offline.discard(node)
+    with db.session() as session:
+        row = session.get(Node, node)
+        assert row is not None
+        row.connected, row.active_digest, row.service_state = True, active, service
+    sink.take()
+    orchestrator.on_connect(node)
+    return kinds(sink.take())
+
+
+class TestLostTargets:
+    def test_target_lost_after_prepared_fails_before_any_commit(
+        self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
+    ) -> None:
+        """A node lost after PREPARED, before COMMIT, fails the deployment: nobody switches."""
+        deployment = orchestrator.start(DeployRequest(release=NEW))
+        ack(orchestrator, "n1", deployment, AckPhase.PREPARED)
+        ack(orchestrator, "n2", deployment, AckPhase.PREPARED)
+        sink.take()
+        lose(orchestrator, sink, db, "n1")
+        assert state(db, deployment) == "FAILED"
+        ack(orchestrator, "n3", deployment, AckPhase.PREPARED)
+        sent = kinds(sink.take())
+        assert "commit" not in {kind for _, kind in sent}
+        assert sent == [("n2", "abort"), ("n3", "abort")]
+        assert phases(db, deployment)["n1"] == "PREPARED"
+        with db.session() as session:
+            row = session.get(Deployment, deployment)
+            assert row is not None and "n1: agent disconnected" in (row.reason or "")
+
+    def test_waiting_node_lost_during_soak_rolls_the_canary_back_at_once(
+        self, orchestrator: Orchestrator, sink: RecordingSink, clock: VirtualClock, db: Database
+    ) -> None:
+        """A non-canary lost during the soak: no COMMIT to the rest, the canary rolls back now."""
+        deployment = soaking(orchestrator, sink)
+        lose(orchestrator, sink, db, "n3")
+        assert state(db, deployment) == "ROLLING_BACK"
+        assert sorted(kinds(sink.take())) == [("n1", "rollback"), ("n2", "abort")]
+        ack(orchestrator, "n2", deployment, AckPhase.ABORTED)
+        ack(orchestrator, "n1", deployment, AckPhase.ROLLED_BACK, digest=OLD)
+        assert state(db, deployment) == "ROLLED_BACK"  # without waiting for n3
+        assert phases(db, deployment) == {"n1": "ROLLED_BACK", "n2": "ABORTED", "n3": "WAITING"}
+        clock.advance(600)
+        orchestrator.tick()
+        assert "commit" not in {kind for _, kind in sink.take()}
+        assert phases(db, deployment)["n3"] == "WAITING"  # never made to time out a rollback
+        assert reconnect(orchestrator, sink, db, "n3") == [("n3", "abort")]
+        ack(orchestrator, "n3", deployment, AckPhase.ABORTED)
+        assert phases(db, deployment)["n3"] == "ABORTED"
+        assert reconnect(orchestrator, sink, db, "n3") == []
+
+    def test_canary_lost_during_soak_rolls_back_at_once(
+        self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
+    ) -> None:
+        """The canary lost during its soak rolls the deployment back before the soak ends."""
+        deployment = soaking(orchestrator, sink)
+        lose(orchestrator, sink, db, "n1")
+        assert state(db, deployment) == "ROLLING_BACK"
+        assert sorted(kinds(sink.take())) == [("n2", "abort"), ("n3", "abort")]
+        assert reconnect(orchestrator, sink, db, "n1", active=NEW, service="stopped") == [
+            ("n1", "rollback")
+        ]
+
+    def test_waiting_node_not_connected_at_the_end_of_the_soak_stops_the_fleet(
+        self, orchestrator: Orchestrator, sink: RecordingSink, clock: VirtualClock, db: Database
+    ) -> None:
+        """A waiting node gone unnoticed by the hub when the soak ends: no COMMIT, rollback."""
+        deployment = soaking(orchestrator, sink)
+        with db.session() as session:
+            for name, row in ((n, session.get(Node, n)) for n in ("n1", "n2")):
+                assert row is not None
+                row.active_digest = NEW if name == "n1" else OLD
+                row.connected = name == "n1"
+        clock.advance(6)
+        orchestrator.tick()
+        assert state(db, deployment) == "ROLLING_BACK"
+        assert "commit" not in {kind for _, kind in sink.take()}
+
+    def test_node_lost_during_commit_gets_its_rollback_when_it_returns(
+        self, orchestrator: Orchestrator, sink: RecordingSink, clock: VirtualClock, db: Database
+    ) -> None:
+        """Lost after switching and back after the rollback ended: told to roll back then."""
+        deployment = orchestrator.start(DeployRequest(release=NEW))
+        for node in NODES:
+            ack(orchestrator, node, deployment, AckPhase.PREPARED)
+        ack(orchestrator, "n1", deployment, AckPhase.ACTIVE)
+        lose(orchestrator, sink, db, "n3")
+        assert state(db, deployment) == "ROLLING_BACK"
+        for node in ("n1", "n2"):
+            ack(orchestrator, node, deployment, AckPhase.ROLLED_BACK, digest=OLD)
+        clock.advance(31)
+        orchestrator.tick()
+        assert state(db, deployment) == "ROLLBACK_FAILED"
+        assert reconnect(orchestrator, sink, db, "n3", active=NEW, service="stopped") == [
+            ("n3", "rollback")
+        ]
+        ack(orchestrator, "n3", deployment, AckPhase.ROLLED_BACK, digest=OLD)
+        assert phases(db, deployment)["n3"] == "ROLLED_BACK"
+        assert state(db, deployment) == "ROLLBACK_FAILED"  # what happened stays recorded
+        assert reconnect(orchestrator, sink, db, "n3") == []
+
+
+class TestOutcomesOnConnect:
+    def test_restart_during_prepare_aborts_each_node_when_it_returns(
+        self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
+    ) -> None:
+        """Aborts lost with a restarted control plane reach each node when it reconnects."""
+        deployment = orchestrator.start(DeployRequest(release=NEW))
+        ack(orchestrator, "n1", deployment, AckPhase.PREPARED)
+        sink.offline |= set(NODES)
+        orchestrator.recover()
+        assert state(db, deployment) == "FAILED"
+        for node in NODES:
+            assert reconnect(orchestrator, sink, db, node) == [(node, "abort")]
+            ack(orchestrator, node, deployment, AckPhase.ABORTED)
+            assert reconnect(orchestrator, sink, db, node) == []
+        assert set(phases(db, deployment).values()) == {"ABORTED"}
+
+    def test_prepare_failure_keeps_its_phase_after_the_abort(
+        self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
+    ) -> None:
+        """A node that failed PREPARE is told to abort once and its row keeps PREPARE_FAILED."""
+        deployment = orchestrator.start(DeployRequest(release=NEW))
+        lose(orchestrator, sink, db, "n2")
+        assert phases(db, deployment)["n2"] == "PREPARE_FAILED"
+        assert reconnect(orchestrator, sink, db, "n2") == [("n2", "abort")]
+        ack(orchestrator, "n2", deployment, AckPhase.ABORTED)
+        assert phases(db, deployment)["n2"] == "PREPARE_FAILED"
+        assert reconnect(orchestrator, sink, db, "n2") == []
+
+    def test_restart_during_soak_aborts_the_waiting_and_rolls_back_the_canary(
+        self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
+    ) -> None:
+        """Recovered mid-soak: the canary gets Rollback, the nodes that never switched Abort."""
+        deployment = soaking(orchestrator, sink)
+        sink.offline |= set(NODES)
+        orchestrator.recover()
+        assert phases(db, deployment) == {"n1": "ROLLING_BACK", "n2": "WAITING", "n3": "WAITING"}
+        assert reconnect(orchestrator, sink, db, "n2") == [("n2", "abort")]
+        assert reconnect(orchestrator, sink, db, "n1", active=NEW) == [("n1", "rollback")]
+        ack(orchestrator, "n1", deployment, AckPhase.ROLLED_BACK, digest=OLD)
+        assert state(db, deployment) == "ROLLED_BACK"
+
+    def test_success_tells_each_node_to_run_what_it_kept(
+        self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
+    ) -> None:
+        """On success each node is told to run the release; again on return, if it waits."""
+        deployment = orchestrator.start(DeployRequest(release=NEW))
+        for node in NODES:
+            ack(orchestrator, node, deployment, AckPhase.PREPARED)
+        sink.take()
+        for node in NODES:
+            ack(orchestrator, node, deployment, AckPhase.ACTIVE)
+        assert state(db, deployment) == "SUCCEEDED"
+        sent = sink.take()
+        assert sorted(kinds(sent)) == [(n, "commit") for n in NODES]
+        assert all(isinstance(m, Commit) and not m.restage for _, m in sent)
+        assert reconnect(orchestrator, sink, db, "n1", active=NEW, service="running") == []
+        assert reconnect(orchestrator, sink, db, "n1", active=NEW, service="stopped") == [
+            ("n1", "commit")
+        ]
+        assert reconnect(orchestrator, sink, db, "n1", active=OLD, service="stopped") == []

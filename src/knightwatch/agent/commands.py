@@ -19,6 +19,14 @@ While a command switches releases the continuous audit is held.
 A command the server re-sends after its own restart finds its work done and
 answers the same way: a staged tree is re-verified, not rebuilt; a commit of
 the release that is already current and healthy does not restart it.
+
+A commit that switches journals its deployment as ``awaiting`` an outcome;
+the control plane settles it with a Commit of the current release (run it)
+or a Rollback. An agent that starts with an outcome still awaited runs no
+service until then (:meth:`CommandRunner.resume`): it never starts a release
+its deployment may have abandoned. Garbage collection after a commit drops
+every tree staged by an earlier deployment (one deployment runs at a time, so
+those were abandoned) that is neither current nor the rollback target.
 """
 
 from __future__ import annotations
@@ -99,6 +107,8 @@ class CommandRunner:
         supervisor.on_change = self._record_service
         self.service_lock = asyncio.Lock()
         """Held while the service is started or halted: a halt never races a start."""
+        self.held: int | None = None
+        """The deployment whose outcome the service waits for (set by resume, None once told)."""
 
     async def run(self, command: Command) -> Ack | RetireResult:
         """Carry out ``command`` and return its answer (never raises for failures)."""
@@ -110,7 +120,9 @@ class CommandRunner:
             case Retire():
                 return await self.retire(command)
         async with self.audit_hold():
-            return await self._run_switch(command)
+            answer = await self._run_switch(command)
+        self.held = None  # the control plane has spoken: the service is what the command made
+        return answer
 
     async def _run_switch(self, command: Commit | Rollback) -> Ack:
         if (halted := halted_reason(self.journal.state)) is not None:
@@ -174,7 +186,9 @@ class CommandRunner:
             self.layout.clear_current()
         except KnightwatchError as exc:
             return _ack(command, AckPhase.ROLLBACK_FAILED, exc.message)
-        self.journal.update(current=None, previous=None, pending=None, switched_at=self._now())
+        self.journal.update(
+            current=None, previous=None, pending=None, awaiting=None, switched_at=self._now()
+        )
         event("switched", op="rollback", to="nothing", previous=state.current)
         return _ack(command, AckPhase.ROLLED_BACK)
 
@@ -210,6 +224,7 @@ class CommandRunner:
             staged=[d for d in state.staged if d != digest],
             staged_for={d: n for d, n in state.staged_for.items() if d != digest},
             pending=None,
+            awaiting=command.deployment_id,
             switched_at=self._now(),
         )
         event("reconciled", release=command.release_id, processes_stopped=len(stopped))
@@ -238,10 +253,15 @@ class CommandRunner:
         return result
 
     async def abort(self, command: Abort) -> Ack:
-        """Remove a staged release unless it is the current or previous one."""
+        """Remove a staged release unless it is current, previous or staged by a later deployment.
+
+        (An abort the control plane re-sends on reconnect for an old deployment
+        must not remove the same release staged again since, for a newer one.)
+        """
         state = self.journal.state
         digest = command.digest
-        if digest in (state.current, state.previous):
+        later = state.staged_for.get(digest, 0) > command.deployment_id
+        if digest in (state.current, state.previous) or later:
             return _ack(command, AckPhase.ABORTED)
         reason = None
         try:
@@ -253,7 +273,12 @@ class CommandRunner:
         return _ack(command, AckPhase.ABORTED, reason)
 
     async def resume(self) -> None:
-        """At agent start: stop a service left by an earlier run, then run the current one."""
+        """At agent start: stop a service left by an earlier run, then run the current one.
+
+        Not while the deployment that switched ``current`` has an outcome this
+        node has not learned: then the service waits (:attr:`held`) for the
+        control plane's word, which comes as the first command after connecting.
+        """
         state = self.journal.state
         if state.service is not None:
             launch = self._launch_or_none(state.service.digest)
@@ -264,6 +289,16 @@ class CommandRunner:
             await self.supervisor.stop(halted=True)
             return
         if state.current is None:
+            return
+        if state.awaiting is not None:
+            self.held = state.awaiting
+            event(
+                "service-held",
+                release=state.current,
+                deployment=state.awaiting,
+                reason="the outcome of the deployment that switched to it is not known yet; "
+                "waiting for the control plane's decision",
+            )
             return
         reason = await self._start_checked(state.current, smoke=False)
         if reason is not None:
@@ -285,6 +320,8 @@ class CommandRunner:
         state = self.journal.state
         if state.current == digest:
             reason = await self._ensure_healthy(digest)
+            if reason is None and self.journal.state.awaiting is not None:
+                self.journal.update(awaiting=None)  # told to run it (or back on it): settled
             return _ack(command, how.failed if reason else how.ok, reason)
         try:
             manifest = self.stager.load_manifest(digest)
@@ -315,6 +352,7 @@ class CommandRunner:
             staged=[d for d in state.staged if d != digest],
             staged_for={d: n for d, n in state.staged_for.items() if d != digest},
             pending=None,
+            awaiting=command.deployment_id if how is _COMMIT else None,
             switched_at=self._now(),
         )
         event("switched", op=how.op, to=manifest.release_id, previous=state.current)
@@ -378,10 +416,14 @@ class CommandRunner:
     # --- garbage collection ---------------------------------------------------------------
 
     async def _collect_garbage(self, deployment_id: int) -> None:
-        """Keep current, previous and releases staged by other deployments; drop the rest."""
+        """Keep current, previous and releases staged by later deployments; drop the rest.
+
+        A tree staged by an earlier deployment is abandoned: deployments run one
+        at a time, and one that kept its release made it current.
+        """
         state = self.journal.state
         keep = {d for d in (state.current, state.previous) if d}
-        keep |= {d for d, n in state.staged_for.items() if n != deployment_id}
+        keep |= {d for d, n in state.staged_for.items() if n > deployment_id}
         doomed = [d for d in self.layout.release_digests() if d not in keep]
         for digest in doomed:
             try:

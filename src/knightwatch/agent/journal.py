@@ -81,6 +81,13 @@ class AgentState(_Record):
     """When ``current`` last changed (seconds since the epoch): a service older is stale."""
     service: ServiceRecord | None = None
     pending: PendingSwitch | None = None
+    awaiting: Annotated[int, Field(ge=1)] | None = None
+    """The deployment that switched ``current`` while this node has not learned its outcome.
+
+    Set by the switch of a Commit; cleared when the control plane says what
+    became of it (a Commit of the current release without a switch: run it; a
+    Rollback). While set, a restarted agent starts no service before that word.
+    """
 
     def to_bytes(self) -> bytes:
         """Return the journal as indented JSON (people read it while debugging a node)."""
@@ -140,16 +147,20 @@ def reconcile(state: AgentState, layout: NodeLayout) -> AgentState:
     """Return ``state`` repaired to agree with the disk, ``current`` being the truth.
 
     A pending switch that reached ``current`` is completed (previous := the
-    release it switched from); one that did not is forgotten. Releases no
+    release it switched from; a commit's deployment is then ``awaiting`` its
+    outcome, a rollback's is settled); one that did not is forgotten. Releases no
     longer on disk are dropped; trees on disk the journal does not know
     (a crash after publishing them) are listed as staged.
     """
     active = layout.active_digest()
     on_disk = set(layout.release_digests())
     previous = state.previous
+    awaiting = state.awaiting
     if state.pending is not None and state.pending.digest == active:
         if state.pending.from_digest != active:
             previous = state.pending.from_digest
+        commit = state.pending.op == "commit"
+        awaiting = state.pending.deployment_id if commit else None
     elif active != state.current and state.current is not None:
         previous = state.current
     if previous == active or previous not in on_disk:
@@ -163,5 +174,6 @@ def reconcile(state: AgentState, layout: NodeLayout) -> AgentState:
             "staged": staged,
             "staged_for": staged_for,
             "pending": None,
+            "awaiting": awaiting if active is not None else None,
         }
     )

@@ -11,7 +11,12 @@ WebSocket connection and the command worker side by side.
 On SIGTERM or SIGINT the agent stops the service (halt hook, halt signal,
 grace, SIGKILL) and exits 0: ``fleet down`` relies on that. If the agent is
 SIGKILLed instead, the service (its own process group) keeps running, and
-the next agent stops it and starts a fresh one.
+the next agent stops it (logging ``service-adopted`` with ``action=stop``)
+and starts a fresh one — unless the journal says the deployment that
+switched ``current`` has an outcome this node has not learned: then no
+service runs until the control plane says what became of it (Commit of the
+current release: run it; Rollback: go back), and the node reports its
+service as stopped and held, with why.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from knightwatch.protocol.messages import (
     NodeState,
     Prepare,
     ServiceState,
+    ServiceStatus,
 )
 from knightwatch.protocol.reports import NodeKey, load_node_key
 from knightwatch.protocol.safety import Halt, HaltSource, Rearm
@@ -274,11 +280,16 @@ class Agent:
 
     def node_state(self) -> NodeState:
         """What the agent reports about the node right now."""
+        service = self.supervisor.status()
+        held = self.runner.held
+        if held is not None and service.state in (ServiceState.NONE, ServiceState.STOPPED):
+            service = ServiceStatus(
+                state=ServiceState.STOPPED,
+                detail=f"held: deployment {held} switched this node and its outcome is not known "
+                "here yet; no service starts before the control plane's decision",
+            )
         state = node_state(
-            self.journal.state,
-            self.supervisor.status(),
-            self.auditor.status(),
-            metrics=self.guards.metrics(),
+            self.journal.state, service, self.auditor.status(), metrics=self.guards.metrics()
         )
         return state.model_copy(update={"halt": self.killswitch.state()})
 

@@ -11,6 +11,16 @@ finishes a rollback or abandons a prepare — never a split fleet.
         └─any failure/timeout─► FAILED (abort everywhere)
     CANARY / SOAKING / COMMITTING ─any failure/timeout─► ROLLING_BACK
     ROLLING_BACK ──all ROLLED_BACK──► ROLLED_BACK (else ROLLBACK_FAILED)
+
+A target lost mid-deployment (its agent died, or its link did) is a failure
+at once, not at the next deadline: lost before COMMIT was sent to it, the
+deployment is FAILED (or, once a canary switched, rolled back) and no other
+node switches; lost after, the whole fleet rolls back. Only the nodes that
+may have switched are rolled back; the others (PREPARED, WAITING) are told to
+abort and are never made to wait out a rollback they do not need. A node that
+reconnects is told the outcome of every deployment it took part in: Abort for
+a release it staged in vain, Rollback for one it may have switched to, Commit
+(no switch: "run it") for the release its last deployment kept.
 """
 
 from __future__ import annotations
@@ -41,7 +51,14 @@ from knightwatch.control.targets import (
 )
 from knightwatch.errors import GateRefusedError, InvalidInputError
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
-from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release
+from knightwatch.store import (
+    Database,
+    Deployment,
+    DeploymentEvent,
+    DeploymentNode,
+    Node,
+    Release,
+)
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
 
 __all__ = ["CommandSink", "DeployRequest", "DeployTimeouts", "Orchestrator"]
@@ -60,6 +77,10 @@ _ACK_PHASE = {
     AckPhase.ROLLBACK_FAILED: P.ROLLBACK_FAILED,
     AckPhase.ABORTED: P.ABORTED,
 }
+_SWITCHED = frozenset(  # a node in one of these phases may have switched its `current`
+    {P.COMMITTING, P.ACTIVE, P.COMMIT_FAILED, P.ROLLING_BACK, P.ROLLED_BACK, P.ROLLBACK_FAILED}
+)
+_UNSWITCHED = frozenset({P.PREPARING, P.PREPARED, P.WAITING})  # staged at most: abort them
 _EXPECTED = {  # which acks a node phase is waiting for
     P.PREPARING: {P.PREPARED, P.PREPARE_FAILED},
     P.COMMITTING: {P.ACTIVE, P.COMMIT_FAILED},
@@ -183,13 +204,39 @@ class Orchestrator:
                 return
             phase = _ACK_PHASE[ack.phase]
             if deployment.state in TERMINAL or phase not in _EXPECTED.get(P(row.phase), set()):
-                if phase == P.ABORTED:
-                    self._set_phase(session, row, phase, ack.reason)
+                self._late_ack(session, deployment, row, phase, ack.reason, step)
                 return
             self._set_phase(session, row, phase, ack.reason)
             step.transitions.append(f"node:{phase}")
             self._advance(session, deployment, step)
         self._finish(step)
+
+    def _late_ack(
+        self,
+        session: Session,
+        deployment: Deployment,
+        row: DeploymentNode,
+        phase: NodePhase,
+        reason: str | None,
+        step: _Step,
+    ) -> None:
+        """An ack its row no longer waits for: record what it settles on the node, no more."""
+        if phase == P.ABORTED and row.phase == P.PREPARE_FAILED:  # keep why it failed
+            record_event(
+                session,
+                row.deployment_id,
+                f"node:{P.ABORTED}",
+                at=self._clock.now(),
+                node=row.node_name,
+                detail=reason or "",
+            )
+        elif phase == P.ABORTED and row.phase in _UNSWITCHED:
+            self._set_phase(session, row, phase, reason or row.reason)
+        elif phase == P.ROLLED_BACK and row.phase == P.ROLLBACK_FAILED:
+            when = "the deployment ended" if deployment.state in TERMINAL else "its failure"
+            self._set_phase(session, row, phase, f"rolled back after {when} ({row.reason})")
+            if deployment.state not in TERMINAL:
+                self._advance(session, deployment, step)
 
     def on_ack_details(
         self,
@@ -203,16 +250,26 @@ class Orchestrator:
         with self._db.session() as session:
             self._lock(session)
             row = session.get(DeploymentNode, (deployment_id, node))
-            if row is not None:
+            deployment = session.get(Deployment, deployment_id)
+            if row is not None and deployment is not None and deployment.state not in TERMINAL:
                 row.pid, row.started_at, row.version = pid, started_at, version
 
     def on_connect(self, node: str) -> None:
-        """Re-send whatever a (re)connected node still owes the current deployment."""
+        """Tell a (re)connected node how its past deployments ended, then re-send what it owes.
+
+        Outcomes first, oldest first: Abort for every ended deployment whose
+        release it staged in vain and has not acknowledged aborting; for the
+        last deployment that may have switched it, Rollback if its rollback was
+        never acknowledged, or Commit of the kept release when its service is
+        not running (an agent restarted mid-deployment waits for exactly this
+        before it starts any service). Then what it owes the running deployment.
+        """
         self._failed_catchups = {k for k in self._failed_catchups if k[0] != node}
         outbox: Outbox = []
         with self._db.session() as session:
             self._lock(session)
             deployment = active_deployment(session)
+            outbox.extend(self._outcomes(session, node))
             if deployment is not None:
                 row = session.get(DeploymentNode, (deployment.id, node))
                 if row is not None:
@@ -220,7 +277,13 @@ class Orchestrator:
         self._send(outbox)
 
     def on_disconnect(self, node: str) -> None:
-        """A node that drops out mid-phase has failed that phase."""
+        """A target lost mid-deployment fails it at once (P1), whatever its phase.
+
+        Lost before COMMIT was sent to it, the deployment is FAILED (nobody
+        switches) or, once the canary switched, rolled back; lost after, the
+        whole fleet rolls back. Nodes selected while already offline are left
+        alone: they are caught up when they return.
+        """
         step = _Step()
         with self._db.session() as session:
             self._lock(session)
@@ -230,13 +293,24 @@ class Orchestrator:
             row = session.get(DeploymentNode, (deployment.id, node))
             if row is None:
                 return
-            if row.phase == P.PREPARING:
+            state, phase = S(deployment.state), P(row.phase)
+            if phase == P.PREPARING:
                 self._set_phase(session, row, P.PREPARE_FAILED, "agent disconnected during PREPARE")
-            elif row.phase == P.COMMITTING:
+                self._advance(session, deployment, step)
+            elif phase == P.COMMITTING:
                 self._set_phase(session, row, P.COMMIT_FAILED, "agent disconnected during COMMIT")
+                self._advance(session, deployment, step)
+            elif state == S.PREPARING and phase == P.PREPARED:
+                detail = "agent disconnected after PREPARED, before COMMIT"
+                self._note_lost(session, row, detail)
+                self._fail(session, deployment, f"{node}: {detail}", step)
+            elif state in (S.CANARY, S.SOAKING, S.COMMITTING) and phase in (P.WAITING, P.ACTIVE):
+                switched = "" if phase == P.ACTIVE else "; it had not switched"
+                detail = f"agent disconnected during {state}{switched}"
+                self._note_lost(session, row, detail)
+                self._roll_back(session, deployment, f"{node}: {detail}", step)
             else:
                 return
-            self._advance(session, deployment, step)
         self._finish(step)
 
     # -- time ---------------------------------------------------------------
@@ -364,8 +438,8 @@ class Orchestrator:
                 )
             elif state == S.COMMITTING and all(p == P.ACTIVE for p in phases):
                 self._succeed(session, deployment, step)
-        elif state == S.ROLLING_BACK and all(
-            p in (P.ROLLED_BACK, P.ROLLBACK_FAILED) for p in phases
+        elif state == S.ROLLING_BACK and all(  # nodes that never switched are only aborted
+            p in (P.ROLLED_BACK, P.ROLLBACK_FAILED) for p in phases if p in _SWITCHED
         ):
             failed = [r for r in rows if r.phase == P.ROLLBACK_FAILED]
             target = S.ROLLBACK_FAILED if failed else S.ROLLED_BACK
@@ -431,6 +505,17 @@ class Orchestrator:
             detail = f"canary {canary.node_name} unhealthy after its soak"
             self._roll_back(session, deployment, detail, step)
             return
+        gone = [
+            r.node_name
+            for r in rows
+            if r.phase == P.WAITING
+            and not getattr(session.get(Node, r.node_name), "connected", False)
+        ]
+        if gone:  # the fleet must not follow the canary without them (P1)
+            self._roll_back(
+                session, deployment, f"not connected after the soak: {', '.join(gone)}", step
+            )
+            return
         release = _release(session, deployment)
         self._transition(
             session,
@@ -449,12 +534,7 @@ class Orchestrator:
         self._transition(session, deployment, S.FAILED, step, deadline=None)
         for row in _rows(session, deployment):
             if row.phase in (P.PREPARED, P.PREPARING):
-                step.outbox.append(
-                    (
-                        row.node_name,
-                        Abort(deployment_id=deployment.id, digest=deployment.release_digest),
-                    )
-                )
+                step.outbox.append((row.node_name, _abort(deployment)))
 
     def _roll_back(
         self,
@@ -474,19 +554,25 @@ class Orchestrator:
             deadline=self._deadline(self._timeouts.rollback_s),
         )
         for row in _rows(session, deployment):
-            self._set_phase(session, row, P.ROLLING_BACK, row.reason)
+            if row.phase in _UNSWITCHED:  # staged, never switched: abort, nothing to roll back
+                row.reason = row.reason or "never switched: aborted, not rolled back"
+            else:
+                self._set_phase(session, row, P.ROLLING_BACK, row.reason)
             if send:
                 step.outbox.extend(self._resend(session, deployment, row))
 
     def _succeed(self, session: Session, deployment: Deployment, step: _Step) -> None:
         self._transition(session, deployment, S.SUCCEEDED, step, deadline=None)
         deployment_succeeded(session, deployment, at=self._clock.now())  # before the fleet moves
+        release = _release(session, deployment)
         for row in session.scalars(
             select(DeploymentNode).where(DeploymentNode.deployment_id == deployment.id)
         ):
             node = session.get(Node, row.node_name)
             if node is not None:
                 node.desired_digest = deployment.release_digest
+            if row.phase == P.ACTIVE:  # the outcome: an agent restarted later runs it at once
+                step.outbox.append((row.node_name, _kept(deployment, release)))
         if deployment.kind in ("deploy", "rollback"):
             fleet = get_fleet(session)
             if fleet.desired_digest != deployment.release_digest:
@@ -516,6 +602,14 @@ class Orchestrator:
         )
         step.transitions.append(target)
 
+    def _note_lost(self, session: Session, row: DeploymentNode, detail: str) -> None:
+        """Record that a node's agent was lost, keeping its phase (what it had done)."""
+        now = self._clock.now()
+        row.reason, row.updated_at = detail, now
+        record_event(
+            session, row.deployment_id, "node:LOST", at=now, node=row.node_name, detail=detail
+        )
+
     def _set_phase(
         self, session: Session, row: DeploymentNode, phase: NodePhase, reason: str | None
     ) -> None:
@@ -535,17 +629,9 @@ class Orchestrator:
     ) -> Iterable[tuple[str, Command]]:
         phase = P(row.phase)
         if phase == P.ROLLING_BACK:
-            previous = session.get(Release, row.previous_digest) if row.previous_digest else None
-            return [
-                (
-                    row.node_name,
-                    Rollback(
-                        deployment_id=deployment.id,
-                        digest=row.previous_digest,
-                        release_id=previous.release_id if previous else None,
-                    ),
-                )
-            ]
+            return self._rollback_of(session, deployment, row)
+        if phase in _UNSWITCHED and deployment.state in TERMINAL | {S.ROLLING_BACK}:
+            return [(row.node_name, _abort(deployment))]
         release = _release(session, deployment)
         if phase == P.PREPARING:
             return [
@@ -562,6 +648,68 @@ class Orchestrator:
         if phase == P.COMMITTING:
             return [(row.node_name, _commit(deployment, release))]
         return []
+
+    def _outcomes(self, session: Session, node: str) -> Iterable[tuple[str, Command]]:
+        """What ``node`` must still learn about deployments that ended (see on_connect)."""
+        unsettled = session.execute(
+            select(DeploymentNode, Deployment)
+            .join(Deployment, Deployment.id == DeploymentNode.deployment_id)
+            .where(
+                DeploymentNode.node_name == node,
+                DeploymentNode.phase.in_([*_UNSWITCHED, P.PREPARE_FAILED]),
+                Deployment.state.in_([S.FAILED, S.ROLLED_BACK, S.ROLLBACK_FAILED]),
+            )
+            .order_by(Deployment.id)
+        ).all()
+        aborted = set(
+            session.scalars(
+                select(DeploymentEvent.deployment_id).where(
+                    DeploymentEvent.node_name == node,
+                    DeploymentEvent.event == f"node:{P.ABORTED}",
+                )
+            )
+        )
+        found: Outbox = [
+            (node, _abort(deployment))
+            for row, deployment in unsettled
+            if row.phase != P.PREPARE_FAILED or deployment.id not in aborted
+        ]
+        last = session.scalars(
+            select(DeploymentNode)
+            .where(DeploymentNode.node_name == node, DeploymentNode.phase.in_(list(_SWITCHED)))
+            .order_by(DeploymentNode.deployment_id.desc())
+            .limit(1)
+        ).first()
+        ended = session.get(Deployment, last.deployment_id) if last is not None else None
+        if last is None or ended is None or ended.state not in TERMINAL:
+            return found
+        if ended.state != S.SUCCEEDED:
+            if last.phase != P.ROLLED_BACK:  # it never confirmed the rollback
+                found.extend(self._rollback_of(session, ended, last))
+            return found
+        reported = session.get(Node, node)
+        if (
+            reported is not None
+            and reported.active_digest == ended.release_digest
+            and reported.service_state in ("none", "stopped")
+        ):
+            found.append((node, _kept(ended, _release(session, ended))))
+        return found
+
+    def _rollback_of(
+        self, session: Session, deployment: Deployment, row: DeploymentNode
+    ) -> list[tuple[str, Command]]:
+        previous = session.get(Release, row.previous_digest) if row.previous_digest else None
+        return [
+            (
+                row.node_name,
+                Rollback(
+                    deployment_id=deployment.id,
+                    digest=row.previous_digest,
+                    release_id=previous.release_id if previous else None,
+                ),
+            )
+        ]
 
     def _start_catchup(self) -> None:
         with self._db.session() as session:
@@ -635,6 +783,15 @@ def _commit(deployment: Deployment, release: Release) -> Commit:
         release_id=release.release_id,
         restage=deployment.kind == "reconcile",
     )
+
+
+def _kept(deployment: Deployment, release: Release) -> Commit:
+    """A deployment's outcome for a node it switched: run this release (no switch, no restage)."""
+    return Commit(deployment_id=deployment.id, digest=release.digest, release_id=release.release_id)
+
+
+def _abort(deployment: Deployment) -> Abort:
+    return Abort(deployment_id=deployment.id, digest=deployment.release_digest)
 
 
 def _reasons(rows: list[DeploymentNode], phase: NodePhase) -> str:
