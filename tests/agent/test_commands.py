@@ -353,6 +353,29 @@ class TestRestartMidDeployment:
 
         scenario_of(nodes, body)
 
+    def test_a_start_after_a_rearm_waits_for_the_outcome_too(
+        self, node: Node, layout: NodeLayout, releases: Releases, trusted_key: TrustedKey
+    ) -> None:
+        """A re-arm's service start is refused while the switching deployment's outcome is unknown."""
+        v1, v2 = releases.smars("2012.8.1"), releases.smars("2012.8.2")
+        nodes = [node]
+
+        async def body() -> None:
+            assert (await node.deploy(v1)).phase is AckPhase.ACTIVE
+            assert (await node.commit(v1)).phase is AckPhase.ACTIVE
+            assert (await node.deploy(v2)).phase is AckPhase.ACTIVE
+            await node.supervisor.stop()
+            runs_of_v2 = started(layout, v2)
+            again = restarted(node, layout, releases, trusted_key)
+            nodes.append(again)
+            await again.runner.resume()
+            why = await again.runner.start_current()  # what a re-arm calls
+            assert why is not None and why.startswith("held:")
+            assert again.state().service.state is not ServiceState.RUNNING
+            assert started(layout, v2) == runs_of_v2
+
+        scenario_of(nodes, body)
+
     def test_restart_after_the_outcome_starts_at_once(
         self, node: Node, layout: NodeLayout, releases: Releases, trusted_key: TrustedKey
     ) -> None:

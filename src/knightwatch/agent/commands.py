@@ -305,10 +305,22 @@ class CommandRunner:
             event("service-unhealthy", release=state.current, reason=reason)
 
     async def start_current(self) -> str | None:
-        """Start the active release's service, health- and smoke-checked (after a re-arm)."""
+        """Start the active release's service, health- and smoke-checked (after a re-arm).
+
+        Not while the deployment that switched ``current`` has an outcome this
+        node has not learned (:attr:`held`): a re-arm must not start a release
+        that deployment may have abandoned. The reason comes back instead.
+        """
         current = self.journal.state.current
         if current is None:
             return None
+        awaiting = self.journal.state.awaiting
+        if awaiting is not None:
+            self.held = awaiting
+            return (
+                f"held: the outcome of deployment {awaiting}, which switched to this release, "
+                "is not known yet; the service starts when the control plane decides"
+            )
         async with self.audit_hold():
             return await self._start_checked(current, smoke=True)
 
