@@ -233,6 +233,7 @@ class Agent:
             source=self._source or HttpReleaseSource(self.settings.server, self.credential),
             clock=self.clock,
             audit_hold=self.auditor.hold,
+            stale_tolerance_s=self.settings.audit.stale_tolerance_s,
         )
         self.connection = Connection(
             server=self.settings.server,
