@@ -5,21 +5,11 @@ that flip only on a consistent fleet, a kill switch, escalating alerts, and a
 reviewed, tamper-evident record of every change.
 """
 
-from knightwatch.bundle import (
-    BuildResult,
-    Manifest,
-    ReleaseDiff,
-    ReleaseSpec,
-    ReleaseStore,
-    VerifyReport,
-    build_release,
-    diff_releases,
-    generate_keypair,
-    load_signing_key,
-    load_spec,
-    load_trusted_key,
-    verify_release,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from knightwatch.canonical import canonical_json
 from knightwatch.clock import Clock, SystemClock, VirtualClock
 from knightwatch.errors import (
@@ -32,6 +22,55 @@ from knightwatch.errors import (
     StoreError,
     VerificationError,
 )
+
+if TYPE_CHECKING:
+    from knightwatch.bundle import (
+        BuildResult,
+        Manifest,
+        ReleaseDiff,
+        ReleaseSpec,
+        ReleaseStore,
+        VerifyReport,
+        build_release,
+        diff_releases,
+        generate_keypair,
+        load_signing_key,
+        load_spec,
+        load_trusted_key,
+        verify_release,
+    )
+
+# Imported on first use (PEP 562), so ``import knightwatch`` — which every
+# ``knightwatch`` command pays first — does not load the bundle builder.
+_LAZY = dict.fromkeys(
+    (
+        "BuildResult",
+        "Manifest",
+        "ReleaseDiff",
+        "ReleaseSpec",
+        "ReleaseStore",
+        "VerifyReport",
+        "build_release",
+        "diff_releases",
+        "generate_keypair",
+        "load_signing_key",
+        "load_spec",
+        "load_trusted_key",
+        "verify_release",
+    ),
+    "knightwatch.bundle",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name of the package from its module on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'knightwatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

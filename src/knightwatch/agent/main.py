@@ -297,7 +297,11 @@ class Agent:
         try:
             if isinstance(message, Halt):
                 result = await self.killswitch.halt(
-                    "kill", message.reason, message.halt_id, received_at=received, announce=False
+                    message.source,
+                    message.reason,
+                    message.halt_id,
+                    received_at=received,
+                    announce=False,
                 )
                 self.connection.send_ack(result.ack(message.halt_id))
             else:

@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from knightwatch.cli.output import err, out, print_json
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
 
 __all__ = ["kill", "rearm", "register"]
@@ -50,6 +49,8 @@ def kill(
     acknowledges. Prints each node's time to halt and names every node that
     has not acknowledged: exit 1 if any has not. Stopping never needs approval.
     """
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target(), timeout=max(timeout, 10.0) + 30)
     report = client.post("/halts", {"nodes": nodes, "reason": reason})
     path = f"/halts/{report['halt_id']}"
@@ -85,6 +86,8 @@ def rearm(
     with the usual health checks; a disconnected node is re-armed when it
     reconnects. Exit 1 if a connected node did not start its service in time.
     """
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target(), timeout=timeout + 30)
     plan = client.post("/rearm", {"nodes": nodes, "reason": reason})
     waiting = set(plan["online"])

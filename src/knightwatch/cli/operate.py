@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
 from knightwatch.cli.output import err, out, print_json
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
+
+if TYPE_CHECKING:
+    from knightwatch.client import ApiClient
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 deployment_app = typer.Typer(help="Inspect one deployment.", no_args_is_help=True)
@@ -58,6 +60,8 @@ def deploy(
     json_output: JsonOpt = False,
 ) -> None:
     """Deploy RELEASE all-or-nothing: every node verifies it before any node switches."""
+    from knightwatch.client import ApiClient, resolve_target
+
     if strategy not in ("atomic", "canary"):
         raise typer.BadParameter("--strategy must be atomic or canary")
     client = ApiClient(resolve_target())
@@ -72,12 +76,16 @@ def rollback(
     json_output: JsonOpt = False,
 ) -> None:
     """Return the whole fleet to its previous release, through the same protocol."""
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target())
     follow_deployment(client, client.post("/rollback"), wait=wait, json_output=json_output)
 
 
 def status(json_output: JsonOpt = False) -> None:
     """Fleet state (CONVERGED, DRIFTED, MIXED, DEPLOYING, DEGRADED) and every node."""
+    from knightwatch.client import ApiClient, resolve_target
+
     data = ApiClient(resolve_target()).get("/status")
     if json_output:
         print_json(data)
@@ -123,6 +131,8 @@ def deployments(
     json_output: JsonOpt = False,
 ) -> None:
     """Recent deployments, newest first."""
+    from knightwatch.client import ApiClient, resolve_target
+
     rows = ApiClient(resolve_target()).get(f"/deployments?limit={limit}")
     if json_output:
         print_json(rows)
@@ -148,6 +158,8 @@ def deployment_show(
     json_output: JsonOpt = False,
 ) -> None:
     """One deployment: state, each node's phase and reason, and its recorded transitions."""
+    from knightwatch.client import ApiClient, resolve_target
+
     data = ApiClient(resolve_target()).get(f"/deployments/{deployment_id}")
     if json_output:
         print_json(data)
