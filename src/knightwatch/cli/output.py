@@ -11,14 +11,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from knightwatch.errors import KnightwatchError
 
@@ -46,6 +38,15 @@ def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[
     if not enabled or not err.is_terminal:
         yield lambda _amount: None
         return
+    from rich.progress import (  # only a command that shows a bar pays for it
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
