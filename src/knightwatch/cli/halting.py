@@ -19,7 +19,6 @@ from typing import Any
 from rich.markup import escape
 
 from knightwatch.cli.output import err, out, print_json
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
 
 __all__ = ["HaltUnacknowledgedError", "KillArguments", "halt_fleet", "kill_arguments"]
@@ -85,6 +84,8 @@ def halt_fleet(reason: str, nodes: str | None, timeout: float, json_output: bool
     Raise HaltUnacknowledgedError (exit 1) naming every node that has not
     acknowledged within ``timeout`` seconds.
     """
+    from knightwatch.client import ApiClient, resolve_target  # not for parsing argv
+
     client = ApiClient(resolve_target(), timeout=max(timeout, 10.0) + 30)
     report = client.post("/halts", {"nodes": nodes, "reason": reason})
     path = f"/halts/{report['halt_id']}"

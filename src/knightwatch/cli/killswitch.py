@@ -9,11 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from knightwatch.cli.halting import HaltUnacknowledgedError
 from knightwatch.cli.output import out, print_json
 from knightwatch.errors import KnightwatchError
 
-__all__ = ["HaltUnacknowledgedError", "kill", "rearm", "register"]
+__all__ = ["kill", "rearm", "register"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 NodesOpt = Annotated[
