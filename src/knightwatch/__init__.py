@@ -8,7 +8,7 @@ reviewed, tamper-evident record of every change.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from knightwatch.canonical import canonical_json
 from knightwatch.clock import Clock, SystemClock, VirtualClock
@@ -23,7 +23,7 @@ from knightwatch.errors import (
     VerificationError,
 )
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from knightwatch.bundle import (
         BuildResult,
         Manifest,
@@ -62,7 +62,7 @@ _LAZY = dict.fromkeys(
 )
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     """Load a public name of the package from its module on first use."""
     module = _LAZY.get(name)
     if module is None:
