@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 import typing
 
-from knightwatch.canonical import canonical_json
-from knightwatch.clock import Clock, SystemClock, VirtualClock
 from knightwatch.errors import (
     InvalidInputError,
     KeyFileError,
@@ -39,27 +37,33 @@ if typing.TYPE_CHECKING:
         load_trusted_key,
         verify_release,
     )
+    from knightwatch.canonical import canonical_json
+    from knightwatch.clock import Clock, SystemClock, VirtualClock
 
 # Imported on first use (PEP 562), so ``import knightwatch`` — which every
 # ``knightwatch`` command pays first — does not load the bundle builder.
-_LAZY = dict.fromkeys(
-    (
-        "BuildResult",
-        "Manifest",
-        "ReleaseDiff",
-        "ReleaseSpec",
-        "ReleaseStore",
-        "VerifyReport",
-        "build_release",
-        "diff_releases",
-        "generate_keypair",
-        "load_signing_key",
-        "load_spec",
-        "load_trusted_key",
-        "verify_release",
+_LAZY = {
+    "canonical_json": "knightwatch.canonical",
+    **dict.fromkeys(("Clock", "SystemClock", "VirtualClock"), "knightwatch.clock"),
+    **dict.fromkeys(
+        (
+            "BuildResult",
+            "Manifest",
+            "ReleaseDiff",
+            "ReleaseSpec",
+            "ReleaseStore",
+            "VerifyReport",
+            "build_release",
+            "diff_releases",
+            "generate_keypair",
+            "load_signing_key",
+            "load_spec",
+            "load_trusted_key",
+            "verify_release",
+        ),
+        "knightwatch.bundle",
     ),
-    "knightwatch.bundle",
-)
+}
 
 
 def __getattr__(name: str) -> typing.Any:

@@ -16,9 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rich.markup import escape
-
-from knightwatch.cli.output import err, out, print_json
 from knightwatch.errors import KnightwatchError
 
 __all__ = ["HaltUnacknowledgedError", "KillArguments", "halt_fleet", "kill_arguments"]
@@ -93,6 +90,8 @@ def halt_fleet(reason: str, nodes: str | None, timeout: float, json_output: bool
     while not report["complete"] and (left := deadline - time.monotonic()) > 0:
         # a long poll: the server answers the moment the last node acknowledges
         report = client.get(f"{path}?wait_s={min(left, _LONG_POLL_S):.3f}")
+    from knightwatch.cli.output import print_json  # Rich: loaded once the halt is sent
+
     if json_output:
         print_json(report)
     else:
@@ -110,6 +109,11 @@ def halt_fleet(reason: str, nodes: str | None, timeout: float, json_output: bool
 
 
 def _print_halt(report: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from knightwatch.cli.output import err, out
+
     acked = len(report["nodes"]) - len(report["unacknowledged"])
     worst = report["max_time_to_halt_ms"]
     title = (
@@ -117,8 +121,6 @@ def _print_halt(report: dict[str, Any]) -> None:
         f"{acked}/{len(report['nodes'])} acknowledged"
         + (f" · slowest {worst:.0f} ms" if worst is not None else "")
     )
-    from rich.table import Table  # after the halt is sent: not on the critical path
-
     table = Table(
         "node", "acknowledged", "time to halt (ms)", "pids stopped", "detail", title=title
     )
