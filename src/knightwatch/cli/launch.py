@@ -20,7 +20,7 @@ __all__ = ["run"]
 def run() -> None:
     """Run the CLI (the ``knightwatch`` console script and ``python -m knightwatch``)."""
     _without_httpx_cli()
-    if "_KNIGHTWATCH_COMPLETE" not in os.environ:  # shell completion is Typer's
+    if sys.argv[1:2] == ["kill"] and "_KNIGHTWATCH_COMPLETE" not in os.environ:  # completion: Typer
         from knightwatch.cli.halting import kill_arguments
 
         arguments = kill_arguments(sys.argv[1:])
