@@ -40,6 +40,13 @@ machine; the kill path and the guard path themselves are the production ones.
     python bench/killswitch.py --quick            # 8 agents, 10 repetitions; 10 guard halts
     python bench/killswitch.py --no-guard         # the kill figures only
     python bench/killswitch.py --sizes "" --guard-reps 50   # the guard figure only
+    python bench/killswitch.py --sizes 8 --reps 20 --no-guard --cli-launch
+
+``--cli-launch`` also runs the real ``knightwatch kill --json`` as a
+subprocess at every repetition (after the HTTP kill and its re-arm) and
+records the time from launching the process to every service gone — what
+an operator at the keyboard gets — beside, in the same repetition, the
+launch-to-exit time of ``python -c pass`` and of ``knightwatch --help``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -69,6 +77,8 @@ from knightwatch.testing import LocalFleet, wait_until  # noqa: E402
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
 GOALS_MS = {8: 100.0, 256: 1000.0}
+KNIGHTWATCH = str(Path(sys.executable).with_name("knightwatch"))
+CLI_GOALS_MS = {"cli_launch_to_gone_ms": 300.0, "help_ms": 150.0}
 
 
 def release_spec(name: str) -> str:
@@ -255,6 +265,44 @@ def one_kill(fleet: LocalFleet, rep: int, timeout: float) -> dict[str, float]:
     return figures
 
 
+def one_cli_kill(fleet: LocalFleet, rep: int, timeout: float) -> dict[str, float]:
+    """Launch ``knightwatch kill``, time launch → every service gone; re-arm; time the CLI idle.
+
+    Also times, in the same repetition, ``python -c pass`` and ``knightwatch --help``
+    from launch to exit (what any Python program and the CLI's startup cost here).
+    """
+    env = {**os.environ, "KNIGHTWATCH_SERVER": fleet.url, "KNIGHTWATCH_TOKEN": fleet.token}
+    argv = [KNIGHTWATCH, "kill", "--reason", f"bench CLI repetition {rep}", "--json"]
+    launched = time.time()
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    exited = time.time()
+    if done.returncode != 0:
+        raise SystemExit(
+            f"CLI repetition {rep}: knightwatch kill exited {done.returncode}: "
+            f"{done.stderr.strip()[-500:]}"
+        )
+    report = json.loads(done.stdout)
+    halted = [datetime.fromisoformat(n["halted_at"]).timestamp() for n in report["nodes"]]
+    figures = {
+        "cli_launch_to_gone_ms": (max(halted) - launched) * 1000,
+        "cli_launch_to_exit_ms": (exited - launched) * 1000,
+    }
+    fleet.client.post("/rearm", {"reason": f"bench CLI repetition {rep} done"})
+    wait_until(lambda: _all_running(fleet), timeout=timeout, what="every service", interval=0.1)
+    figures["python_pass_ms"] = _launch_to_exit([sys.executable, "-c", "pass"], env)
+    figures["help_ms"] = _launch_to_exit([KNIGHTWATCH, "--help"], env)
+    return figures
+
+
+def _launch_to_exit(argv: list[str], env: dict[str, str]) -> float:
+    """Milliseconds from launching ``argv`` to its exit (output discarded)."""
+    started = time.perf_counter()
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - started) * 1000
+
+
 def _all_running(fleet: LocalFleet) -> bool:
     nodes = fleet.status()["nodes"]
     return all(not n["halted"] and n["service_state"] == "running" for n in nodes)
@@ -313,8 +361,10 @@ def summarize_runs(runs: list[dict[str, float]]) -> dict[str, Any]:
     return summary
 
 
-def bench_size(work: Path, size: int, reps: int, release: tuple[Path, Path, str]) -> dict[str, Any]:
-    """Run ``reps`` kill/re-arm cycles on a fleet of ``size`` agents."""
+def bench_size(
+    work: Path, size: int, reps: int, release: tuple[Path, Path, str], *, cli: bool = False
+) -> dict[str, Any]:
+    """Run ``reps`` kill/re-arm cycles on a fleet of ``size`` agents (``cli``: CLI kills too)."""
     store, public_key, release_id = release
     print(f"… {size} agents: starting the fleet", file=sys.stderr)
     started = time.perf_counter()
@@ -342,7 +392,12 @@ def bench_size(work: Path, size: int, reps: int, release: tuple[Path, Path, str]
             f"{result['deploy_s']:.0f} s; {reps} kills",
             file=sys.stderr,
         )
-        runs = [one_kill(fleet, rep, timeout=120 + size) for rep in range(1, reps + 1)]
+        runs = []
+        for rep in range(1, reps + 1):
+            figures = one_kill(fleet, rep, timeout=120 + size)
+            if cli:
+                figures |= one_cli_kill(fleet, rep, timeout=120 + size)
+            runs.append(figures)
     finally:
         fleet.down()
         shutil.rmtree(work / f"fleet-{size}", ignore_errors=True)
@@ -351,6 +406,11 @@ def bench_size(work: Path, size: int, reps: int, release: tuple[Path, Path, str]
     goal = GOALS_MS.get(size)
     if goal is not None:
         result["within_goal"] = sum(1 for r in runs if r["kill_to_gone_ms"] <= goal)
+    if cli:
+        result["cli_launch_to_gone_each_ms"] = [round(r["cli_launch_to_gone_ms"], 1) for r in runs]
+        result["cli_within_goal"] = {
+            key: sum(1 for r in runs if r[key] <= goal) for key, goal in CLI_GOALS_MS.items()
+        }
     gone = result["kill_to_gone_ms"]
     print(
         f"… {size} agents: kill → every service gone, median {gone['median']:.1f} ms, "
@@ -518,6 +578,7 @@ def report_kill(results: dict[str, Any]) -> None:
                 else "-"
             )
         )
+    report_cli(results)
     print("\nother figures (median / p99 / max, ms) and the fleet's memory:")
     for size, figures in results["runs"].items():
         server, acked = figures["server_time_to_halt_ms"], figures["kill_to_all_acked_ms"]
@@ -533,6 +594,30 @@ def report_kill(results: dict[str, Any]) -> None:
             f"({memory['agents'] / int(size):.0f} per agent), services "
             f"{memory['services']:.0f} MiB; {memory['available']:.0f} MiB still available"
         )
+
+
+def report_cli(results: dict[str, Any]) -> None:
+    """Print the operator's figures (``--cli-launch``): from launching the command."""
+    rows = [
+        ("knightwatch kill: launch → every service gone", "cli_launch_to_gone_ms"),
+        ("knightwatch kill: launch → exit (report printed)", "cli_launch_to_exit_ms"),
+        ("HTTP kill (same repetitions): POST → every service gone", "kill_to_gone_ms"),
+        ("knightwatch --help: launch → exit", "help_ms"),
+        ("python -c pass: launch → exit", "python_pass_ms"),
+    ]
+    for size, figures in results["runs"].items():
+        if "cli_launch_to_gone_ms" not in figures:
+            continue
+        print(f"\nfrom the operator's keyboard, {size} agents (ms; median / p99 / max; goal)")
+        for label, key in rows:
+            value = figures[key]
+            goal = CLI_GOALS_MS.get(key)
+            within = figures["cli_within_goal"].get(key)
+            print(
+                f"  {label:<58} {value['median']:7.1f} / {value['p99']:7.1f} / "
+                f"{value['max']:7.1f}"
+                + (f"   p99 ≤ {goal:.0f}: {within} of {figures['repetitions']}" if goal else "")
+            )
 
 
 def report_guard(results: dict[str, Any]) -> None:
@@ -599,6 +684,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="8 agents, 10 kills; 10 guard halts")
     parser.add_argument("--dir", type=Path, default=REPO / ".bench" / "killswitch")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--cli-launch",
+        action="store_true",
+        help="also time the real `knightwatch kill` from process launch (and --help, python)",
+    )
     args = parser.parse_args(argv)
     sizes = [8] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
     reps = 10 if args.quick else args.reps
@@ -610,7 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": machine(), "sizes": sizes, "runs": {}, "skipped": {}}
     for size in sizes:
         try:
-            results["runs"][str(size)] = bench_size(args.dir, size, reps, (store, public_key, idle))
+            results["runs"][str(size)] = bench_size(
+                args.dir, size, reps, (store, public_key, idle), cli=args.cli_launch
+            )
         except (SystemExit, Exception) as exc:  # report what happened, go on with the rest
             results["skipped"][str(size)] = f"{type(exc).__name__}: {exc}"
             print(f"… {size} agents failed: {exc}", file=sys.stderr)

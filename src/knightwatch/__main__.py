@@ -1,5 +1,5 @@
 """``python -m knightwatch`` runs the CLI."""
 
-from knightwatch.cli.main import run
+from knightwatch.cli.launch import run
 
 run()

@@ -356,7 +356,7 @@ class TestRestartMidDeployment:
     def test_a_start_after_a_rearm_waits_for_the_outcome_too(
         self, node: Node, layout: NodeLayout, releases: Releases, trusted_key: TrustedKey
     ) -> None:
-        """A re-arm's service start is refused while the switching deployment's outcome is unknown."""
+        """A re-arm's service start is refused while the switch's outcome is unknown."""
         v1, v2 = releases.smars("2012.8.1"), releases.smars("2012.8.2")
         nodes = [node]
 

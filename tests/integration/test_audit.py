@@ -321,6 +321,72 @@ def test_old_service_process_left_running_after_switch(
     wait_until(lambda: not pid_alive(pid), timeout=30, what="leaked worker stopped")
 
 
+def start_outside_root(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, working in / (nothing of it lies under ROOT)."""
+    env = {**os.environ, "SMARS_PORT": str(free_port()), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen(
+        argv,
+        cwd="/",
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def kill_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of ``process``'s group and reap it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def test_reconcile_stops_a_release_script_run_from_outside_the_root(
+    fleet: LocalFleet, releases: Releases
+) -> None:
+    """``cd / && setsid python3 ROOT/releases/D/bin/smars-router`` is flagged, then stopped."""
+    script = tree(fleet, releases.v2) / "bin" / "smars-router"
+    process = start_outside_root([sys.executable, str(script)])
+    try:
+        finding = wait_finding(
+            fleet,
+            lambda f: f["kind"] == "unmanaged-process" and f.get("pid") == process.pid,
+            "release script run from outside the root",
+        )
+        assert "command line" in finding["detail"]
+        done = kw(fleet, "reconcile", "--node", NODE, "--reason", "test", "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        process.wait(timeout=30)  # the reconcile stopped exactly what the audit flagged
+        wait_clean(fleet)
+    finally:
+        kill_session(process)
+
+
+def test_reconcile_that_leaves_drift_is_not_succeeded(
+    fleet: LocalFleet, releases: Releases
+) -> None:
+    """A flagged process that comes back as it is stopped: the reconcile fails, naming it."""
+    script = tree(fleet, releases.v2) / "bin" / "smars-router"
+    # The loop itself (bash, in /) touches nothing under ROOT: only its child is flagged.
+    loop = f"while :; do {sys.executable} {script}; sleep 0.05; done"
+    respawner = start_outside_root(["bash", "-c", loop])
+    try:
+        wait_finding(
+            fleet,
+            lambda f: f["kind"] == "unmanaged-process" and str(script) in f["detail"],
+            "respawned release script",
+        )
+        started = fleet.client.post(f"/nodes/{NODE}/reconcile", {"reason": "test"})
+        done = fleet.wait_deployment(started["id"], timeout=180)
+        assert done["state"] != "SUCCEEDED", done
+        assert "flagged process" in (done["reason"] or ""), done
+        assert fleet.status()["state"] == "DRIFTED"
+    finally:
+        kill_session(respawner)
+    wait_clean(fleet)
+
+
 def test_audit_command_reports_every_file(fleet: LocalFleet, releases: Releases) -> None:
     """``knightwatch audit`` passes on a clean node and names expected and actual digests."""
     clean = kw(fleet, "audit", "--json")

@@ -384,6 +384,7 @@ def test_a_node_guard_asking_for_a_fleet_halt_halts_every_node(fleet: LocalFleet
     wait_fleet_halted(fleet, pids)
     halts = fleet.client.get("/halts?active=true")
     assert any(h["requested_by"] == "guard:child-shares-runaway@node1" for h in halts), halts
+    wait_halted_by_guard(fleet)
 
 
 def test_a_fleet_rule_asking_for_a_fleet_halt_halts_every_node(fleet: LocalFleet) -> None:
@@ -396,6 +397,16 @@ def test_a_fleet_rule_asking_for_a_fleet_halt_halts_every_node(fleet: LocalFleet
     wait_fleet_halted(fleet, pids)
     halts = fleet.client.get("/halts?active=true")
     assert any(h["requested_by"] == "fleet-guard:fleet-runaway@fleet" for h in halts), halts
+    wait_halted_by_guard(fleet)
+
+
+def wait_halted_by_guard(fleet: LocalFleet) -> None:
+    """Wait until every node is recorded as halted with source ``guard`` (not ``kill``)."""
+    wait_until(
+        lambda: all(node_status(fleet, n)["halt_source"] == "guard" for n in fleet.names),
+        timeout=SETTLE_S,
+        what="every node halted with source guard",
+    )
 
 
 def rearm_all(fleet: LocalFleet) -> None:

@@ -189,8 +189,9 @@ def test_server_answering_an_empty_object_is_one_line_and_exit_2(
         (["bundle", "show", "nope@1", "--store", "."], 2, "nope@1"),
         (["bundle", "build", "--json"], 2, "source"),
         (["status"], 2, "KNIGHTWATCH_TOKEN"),
+        (["kill", "--reason", "stop"], 2, "KNIGHTWATCH_TOKEN"),
     ],
-    ids=["domain-error", "usage-error", "bad-token"],
+    ids=["domain-error", "usage-error", "bad-token", "bad-token-fast-kill"],
 )
 def test_json_failure_is_a_json_document(
     tmp_path: Path, args: list[str], code: int, says: str

@@ -44,6 +44,7 @@ from knightwatch.agent.events import event
 from knightwatch.agent.faults import pause_point_async
 from knightwatch.agent.journal import Journal, PendingSwitch, ServiceRecord, halted_reason
 from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.procaudit import ServiceIdentity, audit_processes, runs_a_release
 from knightwatch.agent.retire import retire_release
 from knightwatch.agent.runenv import ServiceLaunch, launch_for
 from knightwatch.agent.source import ReleaseSource
@@ -95,10 +96,13 @@ class CommandRunner:
         source: ReleaseSource,
         clock: Clock | None = None,
         audit_hold: Hold | None = None,
+        stale_tolerance_s: float = 0.5,
     ) -> None:
         self.node = node
         self.clock = clock or SystemClock()
         self.audit_hold: Hold = audit_hold or contextlib.nullcontext
+        self.stale_tolerance_s = stale_tolerance_s
+        """How much earlier than the last switch a service process may have started (audit)."""
         self.layout = layout
         self.journal = journal
         self.stager = stager
@@ -209,7 +213,7 @@ class CommandRunner:
             )
         )
         await self.supervisor.stop()
-        stopped = await self.supervisor.stop_strays(self.layout.root)
+        stopped = await self.supervisor.stop_strays(self.layout.root, state.current)
         try:
             await asyncio.to_thread(self.layout.swap_in_restaged, digest)
             self.layout.switch_current(digest)
@@ -229,7 +233,31 @@ class CommandRunner:
         )
         event("reconciled", release=command.release_id, processes_stopped=len(stopped))
         reason = await self._start_checked(digest, smoke=True)
+        if reason is None:
+            reason = await self._processes_left(digest)
         return _ack(command, AckPhase.COMMIT_FAILED if reason else AckPhase.ACTIVE, reason)
+
+    async def _processes_left(self, digest: str) -> str | None:
+        """Why the node is still drifted after a reconcile: what the process audit still finds.
+
+        A reconcile that leaves drift behind (a process it could not stop, or
+        one started again meanwhile) must not be acknowledged ACTIVE.
+        """
+        record = self.supervisor.record()
+        service = ServiceIdentity(pgid=record.pid, digest=record.digest) if record else None
+        found = await asyncio.to_thread(
+            audit_processes,
+            self.layout.root,
+            digest,
+            service,
+            self.journal.state.switched_at,
+            tolerance_s=self.stale_tolerance_s,
+        )
+        if not found:
+            return None
+        named = "; ".join(f.detail for f in found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        return f"the reconcile left {len(found)} flagged process(es) running: {named}{more}"
 
     async def retire(self, command: Retire) -> RetireResult:
         """Delete a retired release from this node and verify that it is gone."""
@@ -242,7 +270,9 @@ class CommandRunner:
                 absent=False,
                 detail=f"refused: it is this node's {role}",
             )
-        await self.supervisor.stop_strays(self.layout.release_dir(command.digest))
+        await self.supervisor.stop_strays(
+            self.layout.root, state.current, only=lambda f: f.release == command.digest
+        )
         result = await asyncio.to_thread(retire_release, self.layout, command)
         self.journal.update(
             staged=[d for d in state.staged if d != command.digest],
@@ -284,7 +314,7 @@ class CommandRunner:
             launch = self._launch_or_none(state.service.digest)
             await self.supervisor.stop_adopted(state.service, launch)
             self.journal.update(service=None)
-        await self.supervisor.stop_strays(self.layout.releases_dir)
+        await self.supervisor.stop_strays(self.layout.root, state.current, only=runs_a_release)
         if state.halted:  # the kill-switch latch survives agent restarts
             await self.supervisor.stop(halted=True)
             return

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import Journal
 from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.procaudit import runs_a_release
 from knightwatch.agent.supervisor import Supervisor
 from knightwatch.clock import Clock
 from knightwatch.protocol.messages import Hello
@@ -250,9 +251,11 @@ class KillSwitch:
         async with self._lock:
             if not self.halted:
                 return  # re-armed meanwhile: what runs now is the supervised service
-            strays = await self._supervisor.stop_strays(self._layout.releases_dir)
+            strays = await self._supervisor.stop_strays(
+                self._layout.root, self._journal.state.current, only=runs_a_release
+            )
         if strays:
-            event("halt-strays", pgids=strays)
+            event("halt-strays", pids=[f.pid for f in strays])
             self._changed()
 
     def _changed(self) -> None:

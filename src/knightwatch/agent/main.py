@@ -239,6 +239,7 @@ class Agent:
             source=self._source or HttpReleaseSource(self.settings.server, self.credential),
             clock=self.clock,
             audit_hold=self.auditor.hold,
+            stale_tolerance_s=self.settings.audit.stale_tolerance_s,
         )
         self.connection = Connection(
             server=self.settings.server,
@@ -307,7 +308,11 @@ class Agent:
         try:
             if isinstance(message, Halt):
                 result = await self.killswitch.halt(
-                    "kill", message.reason, message.halt_id, received_at=received, announce=False
+                    message.source,
+                    message.reason,
+                    message.halt_id,
+                    received_at=received,
+                    announce=False,
                 )
                 self.connection.send_ack(result.ack(message.halt_id))
             else:

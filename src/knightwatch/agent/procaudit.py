@@ -21,6 +21,11 @@ not on ``btime``, which is truncated to whole seconds and would make a
 service started right after the switch look older than it. Interpreted code
 (Python modules, scripts) is read and closed, so it leaves no mapping behind:
 for such services the start time and the working directory are the evidence.
+
+What this audit flags is what the agent's stray sweep stops
+(:meth:`~knightwatch.agent.supervisor.Supervisor.stop_strays`, run by a
+reconcile, a retirement, a halt and the agent's start): one predicate, so a
+reconcile never leaves running what the audit calls drift.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from knightwatch.agent.process import (
     read_stat,
 )
 
-__all__ = ["ProcessFinding", "ServiceIdentity", "audit_processes"]
+__all__ = ["ProcessFinding", "ServiceIdentity", "audit_processes", "runs_a_release"]
 
 FindingKind = Literal["stale-process", "unmanaged-process"]
 Where = Literal["exe", "cwd", "mapped", "open", "argv"]
@@ -67,6 +72,8 @@ class ProcessFinding:
     """One readable line naming the pid, the command name, and why."""
     release: str | None
     """Digest of the release directory the process runs from or has open, if any."""
+    start_ticks: int = 0
+    """When the process started (clock ticks since boot): with ``pid``, it names the process."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,11 @@ def audit_processes(
     return sorted(findings, key=lambda f: (f.kind, f.pid))
 
 
+def runs_a_release(finding: ProcessFinding) -> bool:
+    """Whether a flagged process runs from (or holds) a release tree, not just from ROOT."""
+    return finding.release is not None
+
+
 class _Roles:
     """Who each process belongs to: the agent, the service, or neither (walking ppids)."""
 
@@ -252,7 +264,7 @@ def _stale(
         return None
     release = foreign[0].release if foreign else scope.release_of(cwd)
     detail = f"pid {stat.pid} ({stat.comm}) " + "; ".join(reasons)
-    return ProcessFinding("stale-process", stat.pid, detail, release)
+    return ProcessFinding("stale-process", stat.pid, detail, release, stat.start_ticks)
 
 
 def _unmanaged(
@@ -271,7 +283,7 @@ def _unmanaged(
         return None
     first = sightings[0]
     detail = f"pid {stat.pid} ({stat.comm}) {_describe(first, scope.root)}{_more(sightings[1:])}"
-    return ProcessFinding("unmanaged-process", stat.pid, detail, first.release)
+    return ProcessFinding("unmanaged-process", stat.pid, detail, first.release, stat.start_ticks)
 
 
 _INTERPRETERS = (

@@ -25,13 +25,14 @@ from knightwatch.agent.checks import run_command, wait_healthy
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import ServiceRecord
+from knightwatch.agent.procaudit import ProcessFinding, audit_processes
 from knightwatch.agent.process import (
     ProcessIdentity,
     descendants,
     escaped_groups,
     group_alive,
-    groups_running_under,
     identify,
+    read_stat,
     signal_group,
     signal_number,
 )
@@ -45,6 +46,7 @@ __all__ = ["RestartPolicy", "Stopped", "Supervisor", "describe_exit"]
 
 _POLL_S = 0.05
 _KILL_WAIT_S = 10.0
+_STRAY_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -234,18 +236,35 @@ class Supervisor:
         await self._terminate(record.pid, halt, launch)
         return True
 
-    async def stop_strays(self, releases_dir: Path) -> list[int]:
-        """Stop every process group running from ``releases_dir`` that nobody supervises.
+    async def stop_strays(
+        self,
+        root: Path,
+        current: str | None,
+        *,
+        only: Callable[[ProcessFinding], bool] | None = None,
+    ) -> list[ProcessFinding]:
+        """Stop every process the process audit flags under ``root`` (those ``only`` accepts).
 
-        A service an earlier agent run spawned but could not journal (the
-        agent was killed in between) would otherwise keep its port and keep
-        answering health checks for a release that is no longer current.
+        The predicate is the audit's own (:func:`audit_processes`, with no
+        supervised service: call this after :meth:`stop`), so whatever the
+        audit calls an unmanaged process — running from ROOT, mapping a
+        release's code, or an interpreter started on a release script from
+        anywhere — is stopped, and nothing else: each flagged process by its
+        pid and start time (a reused pid is left alone), halt signal, grace,
+        SIGKILL. A process that leaves another behind as it stops is found
+        by the next look, up to a few rounds. Return what was stopped.
         """
-        groups = groups_running_under(releases_dir)
-        for pgid in groups:
-            event("service-stray", pgid=pgid, action="stop")
-            await self._terminate(pgid, HaltSpec(), None)
-        return groups
+        stopped: list[ProcessFinding] = []
+        for _ in range(_STRAY_ROUNDS):
+            found = await asyncio.to_thread(audit_processes, root, current, None, None)
+            found = [f for f in found if only is None or only(f)]
+            if not found:
+                break
+            for finding in found:
+                event("service-stray", pid=finding.pid, detail=finding.detail, action="stop")
+            await _terminate_processes({f.pid: f.start_ticks for f in found}, HaltSpec())
+            stopped.extend(found)
+        return stopped
 
     async def close(self) -> None:
         """Cancel the supervisor's background tasks (the service keeps running)."""
@@ -425,3 +444,32 @@ class Supervisor:
     def _tell_listeners(self) -> None:
         for callback in self._listeners:
             callback()
+
+
+async def _terminate_processes(family: dict[int, int], halt: HaltSpec) -> None:
+    """Halt signal to each process of ``family`` (pid: start ticks), grace, then SIGKILL.
+
+    Return once none of them lives (or after the kill wait). A pid whose start
+    time differs is another process now, and is never signalled.
+    """
+    loop = asyncio.get_running_loop()
+    for how, wait_s in ((signal_number(halt.signal), halt.grace_s), (signal.SIGKILL, _KILL_WAIT_S)):
+        left = {pid: ticks for pid, ticks in family.items() if _same_alive(pid, ticks)}
+        if not left:
+            return
+        if how == signal.SIGKILL:
+            event("service-kill", pids=sorted(left), grace_s=halt.grace_s)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, how)
+        deadline = loop.time() + wait_s
+        while any(_same_alive(pid, ticks) for pid, ticks in left.items()):
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(_POLL_S)
+
+
+def _same_alive(pid: int, start_ticks: int) -> bool:
+    """Whether ``pid`` is still the live (non-zombie) process that started at ``start_ticks``."""
+    stat = read_stat(pid)
+    return stat is not None and not stat.dead and stat.start_ticks == start_ticks

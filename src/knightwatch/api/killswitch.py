@@ -27,6 +27,7 @@ from knightwatch.control.killswitch import (
     list_halts,
     unacknowledged_count,
 )
+from knightwatch.protocol.safety import HaltSource
 
 __all__ = ["halt_now", "router", "send_halt"]
 
@@ -56,8 +57,11 @@ def send_halt(plane: ControlPlane, plan: HaltPlan) -> None:
 
 
 def halt_now(plane: ControlPlane, selector: str | None, reason: str, requested_by: str) -> HaltPlan:
-    """Record a halt and send it at once, from code on the event loop (a fleet guard)."""
-    plan = _issue(plane, selector, reason, requested_by)
+    """Record a halt and send it at once, from code on the event loop (a fleet guard).
+
+    The halt is recorded with source ``guard``, on the nodes and on the agents.
+    """
+    plan = _issue(plane, selector, reason, requested_by, source="guard")
     send_halt(plane, plan)
     return plan
 
@@ -112,9 +116,11 @@ async def rearm(body: HaltBody, plane: Plane, who: Operator) -> dict[str, Any]:
     }
 
 
-def _issue(plane: ControlPlane, selector: str | None, reason: str, who: str) -> HaltPlan:
+def _issue(
+    plane: ControlPlane, selector: str | None, reason: str, who: str, *, source: HaltSource = "kill"
+) -> HaltPlan:
     with plane.db.session() as session:
-        return issue_halt(session, selector, reason, who, plane.clock.now())
+        return issue_halt(session, selector, reason, who, plane.clock.now(), source=source)
 
 
 def _lift(plane: ControlPlane, body: HaltBody, who: str) -> RearmPlan:

@@ -11,8 +11,6 @@ from typing import Annotated
 
 import typer
 
-from knightwatch.agent import AgentSettings, run_agent
-from knightwatch.agent.settings import AuditSettings
 from knightwatch.cli.output import fail
 from knightwatch.errors import InvalidInputError, KnightwatchError
 
@@ -104,6 +102,9 @@ def agent(
     it is killed outright, the service keeps running and the next agent
     start stops it and starts a fresh one.
     """
+    from knightwatch.agent import AgentSettings, run_agent
+    from knightwatch.agent.settings import AuditSettings
+
     try:
         settings = AgentSettings(
             server=server,

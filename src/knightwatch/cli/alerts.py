@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from knightwatch.cli.output import out, print_json, shown
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import InvalidInputError
 
 __all__ = ["app"]
@@ -46,6 +45,8 @@ def list_alerts(
     json_output: JsonOpt = False,
 ) -> None:
     """Alerts, newest first: state, severity, rule, node, how many times it fired, who acked."""
+    from knightwatch.client import ApiClient, resolve_target
+
     if state is not None and state not in _STATES:
         raise InvalidInputError(
             f"--state {state!r} is not one of {', '.join(_STATES)}",
@@ -76,6 +77,8 @@ def list_alerts(
 @app.command("show", epilog="Example: knightwatch alerts show 4")
 def show(alert_id: IdArg, json_output: JsonOpt = False) -> None:
     """One alert and every notification sent about it (receiver, level, outcome)."""
+    from knightwatch.client import ApiClient, resolve_target
+
     data = ApiClient(resolve_target()).get(f"/alerts/{alert_id}")
     if json_output:
         print_json(data)
@@ -112,6 +115,8 @@ def resolve(
 
 
 def _act(alert_id: int, verb: str, body: dict[str, Any], json_output: bool) -> None:
+    from knightwatch.client import ApiClient, resolve_target
+
     data = ApiClient(resolve_target()).post(f"/alerts/{alert_id}/{verb}", body)
     if json_output:
         print_json(data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import typer
@@ -11,8 +11,10 @@ from rich.table import Table
 
 from knightwatch.cli.operate import follow_deployment
 from knightwatch.cli.output import err, out, print_json, shown
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
+
+if TYPE_CHECKING:
+    from knightwatch.client import ApiClient
 
 __all__ = ["audit", "reconcile", "retire"]
 
@@ -54,6 +56,8 @@ def audit(
     missing or extra file, no stale or unmanaged process, every check passing,
     the reported version equal to the active release, no retired component left.
     """
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target(), timeout=timeout + 30)
     started = client.post("/audits", {"nodes": node})
     report = _wait(client, f"/audits/{started['audit_id']}", timeout, json_output)
@@ -162,6 +166,8 @@ def reconcile(
     tree is swapped in atomically, and the service is restarted and checked;
     the deployment is recorded like any other.
     """
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target())
     started = client.post(f"/nodes/{quote(node, safe='')}/reconcile", {"reason": reason})
     follow_deployment(client, started, wait=wait, json_output=json_output)
@@ -183,6 +189,8 @@ def retire(
     release is never deployed again. Exit 1 if any node has not verified the
     absence in time (it gets the command again when it reconnects).
     """
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target())
     report = client.post(f"/releases/{quote(release, safe='')}/retire", {"reason": reason})
     path = f"/retirements/{report['retirement_id']}"

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from knightwatch.bundle import (
-    ReleaseStore,
-    build_release,
-    diff_releases,
-    load_signing_key,
-    load_trusted_key,
-    plan_build,
-    verify_release,
-)
-from knightwatch.bundle.manifest import Manifest, component_digest
 from knightwatch.cli.output import out, print_json, progress_bar, shown
 from knightwatch.errors import InvalidInputError, VerificationError
+
+if TYPE_CHECKING:
+    from knightwatch.bundle.manifest import Manifest
 
 app = typer.Typer(help="Build, verify, inspect and compare release bundles.", no_args_is_help=True)
 
@@ -39,6 +32,8 @@ def build(
     json_output: JsonOpt = False,
 ) -> None:
     """Hash, store, describe (SBOM) and sign the release in SOURCE."""
+    from knightwatch.bundle import build_release, load_signing_key, plan_build
+
     signing_key = load_signing_key(key)
     plan = plan_build(source)
     with progress_bar("hashing", plan.total_bytes, enabled=not json_output) as advance:
@@ -72,6 +67,8 @@ def verify(
     json_output: JsonOpt = False,
 ) -> None:
     """Re-hash every blob and check the manifest digest, SBOM and signature."""
+    from knightwatch.bundle import load_trusted_key, verify_release
+
     trusted = [load_trusted_key(path) for path in trust]
     with progress_bar("verifying", 0, enabled=False) as advance:
         report = verify_release(store, release, trusted, workers=workers, on_progress=advance)
@@ -98,6 +95,8 @@ def show(
     json_output: JsonOpt = False,
 ) -> None:
     """Show a stored release: identity, components, flags, guards and service."""
+    from knightwatch.bundle import ReleaseStore
+
     manifest = ReleaseStore(store).find(release).manifest
     if json_output:
         print_json(
@@ -150,6 +149,8 @@ def diff(
     json_output: JsonOpt = False,
 ) -> None:
     """Files added, removed and changed; components changed; downstream impact."""
+    from knightwatch.bundle import ReleaseStore, diff_releases
+
     releases = ReleaseStore(store)
     result = diff_releases(releases.find(a).manifest, releases.find(b).manifest)
     if json_output:
@@ -204,6 +205,8 @@ def _fact_table(title: str | None = None) -> Table:
 
 
 def _components_table(manifest: Manifest) -> Table:
+    from knightwatch.bundle.manifest import component_digest
+
     table = Table(
         "component", "version", "files", "size", "depends on", "sha256", title="components"
     )

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
-from knightwatch.testing import LocalFleet, stop_fleet
 
 app = typer.Typer(
     help="Run a local fleet: one control plane and N agents on this machine.", no_args_is_help=True
@@ -44,6 +43,8 @@ def up(
     json_output: JsonOpt = False,
 ) -> None:
     """Start a control plane and N agents (separate processes and roots) in DIR."""
+    from knightwatch.testing import LocalFleet
+
     if release and store is None:
         raise InvalidInputError("--release needs --store (the bundle store that holds it)")
     if (directory / "pids" / "server.pid").exists():
@@ -97,6 +98,8 @@ def up(
 @app.command("down", epilog="Example: knightwatch fleet down")
 def down(directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
     """Stop the local fleet's agents (and their services), then its control plane."""
+    from knightwatch.testing import stop_fleet
+
     stopped = stop_fleet(directory)
     if json_output:
         print_json({"stopped": stopped})

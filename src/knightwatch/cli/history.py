@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from knightwatch.cli.output import out, print_json, shown
-from knightwatch.client import ApiClient, resolve_target
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 NodeArg = Annotated[str, typer.Argument(help="Node name")]
@@ -44,6 +43,8 @@ def history(
     json_output: JsonOpt = False,
 ) -> None:
     """The recorded lifecycle of a configuration item: what, when, who, why."""
+    from knightwatch.client import ApiClient, resolve_target
+
     data = ApiClient(resolve_target()).get(f"/history?item={quote(item, safe='')}")
     if json_output:
         print_json(data)
@@ -87,6 +88,8 @@ def node_retire(
 
 
 def _change(name: str, action: str, reason: str, by: str | None, json_output: bool) -> None:
+    from knightwatch.client import ApiClient, resolve_target
+
     body: dict[str, Any] = {"reason": reason, **({"by": by} if by else {})}
     change = ApiClient(resolve_target()).post(f"/nodes/{quote(name, safe='')}/{action}", body)
     if json_output:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from knightwatch.bundle import generate_keypair
 from knightwatch.cli.output import out, print_json, shown
 
 app = typer.Typer(help="Manage the Ed25519 keys that sign releases.", no_args_is_help=True)
@@ -22,6 +21,8 @@ def generate(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
     """Generate an Ed25519 key pair for signing releases (never overwrites a key)."""
+    from knightwatch.bundle import generate_keypair
+
     private, public, keyid = generate_keypair(out_dir, name)
     if json_output:
         print_json({"private_key": str(private), "public_key": str(public), "keyid": keyid})

@@ -8,8 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from knightwatch.cli.output import err, out, print_json, shown
-from knightwatch.client import ApiClient, resolve_target
+from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import KnightwatchError
 
 __all__ = ["kill", "rearm", "register"]
@@ -22,11 +21,6 @@ NodesOpt = Annotated[
     ),
 ]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (required, recorded)")]
-_LONG_POLL_S = 30.0
-
-
-class HaltUnacknowledgedError(KnightwatchError):
-    """Some node has not acknowledged the halt: it may still be running."""
 
 
 class RearmIncompleteError(KnightwatchError):
@@ -49,24 +43,9 @@ def kill(
     acknowledges. Prints each node's time to halt and names every node that
     has not acknowledged: exit 1 if any has not. Stopping never needs approval.
     """
-    client = ApiClient(resolve_target(), timeout=max(timeout, 10.0) + 30)
-    report = client.post("/halts", {"nodes": nodes, "reason": reason})
-    path = f"/halts/{report['halt_id']}"
-    deadline = time.monotonic() + timeout
-    while not report["complete"] and (left := deadline - time.monotonic()) > 0:
-        # a long poll: the server answers the moment the last node acknowledges
-        report = client.get(f"{path}?wait_s={min(left, _LONG_POLL_S):.3f}")
-    if json_output:
-        print_json(report)
-    else:
-        _print_halt(report)
-    if report["unacknowledged"]:
-        raise HaltUnacknowledgedError(
-            f"halt {report['halt_id']}: not acknowledged by "
-            f"{_describe_waiting(report)}: chase these",
-            hint="a disconnected node gets the halt the moment it reconnects; an armed node "
-            "halts by itself (dead man's switch); check with: knightwatch status",
-        )
+    from knightwatch.cli.halting import halt_fleet
+
+    halt_fleet(reason, nodes, timeout, json_output)
 
 
 def rearm(
@@ -84,6 +63,8 @@ def rearm(
     with the usual health checks; a disconnected node is re-armed when it
     reconnects. Exit 1 if a connected node did not start its service in time.
     """
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target(), timeout=timeout + 30)
     plan = client.post("/rearm", {"nodes": nodes, "reason": reason})
     waiting = set(plan["online"])
@@ -114,45 +95,6 @@ def register(app: typer.Typer) -> None:
 
 
 # -- printing -------------------------------------------------------------------------------
-
-
-def _print_halt(report: dict[str, Any]) -> None:
-    acked = len(report["nodes"]) - len(report["unacknowledged"])
-    worst = report["max_time_to_halt_ms"]
-    title = (
-        f"halt {shown(report['halt_id'])} · {shown(report['reason'])} · "
-        f"{acked}/{len(report['nodes'])} acknowledged"
-        + (f" · slowest {worst:.0f} ms" if worst is not None else "")
-    )
-    table = Table(
-        "node", "acknowledged", "time to halt (ms)", "pids stopped", "detail", title=title
-    )
-    for node in report["nodes"]:
-        took = node["time_to_halt_ms"]
-        if node["acknowledged"]:
-            ack = "[green]yes[/]"
-        else:
-            ack = "[bold red]NO[/]" + ("" if node["connected"] else " (disconnected)")
-        table.add_row(
-            shown(node["node"]),
-            ack,
-            f"{took:.1f}" if took is not None else "-",
-            shown(", ".join(map(str, node["stopped_pids"])) or "-"),
-            shown(node["detail"]),
-        )
-    out.print(table)
-    if report["unacknowledged"]:
-        out.print(f"[bold red]not acknowledged:[/] {shown(_describe_waiting(report))}")
-    elif not err.is_terminal:
-        out.print("every node halted; lift it with: knightwatch rearm --reason TEXT")
-
-
-def _describe_waiting(report: dict[str, Any]) -> str:
-    connected = {n["node"]: n["connected"] for n in report["nodes"]}
-    return ", ".join(
-        f"{name}{'' if connected.get(name) else ' (disconnected)'}"
-        for name in report["unacknowledged"]
-    )
 
 
 def _still_halted(status: dict[str, Any], waiting: set[str]) -> bool:

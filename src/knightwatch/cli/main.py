@@ -9,8 +9,8 @@ import typer
 from knightwatch import __version__
 from knightwatch.cli import alerts, audit, bundle, fleet, history, keys, killswitch, operate, server
 from knightwatch.cli.agent import agent
-from knightwatch.cli.output import err, fail, fail_json, out, shown, wants_json
-from knightwatch.errors import KnightwatchError, VerificationError
+from knightwatch.cli.output import err, fail_json, out, report_failure, shown, wants_json
+from knightwatch.errors import KnightwatchError
 
 app = typer.Typer(
     name="knightwatch",
@@ -76,13 +76,7 @@ def run() -> None:
             return
         code = app(standalone_mode=False)
     except KnightwatchError as exc:
-        fail(exc)
-        if as_json:
-            problems = exc.problems if isinstance(exc, VerificationError) else None
-            kind = type(exc).__name__
-            fail_json(
-                exc.message, exit_code=exc.exit_code, kind=kind, hint=exc.hint, problems=problems
-            )
+        report_failure(exc, as_json=as_json)
         sys.exit(exc.exit_code)
     except Exception as exc:  # under --json: typer's own (click) usage errors and aborts
         if not type(exc).__module__.startswith(("typer", "click")):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
 from rich.table import Table
 
 from knightwatch.cli.output import err, out, print_json, shown
-from knightwatch.client import ApiClient, resolve_target
 from knightwatch.errors import KnightwatchError
+
+if TYPE_CHECKING:
+    from knightwatch.client import ApiClient
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 deployment_app = typer.Typer(help="Inspect one deployment.", no_args_is_help=True)
@@ -61,6 +63,8 @@ def deploy(
     json_output: JsonOpt = False,
 ) -> None:
     """Deploy RELEASE all-or-nothing: every node verifies it before any node switches."""
+    from knightwatch.client import ApiClient, resolve_target
+
     if strategy not in ("atomic", "canary"):
         raise typer.BadParameter("--strategy must be atomic or canary")
     client = ApiClient(resolve_target())
@@ -75,6 +79,8 @@ def rollback(
     json_output: JsonOpt = False,
 ) -> None:
     """Return the whole fleet to its previous release, through the same protocol."""
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target())
     follow_deployment(client, client.post("/rollback"), wait=wait, json_output=json_output)
 
@@ -85,6 +91,9 @@ def status(json_output: JsonOpt = False) -> None:
     A node whose agent is gone is UNKNOWN: its release, service and pid are shown
     as "last known" with that report's age, never as current.
     """
+
+    from knightwatch.client import ApiClient, resolve_target
+
     data = ApiClient(resolve_target()).get("/status")
     if json_output:
         print_json(data)
@@ -164,6 +173,8 @@ def deployments(
     json_output: JsonOpt = False,
 ) -> None:
     """Recent deployments, newest first."""
+    from knightwatch.client import ApiClient, resolve_target
+
     rows = ApiClient(resolve_target()).get(f"/deployments?limit={limit}")
     if json_output:
         print_json(rows)
@@ -189,6 +200,8 @@ def deployment_show(
     json_output: JsonOpt = False,
 ) -> None:
     """One deployment: state, each node's phase and reason, and its recorded transitions."""
+    from knightwatch.client import ApiClient, resolve_target
+
     data = ApiClient(resolve_target()).get(f"/deployments/{deployment_id}")
     if json_output:
         print_json(data)

@@ -11,14 +11,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from knightwatch.errors import KnightwatchError, VerificationError
 from knightwatch.text import visible
@@ -30,6 +22,7 @@ __all__ = [
     "out",
     "print_json",
     "progress_bar",
+    "report_failure",
     "shown",
     "wants_json",
 ]
@@ -97,12 +90,35 @@ def fail_json(
     )
 
 
+def report_failure(exc: KnightwatchError, *, as_json: bool) -> None:
+    """Tell a person (one line and a hint on stderr) and, with ``--json``, a script too."""
+    fail(exc)
+    if as_json:
+        problems = exc.problems if isinstance(exc, VerificationError) else None
+        fail_json(
+            exc.message,
+            exit_code=exc.exit_code,
+            kind=type(exc).__name__,
+            hint=exc.hint,
+            problems=problems,
+        )
+
+
 @contextmanager
 def progress_bar(label: str, total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
     """Yield an ``advance(bytes)`` callback drawing a transient bar on stderr when a TTY."""
     if not enabled or not err.is_terminal:
         yield lambda _amount: None
         return
+    from rich.progress import (  # only a command that shows a bar pays for it
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

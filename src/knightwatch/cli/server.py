@@ -7,11 +7,7 @@ from typing import Annotated
 
 import typer
 
-from knightwatch.bundle import ReleaseStore
 from knightwatch.cli.output import out, print_json, progress_bar, shown
-from knightwatch.client import ApiClient, resolve_target
-from knightwatch.protocol import MAX_MESSAGE_BYTES
-from knightwatch.push import push_release
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 node_app = typer.Typer(help="Enroll and manage nodes.", no_args_is_help=True)
@@ -44,11 +40,12 @@ def server(
     ] = None,
 ) -> None:
     """Run the control plane (operator API, agent API, orchestrator)."""
-    import uvicorn  # noqa: PLC0415  (only the server needs the ASGI stack)
+    import uvicorn
 
-    from knightwatch.api import ControlPlane, create_app  # noqa: PLC0415
-    from knightwatch.logs import configure_logging  # noqa: PLC0415
-    from knightwatch.settings import ServerSettings  # noqa: PLC0415
+    from knightwatch.api import ControlPlane, create_app
+    from knightwatch.logs import configure_logging
+    from knightwatch.protocol import MAX_MESSAGE_BYTES
+    from knightwatch.settings import ServerSettings
 
     configure_logging("server")
     settings = ServerSettings.load(
@@ -82,6 +79,9 @@ def node_enroll(
     json_output: JsonOpt = False,
 ) -> None:
     """Print a one-time join token for NAME (give it to: knightwatch agent --join-file)."""
+
+    from knightwatch.client import ApiClient, resolve_target
+
     client = ApiClient(resolve_target())
     grant = client.post(f"/nodes/{name}/enroll", {"ttl_s": ttl, "group": group})
     if json_output:
@@ -103,6 +103,10 @@ def release_push(
     json_output: JsonOpt = False,
 ) -> None:
     """Upload a built release; the server verifies it before it becomes visible."""
+    from knightwatch.bundle import ReleaseStore
+    from knightwatch.client import ApiClient, resolve_target
+    from knightwatch.push import push_release
+
     client = ApiClient(resolve_target(), timeout=300.0)
     size = sum(f.size for f in ReleaseStore(store).find(release).manifest.files)
     with progress_bar("uploading", size, enabled=not json_output) as advance:

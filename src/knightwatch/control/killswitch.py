@@ -40,6 +40,7 @@ from knightwatch.control.selection import matches_selector, parse_selector
 from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import HaltAck, HaltState, Rearm, RearmAck, Report
+from knightwatch.protocol.safety import HaltSource
 from knightwatch.store import Halt, HaltNode, Node
 
 __all__ = [
@@ -135,9 +136,19 @@ class HaltReport:
 
 
 def issue_halt(
-    session: Session, selector: str | None, reason: str, requested_by: str, now: datetime
+    session: Session,
+    selector: str | None,
+    reason: str,
+    requested_by: str,
+    now: datetime,
+    *,
+    source: HaltSource = "kill",
 ) -> HaltPlan:
-    """Record a latched halt of every selected node; return the message to send to them all."""
+    """Record a latched halt of every selected node; return the message to send to them all.
+
+    ``source`` is what caused it (``kill``: an operator; ``guard``: a guard's
+    ``halt_fleet``), recorded on every node it halts and carried to the agents.
+    """
     reason = _reason(reason)
     nodes = _selected(session, selector)
     halt = Halt(selector=selector or None, reason=reason, requested_by=requested_by, issued_at=now)
@@ -146,9 +157,9 @@ def issue_halt(
     for node in nodes:
         session.add(HaltNode(halt_id=halt.id, node_name=node.name, detail=""))
         if not node.halted:
-            node.halted, node.halt_source, node.halted_since = True, "kill", now
+            node.halted, node.halt_source, node.halted_since = True, source, now
             node.halt_reason = reason
-    message = HaltMessage(halt_id=halt.id, reason=reason, issued_at=now)
+    message = HaltMessage(halt_id=halt.id, reason=reason, issued_at=now, source=source)
     online = [n.name for n in nodes if n.connected]
     return HaltPlan(halt.id, message, online, [n.name for n in nodes if not n.connected])
 

@@ -47,6 +47,8 @@ class Halt(_Message):
     reason: Text
     issued_at: datetime
     """When the control plane sent it (its clock), for time-to-halt figures."""
+    source: HaltSource = "kill"
+    """What caused it: an operator's ``kill``, or a ``guard`` that asked for a fleet halt."""
 
 
 class Rearm(_Message):
