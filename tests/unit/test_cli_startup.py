@@ -38,8 +38,10 @@ HEAVY = (
     "sqlalchemy",
     "cryptography",
 )
-"""Never loaded by a command that does not use them (not even by ``--help``, whose Rich
-panels are Typer's: they load Markdown and Pygments, which nothing else needs)."""
+"""Never loaded by a command that does not use them (not even by ``--help``)."""
+HELP_NEVER = ("markdown_it", "pygments", "rich.markdown", "rich.traceback", "rich.syntax")
+"""Never loaded by ``--help``: Typer's help renderer imports them up front, but uses them only
+for Markdown help text and pretty tracebacks (:data:`knightwatch.cli.launch.DEFERRED`)."""
 FAST_KILL_NEVER = (
     *HEAVY,
     *("typer", "click", "pydantic", "pygments", "markdown_it", "rich.progress", "rich.syntax"),
@@ -86,6 +88,37 @@ def test_help_lists_every_command_without_loading_heavy_code() -> None:
     listed = {line.split()[1] for line in done.stdout.splitlines() if line.startswith("│ ")}
     assert {path[0] for path in all_commands()} <= listed
     assert loaded(modules, (*HEAVY, "httpx")) == []
+
+
+def test_help_loads_neither_markdown_nor_pygments() -> None:
+    """``knightwatch --help`` and a command's ``--help`` defer Rich's Markdown and tracebacks."""
+    for argv in (["--help"], ["deploy", "--help"], ["node", "--help"]):
+        modules, done = imported(*argv)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "typer.rich_utils" in modules and "Usage: knightwatch" in done.stdout
+        assert loaded(modules, HELP_NEVER) == []
+
+
+def test_deferred_rich_modules_still_work_when_used() -> None:
+    """Code that does use the deferred Markdown or Traceback gets the real ones, loaded then."""
+    code = (
+        "import io, sys; from knightwatch.cli import launch; launch._defer_rich_extras()\n"
+        "from rich.markdown import Markdown; from rich.traceback import Traceback\n"
+        "from rich.console import Console\n"
+        "assert 'markdown_it' not in sys.modules\n"
+        "console = Console(file=io.StringIO(), width=40)\n"
+        "console.print(Markdown('# Title'))\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError as exc:\n"
+        "    tb = Traceback.from_exception(type(exc), exc, exc.__traceback__)\n"
+        "import rich, rich.markdown as md, rich.traceback as rt\n"
+        "assert type(tb) is rt.Traceback and rich.markdown is md and 'markdown_it' in sys.modules\n"
+        "assert 'Title' in console.file.getvalue()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr[-2000:]
 
 
 def test_commands_that_talk_to_the_server_load_no_server_code() -> None:

@@ -10,16 +10,24 @@ dependencies only when that command runs.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 import types
+from typing import Any
 
 __all__ = ["run"]
+
+DEFERRED = {"rich.markdown": "Markdown", "rich.traceback": "Traceback"}
+"""Rich modules Typer's help renderer imports up front but uses only for Markdown help
+text and pretty tracebacks (knightwatch's help is Rich markup; pretty tracebacks are off):
+together they load markdown_it and Pygments, a third of ``knightwatch --help``'s time."""
 
 
 def run() -> None:
     """Run the CLI (the ``knightwatch`` console script and ``python -m knightwatch``)."""
     _without_httpx_cli()
+    _defer_rich_extras()
     if sys.argv[1:2] == ["kill"] and "_KNIGHTWATCH_COMPLETE" not in os.environ:  # completion: Typer
         from knightwatch.cli.halting import kill_arguments
 
@@ -70,3 +78,55 @@ def _without_httpx_cli() -> None:
 
     stand_in.main = main  # type: ignore[attr-defined]
     sys.modules["httpx._main"] = stand_in
+
+
+class _Deferred(types.ModuleType):
+    """Stands in for a module of :data:`DEFERRED` until something really uses it.
+
+    ``from rich.markdown import Markdown`` gets a :class:`_DeferredName` class;
+    any other attribute loads the real module at once, which then replaces
+    this stand-in in ``sys.modules`` (and on its package).
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        """The deferred name's stand-in, or the real module's attribute."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if DEFERRED.get(self.__name__) == name:
+            return _DeferredName(name, (), {"deferred_from": self.__name__})
+        return getattr(_load_real(self.__name__), name)
+
+
+class _DeferredName(type):
+    """A class standing in for ``module.Name``: using it (a call, an attribute) loads ``module``.
+
+    A class, so that annotations such as ``Markdown | Text`` still evaluate.
+    """
+
+    deferred_from: str
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Call the real ``module.Name``."""
+        return getattr(_load_real(cls.deferred_from), cls.__name__)(*args, **kwargs)
+
+    def __getattr__(cls, attribute: str) -> Any:
+        """An attribute of the real ``module.Name`` (``Traceback.from_exception``, …)."""
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return getattr(getattr(_load_real(cls.deferred_from), cls.__name__), attribute)
+
+
+def _load_real(module: str) -> types.ModuleType:
+    """Import the real ``module`` in place of its stand-in."""
+    stand_in = sys.modules.get(module)
+    if isinstance(stand_in, _Deferred):
+        del sys.modules[module]
+    real = importlib.import_module(module)  # sets it on its package, too
+    return real
+
+
+def _defer_rich_extras() -> None:
+    """Put :class:`_Deferred` stand-ins for :data:`DEFERRED` (unless loaded already)."""
+    for module in DEFERRED:
+        if module not in sys.modules:
+            sys.modules[module] = _Deferred(module)
