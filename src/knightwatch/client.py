@@ -18,6 +18,7 @@ from knightwatch.errors import (
     ReleaseNotFoundError,
     VerificationError,
 )
+from knightwatch.tlsca import client_context, is_tls_failure
 
 __all__ = ["ApiClient", "ServerTarget", "resolve_target"]
 
@@ -31,19 +32,28 @@ class ServerTarget:
 
     url: str
     token: str | None
+    ca: str | None = None
+    """CA certificate (PEM file) the server's TLS certificate must chain to; None: system CAs."""
 
 
 def resolve_target(server: str | None = None, token: str | None = None) -> ServerTarget:
-    """Options first, then KNIGHTWATCH_SERVER/KNIGHTWATCH_TOKEN, then a local fleet file."""
+    """Options first, then KNIGHTWATCH_SERVER/KNIGHTWATCH_TOKEN, then a local fleet file.
+
+    The CA to pin comes from KNIGHTWATCH_CA, else from the fleet file when it names the server.
+    """
     url = server or os.environ.get("KNIGHTWATCH_SERVER")
     secret = token or os.environ.get("KNIGHTWATCH_TOKEN")
-    if (url is None or secret is None) and FLEET_FILE.exists():
+    ca = os.environ.get("KNIGHTWATCH_CA") or None
+    if FLEET_FILE.exists():
         fleet = json.loads(FLEET_FILE.read_text())
-        url = url or fleet.get("server")
-        secret = secret or fleet.get("token")
+        if ca is None and (url is None or url.rstrip("/") == fleet.get("server")):
+            ca = fleet.get("ca")
+        if url is None or secret is None:
+            url = url or fleet.get("server")
+            secret = secret or fleet.get("token")
     if secret is None and Path("knightwatch-data/operator.token").exists():
         secret = Path("knightwatch-data/operator.token").read_text().strip()
-    return ServerTarget((url or DEFAULT_SERVER).rstrip("/"), secret)
+    return ServerTarget((url or DEFAULT_SERVER).rstrip("/"), secret, ca)
 
 
 class ApiClient:
@@ -52,7 +62,9 @@ class ApiClient:
     def __init__(self, target: ServerTarget, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         self.target = target
-        self._http = httpx.Client(base_url=target.url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=target.url, headers=headers, timeout=timeout, verify=client_context(target.ca)
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -84,6 +96,12 @@ class ApiClient:
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
         except httpx.HTTPError as exc:
+            if is_tls_failure(exc):
+                pinned = f"the pinned CA {self.target.ca}" if self.target.ca else "a trusted CA"
+                raise KnightwatchError(
+                    f"refusing {self.target.url}: its TLS certificate does not chain to {pinned}",
+                    hint="set KNIGHTWATCH_CA to the control plane's CA certificate",
+                ) from None
             raise KnightwatchError(
                 f"cannot reach the control plane at {self.target.url}: {exc}",
                 hint="start it (knightwatch server or knightwatch "
