@@ -159,8 +159,6 @@ class LocalFleet:
         """Start the server, enroll and start every agent, wait until all are connected."""
         for sub in ("logs", "pids", "nodes"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
-        if self.tls:
-            create_local_ca(self.directory / "tls")
         self.start_server(timeout=timeout)
         for name in self.names:
             self.start_agent(name, join=self.enroll(name))
@@ -188,8 +186,8 @@ class LocalFleet:
         if self._database_url:
             args += ["--db", self._database_url]
         if self.tls:
-            tls = self.directory / "tls"
-            args += ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")]
+            made = create_local_ca(self.directory / "tls")
+            args += ["--tls-cert", str(made.server_cert), "--tls-key", str(made.server_key)]
         merged = {**self._server_env, **(env or {})}
         self._server = self._spawn("server", args, merged)
         wait_until(self._healthy, timeout=timeout, what="the control plane to answer")
