@@ -133,6 +133,11 @@ class LocalFleet:
         return fleet
 
     @property
+    def trust(self) -> list[Path]:
+        """The release keys the server and every agent trust."""
+        return list(self._trust)
+
+    @property
     def ca(self) -> Path | None:
         """The CA certificate clients pin (None for a plain-HTTP fleet)."""
         return self.directory / "tls" / "ca.pem" if self.tls else None

@@ -42,6 +42,8 @@ class AgentProcess:
         self.log = root.parent / f"{name}-{len(list(root.parent.glob(f'{name}-*.log')))}.log"
         args = ["--server", fleet.url, "--root", str(root), "--name", name]
         args += ["--service-port", str(port), *extra]
+        for key in fleet.trust:
+            args += ["--trust", str(key)]
         with self.log.open("wb") as err:
             self.process = subprocess.Popen([*AGENT, *args], stderr=err)
 
