@@ -80,12 +80,15 @@ def test_restart_a_node_then_the_server_and_deploy(directory: Path, releases: Re
     assert started.returncode == 0, started.stderr
     assert "started server" in started.stdout
     fleet = LocalFleet.attach(directory)
-    fleet.wait_connected(fleet.names, timeout=SETTLE_S)
-    log = (directory / "logs" / "node1.log").read_text()
-    assert "no-trusted-keys" not in log, "the restarted agent has its trust keys"
-    fleet.push(releases.store, releases.v2.release_id)
-    deploy_ok(fleet, releases.v2)
-    assert_fleet_on(fleet, releases.v2.digest)
+    try:
+        fleet.wait_connected(fleet.names, timeout=SETTLE_S)
+        log = (directory / "logs" / "node1.log").read_text()
+        assert "no-trusted-keys" not in log, "the restarted agent has its trust keys"
+        fleet.push(releases.store, releases.v2.release_id)
+        deploy_ok(fleet, releases.v2)
+        assert_fleet_on(fleet, releases.v2.digest)
+    finally:
+        fleet.client.close()
 
 
 def test_stop_then_start_a_node(directory: Path) -> None:
@@ -96,7 +99,10 @@ def test_stop_then_start_a_node(directory: Path) -> None:
     started = fleet_cmd(directory, "start", "node2", "--json")
     assert started.returncode == 0, started.stderr
     fleet = LocalFleet.attach(directory)
-    nodes = {n["name"]: n for n in fleet.status()["nodes"]}
+    try:
+        nodes = {n["name"]: n for n in fleet.status()["nodes"]}
+    finally:
+        fleet.client.close()
     assert nodes["node2"]["connected"]
 
 
