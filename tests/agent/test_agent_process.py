@@ -153,7 +153,7 @@ class TestCli:
         result = CliRunner().invoke(app, ["agent", "--help"])
         assert result.exit_code == 0
         text = " ".join(result.output.split())
-        assert "Example: knightwatch agent --server http://127.0.0.1:7400" in text
+        assert "Example: knightwatch agent --server https://cp.example:7400 --ca ca.pem" in text
 
     def test_bad_node_name_exits_2(self, tmp_path: Path) -> None:
         """An invalid --name is refused before anything is written (exit code 2)."""
