@@ -123,6 +123,11 @@ class ServerSettings:
             )
 
     @property
+    def base_url(self) -> str:
+        """The server's own URL: https when it serves TLS."""
+        return f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}"
+
+    @property
     def database_display(self) -> str:
         """The database URL with its password masked, or the SQLite path."""
         if self.database_url is None:
