@@ -278,6 +278,7 @@ def check_alertmanager_message(
         headers={"Authorization": f"Bearer {fleet.token}"},
         timeout=30,
         trust_env=False,
+        verify=fleet.verify,
     )
     assert linked.json()["id"] == alert["id"]
 
