@@ -461,7 +461,9 @@ class DriftWatch:
     """
 
     def __init__(self, fleet: LocalFleet) -> None:
-        self._client = ApiClient(ServerTarget(fleet.url, fleet.token), timeout=30.0)
+        self._client = ApiClient(
+            ServerTarget(fleet.url, fleet.token, str(fleet.ca) if fleet.ca else None), timeout=30.0
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.seen: dict[str, list[dict[str, Any]]] = {}

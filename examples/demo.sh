@@ -35,7 +35,8 @@ step "7. a local fleet: a control plane and 3 agents, each its own process and r
 trap 'knightwatch fleet down --dir "$DEMO/fleet" >/dev/null 2>&1 || true' EXIT
 knightwatch fleet up --nodes 3 --dir "$DEMO/fleet" --release smars@2012.8.1 \
   --store "$DEMO/store" --trust "$DEMO/keys/release.pub"
-export KNIGHTWATCH_SERVER KNIGHTWATCH_TOKEN
+export KNIGHTWATCH_SERVER KNIGHTWATCH_TOKEN KNIGHTWATCH_CA
+KNIGHTWATCH_CA="$DEMO/fleet/tls/ca.pem"  # the fleet serves HTTPS; the CLI pins its CA
 KNIGHTWATCH_SERVER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["server"])' "$DEMO/fleet/fleet.json")
 KNIGHTWATCH_TOKEN=$(cat "$DEMO/fleet/server/operator.token")
 knightwatch status

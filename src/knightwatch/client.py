@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ class ServerTarget:
 
     url: str
     token: str | None
+    ca: str | None = None
+    """CA certificate (PEM file) the server's TLS certificate must chain to; None: system CAs."""
 
 
 def resolve_target(server: str | None = None, token: str | None = None) -> ServerTarget:
@@ -40,6 +43,8 @@ def resolve_target(server: str | None = None, token: str | None = None) -> Serve
     the local ``knightwatch-data/operator.token``) only to a server named by
     an option, the environment or the default; a fleet file's token only to
     that file's server. A server named by a fleet file gets its token or none.
+    The CA to pin comes from KNIGHTWATCH_CA, else from the fleet file when it
+    names the server.
     """
     url, where = server, "--server"
     if url is None and os.environ.get("KNIGHTWATCH_SERVER"):
@@ -59,7 +64,10 @@ def resolve_target(server: str | None = None, token: str | None = None) -> Serve
     url = _checked_url(url or DEFAULT_SERVER, where)
     if secret is not None:
         _check_token(secret, secret_from)
-    return ServerTarget(url, secret)
+    ca = os.environ.get("KNIGHTWATCH_CA") or None
+    if ca is None and fleet.get("ca") and str(fleet.get("server", "")).rstrip("/") == url:
+        ca = str(fleet["ca"])
+    return ServerTarget(url, secret, ca)
 
 
 def _fleet_file() -> dict[str, Any]:
@@ -116,7 +124,10 @@ class ApiClient:
         # bundle) costs a kill from the keyboard more than the halt itself.
         plain = target.url.startswith("http://")
         self._http = httpx.Client(
-            base_url=target.url, headers=headers, timeout=timeout, verify=not plain
+            base_url=target.url,
+            headers=headers,
+            timeout=timeout,
+            verify=False if plain else _tls_context(target.ca),
         )
 
     def close(self) -> None:
@@ -149,6 +160,12 @@ class ApiClient:
         try:
             response = self._http.request(method, "/api/v1" + path, **kwargs)
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
+            if isinstance(exc, httpx.HTTPError) and _is_tls_failure(exc):
+                pinned = f"the pinned CA {self.target.ca}" if self.target.ca else "a trusted CA"
+                raise KnightwatchError(
+                    f"refusing {self.target.url}: its TLS certificate does not chain to {pinned}",
+                    hint="set KNIGHTWATCH_CA to the control plane's CA certificate",
+                ) from None
             raise KnightwatchError(
                 f"cannot reach the control plane at {self.target.url}: {exc}",
                 hint="start it (knightwatch server or knightwatch "
@@ -211,3 +228,16 @@ def _error_from(response: httpx.Response) -> KnightwatchError:
     if response.status_code in (400, 404, 413, 422):
         return InvalidInputError(message, hint=hint)
     return KnightwatchError(message, hint=hint)
+
+
+def _tls_context(ca: str | None) -> ssl.SSLContext | bool:
+    """The TLS context for an https:// control plane (``ca`` pinned when given)."""
+    from knightwatch.tlsca import client_context  # only https pays for the TLS helpers
+
+    return client_context(ca)
+
+
+def _is_tls_failure(exc: httpx.HTTPError) -> bool:
+    from knightwatch.tlsca import is_tls_failure
+
+    return is_tls_failure(exc)

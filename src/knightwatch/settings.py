@@ -20,6 +20,7 @@ from knightwatch.bundle.spec import GuardSpec
 from knightwatch.control.guards import parse_fleet_guards
 from knightwatch.control.routing import AlertRouting
 from knightwatch.errors import InvalidInputError
+from knightwatch.tlsca import is_loopback
 
 __all__ = ["Secret", "ServerSettings", "mask_url"]
 
@@ -60,6 +61,11 @@ class ServerSettings:
     database_url: Secret | None = None
     host: str = "127.0.0.1"
     port: int = 7400
+    tls_cert: Path | None = None
+    """PEM certificate chain the server presents (with ``tls_key``); None serves plain HTTP."""
+    tls_key: Path | None = None
+    insecure_plaintext: bool = False
+    """Allow plain HTTP on a non-loopback ``host`` (tokens then travel in clear)."""
     trusted_keys: tuple[Path, ...] = ()
     """Release-signing public keys; DATA/trusted/*.pub are trusted too."""
     prepare_timeout_s: float = 300.0
@@ -106,6 +112,29 @@ class ServerSettings:
             **{f.name: _coerce(f.name, merged[f.name]) for f in fields(cls) if f.name in merged}
         )
 
+    def check_transport(self) -> None:
+        """Refuse a half-given TLS pair, and plain HTTP on a non-loopback address."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidInputError(
+                "--tls-cert and --tls-key go together: give both or neither",
+                hint="e.g. --tls-cert server.pem --tls-key server.key",
+            )
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise InvalidInputError(f"TLS file {path} does not exist")
+        if self.tls_cert is None and not self.insecure_plaintext and not is_loopback(self.host):
+            raise InvalidInputError(
+                f"--host {self.host} is not loopback and the server has no TLS: "
+                "tokens and credentials would travel in clear",
+                hint="give --tls-cert CERT --tls-key KEY, or --insecure-plaintext "
+                "on a network you trust",
+            )
+
+    @property
+    def base_url(self) -> str:
+        """The server's own URL: https when it serves TLS."""
+        return f"{'https' if self.tls_cert else 'http'}://{self.host}:{self.port}"
+
     @property
     def database_display(self) -> str:
         """The database URL with its password masked, or the SQLite path."""
@@ -149,12 +178,25 @@ def _groups(value: Any) -> tuple[str, ...]:
     return groups
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per kind
     try:
         if name in ("database_url", "operator_token"):
             return value if isinstance(value, Secret) else Secret(str(value))
-        if name == "data_dir":
+        if name in ("data_dir", "tls_cert", "tls_key"):
             return Path(value)
+        if name == "insecure_plaintext":
+            return _boolean(value)
         if name == "alerts":
             return AlertRouting.parse(value)
         if name == "guard":

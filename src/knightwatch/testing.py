@@ -9,6 +9,12 @@ to test a service against knightwatch exactly as it will run in production::
         fleet.push(store, "smars@2012.8.1")
         deployment = fleet.deploy("smars@2012.8.1")
         assert deployment["state"] == "SUCCEEDED"
+
+By default the fleet serves HTTPS with a certificate from a CA it creates in
+``DIR/tls/`` (:mod:`knightwatch.tlsca`); agents and the client pin that CA.
+``fleet.json`` records every option the fleet was started with, so
+:meth:`LocalFleet.attach` (``knightwatch fleet stop|start|restart``) can
+start one piece again exactly as ``up`` did.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,8 +35,9 @@ from typing import Any, TypeVar
 
 from knightwatch.agent.process import groups_running_under
 from knightwatch.client import ApiClient, ServerTarget
-from knightwatch.errors import KnightwatchError
+from knightwatch.errors import InvalidInputError, KnightwatchError
 from knightwatch.push import push_release
+from knightwatch.tlsca import client_context, create_local_ca
 
 __all__ = ["FleetError", "LocalFleet", "free_port", "kill_strays", "stop_fleet", "wait_until"]
 
@@ -82,11 +90,13 @@ class LocalFleet:
         port: int | None = None,
         server_env: Mapping[str, str] | None = None,
         agent_args: Sequence[str] = (),
+        tls: bool = True,
     ) -> None:
         self.directory = directory.resolve()
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._trust = [Path(p).resolve() for p in trust]
         self._database_url = database_url
         self._server_env = dict(server_env or {})
@@ -95,6 +105,52 @@ class LocalFleet:
         self._server: _Process | None = None
         self._agents: dict[str, _Process] = {}
         self._client: ApiClient | None = None
+
+    @classmethod
+    def attach(cls, directory: Path) -> LocalFleet:
+        """The fleet ``up`` started in ``directory`` (from its fleet.json), to manage its pieces."""
+        path = directory / "fleet.json"
+        try:
+            data = json.loads(path.read_text())
+            options = data["options"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(
+                f"no fleet is up in {directory} (cannot read {path.name}: {exc})",
+                hint="start one: knightwatch fleet up --nodes 3 --trust keys/release.pub",
+            ) from None
+        fleet = cls(
+            Path(data["directory"]),
+            0,
+            trust=[Path(p) for p in options["trust"]],
+            database_url=options.get("database_url"),
+            port=int(options["port"]),
+            server_env=options.get("server_env") or {},
+            agent_args=options.get("agent_args") or [],
+            tls=bool(options["tls"]),
+        )
+        fleet.names = list(data["nodes"])
+        fleet._service_ports = {k: int(v) for k, v in options["service_ports"].items()}
+        return fleet
+
+    @property
+    def trust(self) -> list[Path]:
+        """The release keys the server and every agent trust."""
+        return list(self._trust)
+
+    @property
+    def ca(self) -> Path | None:
+        """The CA certificate clients pin (None for a plain-HTTP fleet)."""
+        return self.directory / "tls" / "ca.pem" if self.tls else None
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an HTTP client of this fleet passes as ``verify``: the pinned CA."""
+        return client_context(self.ca)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """An SSL context pinning the fleet's CA (None for plain HTTP): for WebSocket clients."""
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -134,6 +190,9 @@ class LocalFleet:
             args += ["--trust", str(key)]
         if self._database_url:
             args += ["--db", self._database_url]
+        if self.tls:
+            made = create_local_ca(self.directory / "tls")
+            args += ["--tls-cert", str(made.server_cert), "--tls-key", str(made.server_key)]
         merged = {**self._server_env, **(env or {})}
         self._server = self._spawn("server", args, merged)
         wait_until(self._healthy, timeout=timeout, what="the control plane to answer")
@@ -168,7 +227,8 @@ class LocalFleet:
     def client(self) -> ApiClient:
         """An operator API client for this fleet."""
         if self._client is None:
-            self._client = ApiClient(ServerTarget(self.url, self.token), timeout=300.0)
+            ca = str(self.ca) if self.ca else None
+            self._client = ApiClient(ServerTarget(self.url, self.token, ca), timeout=300.0)
         return self._client
 
     # -- agents ---------------------------------------------------------------
@@ -212,6 +272,8 @@ class LocalFleet:
         ]
         for key in self._trust:
             args += ["--trust", str(key)]
+        if self.ca is not None and "--ca" not in extra:
+            args += ["--ca", str(self.ca)]
         if join:
             args += ["--join", join]
         self._agents[name] = self._spawn(name, args, env or {})
@@ -224,6 +286,58 @@ class LocalFleet:
     def agent_pid(self, name: str) -> int:
         """The pid of node ``name``'s agent."""
         return self._agents[name].process.pid
+
+    # -- one piece at a time, from another process (fleet stop|start|restart) ----------
+
+    def pieces(self) -> list[str]:
+        """The names of the fleet's processes: ``server`` and every node."""
+        return ["server", *self.names]
+
+    def running_pid(self, piece: str) -> int | None:
+        """The pid of ``piece`` (``server`` or a node) from its pid file, if it is alive."""
+        self._known(piece)
+        try:
+            pid = int((self.directory / "pids" / f"{piece}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def stop_piece(self, piece: str, grace: float = 15.0) -> bool:
+        """SIGTERM ``piece`` by its pid file (SIGKILL after ``grace``); False if not running."""
+        pid = self.running_pid(piece)
+        (self.directory / "pids" / f"{piece}.pid").unlink(missing_ok=True)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        return True
+
+    def start_piece(self, piece: str, *, timeout: float = 60.0) -> int:
+        """Start ``piece`` again with the options ``up`` used; wait until it serves; its pid."""
+        if (pid := self.running_pid(piece)) is not None:
+            raise InvalidInputError(
+                f"{piece} is already running (pid {pid})",
+                hint=f"restart it instead: knightwatch fleet restart {piece}",
+            )
+        if piece == "server":
+            self.start_server(timeout=timeout)
+        else:
+            self.start_agent(piece)
+            self.wait_connected([piece], timeout=timeout)
+        return self.running_pid(piece) or 0
+
+    def _known(self, piece: str) -> None:
+        if piece not in self.pieces():
+            raise InvalidInputError(
+                f"this fleet has no node {piece!r}",
+                hint=f"its pieces are: {', '.join(self.pieces())}",
+            )
 
     # -- operations -------------------------------------------------------------
 
@@ -300,7 +414,14 @@ class LocalFleet:
                 f"the control plane exited with {self._server.process.returncode}:\n{tail}"
             )
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+            with contextlib.ExitStack() as stack:
+                conn = stack.enter_context(
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+                )
+                if self.ssl_context is not None:
+                    conn = stack.enter_context(
+                        self.ssl_context.wrap_socket(conn, server_hostname="127.0.0.1")
+                    )
                 conn.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
                 return b"200" in conn.recv(64)
         except OSError:
@@ -312,10 +433,25 @@ class LocalFleet:
             "token": self.token,
             "nodes": self.names,
             "directory": str(self.directory),
+            "ca": str(self.ca) if self.ca else None,
+            "options": {
+                "port": self.port,
+                "tls": self.tls,
+                "trust": [str(p) for p in self._trust],
+                "database_url": self._database_url,
+                "server_env": self._server_env,
+                "agent_args": self._agent_args,
+                "service_ports": self._service_ports,
+            },
         }
         path = self.directory / "fleet.json"
-        path.write_text(json.dumps(data, indent=2) + "\n")
-        path.chmod(0o600)
+        temp = path.with_name(".fleet.json.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        temp.replace(path)
 
 
 def _stop(entry: _Process, sig: int, grace: float = 15.0) -> int | None:

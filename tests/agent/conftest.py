@@ -190,8 +190,13 @@ _NODE_NUMBERS = itertools.count(1)
 
 
 def control_plane_in(directory: Path, key_dir: Path) -> LocalFleet:
-    """A real control plane trusting the test signing key, with no agents (not started yet)."""
-    return LocalFleet(directory, nodes=0, trust=[key_dir / "release.pub"], server_env=SERVER_ENV)
+    """A real control plane trusting the test signing key, with no agents (not started yet).
+
+    Plain HTTP: the fault injectors (network_faults.py) read and forge the HTTP between.
+    """
+    return LocalFleet(
+        directory, nodes=0, trust=[key_dir / "release.pub"], server_env=SERVER_ENV, tls=False
+    )
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,8 @@ class AgentProcess:
         self.log = root.parent / f"{name}-{len(list(root.parent.glob(f'{name}-*.log')))}.log"
         args = ["--server", fleet.url, "--root", str(root), "--name", name]
         args += ["--service-port", str(port), *extra]
+        for key in fleet.trust:
+            args += ["--trust", str(key)]
         with self.log.open("wb") as err:
             self.process = subprocess.Popen([*AGENT, *args], stderr=err)
 
@@ -152,7 +154,7 @@ class TestCli:
         result = CliRunner().invoke(app, ["agent", "--help"])
         assert result.exit_code == 0
         text = " ".join(result.output.split())
-        assert "Example: knightwatch agent --server http://127.0.0.1:7400" in text
+        assert "Example: knightwatch agent --server https://cp.example:7400 --ca ca.pem" in text
 
     def test_bad_node_name_exits_2(self, tmp_path: Path) -> None:
         """An invalid --name is refused before anything is written (exit code 2)."""

@@ -27,6 +27,7 @@ from knightwatch.agent.errors import AgentSetupError
 from knightwatch.agent.main import Agent
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.supervisor import RestartPolicy
+from knightwatch.bundle.signing import load_trusted_key
 from knightwatch.protocol import SignedReport, load_node_key, open_report, public_key_from_text
 from knightwatch.testing import LocalFleet
 from tests.agent.conftest import (
@@ -112,6 +113,7 @@ def settings(
         name=name,
         join=join,
         service_port=free_port(),
+        trust_fingerprints=tuple(f"SHA256:{load_trusted_key(k).keyid}" for k in fleet.trust),
     )
 
 

@@ -292,6 +292,7 @@ def kw(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "KNIGHTWATCH_SERVER": fleet.url,
         "KNIGHTWATCH_TOKEN": fleet.token,
+        "KNIGHTWATCH_CA": str(fleet.ca or ""),
         "COLUMNS": "250",
     }
     return subprocess.run(

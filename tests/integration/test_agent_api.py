@@ -81,13 +81,18 @@ def headers(node: str, secret: str) -> dict[str, str]:
 
 def ws_url(fleet: LocalFleet) -> str:
     """The agent WebSocket URL of the fleet's control plane."""
-    return fleet.url.replace("http://", "ws://") + "/api/agent/v1/connect"
+    return fleet.url.replace("http", "ws", 1) + "/api/agent/v1/connect"
 
 
 def open_session(fleet: LocalFleet, extra: dict[str, str]) -> ClientConnection:
     """Open the agent WebSocket with ``extra`` headers (the caller closes it)."""
     return connect(
-        ws_url(fleet), additional_headers=extra, open_timeout=TIMEOUT, proxy=None, max_size=None
+        ws_url(fleet),
+        additional_headers=extra,
+        open_timeout=TIMEOUT,
+        proxy=None,
+        max_size=None,
+        ssl=fleet.ssl_context,
     )
 
 
@@ -145,7 +150,11 @@ class TestAuthentication:
         }[who]
         for path in (f"/blobs/{digest}", f"/releases/{releases.v1.digest}/manifest"):
             answer = httpx.get(
-                f"{fleet.url}/api/agent/v1{path}", headers=sent, timeout=TIMEOUT, trust_env=False
+                f"{fleet.url}/api/agent/v1{path}",
+                headers=sent,
+                timeout=TIMEOUT,
+                trust_env=False,
+                verify=fleet.verify,
             )
             assert answer.status_code == 401, (path, answer.status_code, answer.text)
 
@@ -158,6 +167,7 @@ class TestAuthentication:
             f"{fleet.url}/api/agent/v1/blobs/{digest}",
             timeout=TIMEOUT,
             trust_env=False,
+            verify=fleet.verify,
             headers=headers("node2", credential(fleet, "node2")),
         )
         assert answer.status_code == 200
@@ -319,6 +329,7 @@ class TestBlobs:
             f"{fleet.url}/api/agent/v1/blobs/{digest}",
             timeout=TIMEOUT,
             trust_env=False,
+            verify=fleet.verify,
             headers={**headers("node2", credential(fleet, "node2")), "Range": "bytes=10-"},
         )
         assert answer.status_code == 206

@@ -278,6 +278,7 @@ def check_alertmanager_message(
         headers={"Authorization": f"Bearer {fleet.token}"},
         timeout=30,
         trust_env=False,
+        verify=fleet.verify,
     )
     assert linked.json()["id"] == alert["id"]
 
@@ -405,7 +406,7 @@ def test_alerts_list_ack_resolve_from_the_cli(fleet: LocalFleet) -> None:
 def test_metrics_parse_with_prometheus_client(fleet: LocalFleet) -> None:
     """/metrics (no token) parses with prometheus-client's parser and adds up with the status."""
     state = fleet.status()["state"]
-    response = httpx.get(f"{fleet.url}/metrics", timeout=30, trust_env=False)
+    response = httpx.get(f"{fleet.url}/metrics", timeout=30, trust_env=False, verify=fleet.verify)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}

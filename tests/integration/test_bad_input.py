@@ -216,6 +216,7 @@ class TestAuth:
                 json={"release": "smars@2012.8.1"},
                 timeout=30,
                 trust_env=False,
+                verify=fleet.verify,
             )
             assert answer.status_code == 401, (method, path, answer.text)
         assert deployment_ids(fleet) == before

@@ -227,13 +227,17 @@ class TestNodeLifecycle:
         headers = {"X-Knightwatch-Node": "node2", "Authorization": f"Bearer {credential}"}
         with pytest.raises(InvalidStatus) as refused:
             connect(
-                fleet.url.replace("http://", "ws://") + "/api/agent/v1/connect",
+                fleet.url.replace("http", "ws", 1) + "/api/agent/v1/connect",
                 additional_headers=headers,
                 open_timeout=30,
                 proxy=None,
+                ssl=fleet.ssl_context,
             ).close()
         assert refused.value.response.status_code in (401, 403)
         blob = httpx.get(
-            f"{fleet.url}/api/agent/v1/blobs/{'0' * 64}", headers=headers, trust_env=False
+            f"{fleet.url}/api/agent/v1/blobs/{'0' * 64}",
+            headers=headers,
+            trust_env=False,
+            verify=fleet.verify,
         )
         assert blob.status_code == 401

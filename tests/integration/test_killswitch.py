@@ -130,7 +130,8 @@ def link_and_fleet(
         for name in fleet.names:
             armed = name == ARMED
             join = fleet.enroll(name, group="armed" if armed else "default")
-            fleet.start_agent(name, join=join, server=link.url if armed else None)
+            relayed = link.url.replace("http://", "https://")  # TLS passes through the relay
+            fleet.start_agent(name, join=join, server=relayed if armed else None)
         fleet.wait_connected(fleet.names)
         fleet.push(releases.store, hooked.release_id)
         fleet.push(releases.store, releases.v2.release_id)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -130,8 +131,14 @@ class Connection:
         backoff: Backoff | None = None,
         on_audit: Callable[[AuditRequest], None] | None = None,
         on_halt: Callable[[Halt | Rearm], None] | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = websocket_url(server)
+        self._ssl: ssl.SSLContext | None = None
+        if self.url.startswith("wss://"):
+            self._ssl = (
+                verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+            )
         self.node = credential.node
         self._headers = auth_headers(credential)
         self._key = key
@@ -193,6 +200,7 @@ class Connection:
     async def _session(self) -> None:
         async with connect(
             self.url,
+            ssl=self._ssl,
             additional_headers=self._headers,
             max_size=MAX_MESSAGE_BYTES,
             open_timeout=10,
@@ -350,7 +358,12 @@ async def _first_to_finish(*coroutines: Awaitable[None]) -> None:
             raise error
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:  # noqa: PLR0911 - one branch per kind of failure
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            "refused: the server's TLS certificate does not chain to the pinned CA (--ca): "
+            f"{exc.verify_message}"
+        )
     if isinstance(exc, InvalidStatus):
         return f"handshake refused: HTTP {exc.response.status_code}"
     if isinstance(exc, ConnectionClosed):

@@ -3,19 +3,26 @@
 A new node posts its name, a one-time join token and its public key to
 ``/api/agent/v1/enroll`` and receives a credential (kept in
 ``ROOT/agent/credential.json``, mode 0600) and the release-signing keys the
-control plane trusts. Those keys are saved into ``ROOT/agent/trusted/`` only
-when the operator gave no ``--trust`` keys (trust on first use); keys given
-on the command line always win.
+control plane says it trusts. Trust is given, not learned: keys given with
+``--trust`` always win and the server's list is ignored; with
+``--trust-fingerprint SHA256:<key id>`` only the server's keys whose id is
+named are saved into ``ROOT/agent/trusted/``, and every named one must be
+among them. A node with neither refuses to enroll (:func:`check_trust_anchor`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+import ssl
 from pathlib import Path
 from typing import Annotated
 
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from knightwatch.agent.errors import AgentSetupError, AgentTransportError
@@ -23,14 +30,17 @@ from knightwatch.agent.layout import NodeLayout, atomic_write
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
 from knightwatch.errors import KeyFileError
 from knightwatch.protocol.reports import NodeKey
+from knightwatch.tlsca import is_tls_failure
 
 __all__ = [
     "Credential",
     "EnrollResponse",
     "auth_headers",
+    "check_trust_anchor",
     "enroll",
     "load_credential",
     "load_trusted_keys",
+    "pinned_keys",
     "save_credential",
     "save_trusted_keys",
 ]
@@ -72,15 +82,27 @@ def enroll(
     token: str,
     node_key: NodeKey,
     *,
+    verify: ssl.SSLContext | bool = True,
     transport: httpx.BaseTransport | None = None,
 ) -> EnrollResponse:
-    """Enroll this node; AgentSetupError (exit 2) when the server refuses the token."""
+    """Enroll this node; AgentSetupError (exit 2) when the server refuses the token.
+
+    ``verify`` pins the CA the server's certificate must chain to; a
+    certificate that does not is refused (AgentSetupError) before the join
+    token is sent.
+    """
     url = server.rstrip("/") + ENROLL_PATH
     body = {"name": name, "token": token, "public_key": node_key.public_text}
     try:
-        with httpx.Client(timeout=30.0, transport=transport) as client:
+        with httpx.Client(timeout=30.0, transport=transport, verify=verify) as client:
             response = client.post(url, json=body)
     except httpx.HTTPError as exc:
+        if is_tls_failure(exc):
+            raise AgentSetupError(
+                f"refusing to enroll at {server}: its TLS certificate does not chain to "
+                f"the pinned CA ({_first_line(exc)})",
+                hint="check --ca (the control plane's CA certificate) and --server",
+            ) from None
         raise AgentTransportError(
             f"cannot enroll at {url}: {exc}", hint="check --server and that the server runs"
         ) from exc
@@ -100,6 +122,51 @@ def enroll(
     if answer.node != name:
         raise AgentSetupError(f"the server enrolled node {answer.node!r}, not {name!r}")
     return answer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def check_trust_anchor(trust: tuple[Path, ...], fingerprints: tuple[str, ...]) -> None:
+    """Refuse to enroll without a trust anchor given out of band (AgentSetupError, exit 2)."""
+    if not trust and not fingerprints:
+        raise AgentSetupError(
+            "refusing to enroll without a trust anchor: the server would choose what "
+            "code this node runs",
+            hint="give --trust RELEASE.pub or --trust-fingerprint SHA256:<key id>",
+        )
+
+
+def pinned_keys(server: str, pems: list[str], fingerprints: tuple[str, ...]) -> list[str]:
+    """The server's keys whose ids were given; refuse when a given fingerprint is missing."""
+    by_id: dict[str, str] = {}
+    for pem in pems:
+        by_id[_keyid_of(pem)] = pem
+    wanted = {f.removeprefix("SHA256:") for f in fingerprints}
+    missing = sorted(wanted - by_id.keys())
+    if missing:
+        offered = ", ".join(f"SHA256:{k}" for k in sorted(by_id)) or "none"
+        raise AgentSetupError(
+            f"refusing to enroll at {server}: it sent no key matching "
+            f"--trust-fingerprint SHA256:{missing[0]} (it offered: {offered})",
+            hint="check the fingerprint with the release team, and that --server is "
+            "the real control plane",
+        )
+    return [by_id[k] for k in sorted(wanted)]
+
+
+def _keyid_of(pem: str) -> str:
+    """The key id (SHA-256 of the raw Ed25519 key) of a PEM public key the server sent."""
+    try:
+        key = serialization.load_pem_public_key(pem.encode("utf-8"))
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise AgentTransportError("the server sent a trusted key that is not an Ed25519 PEM key")
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _detail(response: httpx.Response) -> str:

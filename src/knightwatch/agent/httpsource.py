@@ -10,6 +10,7 @@ carries the node's credential. Connection failures and 5xx answers are
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -40,6 +41,7 @@ class HttpReleaseSource(ReleaseSource):
         *,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.server = server.rstrip("/")
         self._client = httpx.Client(
@@ -47,6 +49,7 @@ class HttpReleaseSource(ReleaseSource):
             headers=auth_headers(credential),
             timeout=timeout_s,
             transport=transport,
+            verify=verify,
         )
 
     def describe(self) -> str:

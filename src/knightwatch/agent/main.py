@@ -31,9 +31,11 @@ from knightwatch.agent.commands import Command, CommandRunner
 from knightwatch.agent.connection import Connection
 from knightwatch.agent.enroll import (
     Credential,
+    check_trust_anchor,
     enroll,
     load_credential,
     load_trusted_keys,
+    pinned_keys,
     save_credential,
     save_trusted_keys,
 )
@@ -65,6 +67,7 @@ from knightwatch.protocol.messages import (
 )
 from knightwatch.protocol.reports import NodeKey, load_node_key
 from knightwatch.protocol.safety import Halt, HaltSource, Rearm
+from knightwatch.tlsca import client_context
 
 __all__ = ["Agent", "run_agent"]
 
@@ -100,6 +103,8 @@ class Agent:
         self.key: NodeKey | None = None
         self.credential: Credential | None = None
         self.trusted: list[TrustedKey] = []
+        self.verify = client_context(settings.ca)
+        """How the control plane's TLS certificate is checked: the pinned --ca, if given."""
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -157,12 +162,20 @@ class Agent:
                 f"this node has not joined {self.settings.server} yet",
                 hint="give --join TOKEN (from the control plane operator) on the first start",
             )
-        answer = enroll(self.settings.server, self.settings.name, self.settings.join, key)
+        check_trust_anchor(self.settings.trust, self.settings.trust_fingerprints)
+        answer = enroll(
+            self.settings.server, self.settings.name, self.settings.join, key, verify=self.verify
+        )
+        pinned: list[str] = []
+        if not self.settings.trust:
+            pinned = pinned_keys(
+                self.settings.server, answer.trusted_keys, self.settings.trust_fingerprints
+            )
         credential = Credential(node=answer.node, credential=answer.credential)
         save_credential(self.layout, credential)
-        if not self.settings.trust:
-            saved = save_trusted_keys(self.layout, answer.trusted_keys)
-            event("trusted-keys-saved", count=len(saved), source="enrollment")
+        if pinned:
+            saved = save_trusted_keys(self.layout, pinned)
+            event("trusted-keys-saved", count=len(saved), source="enrollment, pinned")
         event("enrolled", node=answer.node, server=self.settings.server)
         return credential
 
@@ -236,7 +249,8 @@ class Agent:
             journal=self.journal,
             stager=stager,
             supervisor=self.supervisor,
-            source=self._source or HttpReleaseSource(self.settings.server, self.credential),
+            source=self._source
+            or HttpReleaseSource(self.settings.server, self.credential, verify=self.verify),
             clock=self.clock,
             audit_hold=self.auditor.hold,
             stale_tolerance_s=self.settings.audit.stale_tolerance_s,
@@ -245,6 +259,7 @@ class Agent:
             server=self.settings.server,
             credential=self.credential,
             key=self.key,
+            verify=self.verify,
             clock=self.clock,
             state=self.node_state,
             commands=commands,

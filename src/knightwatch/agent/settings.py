@@ -8,9 +8,10 @@ from pathlib import Path
 
 from knightwatch.agent.errors import AgentSetupError
 
-__all__ = ["NODE_NAME", "AgentSettings", "AuditSettings"]
+__all__ = ["FINGERPRINT", "NODE_NAME", "AgentSettings", "AuditSettings"]
 
 NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+FINGERPRINT = re.compile(r"^SHA256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class AgentSettings:
     name: str
     join: str | None = field(default=None, repr=False)
     trust: tuple[Path, ...] = ()
+    trust_fingerprints: tuple[str, ...] = ()
+    """``SHA256:<hex>`` key ids: at enrollment, keep only the server's keys that match."""
+    ca: Path | None = None
+    """The CA certificate the control plane's TLS certificate must chain to (pinned)."""
     service_port: int | None = None
     heartbeat_s: float | None = None
     health_timeout_s: float = 30.0
@@ -55,6 +60,20 @@ class AgentSettings:
                 f"--server {self.server!r} is not an http:// or https:// URL",
                 hint="e.g. --server http://127.0.0.1:7400",
             )
+        for fingerprint in self.trust_fingerprints:
+            if not FINGERPRINT.fullmatch(fingerprint):
+                raise AgentSetupError(
+                    f"--trust-fingerprint {fingerprint!r} is not SHA256:<64 hex digits>",
+                    hint="SHA256: then the key id that knightwatch keys generate printed",
+                )
+        if self.ca is not None:
+            if not self.server.startswith("https://"):
+                raise AgentSetupError(
+                    f"--ca is given but --server {self.server} is not https://",
+                    hint="point --server at the control plane's https:// URL",
+                )
+            if not self.ca.is_file():
+                raise AgentSetupError(f"--ca {self.ca} does not exist")
         if self.service_port is not None and not 1 <= self.service_port <= 65535:
             raise AgentSetupError(f"--service-port {self.service_port} is not a TCP port")
         if self.heartbeat_s is not None and not 0 < self.heartbeat_s <= 3600:

@@ -116,7 +116,7 @@ class AlertNotifier:
     @classmethod
     def for_settings(cls, db: Database, clock: Clock, settings: ServerSettings) -> AlertNotifier:
         """A notifier for the server's ``[alerts]`` settings."""
-        url = settings.alerts.external_url or f"http://{settings.host}:{settings.port}"
+        url = settings.alerts.external_url or settings.base_url
         return cls(db, clock, settings.alerts, url)
 
     async def run_forever(self, interval: float = INTERVAL_S) -> None:

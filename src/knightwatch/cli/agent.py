@@ -17,8 +17,9 @@ from knightwatch.errors import InvalidInputError, KnightwatchError
 __all__ = ["EPILOG", "agent", "register"]
 
 EPILOG = (
-    "Example: knightwatch agent --server http://127.0.0.1:7400 "
-    "--root /var/lib/knightwatch --name node1 --join-file /etc/knightwatch/join.token"
+    "Example: knightwatch agent --server https://cp.example:7400 --ca ca.pem "
+    "--root /var/lib/knightwatch --name node1 --join-file /etc/knightwatch/join.token "
+    "--trust release.pub"
 )
 
 
@@ -49,7 +50,21 @@ def agent(
         typer.Option(
             "--trust",
             help="Release-signing public key to trust (repeatable); "
-            "default: the keys received at enrollment",
+            "this or --trust-fingerprint is needed to enroll",
+        ),
+    ] = None,
+    trust_fingerprint: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trust-fingerprint",
+            help="SHA256:<key id> of a release key to accept from the server at enrollment "
+            "(repeatable); the server's keys must include it",
+        ),
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca", help="CA certificate the control plane's TLS certificate must chain to"
         ),
     ] = None,
     service_port: Annotated[
@@ -112,6 +127,8 @@ def agent(
             name=name,
             join=_join_token(join, join_file),
             trust=tuple(trust or ()),
+            trust_fingerprints=tuple(trust_fingerprint or ()),
+            ca=ca,
             service_port=service_port,
             heartbeat_s=heartbeat,
             health_timeout_s=health_timeout,

@@ -1,15 +1,25 @@
-"""``knightwatch fleet up | down``: a local control plane and N agents for development."""
+"""``knightwatch fleet up | down | stop | start | restart``: a local fleet for development.
+
+``up`` serves HTTPS with a CA it creates in DIR/tls/ and records its options
+in DIR/fleet.json; ``stop``, ``start`` and ``restart`` act on one piece
+(``server`` or a node) with exactly those options.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from knightwatch.testing import LocalFleet
+
+PieceArg = Annotated[str, typer.Argument(help="A node name, or server")]
 
 app = typer.Typer(
     help="Run a local fleet: one control plane and N agents on this machine.", no_args_is_help=True
@@ -47,6 +57,11 @@ def up(
 
     if release and store is None:
         raise InvalidInputError("--release needs --store (the bundle store that holds it)")
+    if not trust:
+        raise InvalidInputError(
+            "fleet up needs --trust: agents enroll only with a trust anchor given out of band",
+            hint="e.g. --trust keys/release.pub (from: knightwatch keys generate --out keys/)",
+        )
     if (directory / "pids" / "server.pid").exists():
         raise InvalidInputError(
             f"a fleet is already up in {directory}", hint="stop it first: knightwatch fleet down"
@@ -58,6 +73,7 @@ def up(
         deployment = fleet.deploy(release)
     summary = {
         "server": fleet.url,
+        "ca": str(fleet.ca) if fleet.ca else None,
         "token_file": str(fleet.directory / "server" / "operator.token"),
         "directory": str(fleet.directory),
         "nodes": fleet.names,
@@ -89,6 +105,7 @@ def up(
     else:
         out.print("point other commands at it with:")
         out.print(f"  export KNIGHTWATCH_SERVER={shown(fleet.url)}", soft_wrap=True)
+        out.print(f"  export KNIGHTWATCH_CA={shown(fleet.ca)}", soft_wrap=True)
         out.print(
             f"  export KNIGHTWATCH_TOKEN=$(cat {shown(summary['token_file'])})", soft_wrap=True
         )
@@ -107,3 +124,63 @@ def down(directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
         out.print(f"[green]✓[/] stopped {shown(', '.join(stopped))}")
     else:
         out.print(f"no fleet is running in {shown(directory)}")
+
+
+def _attach(directory: Path, piece: str) -> LocalFleet:
+    from knightwatch.testing import LocalFleet
+
+    fleet = LocalFleet.attach(directory)
+    fleet.running_pid(piece)  # refuses an unknown piece
+    return fleet
+
+
+def _need_server(fleet: LocalFleet, piece: str) -> None:
+    if piece != "server" and fleet.running_pid("server") is None:
+        raise InvalidInputError(
+            f"the fleet's server is not running, so {piece} could not connect",
+            hint=f"start it first: knightwatch fleet start server --dir {fleet.directory}",
+        )
+
+
+def _report(action: str, piece: str, pid: int | None, json_output: bool) -> None:
+    if json_output:
+        print_json({"action": action, "piece": piece, "pid": pid})
+    elif action == "stopped" and pid is None:
+        out.print(f"{shown(piece)} was not running")
+    else:
+        detail = f" (pid {pid})" if pid else ""
+        out.print(f"[green]✓[/] {action} [bold]{shown(piece)}[/]{detail}")
+
+
+@app.command(
+    "stop",
+    epilog="Example: knightwatch fleet stop node2   (or: knightwatch fleet stop server)",
+)
+def stop(piece: PieceArg, directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
+    """Stop one piece of the local fleet: a node's agent (and its service) or the server."""
+    fleet = _attach(directory, piece)
+    pid = fleet.running_pid(piece)
+    fleet.stop_piece(piece)
+    _report("stopped", piece, pid, json_output)
+
+
+@app.command(
+    "start",
+    epilog="Example: knightwatch fleet start node2   (same trust keys, CA and server as fleet up)",
+)
+def start(piece: PieceArg, directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
+    """Start one stopped piece again with the options fleet up used; wait until it serves."""
+    fleet = _attach(directory, piece)
+    _need_server(fleet, piece)
+    pid = fleet.start_piece(piece)
+    _report("started", piece, pid, json_output)
+
+
+@app.command("restart", epilog="Example: knightwatch fleet restart server")
+def restart(piece: PieceArg, directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
+    """Stop one piece (if it runs) and start it again with the options fleet up used."""
+    fleet = _attach(directory, piece)
+    _need_server(fleet, piece)
+    fleet.stop_piece(piece)
+    pid = fleet.start_piece(piece)
+    _report("restarted", piece, pid, json_output)

@@ -38,8 +38,26 @@ def server(
             "are trusted too)",
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="PEM certificate (chain) to serve HTTPS with"),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="PEM private key of --tls-cert")
+    ] = None,
+    insecure_plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-plaintext",
+            help="Serve plain HTTP on a non-loopback --host (tokens travel in clear)",
+        ),
+    ] = False,
 ) -> None:
-    """Run the control plane (operator API, agent API, orchestrator)."""
+    """Run the control plane (operator API, agent API, orchestrator).
+
+    Off loopback it serves HTTPS (--tls-cert/--tls-key); plain HTTP on another
+    address needs --insecure-plaintext.
+    """
     import uvicorn
 
     from knightwatch.api import ControlPlane, create_app
@@ -55,8 +73,12 @@ def server(
             "host": host,
             "port": port,
             "trusted_keys": tuple(trust) if trust else None,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "insecure_plaintext": insecure_plaintext or None,
         }
     )
+    settings.check_transport()
     plane = ControlPlane.open(settings)
     app = create_app(plane)
     uvicorn.run(
@@ -68,6 +90,8 @@ def server(
         ws_ping_interval=None,
         ws_per_message_deflate=False,  # agents send small JSON; a kill must not wait for zlib
         access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
 
 
