@@ -227,16 +227,7 @@ def record_delivery(
     session: Session, delivery: Delivery, *, ok: bool, detail: str, routing: AlertRouting
 ) -> None:
     """Record how a delivery went and schedule the alert's next notification."""
-    session.add(
-        AlertNotification(
-            alert_id=delivery.alert_id,
-            receiver=delivery.receiver.name,
-            level=delivery.level,
-            at=delivery.at,
-            ok=ok,
-            detail=f"{delivery.status}: {detail}"[:4000],
-        )
-    )
+    _add_notification(session, delivery, ok=ok, detail=detail)
     alert = session.get(Alert, delivery.alert_id)
     if alert is None or delivery.status == "resolved":
         return
@@ -366,8 +357,7 @@ def standing_deliveries(
     return standing
 
 
-def record_resend(session: Session, delivery: Delivery, *, ok: bool, detail: str) -> None:
-    """Record a re-post to an Alertmanager; the escalation schedule stays as it is."""
+def _add_notification(session: Session, delivery: Delivery, *, ok: bool, detail: str) -> None:
     session.add(
         AlertNotification(
             alert_id=delivery.alert_id,
@@ -378,6 +368,11 @@ def record_resend(session: Session, delivery: Delivery, *, ok: bool, detail: str
             detail=f"{delivery.status}: {detail}"[:4000],
         )
     )
+
+
+def record_resend(session: Session, delivery: Delivery, *, ok: bool, detail: str) -> None:
+    """Record a re-post to an Alertmanager; the escalation schedule stays as it is."""
+    _add_notification(session, delivery, ok=ok, detail=detail)
 
 
 def _release_of(session: Session, alert: Alert) -> str | None:
