@@ -226,7 +226,8 @@ def linked(tmp_path: Path, releases: Releases) -> Iterator[tuple[LocalFleet, Lin
         fleet.start_server()
         link = Link(fleet.port)
         for name in fleet.names:
-            server = link.url if name == LOST else None
+            relayed = link.url.replace("http://", "https://")  # TLS passes through the relay
+            server = relayed if name == LOST else None
             fleet.start_agent(name, join=fleet.enroll(name), server=server)
         fleet.wait_connected(fleet.names, timeout=SETTLE_S)
         for release in (releases.v1, releases.v2):

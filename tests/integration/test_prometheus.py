@@ -89,7 +89,9 @@ def prometheus(
     )
     config = (EXAMPLES / "prometheus.yml").read_text()
     for example, here in (
-        ("localhost:7400", fleet.url.removeprefix("http://")),
+        ("localhost:7400", fleet.url.split("://", 1)[1]),
+        ("scheme: https", f"scheme: {fleet.url.split('://', 1)[0]}"),
+        ("/etc/knightwatch/ca.pem", str(fleet.ca)),
         ("localhost:9093", alertmanager.url.removeprefix("http://")),
         ("interval: 15s", "interval: 1s"),
     ):
@@ -107,7 +109,7 @@ def prometheus(
 def check_metrics(fleet: LocalFleet) -> str:
     """``promtool check metrics`` finds no problem in /metrics now; return the fleet state."""
     state = str(fleet.status()["state"])
-    text = httpx.get(f"{fleet.url}/metrics", timeout=30, trust_env=False).text
+    text = httpx.get(f"{fleet.url}/metrics", timeout=30, trust_env=False, verify=fleet.verify).text
     checked = promtool("check", "metrics", stdin=text)
     assert checked.returncode == 0 and not checked.stdout.strip(), (state, checked)
     return state

@@ -80,7 +80,7 @@ def restart_agent(fleet: LocalFleet, name: str, env: dict[str, str]) -> None:
 
 def metric_families(fleet: LocalFleet) -> dict[str, Any]:
     """GET /metrics, parsed."""
-    response = httpx.get(f"{fleet.url}/metrics", timeout=30, trust_env=False)
+    response = httpx.get(f"{fleet.url}/metrics", timeout=30, trust_env=False, verify=fleet.verify)
     assert response.status_code == 200, response.text
     return {f.name: f for f in text_string_to_metric_families(response.text)}
 
