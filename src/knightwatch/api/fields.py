@@ -15,6 +15,7 @@ from fastapi import Path
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
+from knightwatch.protocol.bounds import MAX_INT
 from knightwatch.text import unsafe_characters
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     "SafeText",
 ]
 
-MAX_ID = 2**63 - 1
+MAX_ID = MAX_INT
 """The largest id the store holds (a signed 64-bit integer)."""
 UNSAFE_TEXT = "unsafe_text"
 """The pydantic error type of refused characters (answered 422, not 400)."""

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from knightwatch.protocol.audit import AuditRequest, AuditResult, AuditStatus, Retire, RetireResult
-from knightwatch.protocol.bounds import MAX_INT
+from knightwatch.protocol.bounds import Count, Positive
 from knightwatch.protocol.safety import (
     MAX_ALERTS_IN_REPORT,
     MAX_METRICS_IN_REPORT,
@@ -79,7 +79,7 @@ class Prepare(_Message):
     """
 
     type: Literal["prepare"] = "prepare"
-    deployment_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    deployment_id: Positive
     digest: Digest
     release_id: Annotated[str, Field(max_length=200)]
     restage: bool = False
@@ -93,7 +93,7 @@ class Commit(_Message):
     """
 
     type: Literal["commit"] = "commit"
-    deployment_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    deployment_id: Positive
     digest: Digest
     release_id: Annotated[str, Field(max_length=200)]
     restage: bool = False
@@ -107,7 +107,7 @@ class Rollback(_Message):
     """
 
     type: Literal["rollback"] = "rollback"
-    deployment_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    deployment_id: Positive
     digest: Digest | None
     release_id: Annotated[str, Field(max_length=200)] | None
 
@@ -116,7 +116,7 @@ class Abort(_Message):
     """Forget a prepared release: remove its staged tree unless it is current or previous."""
 
     type: Literal["abort"] = "abort"
-    deployment_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    deployment_id: Positive
     digest: Digest
 
 
@@ -154,10 +154,10 @@ class ServiceStatus(_Message):
     """The supervised service as the agent sees it."""
 
     state: ServiceState
-    pid: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
+    pid: Positive | None = None
     started_at: float | None = None
     """Process start time, seconds since the epoch (from /proc), for stale-process checks."""
-    restarts: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
+    restarts: Count = 0
     version: Annotated[str, Field(max_length=200)] | None = None
     """The version the service reports about itself."""
     detail: Reason | None = None
@@ -191,7 +191,7 @@ class AckPhase(StrEnum):
 class Ack(_Message):
     """The answer to one command (``deployment_id`` + ``digest`` identify it)."""
 
-    deployment_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    deployment_id: Positive
     digest: Digest | None
     """The command's digest (None only for a rollback to no release)."""
     phase: AckPhase
@@ -208,7 +208,7 @@ class Report(_Message):
 
     node: NodeName
     nonce: Annotated[str, Field(min_length=16, max_length=128)]
-    seq: Annotated[int, Field(ge=1, le=MAX_INT)]
+    seq: Positive
     sent_at: datetime
     kind: ReportKind
     state: NodeState

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from knightwatch.protocol.bounds import MAX_INT
+from knightwatch.protocol.bounds import Count, Positive
 
 __all__ = [
     "MAX_ALERTS_IN_REPORT",
@@ -43,7 +43,7 @@ class Halt(_Message):
     """Halt the service now and keep it halted (across restarts) until re-armed."""
 
     type: Literal["halt"] = "halt"
-    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    halt_id: Positive
     reason: Text
     issued_at: datetime
     """When the control plane sent it (its clock), for time-to-halt figures."""
@@ -55,27 +55,25 @@ class Rearm(_Message):
     """Lift the halt: the agent may start the active release's service again."""
 
     type: Literal["rearm"] = "rearm"
-    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    halt_id: Positive
     reason: Text
 
 
 class HaltAck(_Message):
     """A node's answer to :class:`Halt`: when it got it and when its service was gone."""
 
-    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    halt_id: Positive
     received_at: datetime
     halted_at: datetime
     """When waitpid confirmed every service process gone (or received_at if none ran)."""
-    stopped_pids: Annotated[
-        list[Annotated[int, Field(ge=0, le=MAX_INT)]], Field(max_length=1024)
-    ] = []
+    stopped_pids: Annotated[list[Count], Field(max_length=1024)] = []
     detail: Text = ""
 
 
 class RearmAck(_Message):
     """A node's answer to :class:`Rearm`."""
 
-    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    halt_id: Positive
     rearmed_at: datetime
     started: bool
     """True if the active release's service was started again."""
@@ -87,7 +85,7 @@ class HaltState(_Message):
 
     halted: bool = False
     source: HaltSource | None = None
-    halt_id: Annotated[int, Field(ge=1, le=MAX_INT)] | None = None
+    halt_id: Positive | None = None
     since: datetime | None = None
     reason: Text | None = None
 
@@ -100,7 +98,7 @@ class AlertEvent(_Message):
     severity: Literal["info", "warning", "critical"]
     summary: Text
     detail: Text = ""
-    count: Annotated[int, Field(ge=1, le=MAX_INT)] = 1
+    count: Positive = 1
     first_at: datetime
     last_at: datetime
     resolved: bool = False
