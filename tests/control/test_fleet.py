@@ -326,6 +326,23 @@ class TestConditionAges:
         assert data.mixed_since == lost_at
         assert data.mixed_for_s == HOURS + 31
 
+    def test_a_reconnect_before_its_first_report_keeps_the_mixed_age(
+        self, db: Database, clock: VirtualClock, orchestrator: Orchestrator
+    ) -> None:
+        """A lost node that reconnects does not restart MIXED's age: it was mixed all along."""
+        switch_n2_then_lose_it(db, clock, orchestrator)
+        lost_at = T0 + timedelta(seconds=1)
+        clock.advance(HOURS)
+        connect(db, clock, "n2")
+        assert node(status(db, clock), "n2").state is NodeLiveness.UNKNOWN  # nothing said yet
+        with db.session() as session:  # the server tick, between the connect and the report
+            record_fleet_conditions(session, clock.now())
+        clock.advance(1)
+        report(db, clock, "n2", NEW)  # it had switched before it went away
+        data = status(db, clock)
+        assert node(data, "n2").state is NodeLiveness.CONNECTED
+        assert data.state is FleetState.MIXED and data.mixed_since == lost_at
+
     def test_reading_status_writes_nothing(self, db: Database, clock: VirtualClock) -> None:
         """A fleet mixed behind the change points' back: the read says so, but records nothing."""
         with db.session() as session:  # a change no change point saw

@@ -171,9 +171,7 @@ class _Unconfirmed:
 def ingest_report(session: Session, node: Node, report: Report, now: datetime) -> None:
     """Copy a verified report's facts onto the node's row (and record a MIXED change)."""
     state = report.state
-    first = node.last_report_at is None or (
-        node.connected_at is not None and node.last_report_at < node.connected_at
-    )
+    first = not _is_current(node)  # this session's first report
     changes_fleet = first or node.active_digest != state.active_digest
     if changes_fleet:  # only these can change whether the fleet is mixed
         _lock_fleet(session, now)
@@ -194,14 +192,17 @@ def ingest_report(session: Session, node: Node, report: Report, now: datetime) -
 
 
 def mark_connected(session: Session, name: str, *, nonce: str, now: datetime) -> Node:
-    """Record that node ``name``'s agent connected with session ``nonce``."""
-    _lock_fleet(session, now)
+    """Record that node ``name``'s agent connected with session ``nonce``.
+
+    The fleet's conditions do not change here: until the agent's first report
+    its facts stay last-known (see :func:`_is_current`), and that report is
+    where they are recorded.
+    """
     node = _get_node(session, name)
     node.connected = True
     node.connected_at = now
     node.session_nonce = nonce
     node.last_seq = 0
-    record_fleet_conditions(session, now)
     return node
 
 
@@ -320,8 +321,13 @@ def _release_names(session: Session) -> dict[str, str]:
 
 
 def _is_current(node: Node) -> bool:
-    """The node's facts are current: its agent is connected and reporting."""
-    return node.connected
+    """The node's facts are current: its agent is connected and has reported since."""
+    return (
+        node.connected
+        and node.connected_at is not None
+        and node.last_report_at is not None
+        and node.last_report_at >= node.connected_at
+    )
 
 
 def _unconfirmed_switches(session: Session, nodes: list[Node]) -> dict[str, _Unconfirmed]:

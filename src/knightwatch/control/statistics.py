@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from knightwatch.control.fleet import FleetState, NodeStatus, fleet_status
+from knightwatch.control.fleet import FleetState, NodeLiveness, NodeStatus, fleet_status
 from knightwatch.store import Alert, Deployment, Halt, HaltNode
 
 __all__ = ["FleetStatistics", "NodeFigures", "fleet_statistics"]
@@ -65,7 +65,9 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
     """Count everything once, inside the caller's transaction."""
     status = fleet_status(session, now)
     nodes: Counter[tuple[str, bool, bool | None]] = Counter(
-        (n.drift_state, True, n.halted) if n.connected else ("unknown", False, None)
+        (n.drift_state, True, n.halted)
+        if n.state is NodeLiveness.CONNECTED
+        else ("unknown", n.connected, None)
         for n in status.nodes
     )
     ages = {
