@@ -56,7 +56,8 @@ def fail(exc: KnightwatchError) -> None:
         for problem in exc.problems[:MAX_PROBLEMS_SHOWN]:
             err.print(f"  [red]✗[/] {shown(problem)}", soft_wrap=True, highlight=False)
         if len(exc.problems) > MAX_PROBLEMS_SHOWN:
-            err.print(f"  … and {len(exc.problems) - MAX_PROBLEMS_SHOWN} more", soft_wrap=True)
+            more = len(exc.problems) - MAX_PROBLEMS_SHOWN
+            err.print(f"  … and {more} more (all of them: add --json)", soft_wrap=True)
     if exc.hint:
         err.print(f"[dim]hint:[/] {shown(exc.hint)}", soft_wrap=True, highlight=False)
 
