@@ -82,7 +82,10 @@ def halt_fleet(reason: str, nodes: str | None, timeout: float, json_output: bool
     acknowledged within ``timeout`` seconds.
     """
     from knightwatch.client import ApiClient, resolve_target  # not for parsing argv
+    from knightwatch.selection import parse_selector
 
+    if nodes is not None:
+        parse_selector(nodes)  # refused here, before any server: --nodes "" is not "all"
     client = ApiClient(resolve_target(), timeout=max(timeout, 10.0) + 30)
     report = client.post("/halts", {"nodes": nodes, "reason": reason})
     path = f"/halts/{report['halt_id']}"

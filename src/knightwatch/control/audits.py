@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.bundle.manifest import Manifest
-from knightwatch.control.selection import matches_selector, parse_selector
 from knightwatch.errors import InvalidInputError, NotFoundError
 from knightwatch.protocol.audit import AbsentPath, AuditRequest, AuditResult
+from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Audit, AuditNodeResult, Node, Release
 from knightwatch.store.queries import get_fleet
 

@@ -36,11 +36,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from knightwatch.control import alerts
-from knightwatch.control.selection import matches_selector, parse_selector
 from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import HaltAck, HaltState, Rearm, RearmAck, Report
 from knightwatch.protocol.safety import HaltSource
+from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Halt, HaltNode, Node
 
 __all__ = [

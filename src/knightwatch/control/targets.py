@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from knightwatch.control.selection import matches_selector, parse_selector
 from knightwatch.errors import GateRefusedError, InvalidInputError, ReleaseNotFoundError
+from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Node, Release, Retirement
 
 __all__ = [

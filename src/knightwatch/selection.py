@@ -1,4 +1,8 @@
-"""Node selectors: ``node1,node2``, globs (``node*``) and ``group=NAME``."""
+"""Node selectors: ``node1,node2``, globs (``node*``) and ``group=NAME``.
+
+A base module (no store, no HTTP): the domain selects with it, and the CLI
+refuses an empty selector with it before anything leaves the operator's machine.
+"""
 
 from __future__ import annotations
 
