@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 
 from knightwatch.bundle import BuildResult, SigningKey, build_release, load_signing_key
 from knightwatch.testing import FleetError, LocalFleet, wait_until
+from tests.agent.network_faults import FlakyLink
 from tests.conftest import EXAMPLE
 
 PG_ENV = "KNIGHTWATCH_TEST_DATABASE_URL"
@@ -331,3 +332,36 @@ def log_tail(fleet: LocalFleet, name: str, lines: int = 40) -> str:
     path = fleet.directory / "logs" / f"{name}.log"
     text = path.read_text(errors="replace") if path.exists() else ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+class Link:
+    """A :class:`FlakyLink` relay that can be cut (connections dropped, new ones refused)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._relay: FlakyLink | None = FlakyLink(upstream_port).__enter__()
+        self.port, self.url = self._relay.port, self._relay.url
+
+    def url_for(self, fleet: LocalFleet) -> str:
+        """The relay's URL in the fleet's scheme (TLS passes through the relay untouched)."""
+        return self.url.replace("http://", "https://") if fleet.tls else self.url
+
+    def cut(self) -> None:
+        """Drop every relayed connection and stop listening."""
+        if self._relay is not None:
+            self._relay.__exit__(None, None, None)
+            self._relay = None
+
+    def stall(self) -> None:
+        """Keep every connection open but let no byte through (a silently dead link)."""
+        assert self._relay is not None
+        self._relay.stall()
+
+    def restore(self) -> None:
+        """Listen again on the same port (a stalled link is cut first)."""
+        if self._relay is not None and self._relay._stalled.is_set():
+            self.cut()
+        if self._relay is None:
+            relay = FlakyLink(self.upstream_port)
+            relay.port, relay.url = self.port, self.url
+            self._relay = relay.__enter__()

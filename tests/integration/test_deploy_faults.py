@@ -25,6 +25,7 @@ from knightwatch.errors import KnightwatchError
 from knightwatch.testing import LocalFleet, wait_until
 from tests.integration.conftest import (
     SETTLE_S,
+    Link,
     Releases,
     assert_fleet_on,
     current_digest,
@@ -34,7 +35,6 @@ from tests.integration.conftest import (
     wait_explained,
 )
 from tests.integration.test_faults import PAUSE_ENV, restart_agent_with_env
-from tests.integration.test_killswitch import Link
 
 LONG = "900"  # every deployment timeout: no test here may be waiting for one of them
 LONG_TIMEOUTS = {
@@ -226,8 +226,7 @@ def linked(tmp_path: Path, releases: Releases) -> Iterator[tuple[LocalFleet, Lin
         fleet.start_server()
         link = Link(fleet.port)
         for name in fleet.names:
-            relayed = link.url.replace("http://", "https://")  # TLS passes through the relay
-            server = relayed if name == LOST else None
+            server = link.url_for(fleet) if name == LOST else None
             fleet.start_agent(name, join=fleet.enroll(name), server=server)
         fleet.wait_connected(fleet.names, timeout=SETTLE_S)
         for release in (releases.v1, releases.v2):

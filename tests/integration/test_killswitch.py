@@ -24,10 +24,10 @@ import pytest
 from knightwatch.bundle import BuildResult, SigningKey, build_release
 from knightwatch.errors import KnightwatchError
 from knightwatch.testing import LocalFleet, wait_until
-from tests.agent.network_faults import FlakyLink
 from tests.integration.conftest import (
     BUILD_ENV,
     SETTLE_S,
+    Link,
     Releases,
     assert_fleet_on,
     converge_on,
@@ -57,35 +57,6 @@ marker.parent.mkdir(parents=True, exist_ok=True)
 with marker.open("a") as handle:
     handle.write(seen + "\\n")
 '''
-
-
-class Link:
-    """A :class:`FlakyLink` relay that can be cut (connections dropped, new ones refused)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self._relay: FlakyLink | None = FlakyLink(upstream_port).__enter__()
-        self.port, self.url = self._relay.port, self._relay.url
-
-    def cut(self) -> None:
-        """Drop every relayed connection and stop listening."""
-        if self._relay is not None:
-            self._relay.__exit__(None, None, None)
-            self._relay = None
-
-    def stall(self) -> None:
-        """Keep every connection open but let no byte through (a silently dead link)."""
-        assert self._relay is not None
-        self._relay.stall()
-
-    def restore(self) -> None:
-        """Listen again on the same port (a stalled link is cut first)."""
-        if self._relay is not None and self._relay._stalled.is_set():
-            self.cut()
-        if self._relay is None:
-            relay = FlakyLink(self.upstream_port)
-            relay.port, relay.url = self.port, self.url
-            self._relay = relay.__enter__()
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +101,7 @@ def link_and_fleet(
         for name in fleet.names:
             armed = name == ARMED
             join = fleet.enroll(name, group="armed" if armed else "default")
-            relayed = link.url.replace("http://", "https://")  # TLS passes through the relay
-            fleet.start_agent(name, join=join, server=relayed if armed else None)
+            fleet.start_agent(name, join=join, server=link.url_for(fleet) if armed else None)
         fleet.wait_connected(fleet.names)
         fleet.push(releases.store, hooked.release_id)
         fleet.push(releases.store, releases.v2.release_id)
