@@ -155,11 +155,17 @@ def recorded_mixed_since(db: Database) -> datetime | None:
         return get_fleet(session).mixed_since
 
 
-def switch_n2_then_lose_it(db: Database, clock: VirtualClock, orch: Orchestrator) -> int:
-    """Deploy NEW; n1 and n3 confirm, n2 is lost mid-COMMIT; the rollback gives up on it."""
+def start_prepared(orch: Orchestrator) -> int:
+    """Deploy NEW and let every node answer PREPARED: the Commit goes out to all."""
     deployment = orch.start(DeployRequest(release=NEW))
     for name in NODES:
         orch.on_ack(name, Ack(deployment_id=deployment, digest=NEW, phase=AckPhase.PREPARED))
+    return deployment
+
+
+def switch_n2_then_lose_it(db: Database, clock: VirtualClock, orch: Orchestrator) -> int:
+    """Deploy NEW; n1 and n3 confirm, n2 is lost mid-COMMIT; the rollback gives up on it."""
+    deployment = start_prepared(orch)
     clock.advance(1)
     report(db, clock, "n2", OLD)  # a heartbeat after the Commit, before it was applied
     disconnect(db, clock, "n2")
@@ -243,10 +249,7 @@ class TestUnconfirmedSwitch:
         self, db: Database, clock: VirtualClock, orchestrator: Orchestrator
     ) -> None:
         """Its row still COMMITTING (no reaction yet), a gone node may already have switched."""
-        deployment = orchestrator.start(DeployRequest(release=NEW))
-        for name in NODES:
-            ack = Ack(deployment_id=deployment, digest=NEW, phase=AckPhase.PREPARED)
-            orchestrator.on_ack(name, ack)
+        start_prepared(orchestrator)
         disconnect(db, clock, "n2")  # the orchestrator is not told
         data = status(db, clock)
         assert node(data, "n2").possible_releases == [NAMES[OLD], NAMES[NEW]]
@@ -256,10 +259,7 @@ class TestUnconfirmedSwitch:
         self, db: Database, clock: VirtualClock, orchestrator: Orchestrator
     ) -> None:
         """A node that answered ROLLBACK_FAILED itself, then left, is known as it reported."""
-        deployment = orchestrator.start(DeployRequest(release=NEW))
-        for name in NODES:
-            ack = Ack(deployment_id=deployment, digest=NEW, phase=AckPhase.PREPARED)
-            orchestrator.on_ack(name, ack)
+        deployment = start_prepared(orchestrator)
         failed = Ack(deployment_id=deployment, digest=NEW, phase=AckPhase.COMMIT_FAILED)
         orchestrator.on_ack("n1", failed)  # every node is told to roll back
         clock.advance(1)
@@ -384,10 +384,7 @@ class TestConditionAges:
         self, db: Database, clock: VirtualClock, orchestrator: Orchestrator
     ) -> None:
         """The first switched node starts MIXED; the orchestrator's success ends it, unread."""
-        deployment = orchestrator.start(DeployRequest(release=NEW))
-        for name in NODES:
-            ack = Ack(deployment_id=deployment, digest=NEW, phase=AckPhase.PREPARED)
-            orchestrator.on_ack(name, ack)
+        deployment = start_prepared(orchestrator)
         for name in NODES:
             clock.advance(1)
             active = Ack(deployment_id=deployment, digest=NEW, phase=AckPhase.ACTIVE)
