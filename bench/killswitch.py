@@ -272,6 +272,8 @@ def one_cli_kill(fleet: LocalFleet, rep: int, timeout: float) -> dict[str, float
     from launch to exit (what any Python program and the CLI's startup cost here).
     """
     env = {**os.environ, "KNIGHTWATCH_SERVER": fleet.url, "KNIGHTWATCH_TOKEN": fleet.token}
+    if fleet.ca is not None:  # the fleet serves TLS: the CLI pins its CA, as an operator's does
+        env["KNIGHTWATCH_CA"] = str(fleet.ca)
     argv = [KNIGHTWATCH, "kill", "--reason", f"bench CLI repetition {rep}", "--json"]
     launched = time.time()
     done = subprocess.run(
