@@ -175,10 +175,10 @@ class LocalFleet:
         """Stop every agent (which stops its service), then the server; kill stragglers."""
         for name in list(self._agents):
             self.stop_agent(name)
-        self.stop_server()
-        if self._client is not None:
+        if self._client is not None:  # first: the server need not wait for its connection
             self._client.close()
             self._client = None
+        self.stop_server()
         kill_strays(self.directory)
 
     # -- the server -----------------------------------------------------------

@@ -12,6 +12,8 @@ from knightwatch.cli.output import out, print_json, progress_bar, shown
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 node_app = typer.Typer(help="Enroll and manage nodes.", no_args_is_help=True)
 release_app = typer.Typer(help="Push releases to the control plane.", no_args_is_help=True)
+GRACEFUL_SHUTDOWN_S = 5.0
+"""How long a stopping server waits for open connections before it closes them."""
 
 
 def server(
@@ -92,6 +94,9 @@ def server(
         access_log=False,
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        # An idle TLS keep-alive client never answers the close of its connection, and uvicorn
+        # would wait for it forever: a SIGTERM'd control plane must still stop.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
