@@ -334,7 +334,9 @@ class TestConditionAges:
         lost_at = T0 + timedelta(seconds=1)
         clock.advance(HOURS)
         connect(db, clock, "n2")
-        assert node(status(db, clock), "n2").state is NodeLiveness.UNKNOWN  # nothing said yet
+        reconnected = status(db, clock)
+        assert node(reconnected, "n2").state is NodeLiveness.UNKNOWN  # nothing said yet
+        assert any("n2 is UNKNOWN: its agent has just connected" in r for r in reconnected.reasons)
         with db.session() as session:  # the server tick, between the connect and the report
             record_fleet_conditions(session, clock.now())
         clock.advance(1)

@@ -12,7 +12,7 @@ from knightwatch.cli.output import out, print_json, progress_bar, shown
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 node_app = typer.Typer(help="Enroll and manage nodes.", no_args_is_help=True)
 release_app = typer.Typer(help="Push releases to the control plane.", no_args_is_help=True)
-GRACEFUL_SHUTDOWN_S = 5.0
+GRACEFUL_SHUTDOWN_S = 5
 """How long a stopping server waits for open connections before it closes them."""
 
 

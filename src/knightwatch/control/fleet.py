@@ -422,8 +422,13 @@ def _mixed_reasons(
 
 def _unknown_reasons(nodes: list[Node], now: datetime) -> list[str]:
     return [
-        f"{n.name} is UNKNOWN: its agent is not connected; "
-        f"last report {_ago(n.last_report_at, now)}"
+        f"{n.name} is UNKNOWN: "
+        + (
+            "its agent has just connected and not reported yet"
+            if n.connected
+            else "its agent is not connected"
+        )
+        + f"; last report {_ago(n.last_report_at, now)}"
         for n in nodes
         if n.status in ("enrolled", "drained") and not _is_current(n)
     ]
