@@ -30,7 +30,7 @@ def parse_selector(selector: str | None) -> list[str]:
     terms = [t.strip() for t in selector.split(",") if t.strip()]
     if not terms:
         raise InvalidInputError(
-            f"the node selector {selector!r} names no node (an unset shell variable?)",
+            f"the node selector is empty ({selector!r}: an unset shell variable?)",
             hint="leave --nodes out for the whole fleet, or name nodes: --nodes node1,node2",
         )
     for term in terms:

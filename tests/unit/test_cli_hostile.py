@@ -179,7 +179,7 @@ def test_kill_with_an_empty_selector_is_refused_before_any_server(
     nobody = {"KNIGHTWATCH_SERVER": "http://127.0.0.1:9"}  # nothing listens there
     done = kw("kill", "--nodes", nodes, "--reason", "x", env=nobody, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert "names no node" in one_line_and_hint(done.stderr)[0]
+    assert "selector is empty" in one_line_and_hint(done.stderr)[0]
 
 
 def test_server_answering_an_empty_object_is_one_line_and_exit_2(
