@@ -16,6 +16,8 @@ from knightwatch.errors import (
     GateRefusedError,
     InvalidInputError,
     KnightwatchError,
+    PolicyRefusedError,
+    Refusal,
     ReleaseNotFoundError,
     VerificationError,
 )
@@ -222,12 +224,23 @@ def _error_from(response: httpx.Response) -> KnightwatchError:
     if response.status_code == 404 and body.get("kind") == "ReleaseNotFoundError":
         return ReleaseNotFoundError("", hint=hint, message=message)
     if response.status_code == 409:
-        return GateRefusedError(message, hint=hint)
+        return _gate_refused(body, message, hint)
     if response.status_code == 422 and "problems" in body:
         return VerificationError(message.split(":", maxsplit=1)[0], list(body["problems"]))
     if response.status_code in (400, 404, 413, 422):
         return InvalidInputError(message, hint=hint)
     return KnightwatchError(message, hint=hint)
+
+
+def _gate_refused(body: dict[str, Any], message: str, hint: str | None) -> GateRefusedError:
+    """A 409: the safety policy's refusal with every reason typed again, else a plain one."""
+    try:
+        refusals = [Refusal.from_json(r) for r in body["refusals"]]
+    except (KeyError, TypeError, AttributeError):
+        refusals = []
+    if not refusals:
+        return GateRefusedError(message, hint=hint)
+    return PolicyRefusedError(str(body.get("action") or "the action"), refusals)
 
 
 def _tls_context(ca: str | None) -> ssl.SSLContext | bool:

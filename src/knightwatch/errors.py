@@ -12,6 +12,7 @@ status the CLI exits with::
     │   ├── ReleaseNotFoundError              no release matches a reference
     │   └── BlobNotFoundError                 no blob has a digest
     ├── GateRefusedError              exit 3  (a safety gate refused the operation)
+    │   └── PolicyRefusedError                the safety policy refused it, every reason listed
     ├── VerificationError             exit 1  (bytes or signatures do not match)
     └── StoreError                    exit 1  (the disk or database failed us)
 
@@ -22,6 +23,8 @@ with ``raise … from exc`` so the user never sees a traceback.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "BlobNotFoundError",
@@ -30,6 +33,8 @@ __all__ = [
     "KeyFileError",
     "KnightwatchError",
     "NotFoundError",
+    "PolicyRefusedError",
+    "Refusal",
     "ReleaseNotFoundError",
     "SourceTreeError",
     "SpecError",
@@ -104,6 +109,52 @@ class GateRefusedError(KnightwatchError):
     """A safety gate refused the operation; nothing was changed."""
 
     exit_code = 3
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason the safety policy refuses an action: which check, why, about what, what to do."""
+
+    check: str
+    reason: str
+    subjects: tuple[str, ...] = field(default=())
+    """The nodes, alert ids (``#7``) or releases the reason is about."""
+    hint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the refusal as plain JSON data (the API's and ``--json``'s shape)."""
+        return {
+            "check": self.check,
+            "reason": self.reason,
+            "subjects": list(self.subjects),
+            "hint": self.hint,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Refusal:
+        """Read a refusal back from :meth:`to_json`'s shape."""
+        hint = data.get("hint")
+        return cls(
+            check=str(data["check"]),
+            reason=str(data["reason"]),
+            subjects=tuple(str(s) for s in data.get("subjects") or ()),
+            hint=None if hint is None else str(hint),
+        )
+
+
+class PolicyRefusedError(GateRefusedError):
+    """The safety policy refused an action; ``refusals`` holds every reason, not just the first."""
+
+    def __init__(self, action: str, refusals: Sequence[Refusal]) -> None:
+        self.action = action
+        self.refusals = list(refusals)
+        reasons = [r.reason for r in self.refusals]
+        hints = list(dict.fromkeys(r.hint for r in self.refusals if r.hint))
+        if len(reasons) == 1:
+            message = f"{action} refused: {reasons[0]}"
+        else:
+            message = f"{action} refused for {len(reasons)} reasons: " + "; ".join(reasons)
+        super().__init__(message, hint="; ".join(hints) or None)
 
 
 class VerificationError(KnightwatchError):

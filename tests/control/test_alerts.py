@@ -25,13 +25,14 @@ from knightwatch.control.alerts import (
     AlertNotFoundError,
     acknowledge,
     fire,
-    require_no_unacknowledged_critical,
     resolve_alert,
 )
 from knightwatch.control.deploy import DeployRequest, DeployTimeouts, Orchestrator
+from knightwatch.control.policy import Action, Proposal
+from knightwatch.control.policy.checks import NoUnacknowledgedCritical
 from knightwatch.control.routing import RETRY_S, AlertRouting, Delivery, claim_due, record_delivery
 from knightwatch.control.statistics import fleet_statistics
-from knightwatch.errors import GateRefusedError, InvalidInputError
+from knightwatch.errors import GateRefusedError, InvalidInputError, PolicyRefusedError, Refusal
 from knightwatch.settings import ServerSettings
 from knightwatch.store import (
     Alert,
@@ -510,27 +511,43 @@ class TestEscalation:
         assert row(db, alert_id).next_notify_at == clock.now()
 
 
+def gate(db: Database, targets: list[str]) -> list[Refusal]:
+    """What the alert check refuses for a deploy to ``targets`` (none: the whole fleet)."""
+    with db.session() as session:
+        nodes = tuple(session.get_one(Node, name) for name in targets)
+        return NoUnacknowledgedCritical().refusals(session, Proposal(Action.DEPLOY, nodes=nodes))
+
+
 class TestGate:
     def test_critical_alert_on_a_target_blocks_naming_it(
         self, db: Database, clock: VirtualClock
     ) -> None:
         """A firing critical alert on a target node refuses the action and says how to ack it."""
         alert_id = raise_alert(db, clock, node="node1")
-        with db.session() as session, pytest.raises(GateRefusedError) as refused:
-            require_no_unacknowledged_critical(session, ["node1", "node2"], "deploy")
-        assert f"#{alert_id} guard:runaway on node1" in refused.value.message
-        assert refused.value.hint is not None
-        assert f"knightwatch alerts ack {alert_id}" in refused.value.hint
-        assert refused.value.exit_code == 3
+        [refusal] = gate(db, ["node1", "node2"])
+        assert refusal.check == "no-unacknowledged-critical"
+        assert f"#{alert_id} guard:runaway on node1" in refusal.reason
+        assert refusal.subjects == (f"alert #{alert_id}", "node1")
+        assert refusal.hint is not None
+        assert f"knightwatch alerts ack {alert_id}" in refusal.hint
+
+    def test_every_alert_is_a_refusal_of_its_own(self, db: Database, clock: VirtualClock) -> None:
+        """Two blocking alerts are two refusals, each naming its node, not just the first."""
+        first = raise_alert(db, clock, node="node1")
+        second = raise_alert(db, clock, node="node2")
+        refusals = gate(db, ["node1", "node2"])
+        assert [r.subjects for r in refusals] == [
+            (f"alert #{first}", "node1"),
+            (f"alert #{second}", "node2"),
+        ]
 
     def test_scope(self, db: Database, clock: VirtualClock) -> None:
         """A node outside the targets does not block; a fleet-wide alert blocks everything."""
         raise_alert(db, clock, node="node2")
-        with db.session() as session:
-            require_no_unacknowledged_critical(session, ["node1"], "deploy")
+        assert gate(db, ["node1"]) == []
         raise_alert(db, clock, node=None)
-        with db.session() as session, pytest.raises(GateRefusedError, match="on the fleet"):
-            require_no_unacknowledged_critical(session, ["node1"], "deploy")
+        [refusal] = gate(db, ["node1"])
+        assert "on the fleet" in refusal.reason and "fleet" in refusal.subjects
 
     def test_acknowledged_or_not_critical_does_not_block(
         self, db: Database, clock: VirtualClock
@@ -540,8 +557,7 @@ class TestGate:
         raise_alert(db, clock, node="node2", severity="warning")
         with db.session() as session:
             acknowledge(session, alert_id, by="alice", now=clock.now())
-        with db.session() as session:
-            require_no_unacknowledged_critical(session, None, "flag change")
+        assert gate(db, []) == []
 
     def test_orchestrator_refuses_deploy_but_not_reconcile(
         self, db: Database, clock: VirtualClock
@@ -549,8 +565,11 @@ class TestGate:
         """A deploy is refused with nothing recorded; a reconcile (the repair) still runs."""
         orchestrator = Orchestrator(db, _NullSink(), clock, DeployTimeouts())
         alert_id = raise_alert(db, clock)
-        with pytest.raises(GateRefusedError, match=f"deploy refused.*#{alert_id}"):
+        with pytest.raises(GateRefusedError, match=f"deploy refused.*#{alert_id}") as refused:
             orchestrator.start(DeployRequest(release=DIGEST))
+        assert isinstance(refused.value, PolicyRefusedError)
+        assert refused.value.exit_code == 3
+        assert [r.check for r in refused.value.refusals] == ["no-unacknowledged-critical"]
         with db.session() as session:
             assert session.query(Deployment).count() == 0
         orchestrator.start_reconcile("node1")

@@ -28,9 +28,10 @@ from knightwatch.control.killswitch import (
     messages_on_connect,
     record_halt_ack,
     record_rearm_ack,
-    require_not_halted,
 )
-from knightwatch.errors import GateRefusedError, InvalidInputError
+from knightwatch.control.policy import Action, Proposal
+from knightwatch.control.policy.checks import NodesNotHalted
+from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import HaltAck, HaltState, Rearm, RearmAck
 from knightwatch.store import Database, Halt, HaltNode, Node, open_database
@@ -272,10 +273,27 @@ class TestRearm:
         """The deploy gate names the halted nodes, the cause and how to lift it."""
         issue(db, clock, "n2", reason="runaway")
         with db.session() as session:
-            nodes = list(session.scalars(select(Node).order_by(Node.name)))
-            with pytest.raises(GateRefusedError, match=r"deploy refused: n2 halted .*runaway"):
-                require_not_halted(nodes, "deploy")
-            require_not_halted([n for n in nodes if n.name == "n1"], "deploy")
+            nodes = tuple(session.scalars(select(Node).order_by(Node.name)))
+            [refused] = NodesNotHalted().refusals(session, Proposal(Action.DEPLOY, nodes=nodes))
+            assert refused.reason == "n2 halted by the kill switch (kill: runaway)"
+            assert refused.subjects == ("n2",)
+            assert refused.hint is not None and "knightwatch rearm --nodes n2" in refused.hint
+            n1 = tuple(n for n in nodes if n.name == "n1")
+            assert NodesNotHalted().refusals(session, Proposal(Action.DEPLOY, nodes=n1)) == []
+
+    def test_each_halt_cause_is_a_refusal_naming_its_nodes(
+        self, db: Database, clock: VirtualClock
+    ) -> None:
+        """Nodes halted for different reasons give one refusal per reason, each naming its nodes."""
+        issue(db, clock, "n1,n3", reason="runaway")
+        issue(db, clock, "n2", reason="disk full")
+        with db.session() as session:
+            nodes = tuple(session.scalars(select(Node).order_by(Node.name)))
+            refusals = NodesNotHalted().refusals(session, Proposal(Action.DEPLOY, nodes=nodes))
+        assert [(r.subjects, r.reason) for r in refusals] == [
+            (("n1", "n3"), "n1,n3 halted by the kill switch (kill: runaway)"),
+            (("n2",), "n2 halted by the kill switch (kill: disk full)"),
+        ]
 
 
 class TestOwnHalts:

@@ -136,6 +136,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
         metrics,
         notifier,
         operator,
+        policy,
     )
 
     @contextlib.asynccontextmanager
@@ -170,6 +171,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(metrics.router)
     app.include_router(killswitch.router)
+    app.include_router(policy.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

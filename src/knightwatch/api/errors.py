@@ -13,6 +13,7 @@ from knightwatch.errors import (
     InvalidInputError,
     KnightwatchError,
     NotFoundError,
+    PolicyRefusedError,
     StoreError,
     VerificationError,
 )
@@ -53,6 +54,9 @@ def error_body(exc: KnightwatchError) -> dict[str, object]:
     }
     if isinstance(exc, VerificationError):
         body["problems"] = exc.problems
+    if isinstance(exc, PolicyRefusedError):
+        body["action"] = exc.action
+        body["refusals"] = [r.to_json() for r in exc.refusals]
     return body
 
 

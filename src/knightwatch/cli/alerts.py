@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from knightwatch.cli.options import ByOpt, JsonOpt, connect
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
 
@@ -16,14 +17,9 @@ app = typer.Typer(
     help="Alerts: deduplicated, routed, escalated until someone acknowledges them.",
     no_args_is_help=True,
 )
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 IdArg = Annotated[int, typer.Argument(help="Alert ID (see: knightwatch alerts list)")]
 CommentOpt = Annotated[
     str, typer.Option("--comment", help="Why, or what you are doing about it (recorded)")
-]
-ByOpt = Annotated[
-    str | None,
-    typer.Option("--by", help="Who is doing this (default: the operator the server knows)"),
 ]
 _COLOURS = {
     "firing": "bold red",
@@ -45,15 +41,13 @@ def list_alerts(
     json_output: JsonOpt = False,
 ) -> None:
     """Alerts, newest first: state, severity, rule, node, how many times it fired, who acked."""
-    from knightwatch.client import ApiClient, resolve_target
-
     if state is not None and state not in _STATES:
         raise InvalidInputError(
             f"--state {state!r} is not one of {', '.join(_STATES)}",
             hint="e.g. knightwatch alerts list --state firing",
         )
     query = f"?limit={limit}" + (f"&state={state}" if state else "")
-    data = ApiClient(resolve_target()).get(f"/alerts{query}")
+    data = connect().get(f"/alerts{query}")
     if json_output:
         print_json(data)
         return
@@ -77,9 +71,7 @@ def list_alerts(
 @app.command("show", epilog="Example: knightwatch alerts show 4")
 def show(alert_id: IdArg, json_output: JsonOpt = False) -> None:
     """One alert and every notification sent about it (receiver, level, outcome)."""
-    from knightwatch.client import ApiClient, resolve_target
-
-    data = ApiClient(resolve_target()).get(f"/alerts/{alert_id}")
+    data = connect().get(f"/alerts/{alert_id}")
     if json_output:
         print_json(data)
         return
@@ -115,9 +107,7 @@ def resolve(
 
 
 def _act(alert_id: int, verb: str, body: dict[str, Any], json_output: bool) -> None:
-    from knightwatch.client import ApiClient, resolve_target
-
-    data = ApiClient(resolve_target()).post(f"/alerts/{alert_id}/{verb}", body)
+    data = connect().post(f"/alerts/{alert_id}/{verb}", body)
     if json_output:
         print_json(data)
     else:

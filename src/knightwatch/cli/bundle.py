@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from knightwatch.cli.options import JsonOpt
 from knightwatch.cli.output import out, print_json, progress_bar, shown
 from knightwatch.errors import InvalidInputError, VerificationError
 
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Build, verify, inspect and compare release bundles.", no_args_is_help=True)
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="Release store directory")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 
 
 @app.command(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from knightwatch.cli.options import JsonOpt
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
 
@@ -26,7 +27,6 @@ app = typer.Typer(
 )
 DEFAULT_DIR = Path(".knightwatch-fleet")
 DirOpt = Annotated[Path, typer.Option("--dir", help="Directory for roots, pid files and logs")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 
 
 @app.command(

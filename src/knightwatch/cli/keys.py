@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from knightwatch.cli.options import JsonOpt
 from knightwatch.cli.output import out, print_json, shown
 
 app = typer.Typer(help="Manage the Ed25519 keys that sign releases.", no_args_is_help=True)
@@ -18,7 +19,7 @@ def generate(
         Path, typer.Option("--out", help="Directory to write NAME.key and NAME.pub")
     ],
     name: Annotated[str, typer.Option(help="Base name of the key files")] = "release",
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+    json_output: JsonOpt = False,
 ) -> None:
     """Generate an Ed25519 key pair for signing releases (never overwrites a key)."""
     from knightwatch.bundle import generate_keypair

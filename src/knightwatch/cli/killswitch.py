@@ -8,18 +8,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from knightwatch.cli.options import JsonOpt, NodesOpt, connect
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import KnightwatchError
 
 __all__ = ["kill", "rearm", "register"]
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
-NodesOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--nodes", help="Selector: names, globs or group=NAME, comma-separated (default: all)"
-    ),
-]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (required, recorded)")]
 
 
@@ -63,9 +57,7 @@ def rearm(
     with the usual health checks; a disconnected node is re-armed when it
     reconnects. Exit 1 if a connected node did not start its service in time.
     """
-    from knightwatch.client import ApiClient, resolve_target
-
-    client = ApiClient(resolve_target(), timeout=timeout + 30)
+    client = connect(timeout=timeout + 30)
     plan = client.post("/rearm", {"nodes": nodes, "reason": reason})
     waiting = set(plan["online"])
     deadline = time.monotonic() + timeout

@@ -7,8 +7,22 @@ import sys
 import typer
 
 from knightwatch import __version__
-from knightwatch.cli import alerts, audit, bundle, fleet, history, keys, killswitch, operate, server
-from knightwatch.cli.agent import agent
+from knightwatch.cli import (
+    agent,
+    alerts,
+    audit,
+    bundle,
+    deploy,
+    fleet,
+    history,
+    keys,
+    killswitch,
+    node,
+    policy,
+    release,
+    server,
+    status,
+)
 from knightwatch.cli.output import err, fail_json, out, report_failure, shown, wants_json
 from knightwatch.errors import KnightwatchError
 
@@ -22,38 +36,22 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(bundle.app, name="bundle")
-app.add_typer(server.release_app, name="release")
-app.add_typer(server.node_app, name="node")
+release.register(app)
+node.register(app)
 app.add_typer(fleet.app, name="fleet")
-app.add_typer(operate.deployment_app, name="deployment")
 app.add_typer(alerts.app, name="alerts")
-app.command(
-    "server",
-    epilog="Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub",
-)(server.server)
+server.register(app)
 app.command(
     "agent",
     epilog="Example: knightwatch agent --server http://127.0.0.1:7400 "
     "--root /var/lib/knightwatch --name node1 --join TOKEN",
-)(agent)
-app.command("deploy", epilog="Example: knightwatch deploy smars@2012.8.1 --strategy canary --wait")(
-    operate.deploy
-)
-app.command("rollback", epilog="Example: knightwatch rollback --wait")(operate.rollback)
-app.command("status", epilog="Example: knightwatch status --json")(operate.status)
-app.command("deployments", epilog="Example: knightwatch deployments --limit 5")(operate.deployments)
-audit.register(app, server.release_app)
+)(agent.agent)
+deploy.register(app)
+status.register(app)
+audit.register(app)
 killswitch.register(app)
-app.command("history", epilog="Example: knightwatch history smars@2012.8.1")(history.history)
-server.node_app.command(
-    "drain", epilog='Example: knightwatch node drain node3 --reason "disk replacement"'
-)(history.node_drain)
-server.node_app.command(
-    "resume", epilog='Example: knightwatch node resume node3 --reason "disk replaced"'
-)(history.node_resume)
-server.node_app.command(
-    "retire", epilog='Example: knightwatch node retire node3 --reason "decommissioned"'
-)(history.node_retire)
+history.register(app)
+policy.register(app)
 
 
 @app.command("version", epilog="Example: knightwatch version")

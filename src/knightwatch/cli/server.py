@@ -1,4 +1,4 @@
-"""``knightwatch server``, ``node enroll`` and ``release push``."""
+"""``knightwatch server``: run the control plane."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ from typing import Annotated
 
 import typer
 
-from knightwatch.cli.output import out, print_json, progress_bar, shown
+__all__ = ["GRACEFUL_SHUTDOWN_S", "register", "server"]
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
-node_app = typer.Typer(help="Enroll and manage nodes.", no_args_is_help=True)
-release_app = typer.Typer(help="Push releases to the control plane.", no_args_is_help=True)
 GRACEFUL_SHUTDOWN_S = 5
 """How long a stopping server waits for open connections before it closes them."""
 
@@ -100,53 +97,9 @@ def server(
     )
 
 
-@node_app.command("enroll", epilog="Example: knightwatch node enroll node1 --ttl 900")
-def node_enroll(
-    name: Annotated[str, typer.Argument(help="Node name (a-z 0-9 . _ -)")],
-    ttl: Annotated[float | None, typer.Option("--ttl", help="Token lifetime in seconds")] = None,
-    group: Annotated[str, typer.Option("--group", help="Node group")] = "default",
-    json_output: JsonOpt = False,
-) -> None:
-    """Print a one-time join token for NAME (give it to: knightwatch agent --join-file)."""
-
-    from knightwatch.client import ApiClient, resolve_target
-
-    client = ApiClient(resolve_target())
-    grant = client.post(f"/nodes/{name}/enroll", {"ttl_s": ttl, "group": group})
-    if json_output:
-        print_json(grant)
-        return
-    out.print(
-        f"join token for [bold]{shown(grant['node'])}[/] "
-        f"(one use, expires {shown(grant['expires_at'])}):"
-    )
-    out.print(shown(grant["token"]), soft_wrap=True)
-
-
-@release_app.command(
-    "push", epilog="Example: knightwatch release push smars@2012.8.1 --store store/"
-)
-def release_push(
-    release: Annotated[str, typer.Argument(help="Release ID, name@version or digest")],
-    store: Annotated[Path, typer.Option("--store", help="Release store directory")],
-    json_output: JsonOpt = False,
-) -> None:
-    """Upload a built release; the server verifies it before it becomes visible."""
-    from knightwatch.bundle import ReleaseStore
-    from knightwatch.client import ApiClient, resolve_target
-    from knightwatch.push import push_release
-
-    client = ApiClient(resolve_target(), timeout=300.0)
-    size = sum(f.size for f in ReleaseStore(store).find(release).manifest.files)
-    with progress_bar("uploading", size, enabled=not json_output) as advance:
-        pushed = push_release(client, store, release, on_progress=advance)
-    result = pushed.to_json()
-    if json_output:
-        print_json(result)
-    elif pushed.already_present:
-        out.print(f"[green]✓[/] {shown(pushed.release_id)} is already on the control plane")
-    else:
-        out.print(
-            f"[green]✓[/] pushed [bold]{shown(pushed.release_id)}[/]: {pushed.blobs_sent} blob(s), "
-            f"{pushed.bytes_sent:,} bytes; verified by the server"
-        )
+def register(app: typer.Typer) -> None:
+    """Add ``server`` to the CLI."""
+    app.command(
+        "server",
+        epilog="Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub",
+    )(server)

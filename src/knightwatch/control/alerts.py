@@ -21,7 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
+from knightwatch.errors import InvalidInputError, NotFoundError
 from knightwatch.store import Alert, AlertNotification
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "notification_json",
     "notifications",
     "open_alert",
-    "require_no_unacknowledged_critical",
     "resolve",
     "resolve_alert",
     "update",
@@ -47,7 +46,6 @@ __all__ = [
 AlertSeverity = Literal["info", "warning", "critical"]
 ALERT_STATES = ("firing", "acknowledged", "resolved")
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
-_SHOWN = 3
 
 
 class AlertNotFoundError(NotFoundError):
@@ -168,38 +166,6 @@ def resolve_alert(
         )
     _close(alert, _actor(by, comment), now)
     return alert
-
-
-def require_no_unacknowledged_critical(
-    session: Session, nodes: list[str] | None, action: str
-) -> None:
-    """Refuse ``action`` while a critical alert in scope is firing and nobody acknowledged it.
-
-    In scope: an alert on one of ``nodes`` (every node when None), or an
-    alert with no node (it concerns the whole fleet).
-    """
-    statement = (
-        select(Alert)
-        .where(Alert.state == "firing", Alert.severity == "critical")
-        .order_by(Alert.id)
-    )
-    blocking = [
-        a
-        for a in session.scalars(statement)
-        if a.node_name is None or nodes is None or a.node_name in nodes
-    ]
-    if not blocking:
-        return
-    first = blocking[0]
-    shown = "; ".join(
-        f"#{a.id} {a.rule} on {a.node_name or 'the fleet'}" for a in blocking[:_SHOWN]
-    )
-    more = f" (and {len(blocking) - _SHOWN} more)" if len(blocking) > _SHOWN else ""
-    raise GateRefusedError(
-        f"{action} refused: {len(blocking)} unacknowledged critical alert(s): {shown}{more} "
-        f"— {first.summary[:200]}",
-        hint=f"look at it (knightwatch alerts list), then: knightwatch alerts ack {first.id}",
-    )
 
 
 def list_alerts(session: Session, state: str | None = None, limit: int = 200) -> list[Alert]:

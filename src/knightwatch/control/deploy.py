@@ -36,20 +36,17 @@ from sqlalchemy.orm import Session
 
 from knightwatch.clock import Clock
 from knightwatch.control.accounting import deployment_succeeded
-from knightwatch.control.alerts import require_no_unacknowledged_critical
-from knightwatch.control.drift import require_no_drift
 from knightwatch.control.faults import crash_point
 from knightwatch.control.fleet import record_fleet_conditions
-from knightwatch.control.killswitch import require_not_halted
-from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase, check_transition
-from knightwatch.control.targets import (
-    enrolled_nodes,
-    lagging_nodes,
-    require_deployable,
-    resolve_release,
-    select_targets,
+from knightwatch.control.policy import (
+    Action,
+    deploy_proposal,
+    enforce,
+    reconcile_target,
+    rollback_target,
 )
-from knightwatch.errors import GateRefusedError, InvalidInputError
+from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase, check_transition
+from knightwatch.control.targets import lagging_nodes
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
 from knightwatch.store import (
     Database,
@@ -154,38 +151,17 @@ class Orchestrator:
         """Return the fleet to its previous release through the same protocol."""
         with self._db.session() as session:
             self._lock(session)
-            fleet = get_fleet(session)
-            if fleet.previous_digest is None or fleet.desired_digest is None:
-                raise GateRefusedError(
-                    "there is no previous fleet release to roll back to",
-                    hint="a rollback needs one successful deploy before it",
-                )
-            target, current = fleet.previous_digest, fleet.desired_digest
-            names = [n.name for n in enrolled_nodes(session) if n.desired_digest == current]
+            target, selector = rollback_target(session)
         return self.start(
             DeployRequest(
-                release=target,
-                nodes=",".join(names) or None,
-                requested_by=requested_by,
-                kind="rollback",
+                release=target, nodes=selector, requested_by=requested_by, kind="rollback"
             )
         )
 
     def start_reconcile(self, node: str, requested_by: str = "operator") -> int:
         """Re-stage the exact bytes of a node's release and restart it, through the protocol."""
         with self._db.session() as session:
-            row = session.get(Node, node)
-            if row is None or row.status != "enrolled":
-                raise InvalidInputError(
-                    f"no enrolled node is named {node!r}",
-                    hint="list nodes with: knightwatch status",
-                )
-            digest = row.desired_digest or get_fleet(session).desired_digest
-            if digest is None:
-                raise GateRefusedError(
-                    f"nothing to reconcile {node} to: no release was ever deployed to it",
-                    hint="deploy a release first: knightwatch deploy RELEASE",
-                )
+            digest = reconcile_target(session, node)
         return self.start(
             DeployRequest(release=digest, nodes=node, requested_by=requested_by, kind="reconcile")
         )
@@ -353,19 +329,12 @@ class Orchestrator:
     # -- decisions (inside a transaction) -----------------------------------
 
     def _create(self, session: Session, request: DeployRequest, step: _Step) -> Deployment:
-        if (running := active_deployment(session)) is not None:
-            raise GateRefusedError(
-                f"deployment {running.id} is {running.state}; one deployment runs at a time",
-                hint=f"wait for it: knightwatch deployment show {running.id}",
-            )
-        release = resolve_release(session, request.release)
-        require_deployable(session, release)
-        targets = select_targets(session, request.nodes)
-        require_not_halted(targets.all, request.kind)
-        if request.kind in ("deploy", "rollback"):  # someone must have looked before it is fixed
-            scope = [n.name for n in targets.all]
-            require_no_unacknowledged_critical(session, scope, request.kind)
-            require_no_drift(session, request.kind)
+        proposal, targets = deploy_proposal(
+            session, Action(request.kind), request.release, request.nodes
+        )
+        enforce(session, proposal)  # every refusal of the safety policy, or none
+        release = proposal.release
+        assert release is not None
         now = self._clock.now()
         fleet = get_fleet(session)
         deployment = Deployment(

@@ -11,17 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.control import alerts
-from knightwatch.errors import GateRefusedError
 from knightwatch.protocol.audit import AuditStatus, Finding, Severity
 from knightwatch.store import Node
 
-__all__ = ["DRIFT_RULE", "DriftChange", "drifted_nodes", "ingest_audit_status", "require_no_drift"]
+__all__ = ["DRIFT_RULE", "DriftChange", "drifted_nodes", "ingest_audit_status"]
 
 DRIFT_RULE = "node-drift"
 _SHOWN = 3
@@ -94,19 +92,3 @@ def drifted_nodes(session: Session, names: list[str] | None = None) -> list[Node
     statement = select(Node).where(Node.drift_state == "drifted", Node.status != "retired")
     nodes = list(session.scalars(statement.order_by(Node.name)))
     return [n for n in nodes if names is None or n.name in names]
-
-
-def require_no_drift(session: Session, action: str) -> None:
-    """Refuse ``action`` (GateRefusedError) while any node is DRIFTED."""
-    drifted = drifted_nodes(session)
-    if not drifted:
-        return
-    first = drifted[0]
-    findings: list[dict[str, Any]] = json.loads(first.drift_findings or "[]")
-    example = findings[0]["detail"] if findings else "see its audit"
-    names = ", ".join(n.name for n in drifted)
-    raise GateRefusedError(
-        f"{action} refused: the fleet has drift on {names} ({first.name}: {example})",
-        hint=f"inspect with: knightwatch audit --node {first.name} --files; "
-        f"restore with: knightwatch reconcile --node {first.name}",
-    )

@@ -36,7 +36,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from knightwatch.control import alerts
-from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
+from knightwatch.control.policy import Action, Proposal, enforce
+from knightwatch.errors import InvalidInputError, NotFoundError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import HaltAck, HaltState, Rearm, RearmAck, Report
 from knightwatch.protocol.safety import HaltSource
@@ -60,7 +61,6 @@ __all__ = [
     "messages_on_connect",
     "record_halt_ack",
     "record_rearm_ack",
-    "require_not_halted",
     "unacknowledged_count",
 ]
 
@@ -173,6 +173,7 @@ def lift_halts(
     """
     reason = _reason(reason)
     nodes = _selected(session, selector)
+    enforce(session, Proposal(Action.REARM, nodes=tuple(nodes)))
     names = {n.name for n in nodes}
     lifted_for: dict[str, int] = {}
     touched: dict[int, Halt] = {}
@@ -199,20 +200,6 @@ def lift_halts(
     online = [n.name for n in targets if n.connected]
     return RearmPlan(
         sorted(touched), messages, online, [n.name for n in targets if not n.connected]
-    )
-
-
-def require_not_halted(nodes: Iterable[Node], action: str) -> None:
-    """Refuse ``action`` (GateRefusedError) on nodes the kill switch holds halted."""
-    halted = [n for n in nodes if n.halted]
-    if not halted:
-        return
-    first = halted[0]
-    names = ",".join(n.name for n in halted)
-    why = f"{first.halt_source or 'kill'}" + (f": {first.halt_reason}" if first.halt_reason else "")
-    raise GateRefusedError(
-        f"{action} refused: {names} halted by the kill switch ({why})",
-        hint=f"lift the halt first: knightwatch rearm --nodes {names} --reason TEXT",
     )
 
 

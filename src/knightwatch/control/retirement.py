@@ -17,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.control import accounting
+from knightwatch.control.policy import Action, Proposal, enforce
 from knightwatch.control.targets import resolve_release
-from knightwatch.errors import GateRefusedError, InvalidInputError
+from knightwatch.errors import InvalidInputError
 from knightwatch.protocol.audit import Retire, RetireResult
-from knightwatch.store import Deployment, Node, Release, Retirement, RetirementNode
-from knightwatch.store.queries import TERMINAL_STATES, get_fleet
+from knightwatch.store import Node, Release, Retirement, RetirementNode
 
 __all__ = [
     "RetirementPlan",
@@ -48,12 +48,7 @@ def start_retirement(
 ) -> RetirementPlan:
     """Record the retirement of the release ``ref`` names; refuse one still in use."""
     release = resolve_release(session, ref)
-    if release.retired_at is not None:
-        raise GateRefusedError(
-            f"{release.release_id} is already retired",
-            hint=f"see its history: knightwatch history {release.release_id}",
-        )
-    _refuse_in_use(session, release)
+    enforce(session, Proposal(Action.RETIRE, release))  # not retired already, not in use
     retirement = session.scalars(
         select(Retirement).where(
             Retirement.release_digest == release.digest, Retirement.finished_at.is_(None)
@@ -101,43 +96,6 @@ def start_retirement(
     if not rows:
         _finish(session, retirement, release, now)
     return plan
-
-
-def _refuse_in_use(session: Session, release: Release) -> None:
-    digest = release.digest
-    fleet = get_fleet(session)
-    if digest == fleet.desired_digest:
-        raise GateRefusedError(
-            f"{release.release_id} is the fleet's active release",
-            hint="deploy another release first",
-        )
-    if digest == fleet.previous_digest:
-        raise GateRefusedError(
-            f"{release.release_id} is the fleet's rollback target",
-            hint="it stops being one after the next successful deploy",
-        )
-    for node in session.scalars(select(Node).where(Node.status != "retired")):
-        for role, value in (
-            ("active", node.active_digest),
-            ("rollback target", node.previous_digest),
-            ("desired release", node.desired_digest),
-        ):
-            if value == digest:
-                raise GateRefusedError(
-                    f"{release.release_id} is the {role} on {node.name}",
-                    hint="deploy another release to that node first",
-                )
-    running = session.scalars(
-        select(Deployment).where(
-            Deployment.state.not_in(TERMINAL_STATES),
-            (Deployment.release_digest == digest) | (Deployment.from_digest == digest),
-        )
-    ).first()
-    if running is not None:
-        raise GateRefusedError(
-            f"deployment {running.id} ({running.state}) involves {release.release_id}",
-            hint=f"wait for it: knightwatch deployment show {running.id}",
-        )
 
 
 def _holders(session: Session) -> list[Node]:

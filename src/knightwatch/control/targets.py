@@ -9,13 +9,12 @@ from sqlalchemy.orm import Session
 
 from knightwatch.errors import GateRefusedError, InvalidInputError, ReleaseNotFoundError
 from knightwatch.selection import matches_selector, parse_selector
-from knightwatch.store import Node, Release, Retirement
+from knightwatch.store import Node, Release
 
 __all__ = [
     "Targets",
     "enrolled_nodes",
     "lagging_nodes",
-    "require_deployable",
     "resolve_release",
     "select_targets",
 ]
@@ -91,15 +90,3 @@ def resolve_release(session: Session, ref: str) -> Release:
         )
         raise ReleaseNotFoundError(ref, hint=hint)
     return matches[0]
-
-
-def require_deployable(session: Session, release: Release) -> None:
-    """Refuse a release that is retired or being retired: retired code never runs again."""
-    retiring = session.scalars(
-        select(Retirement).where(Retirement.release_digest == release.digest).limit(1)
-    ).first()
-    if release.retired_at is not None or retiring is not None:
-        raise GateRefusedError(
-            f"{release.release_id} is retired; a retired release is never deployed again",
-            hint="build and push a new release instead",
-        )

@@ -1,4 +1,4 @@
-"""``knightwatch deploy | rollback | status | deployments | deployment show``."""
+"""``knightwatch deploy | rollback | deployments | deployment show``: change the fleet's release."""
 
 from __future__ import annotations
 
@@ -9,40 +9,26 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from knightwatch.cli.output import err, out, print_json, shown
+from knightwatch.cli.options import JsonOpt, NodesOpt, WaitOpt, connect
+from knightwatch.cli.output import err, out, paint, print_json, shown
 from knightwatch.errors import KnightwatchError
 
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+__all__ = [
+    "DeploymentFailedError",
+    "deploy",
+    "deployment_app",
+    "deployments",
+    "follow_deployment",
+    "register",
+    "rollback",
+]
+
 deployment_app = typer.Typer(help="Inspect one deployment.", no_args_is_help=True)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED"}
-_COLOURS = {
-    "ACTIVE": "green",
-    "PREPARED": "cyan",
-    "SUCCEEDED": "green",
-    "CONVERGED": "green",
-    "ROLLED_BACK": "yellow",
-    "MIXED": "red",
-    "DEGRADED": "yellow",
-    "FAILED": "red",
-    "PREPARE_FAILED": "red",
-    "COMMIT_FAILED": "red",
-    "ROLLBACK_FAILED": "red",
-    "DEPLOYING": "cyan",
-    "DRIFTED": "bold red",
-    "drifted": "bold red",
-    "clean": "green",
-    "unknown": "yellow",
-    "running": "green",
-    "crash_loop": "red",
-    "OFFLINE": "yellow",
-    "UNKNOWN": "bold yellow",
-    "CONNECTED": "green",
-    "PENDING": "yellow",
-}
 
 
 class DeploymentFailedError(KnightwatchError):
@@ -51,23 +37,16 @@ class DeploymentFailedError(KnightwatchError):
 
 def deploy(
     release: Annotated[str, typer.Argument(help="Release ID, name@version or digest (pushed)")],
-    nodes: Annotated[
-        str | None,
-        typer.Option(
-            "--nodes", help="Selector: names, globs or group=NAME, comma-separated (default: all)"
-        ),
-    ] = None,
+    nodes: NodesOpt = None,
     strategy: Annotated[str, typer.Option("--strategy", help="atomic or canary")] = "atomic",
     soak: Annotated[float | None, typer.Option("--soak", help="Canary soak seconds")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow it live until it ends")] = False,
+    wait: WaitOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Deploy RELEASE all-or-nothing: every node verifies it before any node switches."""
-    from knightwatch.client import ApiClient, resolve_target
-
     if strategy not in ("atomic", "canary"):
         raise typer.BadParameter("--strategy must be atomic or canary")
-    client = ApiClient(resolve_target())
+    client = connect()
     started = client.post(
         "/deployments", {"release": release, "nodes": nodes, "strategy": strategy, "soak_s": soak}
     )
@@ -75,97 +54,12 @@ def deploy(
 
 
 def rollback(
-    wait: Annotated[bool, typer.Option("--wait", help="Follow it live until it ends")] = False,
+    wait: WaitOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Return the whole fleet to its previous release, through the same protocol."""
-    from knightwatch.client import ApiClient, resolve_target
-
-    client = ApiClient(resolve_target())
+    client = connect()
     follow_deployment(client, client.post("/rollback"), wait=wait, json_output=json_output)
-
-
-def status(json_output: JsonOpt = False) -> None:
-    """Fleet state (CONVERGED, DRIFTED, MIXED, UNKNOWN, DEPLOYING, DEGRADED) and every node.
-
-    A node whose agent is gone is UNKNOWN: its release, service and pid are shown
-    as "last known" with that report's age, never as current.
-    """
-
-    from knightwatch.client import ApiClient, resolve_target
-
-    data = ApiClient(resolve_target()).get("/status")
-    if json_output:
-        print_json(data)
-        return
-    out.print(
-        f"fleet [bold {_colour(data['state'])}]{data['state']}[/]{_condition_age(data)}   "
-        f"release {shown(data['desired_release'] or '-')}   previous "
-        f"{shown(data['previous_release'] or '-')}"
-    )
-    for reason in data["reasons"]:
-        out.print(f"  • {shown(reason)}")
-    table = Table(
-        "node",
-        "state",
-        "active release",
-        "digest",
-        "drift",
-        "service",
-        "pid",
-        "version",
-        "report age",
-    )
-    for node in data["nodes"]:
-        table.add_row(*_node_row(node))
-    out.print(table)
-    if any(node.get("last_known") for node in data["nodes"]):
-        out.print("  (last known): from the node's last report, as old as its report age")
-
-
-def _condition_age(data: dict[str, Any]) -> str:
-    """The age shown after the fleet state, counted from when the condition began."""
-    key = {"MIXED": "mixed_for_s", "DRIFTED": "drifted_for_s", "HALTED": "halted_for_s"}
-    age = data.get(key.get(data["state"], ""))
-    if age is None:
-        return " (since: not recorded yet)" if data["state"] == "MIXED" else ""
-    return f" for {age:.0f} s"
-
-
-def _node_row(node: dict[str, Any]) -> list[str]:
-    """One table row: current facts, or last-known ones marked so for an UNKNOWN node."""
-    age_s = node["last_report_age_s"]
-    age = f"{age_s:.1f} s" if age_s is not None else "never"
-    drift = _paint(node["drift_state"]) + (
-        f" ({node['drift_count']})" if node["drift_state"] == "drifted" else ""
-    )
-    known = node.get("last_known")
-    if known is None:
-        facts = [
-            shown(node["active_release"] or "-"),
-            shown((node["active_digest"] or "-")[:12]),
-            _paint(node["service_state"]),
-            shown(node["service_pid"] or "-"),
-            shown(node["service_version"] or "-"),
-        ]
-    else:
-        possible = node.get("possible_releases") or []
-        release = (
-            "[red]one of " + ", ".join(shown(p) for p in possible) + "?[/]"
-            if possible
-            else f"{shown(known['active_release'] or '-')} (last known)"
-        )
-        facts = [
-            release,
-            shown((known["active_digest"] or "-")[:12]),
-            f"{shown(known['service_state'])} (last known)",
-            f"{shown(known['service_pid'] or '-')} (last known)",
-            shown(known["service_version"] or "-"),
-        ]
-    if known is not None:
-        drift += " (last known)"
-    state = node.get("state", "CONNECTED")
-    return [shown(node["name"]), _paint(state), facts[0], facts[1], drift, *facts[2:], age]
 
 
 def deployments(
@@ -173,9 +67,7 @@ def deployments(
     json_output: JsonOpt = False,
 ) -> None:
     """Recent deployments, newest first."""
-    from knightwatch.client import ApiClient, resolve_target
-
-    rows = ApiClient(resolve_target()).get(f"/deployments?limit={limit}")
+    rows = connect().get(f"/deployments?limit={limit}")
     if json_output:
         print_json(rows)
         return
@@ -186,7 +78,7 @@ def deployments(
             shown(row["kind"]),
             shown(row["release_id"]),
             shown(row["strategy"]),
-            _paint(row["state"]),
+            paint(row["state"]),
             shown(row["requested_by"]),
             shown(row["created_at"][:19]),
             shown(row["reason"] or ""),
@@ -200,9 +92,7 @@ def deployment_show(
     json_output: JsonOpt = False,
 ) -> None:
     """One deployment: state, each node's phase and reason, and its recorded transitions."""
-    from knightwatch.client import ApiClient, resolve_target
-
-    data = ApiClient(resolve_target()).get(f"/deployments/{deployment_id}")
+    data = connect().get(f"/deployments/{deployment_id}")
     if json_output:
         print_json(data)
         return
@@ -212,7 +102,7 @@ def deployment_show(
         events.add_row(
             shown(event["at"][11:23]),
             shown(event["node"] or ""),
-            _paint(event["event"]),
+            paint(event["event"]),
             shown(event["detail"]),
         )
     out.print(events)
@@ -273,13 +163,13 @@ def _deployment_table(data: dict[str, Any]) -> Table:
         "version",
         "reason",
         title=f"deployment {shown(data['id'])} · {shown(data['kind'])} "
-        f"{shown(data['release_id'])} · {shown(data['strategy'])} · {_paint(data['state'])}",
+        f"{shown(data['release_id'])} · {shown(data['strategy'])} · {paint(data['state'])}",
     )
     for node in data.get("nodes", []):
         table.add_row(
             shown(node["node"]),
             shown(node["role"]),
-            _paint(node["phase"]),
+            paint(node["phase"]),
             shown(node["pid"] or ""),
             shown(node["version"] or ""),
             shown(node["reason"] or ""),
@@ -289,14 +179,11 @@ def _deployment_table(data: dict[str, Any]) -> Table:
     return table
 
 
-def paint(word: str) -> str:
-    """``word`` in the colour the CLI gives that state."""
-    return _paint(word)
-
-
-def _colour(word: str) -> str:
-    return _COLOURS.get(word, "white")
-
-
-def _paint(word: str) -> str:
-    return f"[{_colour(word)}]{shown(word)}[/]"
+def register(app: typer.Typer) -> None:
+    """Add ``deploy``, ``rollback``, ``deployments`` and ``deployment show`` to the CLI."""
+    app.command(
+        "deploy", epilog="Example: knightwatch deploy smars@2012.8.1 --strategy canary --wait"
+    )(deploy)
+    app.command("rollback", epilog="Example: knightwatch rollback --wait")(rollback)
+    app.command("deployments", epilog="Example: knightwatch deployments --limit 5")(deployments)
+    app.add_typer(deployment_app, name="deployment")

@@ -1,0 +1,39 @@
+"""Operator API for the safety policy's dry run: what would refuse an action now."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.fields import NamePath, NodeSelector, SafeLine
+from knightwatch.control.policy import dry_run, parse_action
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1")
+
+
+class CheckBody(BaseModel):
+    """The action's arguments: a release (deploy, retire), a selector (deploy, rearm), a node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    release: Annotated[str, Field(min_length=1, max_length=300), SafeLine] | None = None
+    nodes: Annotated[NodeSelector, Field(min_length=1, max_length=4096)] | None = None
+    node: Annotated[str, Field(min_length=1, max_length=300), SafeLine] | None = None
+
+
+@router.post("/check/{action}")
+def check_action(action: NamePath, body: CheckBody, plane: Plane, _who: Operator) -> dict[str, Any]:
+    """Evaluate the safety policy for ``action`` without taking it; list every refusal."""
+    known = parse_action(action)
+    with plane.db.reading() as session:
+        refusals = dry_run(session, known, release=body.release, nodes=body.nodes, node=body.node)
+    return {
+        "action": known.value,
+        "refused": bool(refusals),
+        "refusals": [r.to_json() for r in refusals],
+    }

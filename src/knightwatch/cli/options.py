@@ -1,0 +1,40 @@
+"""Options every command shares, defined once: ``--json``, ``--nodes``, ``--wait``, ``--by``.
+
+Also :func:`connect`, the client of the control plane a command talks to
+(KNIGHTWATCH_SERVER / KNIGHTWATCH_TOKEN, a local fleet file, or the default).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from knightwatch.client import ApiClient
+
+__all__ = ["ByOpt", "JsonOpt", "NodesOpt", "WaitOpt", "connect"]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+"""``--json``: print the command's document as JSON on stdout, for scripts."""
+NodesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--nodes", help="Selector: names, globs or group=NAME, comma-separated (default: all)"
+    ),
+]
+"""``--nodes SELECTOR``: which nodes (the whole fleet when left out)."""
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow it live until it ends")]
+"""``--wait``: follow a deployment live until it ends."""
+ByOpt = Annotated[
+    str | None,
+    typer.Option("--by", help="Who is doing this (default: the operator the server knows)"),
+]
+"""``--by NAME``: who is doing this, recorded with the change."""
+
+
+def connect(timeout: float = 60.0) -> ApiClient:
+    """A client of the control plane this command line is pointed at."""
+    from knightwatch.client import ApiClient, resolve_target  # not for --help
+
+    return ApiClient(resolve_target(), timeout=timeout)
