@@ -11,7 +11,7 @@ status the CLI exits with::
     │   ├── KeyFileError                      a signing key is missing or malformed
     │   ├── ReleaseNotFoundError              no release matches a reference
     │   └── BlobNotFoundError                 no blob has a digest
-    ├── GateRefusedError              exit 3  (a safety gate refused the operation)
+    ├── GateRefusedError              exit 2  (a safety gate refused the operation)
     │   └── PolicyRefusedError                the safety policy refused it, every reason listed
     ├── VerificationError             exit 1  (bytes or signatures do not match)
     └── StoreError                    exit 1  (the disk or database failed us)
@@ -106,9 +106,13 @@ class BlobNotFoundError(NotFoundError):
 
 
 class GateRefusedError(KnightwatchError):
-    """A safety gate refused the operation; nothing was changed."""
+    """A safety gate refused the operation; nothing was changed.
 
-    exit_code = 3
+    It exits 2, like refused input: either way the operation was refused before
+    anything changed (a script tells them apart by the JSON ``kind``).
+    """
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

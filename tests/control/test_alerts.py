@@ -568,7 +568,7 @@ class TestGate:
         with pytest.raises(GateRefusedError, match=f"deploy refused.*#{alert_id}") as refused:
             orchestrator.start(DeployRequest(release=DIGEST))
         assert isinstance(refused.value, PolicyRefusedError)
-        assert refused.value.exit_code == 3
+        assert refused.value.exit_code == 2
         assert [r.check for r in refused.value.refusals] == ["no-unacknowledged-critical"]
         with db.session() as session:
             assert session.query(Deployment).count() == 0

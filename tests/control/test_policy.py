@@ -222,7 +222,7 @@ class TestPolicy:
         assert refused.value.action == "deploy"
         assert [r.subjects for r in refused.value.refusals] == [("node1",), ("node2",)]
         assert refused.value.message.startswith("deploy refused for 2 reasons: ")
-        assert refused.value.exit_code == 3
+        assert refused.value.exit_code == 2
 
     def test_the_orchestrator_records_nothing_when_refused(
         self, db: Database, clock: VirtualClock

@@ -342,10 +342,10 @@ def test_acknowledging_stops_escalation(
 def test_unacknowledged_critical_alert_blocks_deploy_until_acknowledged(
     fleet: LocalFleet, releases: Releases
 ) -> None:
-    """deploy exits 3 naming the alert and how to ack it; once acked only the drift gate is left."""
+    """deploy exits 2 naming the alert and how to ack it; once acked only the drift gate is left."""
     alert = tamper(fleet, "blocker")
     refused = kw(fleet, "deploy", releases.v2.release_id)
-    assert refused.returncode == 3, refused.stderr
+    assert refused.returncode == 2, refused.stderr
     message = " ".join(refused.stderr.split())
     assert f"#{alert['id']} node-drift on {NODE}" in message
     assert f"knightwatch alerts ack {alert['id']}" in message
@@ -354,7 +354,7 @@ def test_unacknowledged_critical_alert_blocks_deploy_until_acknowledged(
     assert alert["id"] in [a["id"] for a in json.loads(listed.stdout)]
     assert kw(fleet, "alerts", "ack", str(alert["id"])).returncode == 0
     still = kw(fleet, "deploy", releases.v2.release_id)
-    assert still.returncode == 3  # the node still drifts: acknowledged is not repaired
+    assert still.returncode == 2  # the node still drifts: acknowledged is not repaired
     assert "unacknowledged" not in still.stderr and "reconcile" in still.stderr
 
     reconcile(fleet)

@@ -183,11 +183,11 @@ class TestKill:
             assert marker.read_text().splitlines() == ["service-up 200"], name
 
     def test_a_deploy_is_refused_while_halted(self, fleet: LocalFleet, releases: Releases) -> None:
-        """A deploy to halted nodes is refused (exit 3) naming the halt; nothing starts."""
+        """A deploy to halted nodes is refused (exit 2) naming the halt; nothing starts."""
         code, _report, stderr = kill(fleet, "--nodes", "node1", "--reason", "hold node1")
         assert code == 0, stderr
         done = kw(fleet, "deploy", releases.v2.release_id)
-        assert done.returncode == 3, done.stdout + done.stderr
+        assert done.returncode == 2, done.stdout + done.stderr
         said = " ".join(done.stderr.split())
         assert "node1 halted by the kill switch (kill: hold node1)" in said
         assert "knightwatch rearm --nodes node1" in said

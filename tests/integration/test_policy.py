@@ -4,7 +4,7 @@ Two agents run v1. Each gets an extra ``.py`` file in its live release, so
 each node is DRIFTED *and* has a firing critical ``node-drift`` alert that
 nobody acknowledged. A deploy of v2 is then refused with all four reasons —
 two alerts and two drifted nodes, each naming its node — by the API (409
-and the refusals), by the CLI (exit 3, a table, ``--json``), and by
+and the refusals), by the CLI (exit 2, a table, ``--json``), and by
 ``knightwatch check deploy`` without deploying anything.
 """
 
@@ -120,18 +120,18 @@ def test_a_drifted_fleet_with_a_critical_alert_refuses_a_deploy_with_every_reaso
     assert [r.to_json() for r in refused.value.refusals] == body["refusals"]
 
     cli = kw(fleet, "deploy", v2)
-    assert cli.returncode == 3, cli.stdout + cli.stderr
+    assert cli.returncode == 2, cli.stdout + cli.stderr
     assert "deploy refused (4 reasons):" in cli.stderr
     rows = table_lines(cli.stderr)
     assert len(rows) == 4 and all(any(n in row for n in NODES) for row in rows)
     assert any("knightwatch alerts ack" in row for row in rows)
     assert any("knightwatch reconcile --node node2" in row for row in rows)
     cli_json = kw(fleet, "deploy", v2, "--json")
-    assert cli_json.returncode == 3
+    assert cli_json.returncode == 2
     assert json.loads(cli_json.stdout)["refusals"] == body["refusals"]
 
     check = kw(fleet, "check", "deploy", v2)
-    assert check.returncode == 3, check.stdout + check.stderr
+    assert check.returncode == 2, check.stdout + check.stderr
     assert "deploy would be refused (4 reasons):" in check.stdout
     assert table_lines(check.stdout) == rows
     check_json = json.loads(kw(fleet, "check", "deploy", v2, "--json").stdout)

@@ -43,7 +43,7 @@ def test_a_policy_refusal_lists_every_refusal_in_the_usual_envelope() -> None:
         Refusal("no-unacknowledged-critical", "alert #4", ("alert #4", "node2"), None),
     ]
     body = error_body(PolicyRefusedError("deploy", refusals))
-    assert body["kind"] == "PolicyRefusedError" and body["exit_code"] == 3
+    assert body["kind"] == "PolicyRefusedError" and body["exit_code"] == 2
     assert body["error"] == (
         "deploy refused for 2 reasons: the fleet has drift on node1 (x); alert #4"
     )

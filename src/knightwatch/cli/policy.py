@@ -35,7 +35,7 @@ def check(
 
     Exit 0 when nothing would refuse it; otherwise print every refusal (the
     check, the reason, the nodes, alerts or releases concerned, and what to
-    do) and exit 3, as the refused action itself would. The arguments are
+    do) and exit 2, as the refused action itself would. The arguments are
     the action's own: a RELEASE for deploy and retire, --nodes for deploy
     and rearm, --node for reconcile; rollback takes none.
     """
