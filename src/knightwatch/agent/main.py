@@ -47,6 +47,7 @@ from knightwatch.agent.journal import Journal, reconcile
 from knightwatch.agent.killswitch import HaltResult, KillSwitch
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.reporting import node_state
+from knightwatch.agent.service import ServiceController
 from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.source import ReleaseSource
@@ -220,8 +221,7 @@ class Agent:
             await _cancel(audit)
             await _cancel(guards)
             await _cancel(dead_man)
-            await self.supervisor.stop(halted=True)
-            await self.supervisor.close()
+            await self.service.shutdown()
             await _cancel(link)
             self.runner.source.close()
             self.journal.update(service=None)
@@ -234,6 +234,13 @@ class Agent:
             ServiceLog(self.layout.service_log), clock=self.clock, policy=self.policy
         )
         stager = Stager(self.layout, self.trusted)
+        self.service = ServiceController(
+            node=self.settings.name,
+            layout=self.layout,
+            journal=self.journal,
+            stager=stager,
+            supervisor=self.supervisor,
+        )
         self.auditor = Auditor(
             layout=self.layout,
             journal=self.journal,
@@ -244,11 +251,10 @@ class Agent:
             on_change=self._drift_changed,
         )
         self.runner = CommandRunner(
-            node=self.settings.name,
             layout=self.layout,
             journal=self.journal,
             stager=stager,
-            supervisor=self.supervisor,
+            service=self.service,
             source=self._source
             or HttpReleaseSource(self.settings.server, self.credential, verify=self.verify),
             clock=self.clock,
@@ -281,11 +287,9 @@ class Agent:
         self.supervisor.listen(self.guards.follow)
         self.killswitch = KillSwitch(
             journal=self.journal,
-            supervisor=self.supervisor,
-            layout=self.layout,
+            service=self.service,
             clock=self.clock,
             start_service=self.runner.start_current,
-            lock=self.runner.service_lock,
             on_change=self._drift_changed,
         )
 
