@@ -95,7 +95,7 @@ class KillSwitch:
     @property
     def halted(self) -> bool:
         """True while the latch is set."""
-        return self._journal.state.halted
+        return self._service.halted
 
     def state(self) -> HaltState:
         """The latch as every report carries it."""

@@ -137,7 +137,7 @@ class ServiceController:
 
     async def ensure_healthy(self, digest: str) -> str | None:
         """Leave a running, healthy service of ``digest`` alone; else (re)start and check it."""
-        launch = self.launch_or_none(digest)
+        launch = self._launch_or_none(digest)
         running = self.supervisor.launch
         healthy_so_far = (
             launch is not None
@@ -158,7 +158,7 @@ class ServiceController:
             self._layout, manifest, node=self._node, service_port=self._journal.state.service_port
         )
 
-    def launch_or_none(self, digest: str) -> ServiceLaunch | None:
+    def _launch_or_none(self, digest: str) -> ServiceLaunch | None:
         """:meth:`launch_for` the release ``digest``, None if its manifest cannot be read."""
         try:
             return self.launch_for(self._stager.load_manifest(digest))
@@ -182,7 +182,7 @@ class ServiceController:
 
     async def stop_adopted(self, record: ServiceRecord) -> None:
         """Stop the service an earlier agent run left running (if it still is that process)."""
-        await self.supervisor.stop_adopted(record, self.launch_or_none(record.digest))
+        await self.supervisor.stop_adopted(record, self._launch_or_none(record.digest))
         self._journal.update(service=None)
 
     async def stop_strays(
