@@ -73,7 +73,7 @@ class ServiceController:
     A plain :meth:`stop` (a switch stopping the old release) does not take
     the lock: it only stops, like a halt, and whichever comes second finds
     nothing running. Nothing on the halt path waits for a health check: a
-    start holds the lock only while it spawns.
+    start holds the lock only while it stops what ran before and spawns.
     """
 
     def __init__(
