@@ -11,6 +11,7 @@ from knightwatch.agent.commands import CommandRunner
 from knightwatch.agent.journal import Journal, reconcile
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.reporting import node_state
+from knightwatch.agent.service import ServiceController
 from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.source import LocalReleaseSource
 from knightwatch.agent.staging import Stager
@@ -40,12 +41,19 @@ class Node:
             ServiceLog(layout.service_log),
             policy=RestartPolicy(health_timeout_s=30, settle_s=0.5),
         )
-        self.runner = CommandRunner(
+        stager = Stager(layout, [trusted], workers=2)
+        service = ServiceController(
             node="node1",
             layout=layout,
             journal=self.journal,
-            stager=Stager(layout, [trusted], workers=2),
+            stager=stager,
             supervisor=self.supervisor,
+        )
+        self.runner = CommandRunner(
+            layout=layout,
+            journal=self.journal,
+            stager=stager,
+            service=service,
             source=LocalReleaseSource(releases.store),
         )
         self._deployment = 1

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from knightwatch.agent.drift import ReleaseIndex, inspect_paths, inspect_tree
+from knightwatch.agent.releaseindex import ReleaseIndex
+from knightwatch.agent.treecompare import inspect_paths, inspect_tree
 from knightwatch.bundle.manifest import FileEntry, Manifest, SourceInfo
 from knightwatch.bundle.spec import parse_spec
 from knightwatch.protocol.audit import FindingKind, Severity

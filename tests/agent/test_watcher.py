@@ -6,8 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from knightwatch.agent.auditor import changed_paths
-from knightwatch.agent.drift import stat_key
+from knightwatch.agent.releaseindex import stat_key
+from knightwatch.agent.treeaudit import changed_paths
 from knightwatch.agent.watcher import WatchBatch, watch_tree
 
 

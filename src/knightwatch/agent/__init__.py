@@ -21,6 +21,7 @@ from knightwatch.agent.httpsource import HttpReleaseSource
 from knightwatch.agent.journal import AgentState, Journal, reconcile
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.main import Agent, run_agent
+from knightwatch.agent.service import ServiceController
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.source import LocalReleaseSource, ReleaseSource
 from knightwatch.agent.staging import StagedRelease, Stager
@@ -43,6 +44,7 @@ __all__ = [
     "NodeLayout",
     "ReleaseSource",
     "RestartPolicy",
+    "ServiceController",
     "ServiceError",
     "StagedRelease",
     "Stager",

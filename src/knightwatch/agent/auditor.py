@@ -1,13 +1,13 @@
 """The continuous configuration audit of one node (P2: know what runs).
 
-Physical: the active tree is watched with inotify and every changed path is
-re-hashed at once; a stat sweep every few seconds catches events inotify
-lost, and a full re-hash runs on a schedule and whenever the watcher reports
-lost events. ``current`` itself is watched and re-read. Processes: the
-supervised service and anything else running from the agent's root are
-checked every second. Functional: health, smoke and version checks re-run
-on a schedule. An operator's audit (:meth:`Auditor.audit_now`) does all of
-it at once.
+Physical (:class:`~knightwatch.agent.treeaudit.TreeAudit`): the active tree
+is watched with inotify and every changed path is re-hashed at once; a stat
+sweep every few seconds catches events inotify lost, and a full re-hash runs
+on a schedule and whenever the watcher reports lost events. ``current``
+itself is watched and re-read. Processes: the supervised service and
+anything else running from the agent's root are checked every second.
+Functional: health, smoke and version checks re-run on a schedule. An
+operator's audit (:meth:`Auditor.audit_now`) does all of it at once.
 
 Every change of the findings calls ``on_change`` so the agent reports it at
 once. While a command switches releases the audit is held (a switch is not
@@ -23,22 +23,20 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
-from knightwatch.agent.drift import Inspection, ReleaseIndex, StatKey, inspect_paths, stat_key
 from knightwatch.agent.events import event, logger
 from knightwatch.agent.functional import functional_checks
 from knightwatch.agent.journal import Journal
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.procaudit import ServiceIdentity, audit_processes
 from knightwatch.agent.settings import AuditSettings
-from knightwatch.agent.staging import Stager, data_links
+from knightwatch.agent.staging import Stager
 from knightwatch.agent.supervisor import Supervisor
+from knightwatch.agent.treeaudit import TreeAudit
 from knightwatch.agent.watcher import WatchBatch, watch_current_link, watch_tree
 from knightwatch.clock import Clock
-from knightwatch.errors import KnightwatchError
 from knightwatch.protocol.audit import (
     MAX_FINDINGS_IN_HEARTBEAT,
     MAX_FINDINGS_IN_RESULT,
-    AbsentPath,
     AuditRequest,
     AuditResult,
     AuditStatus,
@@ -48,7 +46,7 @@ from knightwatch.protocol.audit import (
     Severity,
 )
 
-__all__ = ["Auditor", "changed_paths", "rank"]
+__all__ = ["Auditor", "rank"]
 
 K, V = FindingKind, Severity
 _SEVERITY_ORDER = {V.CRITICAL: 0, V.WARNING: 1, V.INFO: 2}
@@ -83,15 +81,12 @@ class Auditor:
         self.clock = clock
         self.settings = settings or AuditSettings()
         self.on_change = on_change
-        self._index: ReleaseIndex | None = None
-        self._tree_id: tuple[int, int] | None = None
-        self._files: dict[str, list[Finding]] = {}
-        self._stats: dict[str, StatKey] = {}
-        self._current: list[Finding] = []
+        self.tree = TreeAudit(layout=layout, stager=stager, clock=clock)
+        """The physical audit of the active release's tree."""
+        self._current_link: list[Finding] = []
         self._processes: list[Finding] = []
         self._functional: list[Finding] = []
         self._watching = False
-        self._last_sweep: datetime | None = None
         self._last_process: datetime | None = None
         self._last_functional: datetime | None = None
         self._lock = asyncio.Lock()
@@ -103,17 +98,18 @@ class Auditor:
 
     def findings(self) -> list[Finding]:
         """Every finding as of now, most severe first."""
-        files = [f for found in self._files.values() for f in found]
-        return rank([*self._current, *files, *self._processes, *self._functional])
+        found = [*self._current_link, *self.tree.findings(), *self._processes, *self._functional]
+        return rank(found)
 
     def status(self) -> AuditStatus:
         """The audit status carried by every report."""
         findings = self.findings()
+        index = self.tree.index
         return AuditStatus(
-            release=self._index.digest if self._index else None,
+            release=index.digest if index else None,
             watching=self._watching,
-            files=len(self._index.files) if self._index else 0,
-            last_sweep_at=self._last_sweep,
+            files=len(index.files) if index else 0,
+            last_sweep_at=self.tree.last_sweep,
             last_process_check_at=self._last_process,
             last_functional_check_at=self._last_functional,
             findings=findings[:MAX_FINDINGS_IN_HEARTBEAT],
@@ -197,9 +193,8 @@ class Auditor:
                 self._publish()
 
     def _start_watcher(self) -> asyncio.Task[None] | None:
-        if self._index is None:
-            return None
-        return asyncio.create_task(self._watch(self.layout.release_dir(self._index.digest)))
+        tree = self.tree.release_dir
+        return asyncio.create_task(self._watch(tree)) if tree is not None else None
 
     async def _watch(self, tree: Path) -> None:
         try:
@@ -227,9 +222,8 @@ class Auditor:
             await self._full_sweep()
             return
         async with self._lock:
-            if self._index is None:
+            if await self.tree.recheck(batch.paths) is None:
                 return
-            await self._recheck(batch.paths)
         self._publish()
 
     async def _watch_current_loop(self) -> None:
@@ -248,66 +242,26 @@ class Auditor:
     async def _follow_release(self) -> bool:
         """Index and fully check the active release if it changed; True if it did."""
         digest = self.journal.state.current
-        tree_id = _tree_id(self.layout.release_dir(digest)) if digest else None
-        known = self._index.digest if self._index else None
-        if digest == known and tree_id == self._tree_id:
+        if self.tree.follows(digest):
             return False
         async with self._lock:
-            self._files, self._stats, self._tree_id = {}, {}, tree_id
-            self._index = self._load_index(digest) if digest else None
-            if self._index is not None:
-                await self._recheck([""])
-                self._last_sweep = self.clock.now()
+            await self.tree.load(digest)
             self._check_current()
         self._publish()
         return True
 
-    def _load_index(self, digest: str) -> ReleaseIndex | None:
-        try:
-            manifest = self.stager.load_manifest(digest)
-        except KnightwatchError as exc:
-            self._current = [
-                Finding(kind=K.AUDIT_ERROR, severity=V.WARNING, detail=exc.message[:2000])
-            ]
-            return None
-        return ReleaseIndex(manifest, data_links(self.layout, manifest))
-
-    async def _recheck(self, paths: Iterable[str]) -> Inspection:
-        """Re-inspect ``paths`` (and below) and replace their findings; caller holds the lock."""
-        assert self._index is not None
-        index = self._index
-        tree = self.layout.release_dir(index.digest)
-        inspection = await asyncio.to_thread(inspect_paths, tree, index, list(paths))
-        for rel in inspection.checked:
-            self._files.pop(rel, None)
-            self._stats.pop(rel, None)
-        self._files.update(inspection.findings)
-        self._stats.update(inspection.stats)
-        return inspection
-
     async def _full_sweep(self) -> None:
         async with self._lock:
-            if self._index is None:
-                return
-            stale = set(self._files) | set(self._stats)
-            inspection = await self._recheck([""])
-            for rel in stale - inspection.checked:
-                self._files.pop(rel, None)
-                self._stats.pop(rel, None)
-            self._last_sweep = self.clock.now()
+            inspection = await self.tree.sweep()
+        if inspection is None:
+            return
         event("audit-sweep", files=inspection.files_hashed, bytes=inspection.bytes_hashed)
         self._publish()
 
     async def _stat_sweep(self) -> None:
         """Re-check every path whose stat changed since it was last inspected."""
         async with self._lock:
-            if self._index is None:
-                return
-            tree = self.layout.release_dir(self._index.digest)
-            changed = await asyncio.to_thread(changed_paths, tree, self._stats)
-            if changed:
-                event("audit-stat-changes", paths=len(changed))
-                await self._recheck(changed)
+            changed = await self.tree.sweep_changed()
         if changed:
             self._publish()
 
@@ -333,7 +287,7 @@ class Auditor:
                     actual=target,
                 )
             )
-        self._current = [f for f in self._current if f.kind is K.AUDIT_ERROR] + found
+        self._current_link = found
 
     # --- processes -------------------------------------------------------------------------
 
@@ -362,7 +316,7 @@ class Auditor:
     # --- functional audit ------------------------------------------------------------------
 
     async def _check_functional(self) -> list[CheckOutcome]:
-        manifest = self._index.manifest if self._index else None
+        manifest = self.tree.index.manifest if self.tree.index else None
         outcomes, findings = await functional_checks(
             self.supervisor, self.journal.state.current, manifest
         )
@@ -380,23 +334,18 @@ class Auditor:
         await self._follow_release()
         files = bytes_hashed = 0
         async with self._lock:
-            if self._index is not None:
-                stale = set(self._files) | set(self._stats)
-                inspection = await self._recheck([""])
-                for rel in stale - inspection.checked:
-                    self._files.pop(rel, None)
-                    self._stats.pop(rel, None)
-                files, bytes_hashed = len(self._index.files), inspection.bytes_hashed
-                self._last_sweep = self.clock.now()
+            inspection = await self.tree.sweep()
+            if inspection is not None and self.tree.index is not None:
+                files, bytes_hashed = len(self.tree.index.files), inspection.bytes_hashed
             self._check_current()
-            absent = self._retired_present(request.absent)
+            absent = self.tree.retired_present(request.absent)
         processes = await self._check_processes()
         checks = await self._check_functional()
         self._publish()
         findings = rank([*self.findings(), *absent])
         return AuditResult(
             audit_id=request.audit_id,
-            release=self._index.digest if self._index else None,
+            release=self.tree.digest,
             started_at=started,
             finished_at=self.clock.now(),
             files=files,
@@ -406,49 +355,3 @@ class Auditor:
             findings=findings[:MAX_FINDINGS_IN_RESULT],
             total=len(findings),
         )
-
-    def _retired_present(self, absent: list[AbsentPath]) -> list[Finding]:
-        if self._index is None:
-            return []
-        tree = self.layout.release_dir(self._index.digest)
-        found = []
-        for item in absent:
-            if os.path.lexists(tree / item.path):
-                found.append(
-                    Finding(
-                        kind=K.RETIRED_PRESENT,
-                        severity=V.CRITICAL,
-                        path=item.path,
-                        detail=f"{item.path}: belongs to the retired component "
-                        f"{item.component}, still present",
-                    )
-                )
-        return found
-
-
-def _tree_id(tree: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(tree)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def changed_paths(tree: Path, known: dict[str, StatKey]) -> list[str]:
-    """Paths whose stat differs from ``known``, plus paths that appeared or vanished."""
-    changed: list[str] = []
-    seen: set[str] = set()
-    for directory, subdirs, files in os.walk(tree):
-        rel_dir = os.path.relpath(directory, tree)
-        for name in [*subdirs, *files]:
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            seen.add(rel)
-            try:
-                key = stat_key(os.lstat(os.path.join(directory, name)))
-            except OSError:
-                changed.append(rel)
-                continue
-            if known.get(rel) != key:
-                changed.append(rel)
-    changed.extend(rel for rel in known if rel not in seen)
-    return changed

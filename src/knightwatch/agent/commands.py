@@ -4,7 +4,7 @@
 prepare   fetch, verify and stage the release; PREPARED or PREPARE_FAILED
 commit    journal, stop the service, switch ``current``, start, health, smoke,
           version; ACTIVE or COMMIT_FAILED (left as is: the control plane rolls
-          back); then garbage-collect old trees and unused blobs
+          back); then garbage-collect (:mod:`~knightwatch.agent.garbage`)
 rollback  the same switch back to a release still on disk; ROLLED_BACK or
           ROLLBACK_FAILED
 abort     forget a staged release (never the current or previous one); ABORTED
@@ -24,9 +24,9 @@ A commit that switches journals its deployment as ``awaiting`` an outcome;
 the control plane settles it with a Commit of the current release (run it)
 or a Rollback. An agent that starts with an outcome still awaited runs no
 service until then (:meth:`CommandRunner.resume`): it never starts a release
-its deployment may have abandoned. Garbage collection after a commit drops
-every tree staged by an earlier deployment (one deployment runs at a time, so
-those were abandoned) that is neither current nor the rollback target.
+its deployment may have abandoned. The service is started and stopped only
+through the :class:`~knightwatch.agent.service.ServiceController` the
+runner shares with the kill switch.
 """
 
 from __future__ import annotations
@@ -38,19 +38,17 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal
 
-from knightwatch.agent.checks import probe, read_version, run_smoke, version_matches
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
 from knightwatch.agent.faults import pause_point_async
-from knightwatch.agent.journal import Journal, PendingSwitch, ServiceRecord, halted_reason
+from knightwatch.agent.garbage import collect_garbage, remove_unused_blobs
+from knightwatch.agent.journal import Journal, PendingSwitch, halted_reason
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.procaudit import ServiceIdentity, audit_processes, runs_a_release
 from knightwatch.agent.retire import retire_release
-from knightwatch.agent.runenv import ServiceLaunch, launch_for
+from knightwatch.agent.service import ServiceController
 from knightwatch.agent.source import ReleaseSource
 from knightwatch.agent.staging import Stager
-from knightwatch.agent.supervisor import Supervisor
-from knightwatch.bundle.manifest import Manifest
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.errors import KnightwatchError
 from knightwatch.protocol.audit import Retire, RetireResult
@@ -61,7 +59,6 @@ from knightwatch.protocol.messages import (
     Commit,
     Prepare,
     Rollback,
-    ServiceState,
 )
 
 __all__ = ["Command", "CommandRunner"]
@@ -88,17 +85,15 @@ class CommandRunner:
     def __init__(
         self,
         *,
-        node: str,
         layout: NodeLayout,
         journal: Journal,
         stager: Stager,
-        supervisor: Supervisor,
+        service: ServiceController,
         source: ReleaseSource,
         clock: Clock | None = None,
         audit_hold: Hold | None = None,
         stale_tolerance_s: float = 0.5,
     ) -> None:
-        self.node = node
         self.clock = clock or SystemClock()
         self.audit_hold: Hold = audit_hold or contextlib.nullcontext
         self.stale_tolerance_s = stale_tolerance_s
@@ -106,11 +101,9 @@ class CommandRunner:
         self.layout = layout
         self.journal = journal
         self.stager = stager
-        self.supervisor = supervisor
+        self.service = service
+        """Every start and stop of the service goes through it (shared with the kill switch)."""
         self.source = source
-        supervisor.on_change = self._record_service
-        self.service_lock = asyncio.Lock()
-        """Held while the service is started or halted: a halt never races a start."""
         self.held: int | None = None
         """The deployment whose outcome the service waits for (set by resume, None once told)."""
 
@@ -185,7 +178,7 @@ class CommandRunner:
         What a node that had nothing before a failed first deployment returns to.
         """
         state = self.journal.state
-        await self.supervisor.stop()
+        await self.service.stop()
         try:
             self.layout.clear_current()
         except KnightwatchError as exc:
@@ -212,8 +205,8 @@ class CommandRunner:
                 deployment_id=command.deployment_id,
             )
         )
-        await self.supervisor.stop()
-        stopped = await self.supervisor.stop_strays(self.layout.root, state.current)
+        await self.service.stop()
+        stopped = await self.service.stop_strays(state.current)
         try:
             await asyncio.to_thread(self.layout.swap_in_restaged, digest)
             self.layout.switch_current(digest)
@@ -232,7 +225,7 @@ class CommandRunner:
             switched_at=self._now(),
         )
         event("reconciled", release=command.release_id, processes_stopped=len(stopped))
-        reason = await self._start_checked(digest, smoke=True)
+        reason = await self.service.start(digest, smoke=True)
         if reason is None:
             reason = await self._processes_left(digest)
         return _ack(command, AckPhase.COMMIT_FAILED if reason else AckPhase.ACTIVE, reason)
@@ -243,7 +236,7 @@ class CommandRunner:
         A reconcile that leaves drift behind (a process it could not stop, or
         one started again meanwhile) must not be acknowledged ACTIVE.
         """
-        record = self.supervisor.record()
+        record = self.service.supervisor.record()
         service = ServiceIdentity(pgid=record.pid, digest=record.digest) if record else None
         found = await asyncio.to_thread(
             audit_processes,
@@ -270,16 +263,14 @@ class CommandRunner:
                 absent=False,
                 detail=f"refused: it is this node's {role}",
             )
-        await self.supervisor.stop_strays(
-            self.layout.root, state.current, only=lambda f: f.release == command.digest
-        )
+        await self.service.stop_strays(state.current, only=lambda f: f.release == command.digest)
         result = await asyncio.to_thread(retire_release, self.layout, command)
         self.journal.update(
             staged=[d for d in state.staged if d != command.digest],
             staged_for={d: n for d, n in state.staged_for.items() if d != command.digest},
         )
         if result.absent:
-            await asyncio.to_thread(self._collect_blobs)
+            await asyncio.to_thread(remove_unused_blobs, self.layout, self.stager)
         return result
 
     async def abort(self, command: Abort) -> Ack:
@@ -311,12 +302,10 @@ class CommandRunner:
         """
         state = self.journal.state
         if state.service is not None:
-            launch = self._launch_or_none(state.service.digest)
-            await self.supervisor.stop_adopted(state.service, launch)
-            self.journal.update(service=None)
-        await self.supervisor.stop_strays(self.layout.root, state.current, only=runs_a_release)
+            await self.service.stop_adopted(state.service)
+        await self.service.stop_strays(state.current, only=runs_a_release)
         if state.halted:  # the kill-switch latch survives agent restarts
-            await self.supervisor.stop(halted=True)
+            await self.service.stop(halted=True)
             return
         if state.current is None:
             return
@@ -330,7 +319,7 @@ class CommandRunner:
                 "waiting for the control plane's decision",
             )
             return
-        reason = await self._start_checked(state.current, smoke=False)
+        reason = await self.service.start(state.current, smoke=False)
         if reason is not None:
             event("service-unhealthy", release=state.current, reason=reason)
 
@@ -352,7 +341,7 @@ class CommandRunner:
                 "is not known yet; the service starts when the control plane decides"
             )
         async with self.audit_hold():
-            return await self._start_checked(current, smoke=True)
+            return await self.service.start(current, smoke=True)
 
     # --- switching -----------------------------------------------------------------------
 
@@ -361,7 +350,7 @@ class CommandRunner:
         assert digest is not None  # a rollback to nothing is deactivate()
         state = self.journal.state
         if state.current == digest:
-            reason = await self._ensure_healthy(digest)
+            reason = await self.service.ensure_healthy(digest)
             if reason is None and self.journal.state.awaiting is not None:
                 self.journal.update(awaiting=None)  # told to run it (or back on it): settled
             return _ack(command, how.failed if reason else how.ok, reason)
@@ -369,7 +358,7 @@ class CommandRunner:
             manifest = self.stager.load_manifest(digest)
             if not self.layout.release_dir(digest).is_dir():
                 raise ServiceError(f"release {digest[:12]}… is not staged on this node")
-            launch = self._launch(manifest)
+            launch = self.service.launch_for(manifest)
             if launch is not None:
                 launch.argv(launch.spec.command)  # refuse unknown ${KNIGHTWATCH_*} before switching
                 launch.environment()
@@ -382,7 +371,7 @@ class CommandRunner:
             deployment_id=command.deployment_id,
         )
         self.journal.update(pending=pending)
-        await self.supervisor.stop()
+        await self.service.stop()
         try:
             self.layout.switch_current(digest)
         except KnightwatchError as exc:
@@ -399,123 +388,15 @@ class CommandRunner:
         )
         event("switched", op=how.op, to=manifest.release_id, previous=state.current)
         await pause_point_async(how.op)
-        reason = await self._start_checked(digest, smoke=True)
+        reason = await self.service.start(digest, smoke=True)
         if reason is None and how is _COMMIT:
-            await self._collect_garbage(command.deployment_id)
+            await collect_garbage(self.layout, self.journal, self.stager, command.deployment_id)
         return _ack(command, how.failed if reason else how.ok, reason)
-
-    async def _ensure_healthy(self, digest: str) -> str | None:
-        """Leave a running, healthy service alone; otherwise restart and check it."""
-        launch = self._launch_or_none(digest)
-        running = self.supervisor.launch
-        healthy_so_far = (
-            launch is not None
-            and running is not None
-            and running.digest == digest
-            and self.supervisor.running
-            and self.supervisor.status().state is ServiceState.RUNNING
-        )
-        if healthy_so_far and launch is not None:
-            health = launch.spec.health
-            if health is None or await probe(health, launch) is None:
-                return None
-        return await self._start_checked(digest, smoke=True)
-
-    async def _start_checked(self, digest: str, *, smoke: bool) -> str | None:
-        """Start ``digest``'s service; None once it is healthy, smoke-checked and versioned."""
-        try:
-            manifest = self.stager.load_manifest(digest)
-            launch = self._launch(manifest)
-        except KnightwatchError as exc:
-            return exc.message
-        if launch is None:
-            await self.supervisor.stop()
-            self.supervisor.forget()
-            return None
-        async with self.service_lock:
-            if (halted := halted_reason(self.journal.state)) is not None:
-                return halted  # the kill-switch latch: never start while halted
-            try:
-                await self.supervisor.start(launch)
-            except ServiceError as exc:
-                return exc.message
-        reason = await self.supervisor.wait_ready()
-        if reason is None and smoke:
-            reason = await run_smoke(launch.spec.smoke, launch)
-        if reason is None:
-            reason = await self._check_version(launch, manifest)
-        return reason
-
-    async def _check_version(self, launch: ServiceLaunch, manifest: Manifest) -> str | None:
-        version, reason = await read_version(launch)
-        self.supervisor.version = version
-        if reason is not None:
-            return f"version: {reason}"
-        if not version_matches(version, launch, manifest.name, manifest.version):
-            return f"the service reports version {version!r}, expected {manifest.release_id}"
-        return None
-
-    # --- garbage collection ---------------------------------------------------------------
-
-    async def _collect_garbage(self, deployment_id: int) -> None:
-        """Keep current, previous and releases staged by later deployments; drop the rest.
-
-        A tree staged by an earlier deployment is abandoned: deployments run one
-        at a time, and one that kept its release made it current.
-        """
-        state = self.journal.state
-        keep = {d for d in (state.current, state.previous) if d}
-        keep |= {d for d, n in state.staged_for.items() if n > deployment_id}
-        doomed = [d for d in self.layout.release_digests() if d not in keep]
-        for digest in doomed:
-            try:
-                await asyncio.to_thread(self.layout.remove_release, digest)
-            except OSError as exc:
-                event("gc-failed", digest=digest, detail=exc.strerror or str(exc))
-        if doomed:
-            self.journal.update(
-                staged=[d for d in state.staged if d in keep],
-                staged_for={d: n for d, n in state.staged_for.items() if d in keep},
-            )
-        removed = await asyncio.to_thread(self._collect_blobs)
-        event("gc", releases_removed=len(doomed), blobs_removed=removed)
-
-    def _collect_blobs(self) -> int:
-        used: set[str] = set()
-        for digest in self.layout.release_digests():
-            try:
-                manifest = self.stager.load_manifest(digest)
-            except KnightwatchError:
-                return 0  # cannot tell what is in use: remove nothing
-            used.update(f.digest for f in manifest.files if f.digest is not None)
-        removed = 0
-        for prefix in self.layout.blobs.blobs_dir.iterdir():
-            for blob in prefix.iterdir():
-                if prefix.name + blob.name not in used:
-                    blob.unlink(missing_ok=True)
-                    removed += 1
-        return removed
 
     # --- helpers --------------------------------------------------------------------------
 
     def _now(self) -> float:
         return self.clock.now().timestamp()
-
-    def _record_service(self, record: ServiceRecord | None) -> None:
-        """Keep the running service's identity in the journal (for the next agent start)."""
-        if self.journal.state.service != record:
-            self.journal.update(service=record)
-
-    def _launch(self, manifest: Manifest) -> ServiceLaunch | None:
-        return launch_for(
-            self.layout, manifest, node=self.node, service_port=self.journal.state.service_port
-        )
-
-    def _launch_or_none(self, digest: str) -> ServiceLaunch | None:
-        try:
-            return self._launch(self.stager.load_manifest(digest))
-        except KnightwatchError:
-            return None
 
 
 def _ack(

@@ -11,7 +11,9 @@ group still running from the releases that nobody supervises (a crash's or
 a race's leftover). While the latch is set
 nothing starts the service: not a commit, not a rollback, not an agent
 restart. :meth:`KillSwitch.rearm` clears it and starts the active release's
-service again with the usual health checks.
+service again with the usual health checks. The latch and the stop are the
+:class:`~knightwatch.agent.service.ServiceController`'s, which the command
+runner shares: a halt never interleaves with a start.
 
 The dead man's switch (:meth:`KillSwitch.watch_link`): on a node of an
 ``armed`` group (the server says so in its ``Hello``; the agent keeps it in
@@ -33,9 +35,7 @@ from datetime import UTC, datetime
 
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import Journal
-from knightwatch.agent.layout import NodeLayout
-from knightwatch.agent.procaudit import runs_a_release
-from knightwatch.agent.supervisor import Supervisor
+from knightwatch.agent.service import HaltCause, ServiceController
 from knightwatch.clock import Clock
 from knightwatch.protocol.messages import Hello
 from knightwatch.protocol.safety import HaltAck, HaltSource, HaltState, RearmAck
@@ -79,27 +79,23 @@ class KillSwitch:
         self,
         *,
         journal: Journal,
-        supervisor: Supervisor,
-        layout: NodeLayout,
+        service: ServiceController,
         clock: Clock,
         start_service: StartService,
-        lock: asyncio.Lock,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self._journal = journal
-        self._supervisor = supervisor
-        self._layout = layout
+        self._service = service
+        """Shared with the command runner: it sets the latch and stops the service."""
         self._clock = clock
         self._start_service = start_service
-        self._lock = lock
-        """Shared with the command runner: a service start never interleaves with a halt."""
         self._on_change = on_change
         self._sweeps: set[asyncio.Task[None]] = set()
 
     @property
     def halted(self) -> bool:
         """True while the latch is set."""
-        return self._journal.state.halted
+        return self._service.halted
 
     def state(self) -> HaltState:
         """The latch as every report carries it."""
@@ -133,22 +129,10 @@ class KillSwitch:
         """
         received = received_at or self._clock.now()
         reason = " ".join(reason.split())[:_MAX_TEXT]
-        async with self._lock:
-            state = self._journal.state
-            already = state.halted
-            if already:
-                if halt_id is not None and state.halt_id != halt_id:
-                    self._journal.update(halt_id=halt_id)
-            else:
-                self._journal.update(
-                    halted=True,
-                    halt_source=source,
-                    halt_id=halt_id,
-                    halt_reason=reason,
-                    halted_since=received.timestamp(),
-                )
-            event("halt", source=source, halt=halt_id, reason=reason, already_halted=already)
-            pids, halted_at = await self._stop_everything()
+        cause = HaltCause(source, reason, halt_id, since=received.timestamp())
+        halted = await self._service.halt(cause)
+        self._sweep_strays_later()
+        already, pids, halted_at = halted.already, halted.stopped.pids, halted.stopped.gone_at
         since = self._journal.state.halted_since
         if already and not pids and since is not None:
             halted_at = datetime.fromtimestamp(since, UTC)  # gone since the first halt
@@ -166,28 +150,19 @@ class KillSwitch:
 
     async def rearm(self, halt_id: int, reason: str) -> RearmAck:
         """Lift the latch and start the active release's service again, checked as usual."""
-        async with self._lock:
-            was = self._journal.state
-            if was.halted:
-                self._journal.update(
-                    halted=False,
-                    halt_source=None,
-                    halt_id=None,
-                    halt_reason=None,
-                    halted_since=None,
-                )
+        was = await self._service.lift_halt()
         rearmed_at = self._clock.now()
         event("rearm", halt=halt_id, reason=reason[:_MAX_TEXT], was_halted=was.halted)
         self._changed()
         if not was.halted:
             return RearmAck(halt_id=halt_id, rearmed_at=rearmed_at, started=False, detail="")
         if was.current is None:
-            self._supervisor.forget()
+            self._service.forget()
             detail = "no release is active: nothing to start"
             return RearmAck(halt_id=halt_id, rearmed_at=rearmed_at, started=False, detail=detail)
         why = await self._start_service()
         self._changed()
-        status = self._supervisor.status()
+        status = self._service.status()
         detail = why or f"service {status.state.value}, pid {status.pid}"
         event("rearmed", halt=halt_id, started=why is None, detail=detail)
         return RearmAck(
@@ -233,27 +208,16 @@ class KillSwitch:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    async def _stop_everything(self) -> tuple[tuple[int, ...], datetime]:
-        """Stop the supervised service; return its pids and when they were confirmed gone.
-
-        Then, off the critical path (every agent of the fleet halts at once),
-        any process group still running from the releases is stopped too.
-        """
-        stopped = await self._supervisor.stop(halted=True)
+    def _sweep_strays_later(self) -> None:
+        """Off the critical path (every agent of the fleet halts at once), stop the strays too."""
         sweep = asyncio.create_task(self._sweep_strays())
         self._sweeps.add(sweep)
         sweep.add_done_callback(self._sweeps.discard)
-        return stopped.pids, stopped.gone_at
 
     async def _sweep_strays(self) -> None:
         """Stop processes running a release that nobody supervises (left by a crash or race)."""
         await asyncio.sleep(STRAY_SWEEP_DELAY_S)
-        async with self._lock:
-            if not self.halted:
-                return  # re-armed meanwhile: what runs now is the supervised service
-            strays = await self._supervisor.stop_strays(
-                self._layout.root, self._journal.state.current, only=runs_a_release
-            )
+        strays = await self._service.stop_strays_while_halted()
         if strays:
             event("halt-strays", pids=[f.pid for f in strays])
             self._changed()

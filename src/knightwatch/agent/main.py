@@ -1,8 +1,9 @@
 """The agent process: set up the node, then serve the control plane until told to stop.
 
-Start-up (:meth:`Agent.setup`) prepares the layout, removes what a crash
-left half-done, loads the node key, enrolls if needed, loads the trusted
-keys and reconciles the journal with ``current``. Serving
+Start-up (:meth:`Agent.setup`, :mod:`knightwatch.agent.startup`) prepares
+the layout, removes what a crash left half-done, loads the node key, enrolls
+if needed, loads the trusted keys and reconciles the journal with
+``current``. Serving
 (:meth:`Agent.serve`) first stops a service left running by an earlier,
 killed agent (identified by pid *and* start time, so a reused pid is never
 touched) and starts the current release's service afresh; then it runs the
@@ -29,28 +30,20 @@ from datetime import datetime
 from knightwatch.agent.auditor import Auditor
 from knightwatch.agent.commands import Command, CommandRunner
 from knightwatch.agent.connection import Connection
-from knightwatch.agent.enroll import (
-    Credential,
-    check_trust_anchor,
-    enroll,
-    load_credential,
-    load_trusted_keys,
-    pinned_keys,
-    save_credential,
-    save_trusted_keys,
-)
-from knightwatch.agent.errors import AgentSetupError
+from knightwatch.agent.enroll import Credential
 from knightwatch.agent.events import configure_logging, event, logger
 from knightwatch.agent.guards import RuntimeGuards
 from knightwatch.agent.httpsource import HttpReleaseSource
-from knightwatch.agent.journal import Journal, reconcile
+from knightwatch.agent.journal import Journal
 from knightwatch.agent.killswitch import HaltResult, KillSwitch
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.reporting import node_state
+from knightwatch.agent.service import ServiceController
 from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.source import ReleaseSource
 from knightwatch.agent.staging import Stager
+from knightwatch.agent.startup import set_up_node
 from knightwatch.agent.supervisor import RestartPolicy, Supervisor
 from knightwatch.bundle.signing import TrustedKey
 from knightwatch.clock import Clock, SystemClock
@@ -65,7 +58,7 @@ from knightwatch.protocol.messages import (
     ServiceState,
     ServiceStatus,
 )
-from knightwatch.protocol.reports import NodeKey, load_node_key
+from knightwatch.protocol.reports import NodeKey
 from knightwatch.protocol.safety import Halt, HaltSource, Rearm
 from knightwatch.tlsca import client_context
 
@@ -110,74 +103,8 @@ class Agent:
 
     def setup(self) -> None:
         """Prepare the node; raise AgentSetupError (exit 2) when the agent cannot start."""
-        root = self.settings.root
-        try:
-            self.layout.ensure()
-            removed = self.layout.clean_leftovers()
-        except OSError as exc:
-            raise AgentSetupError(
-                f"cannot use {root} as the agent root: {exc.strerror or exc}",
-                hint="give --root a writable directory",
-            ) from exc
-        if removed:
-            event("leftovers-removed", names=removed)
-        try:
-            self.key = load_node_key(self.layout.node_key_file)
-        except (OSError, ValueError) as exc:
-            raise AgentSetupError(
-                f"cannot load the node key {self.layout.node_key_file}: {exc}",
-                hint="restore it from a backup, or remove it and enroll the node again",
-            ) from exc
-        self.credential = self._credential(self.key)
-        self.trusted = load_trusted_keys(self.layout, list(self.settings.trust))
-        if not self.trusted:
-            event("no-trusted-keys", hint="every prepare will fail; give --trust KEY")
-        self.journal.load()
-        state = reconcile(self.journal.state, self.layout)
-        if self.settings.service_port is not None:
-            state = state.model_copy(update={"service_port": self.settings.service_port})
-        self.journal.save(state)
-        event(
-            "agent-start",
-            node=self.settings.name,
-            root=str(root),
-            current=state.current,
-            previous=state.previous,
-            staged=len(state.staged),
-            trusted_keys=len(self.trusted),
-        )
-
-    def _credential(self, key: NodeKey) -> Credential:
-        credential = load_credential(self.layout)
-        if credential is not None:
-            if credential.node != self.settings.name:
-                raise AgentSetupError(
-                    f"{self.layout.credential_file} belongs to node {credential.node!r}, "
-                    f"not {self.settings.name!r}",
-                    hint="use the node's own --name, or another --root",
-                )
-            return credential
-        if not self.settings.join:
-            raise AgentSetupError(
-                f"this node has not joined {self.settings.server} yet",
-                hint="give --join TOKEN (from the control plane operator) on the first start",
-            )
-        check_trust_anchor(self.settings.trust, self.settings.trust_fingerprints)
-        answer = enroll(
-            self.settings.server, self.settings.name, self.settings.join, key, verify=self.verify
-        )
-        pinned: list[str] = []
-        if not self.settings.trust:
-            pinned = pinned_keys(
-                self.settings.server, answer.trusted_keys, self.settings.trust_fingerprints
-            )
-        credential = Credential(node=answer.node, credential=answer.credential)
-        save_credential(self.layout, credential)
-        if pinned:
-            saved = save_trusted_keys(self.layout, pinned)
-            event("trusted-keys-saved", count=len(saved), source="enrollment, pinned")
-        event("enrolled", node=answer.node, server=self.settings.server)
-        return credential
+        node = set_up_node(self.settings, self.layout, self.journal, verify=self.verify)
+        self.key, self.credential, self.trusted = node.key, node.credential, node.trusted
 
     # --- serving -------------------------------------------------------------------------
 
@@ -220,8 +147,7 @@ class Agent:
             await _cancel(audit)
             await _cancel(guards)
             await _cancel(dead_man)
-            await self.supervisor.stop(halted=True)
-            await self.supervisor.close()
+            await self.service.shutdown()
             await _cancel(link)
             self.runner.source.close()
             self.journal.update(service=None)
@@ -234,6 +160,13 @@ class Agent:
             ServiceLog(self.layout.service_log), clock=self.clock, policy=self.policy
         )
         stager = Stager(self.layout, self.trusted)
+        self.service = ServiceController(
+            node=self.settings.name,
+            layout=self.layout,
+            journal=self.journal,
+            stager=stager,
+            supervisor=self.supervisor,
+        )
         self.auditor = Auditor(
             layout=self.layout,
             journal=self.journal,
@@ -244,11 +177,10 @@ class Agent:
             on_change=self._drift_changed,
         )
         self.runner = CommandRunner(
-            node=self.settings.name,
             layout=self.layout,
             journal=self.journal,
             stager=stager,
-            supervisor=self.supervisor,
+            service=self.service,
             source=self._source
             or HttpReleaseSource(self.settings.server, self.credential, verify=self.verify),
             clock=self.clock,
@@ -281,11 +213,9 @@ class Agent:
         self.supervisor.listen(self.guards.follow)
         self.killswitch = KillSwitch(
             journal=self.journal,
-            supervisor=self.supervisor,
-            layout=self.layout,
+            service=self.service,
             clock=self.clock,
             start_service=self.runner.start_current,
-            lock=self.runner.service_lock,
             on_change=self._drift_changed,
         )
 

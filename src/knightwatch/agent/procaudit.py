@@ -23,7 +23,7 @@ service started right after the switch look older than it. Interpreted code
 for such services the start time and the working directory are the evidence.
 
 What this audit flags is what the agent's stray sweep stops
-(:meth:`~knightwatch.agent.supervisor.Supervisor.stop_strays`, run by a
+(:func:`~knightwatch.agent.termination.stop_strays`, run by a
 reconcile, a retirement, a halt and the agent's start): one predicate, so a
 reconcile never leaves running what the audit calls drift.
 """

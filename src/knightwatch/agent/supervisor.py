@@ -6,7 +6,13 @@ killed. A crash is restarted after a back-off that doubles from 0.5 s to
 30 s; five crashes within 60 s is a *crash loop*, reported as such (state
 ``crash_loop`` with the count and last exit in ``detail``) while restarts go
 on at the slow pace. Stopping runs the halt hook, signals the group, waits
-the grace period and then kills whatever is left of the group.
+the grace period and then kills whatever is left of the group
+(:mod:`knightwatch.agent.termination`).
+
+The agent drives the supervisor through its
+:class:`~knightwatch.agent.service.ServiceController`, the one place that
+decides when the service starts and stops; whoever wants to follow the
+service's state registers with :meth:`Supervisor.listen`.
 """
 
 from __future__ import annotations
@@ -19,34 +25,20 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from knightwatch.agent.checks import run_command, wait_healthy
+from knightwatch.agent.checks import wait_healthy
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import ServiceRecord
-from knightwatch.agent.procaudit import ProcessFinding, audit_processes
-from knightwatch.agent.process import (
-    ProcessIdentity,
-    descendants,
-    escaped_groups,
-    group_alive,
-    identify,
-    read_stat,
-    signal_group,
-    signal_number,
-)
+from knightwatch.agent.process import ProcessIdentity, descendants, escaped_groups, identify
 from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.agent.servicelog import ServiceLog
+from knightwatch.agent.termination import terminate_group
 from knightwatch.bundle.spec import HaltSpec
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.protocol.messages import ServiceState, ServiceStatus
 
 __all__ = ["RestartPolicy", "Stopped", "Supervisor", "describe_exit"]
-
-_POLL_S = 0.05
-_KILL_WAIT_S = 10.0
-_STRAY_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -89,13 +81,10 @@ class Supervisor:
         *,
         clock: Clock | None = None,
         policy: RestartPolicy | None = None,
-        on_change: Callable[[ServiceRecord | None], None] | None = None,
     ) -> None:
         self.log = log
         self.policy = policy or RestartPolicy()
         self._clock = clock or SystemClock()
-        self.on_change = on_change
-        """Called with the journal record of the process whenever it changes."""
         self._listeners: list[Callable[[], None]] = []
         self._launch: ServiceLaunch | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -154,6 +143,10 @@ class Supervisor:
             digest=self._launch.digest,
         )
 
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) whenever the service's state or launch changes."""
+        self._listeners.append(callback)
+
     async def start(self, launch: ServiceLaunch) -> None:
         """Start ``launch``'s service (stopping any running one first).
 
@@ -170,7 +163,7 @@ class Supervisor:
             process = await self._spawn(launch)
         except ServiceError as exc:
             self._state, self._detail = ServiceState.STOPPED, exc.message
-            self._tell_listeners()
+            self._notify()
             raise
         self._watcher = asyncio.create_task(self._watch(process, launch))
         self._rotator = asyncio.create_task(self._rotate_logs())
@@ -195,11 +188,11 @@ class Supervisor:
         pids: tuple[int, ...] = ()
         if process is not None and process.returncode is None and launch is not None:
             family = descendants(process.pid)
-            await self._terminate(process.pid, launch.spec.halt, launch, leader=process)
+            await terminate_group(process.pid, launch.spec.halt, launch, leader=process)
             await process.wait()
             for pgid in escaped_groups(family, process.pid):
                 event("service-escaped", pgid=pgid, action="stop")
-                await self._terminate(pgid, launch.spec.halt, None)
+                await terminate_group(pgid, launch.spec.halt, None)
             gone_at = self._clock.now()
             pids = tuple(family)
             event("service-stopped", pid=process.pid, release=launch.release_id, halted=halted)
@@ -217,7 +210,7 @@ class Supervisor:
         self._launch = None
         self.version = None
         self._state, self._detail = ServiceState.NONE, None
-        self._tell_listeners()
+        self._notify()
 
     async def stop_adopted(self, record: ServiceRecord, launch: ServiceLaunch | None) -> bool:
         """Stop a service started by an earlier agent run, if it is still that process.
@@ -233,38 +226,8 @@ class Supervisor:
             return False
         halt = launch.spec.halt if launch is not None else HaltSpec()
         event("service-adopted", pid=record.pid, digest=record.digest, action="stop")
-        await self._terminate(record.pid, halt, launch)
+        await terminate_group(record.pid, halt, launch)
         return True
-
-    async def stop_strays(
-        self,
-        root: Path,
-        current: str | None,
-        *,
-        only: Callable[[ProcessFinding], bool] | None = None,
-    ) -> list[ProcessFinding]:
-        """Stop every process the process audit flags under ``root`` (those ``only`` accepts).
-
-        The predicate is the audit's own (:func:`audit_processes`, with no
-        supervised service: call this after :meth:`stop`), so whatever the
-        audit calls an unmanaged process — running from ROOT, mapping a
-        release's code, or an interpreter started on a release script from
-        anywhere — is stopped, and nothing else: each flagged process by its
-        pid and start time (a reused pid is left alone), halt signal, grace,
-        SIGKILL. A process that leaves another behind as it stops is found
-        by the next look, up to a few rounds. Return what was stopped.
-        """
-        stopped: list[ProcessFinding] = []
-        for _ in range(_STRAY_ROUNDS):
-            found = await asyncio.to_thread(audit_processes, root, current, None, None)
-            found = [f for f in found if only is None or only(f)]
-            if not found:
-                break
-            for finding in found:
-                event("service-stray", pid=finding.pid, detail=finding.detail, action="stop")
-            await _terminate_processes({f.pid: f.start_ticks for f in found}, HaltSpec())
-            stopped.extend(found)
-        return stopped
 
     async def close(self) -> None:
         """Cancel the supervisor's background tasks (the service keeps running)."""
@@ -372,49 +335,6 @@ class Supervisor:
         ready.set_result(reason)
         self._notify()
 
-    async def _terminate(
-        self,
-        pgid: int,
-        halt: HaltSpec,
-        launch: ServiceLaunch | None,
-        *,
-        leader: asyncio.subprocess.Process | None = None,
-    ) -> None:
-        """Hook, halt signal to the group, grace, SIGKILL; return once no process of it lives.
-
-        With our own child as ``leader``, its exit (reaped by waitpid) is awaited
-        first, so a service that stops at once costs one /proc scan, not a poll.
-        """
-        if halt.hook is not None and launch is not None:
-            status, output = await run_command(
-                launch.argv(halt.hook),
-                cwd=os.fspath(launch.release_dir),
-                env=launch.environment(),
-                timeout_s=halt.grace_s,
-            )
-            event("halt-hook", status=status, output=output or None)
-        signal_group(pgid, signal_number(halt.signal))
-        grace_ends = asyncio.get_running_loop().time() + halt.grace_s
-        if leader is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(leader.wait(), halt.grace_s)
-        left = max(0.0, grace_ends - asyncio.get_running_loop().time())
-        if await self._wait_group_gone(pgid, left):
-            return
-        event("service-kill", pgid=pgid, grace_s=halt.grace_s)
-        signal_group(pgid, signal.SIGKILL)
-        await self._wait_group_gone(pgid, _KILL_WAIT_S)
-
-    @staticmethod
-    async def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while group_alive(pgid):
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(_POLL_S)
-        return True
-
     # --- bookkeeping ---------------------------------------------------------------------
 
     def _crash_loop(self) -> bool:
@@ -432,44 +352,6 @@ class Supervisor:
             if await asyncio.to_thread(self.log.rotate_if_needed):
                 event("service-log-rotated", path=str(self.log.path))
 
-    def listen(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (on the event loop) whenever the service's state or launch changes."""
-        self._listeners.append(callback)
-
     def _notify(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self.record())
-        self._tell_listeners()
-
-    def _tell_listeners(self) -> None:
         for callback in self._listeners:
             callback()
-
-
-async def _terminate_processes(family: dict[int, int], halt: HaltSpec) -> None:
-    """Halt signal to each process of ``family`` (pid: start ticks), grace, then SIGKILL.
-
-    Return once none of them lives (or after the kill wait). A pid whose start
-    time differs is another process now, and is never signalled.
-    """
-    loop = asyncio.get_running_loop()
-    for how, wait_s in ((signal_number(halt.signal), halt.grace_s), (signal.SIGKILL, _KILL_WAIT_S)):
-        left = {pid: ticks for pid, ticks in family.items() if _same_alive(pid, ticks)}
-        if not left:
-            return
-        if how == signal.SIGKILL:
-            event("service-kill", pids=sorted(left), grace_s=halt.grace_s)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, how)
-        deadline = loop.time() + wait_s
-        while any(_same_alive(pid, ticks) for pid, ticks in left.items()):
-            if loop.time() >= deadline:
-                break
-            await asyncio.sleep(_POLL_S)
-
-
-def _same_alive(pid: int, start_ticks: int) -> bool:
-    """Whether ``pid`` is still the live (non-zombie) process that started at ``start_ticks``."""
-    stat = read_stat(pid)
-    return stat is not None and not stat.dead and stat.start_ticks == start_ticks

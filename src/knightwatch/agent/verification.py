@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from knightwatch.agent.drift import ReleaseIndex, inspect_tree
 from knightwatch.agent.errors import StagingError
+from knightwatch.agent.releaseindex import ReleaseIndex
+from knightwatch.agent.treecompare import inspect_tree
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.signing import TrustedKey, open_envelope, statement_problems
 from knightwatch.canonical import sha256_hex
