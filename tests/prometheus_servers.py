@@ -60,12 +60,12 @@ class _Server:
 
     def start(self) -> None:
         """Start the server and wait until it says it is ready."""
-        log = (self.directory / "server.log").open("ab")
-        self.process = subprocess.Popen(
-            self.argv(), stdout=log, stderr=subprocess.STDOUT, cwd=self.directory
-        )
-        log.close()
-        wait_until(self._ready, timeout=START_S, what=f"{self.argv()[0]} to be ready")
+        argv = self.argv()  # first: it skips the test when the binary is missing
+        with (self.directory / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory
+            )
+        wait_until(self._ready, timeout=START_S, what=f"{argv[0]} to be ready")
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""

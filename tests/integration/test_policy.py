@@ -110,7 +110,7 @@ def test_a_drifted_fleet_with_a_critical_alert_refuses_a_deploy_with_every_reaso
     )
     assert answer.status_code == 409, answer.text
     body = answer.json()
-    assert (body["kind"], body["exit_code"], body["action"]) == ("PolicyRefusedError", 3, "deploy")
+    assert (body["kind"], body["exit_code"], body["action"]) == ("PolicyRefusedError", 2, "deploy")
     assert body["error"].startswith("deploy refused for 4 reasons: ")
     assert pairs(body["refusals"]) == EXPECTED
     assert all(set(r) == {"check", "reason", "subjects", "hint"} for r in body["refusals"])
