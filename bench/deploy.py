@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.ansible_ref import ansible_deploy, cp_deploy, ensure_ansible  # noqa: E402
 from bench.bundle import plan_sizes  # noqa: E402
 from knightwatch.bundle import build_release, generate_keypair, load_signing_key  # noqa: E402
-from knightwatch.testing import LocalFleet  # noqa: E402
+from knightwatch.localfleet import LocalFleet  # noqa: E402
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
 SPEC = """\

@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO))
 from bench.deploy import EPOCH, LARGE, SMALL, Shape, generate, machine  # noqa: E402
 from knightwatch.bundle import build_release, generate_keypair, load_signing_key  # noqa: E402
 from knightwatch.client import ApiClient, ServerTarget  # noqa: E402
-from knightwatch.testing import LocalFleet  # noqa: E402
+from knightwatch.localfleet import LocalFleet  # noqa: E402
 
 KINDS = ("flip", "append", "add_py", "delete", "chmod_x", "symlink")
 POLL_S = 0.010

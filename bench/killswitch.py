@@ -73,7 +73,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.deploy import machine  # noqa: E402
 from knightwatch.bundle import build_release, generate_keypair, load_signing_key  # noqa: E402
-from knightwatch.testing import LocalFleet, wait_until  # noqa: E402
+from knightwatch.localfleet import LocalFleet  # noqa: E402
+from knightwatch.testing import wait_until  # noqa: E402
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
 GOALS_MS = {8: 100.0, 256: 1000.0}

@@ -16,6 +16,7 @@ from knightwatch.errors import (
     GateRefusedError,
     InvalidInputError,
     KnightwatchError,
+    NotFoundError,
     PolicyRefusedError,
     Refusal,
     ReleaseNotFoundError,
@@ -119,7 +120,14 @@ def _check_token(token: str, where: str) -> None:
 class ApiClient:
     """Calls the operator API and turns its errors back into KnightwatchErrors."""
 
-    def __init__(self, target: ServerTarget, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        target: ServerTarget,
+        timeout: float = 60.0,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        """Talk to ``target``; ``transport`` replaces the network (e.g. an in-process app)."""
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         self.target = target
         # Plain http:// never uses a TLS context, and building the default one (the whole CA
@@ -129,7 +137,8 @@ class ApiClient:
             base_url=target.url,
             headers=headers,
             timeout=timeout,
-            verify=False if plain else _tls_context(target.ca),
+            verify=False if plain or transport else _tls_context(target.ca),
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -227,9 +236,16 @@ def _error_from(response: httpx.Response) -> KnightwatchError:
         return _gate_refused(body, message, hint)
     if response.status_code == 422 and "problems" in body:
         return VerificationError(message.split(":", maxsplit=1)[0], list(body["problems"]))
-    if response.status_code in (400, 404, 413, 422):
-        return InvalidInputError(message, hint=hint)
-    return KnightwatchError(message, hint=hint)
+    kind = _ERROR_KINDS.get(response.status_code, KnightwatchError)
+    return kind(message, hint=hint)
+
+
+_ERROR_KINDS: dict[int, type[KnightwatchError]] = {
+    400: InvalidInputError,
+    404: NotFoundError,
+    413: InvalidInputError,
+    422: InvalidInputError,
+}
 
 
 def _gate_refused(body: dict[str, Any], message: str, hint: str | None) -> GateRefusedError:

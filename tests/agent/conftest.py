@@ -1,7 +1,7 @@
 """Fixtures for the agent: built release stores, node layouts, services, free ports.
 
 Tests of the agent's client side run it against a real control plane: a
-``knightwatch server`` process started by :class:`knightwatch.testing.LocalFleet`
+``knightwatch server`` process started by :class:`knightwatch.localfleet.LocalFleet`
 (with no agents of its own), which the tests drive through its operator API.
 """
 
@@ -26,7 +26,8 @@ from knightwatch.agent.staging import Stager
 from knightwatch.bundle import BuildResult, SigningKey, TrustedKey, build_release
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.release_store import ReleaseStore
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.conftest import EXAMPLE
 
 T = TypeVar("T")

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from knightwatch.agent.process import identify
 from knightwatch.cli.agent import register
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.agent.conftest import (
     SETTLE_S,
     Releases,

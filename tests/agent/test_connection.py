@@ -28,8 +28,8 @@ from knightwatch.agent.main import Agent
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.supervisor import RestartPolicy
 from knightwatch.bundle.signing import load_trusted_key
+from knightwatch.localfleet import LocalFleet
 from knightwatch.protocol import SignedReport, load_node_key, open_report, public_key_from_text
-from knightwatch.testing import LocalFleet
 from tests.agent.conftest import (
     SERVICE_FILES,
     SETTLE_S,

@@ -33,7 +33,7 @@ from knightwatch.control.policy.checks import NoUnacknowledgedCritical
 from knightwatch.control.routing import RETRY_S, AlertRouting, Delivery, claim_due, record_delivery
 from knightwatch.control.statistics import fleet_statistics
 from knightwatch.errors import GateRefusedError, InvalidInputError, PolicyRefusedError, Refusal
-from knightwatch.settings import ServerSettings
+from knightwatch.server.settings import ServerSettings
 from knightwatch.store import (
     Alert,
     AlertNotification,

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from knightwatch.api.notifier import AlertNotifier
 from knightwatch.clock import VirtualClock
 from knightwatch.control.alerts import acknowledge, fire, resolve_alert
 from knightwatch.control.routing import AlertRouting
+from knightwatch.server.notifier import AlertNotifier
 from knightwatch.store import AlertNotification, Database, open_database
 from knightwatch.testing import free_port
 from tests.integration.conftest import PG_ENV, postgresql_schema

@@ -21,7 +21,12 @@ from knightwatch.control.states import (
     IllegalTransitionError,
     check_transition,
 )
-from knightwatch.errors import GateRefusedError, InvalidInputError, ReleaseNotFoundError
+from knightwatch.errors import (
+    GateRefusedError,
+    InvalidInputError,
+    PolicyRefusedError,
+    ReleaseNotFoundError,
+)
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
 from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release, open_database
 from knightwatch.store.queries import get_fleet
@@ -339,8 +344,14 @@ class TestRefusals:
         with db.session() as session:
             for node in session.query(Node):
                 node.connected = False
-        with pytest.raises(GateRefusedError, match="none of the 3 selected nodes"):
+        with pytest.raises(PolicyRefusedError) as refused:
             orchestrator.start(DeployRequest(release=NEW))
+        offline = [r for r in refused.value.refusals if r.check == "targets-connected"]
+        assert len(offline) == 1
+        assert "none of the 3 selected nodes" in offline[0].reason
+        assert set(offline[0].subjects) == {"n1", "n2", "n3"}
+        with db.session() as session:
+            assert session.query(Deployment).count() == 0
 
     def test_bad_selector(self, orchestrator: Orchestrator) -> None:
         """A malformed selector is refused with the offending term."""

@@ -186,6 +186,7 @@ class TestPolicy:
             "one-deployment-at-a-time",
             "release-not-retired",
             "nodes-not-halted",
+            "targets-connected",
             "no-unacknowledged-critical",
             "no-drift",
         ]

@@ -1,6 +1,6 @@
 """Fixtures for integration tests: real releases, real control planes, real agents.
 
-Every fleet here is a :class:`knightwatch.testing.LocalFleet` — a control
+Every fleet here is a :class:`knightwatch.localfleet.LocalFleet` — a control
 plane and N agent processes, each agent supervising the SMARS example
 service on its own port — with short server timeouts so that a failure is
 detected in seconds. Tests check what is really on each node: the
@@ -32,7 +32,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from knightwatch.bundle import BuildResult, SigningKey, build_release, load_signing_key
-from knightwatch.testing import FleetError, LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import WaitTimedOutError, wait_until
 from tests.agent.network_faults import FlakyLink
 from tests.conftest import EXAMPLE
 
@@ -322,7 +323,7 @@ def wait_explained(
     """Wait until ``check`` is truthy; on timeout fail with the tails of ``logs``."""
     try:
         wait_until(check, timeout=timeout, what=what, interval=0.1)
-    except FleetError as exc:
+    except WaitTimedOutError as exc:
         tails = "\n".join(f"--- {name}.log\n{log_tail(fleet, name)}" for name in logs)
         raise AssertionError(f"{exc}\n{tails}") from None
 

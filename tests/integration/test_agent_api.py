@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from knightwatch.bundle import ReleaseStore
+from knightwatch.localfleet import LocalFleet
 from knightwatch.protocol import (
     MAX_MESSAGE_BYTES,
     AuditStatus,
@@ -36,7 +37,7 @@ from knightwatch.protocol import (
     parse_server_message,
     sign_report,
 )
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.testing import wait_until
 from tests.integration.conftest import SETTLE_S, Releases, make_fleet
 
 TIMEOUT = 30.0

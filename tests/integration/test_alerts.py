@@ -27,7 +27,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from knightwatch.testing import LocalFleet, free_port, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import free_port, wait_until
 from tests.integration.conftest import (
     SETTLE_S,
     Releases,

@@ -21,7 +21,8 @@ import pytest
 
 from knightwatch.bundle import BuildResult, SigningKey, build_release
 from knightwatch.errors import GateRefusedError
-from knightwatch.testing import LocalFleet, free_port, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import free_port, wait_until
 from tests.conftest import EXAMPLE
 from tests.integration.conftest import (
     BUILD_ENV,

@@ -24,7 +24,7 @@ from knightwatch.errors import (
     ReleaseNotFoundError,
     VerificationError,
 )
-from knightwatch.testing import LocalFleet
+from knightwatch.localfleet import LocalFleet
 from tests.integration.conftest import SETTLE_S, Releases, kw, make_fleet, wait_idle
 
 

@@ -24,7 +24,8 @@ import pytest
 from knightwatch.bundle import BuildResult
 from knightwatch.control.faults import CRASH_ENV
 from knightwatch.errors import KnightwatchError
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.integration.conftest import (
     SETTLE_S,
     Releases,

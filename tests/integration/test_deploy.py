@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.integration.conftest import (
     SETTLE_S,
     Releases,

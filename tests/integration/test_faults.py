@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from knightwatch.bundle import BuildResult, ReleaseStore
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.integration.conftest import (
     SETTLE_S,
     Releases,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from knightwatch.testing import LocalFleet, stop_fleet
+from knightwatch.localfleet import LocalFleet, stop_fleet
 from tests.integration.conftest import SETTLE_S, Releases, assert_fleet_on, deploy_ok
 
 KNIGHTWATCH = str(Path(sys.executable).with_name("knightwatch"))

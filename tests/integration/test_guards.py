@@ -28,7 +28,8 @@ import pytest
 from knightwatch.bundle import BuildResult, SigningKey, build_release
 from knightwatch.canonical import canonical_json
 from knightwatch.errors import KnightwatchError
-from knightwatch.testing import LocalFleet, free_port, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import free_port, wait_until
 from tests.integration.conftest import (
     BUILD_ENV,
     SETTLE_S,

@@ -22,7 +22,8 @@ from websockets.sync.client import connect
 
 from knightwatch.bundle import BuildResult, SigningKey, build_release
 from knightwatch.errors import InvalidInputError
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.conftest import EXAMPLE
 from tests.integration.conftest import (
     AGENT_ARGS,

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from knightwatch.errors import PolicyRefusedError
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.integration.conftest import (
     SETTLE_S,
     Releases,

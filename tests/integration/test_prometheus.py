@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.conftest import REPO
 from tests.integration.conftest import (
     SETTLE_S,

@@ -17,7 +17,8 @@ import pytest
 
 from knightwatch.bundle import BuildResult, SigningKey, build_release
 from knightwatch.errors import GateRefusedError
-from knightwatch.testing import LocalFleet, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
 from tests.integration.conftest import (
     BUILD_ENV,
     SETTLE_S,

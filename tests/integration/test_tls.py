@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from knightwatch.bundle.signing import load_trusted_key
-from knightwatch.testing import LocalFleet, free_port, wait_until
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import free_port, wait_until
 from knightwatch.tlsca import create_local_ca
 from tests.integration.conftest import SETTLE_S, Releases, kw, log_tail, make_fleet
 

@@ -29,7 +29,8 @@ UNREACHABLE = {
 HEAVY = (
     "knightwatch.bundle",
     "knightwatch.agent",
-    "knightwatch.testing",
+    "knightwatch.localfleet",
+    "knightwatch.server",
     "knightwatch.api",
     "knightwatch.store",
     "knightwatch.control",

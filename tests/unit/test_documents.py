@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from knightwatch.api.documents import ReleaseDocuments
+from knightwatch.server.documents import ReleaseDocuments
 
 
 def test_a_release_is_read_from_the_store_once() -> None:

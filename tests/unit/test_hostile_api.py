@@ -22,11 +22,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from knightwatch.api import ControlPlane, create_app
+from knightwatch.api import create_app
 from knightwatch.bundle import ReleaseStore, SigningKey, build_release
 from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
 from knightwatch.clock import VirtualClock
-from knightwatch.settings import Secret, ServerSettings
+from knightwatch.server.plane import ControlPlane
+from knightwatch.server.settings import Secret, ServerSettings
 from tests.conftest import MakeSource
 
 TOKEN = "operator-token-for-tests"
@@ -395,6 +396,6 @@ def test_abandoned_upload_expires_on_the_server_clock(
             blob = ticket["missing"][0]
             path = f"/api/v1/uploads/{ticket['upload_id']}/blobs/{blob}"
             refused = await http.put(path, content=b"x")
-            assert refused.status_code == 400 and "expired" in error_of(refused)
+            assert refused.status_code == 404 and "expired" in error_of(refused)
 
     asyncio.run(scenario())

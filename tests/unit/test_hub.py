@@ -9,8 +9,8 @@ from typing import Any, cast
 
 from fastapi import WebSocket
 
-from knightwatch.api.hub import AgentHub, Connection
 from knightwatch.protocol import Halt
+from knightwatch.server.hub import AgentHub, Connection
 
 NOW = datetime(2012, 8, 1, 9, 30, tzinfo=UTC)
 

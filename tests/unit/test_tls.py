@@ -13,7 +13,7 @@ from knightwatch.agent.errors import AgentSetupError
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.bundle.signing import generate_keypair
 from knightwatch.errors import InvalidInputError
-from knightwatch.settings import ServerSettings
+from knightwatch.server.settings import ServerSettings
 from knightwatch.tlsca import client_context, create_local_ca, is_loopback
 
 

@@ -1,5 +1,5 @@
 """The control plane's HTTP surface: operator API, agent API, WebSocket hub."""
 
-from knightwatch.api.app import ControlPlane, create_app
+from knightwatch.api.app import create_app
 
-__all__ = ["ControlPlane", "create_app"]
+__all__ = ["create_app"]

@@ -16,19 +16,14 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from knightwatch.api.auth import Plane, agent_from_headers, node_from_headers
-from knightwatch.api.documents import DocumentKind
+from knightwatch.api.auth import agent_from_headers, node_from_headers
 from knightwatch.api.fields import SafeLine
-from knightwatch.api.hub import Connection
-from knightwatch.api.killswitch import halt_now
+from knightwatch.api.plane import Plane
 from knightwatch.bundle.blobstore import BlobStore, is_digest
-from knightwatch.control.audits import record_audit_result
-from knightwatch.control.drift import ingest_audit_status
 from knightwatch.control.enrollment import enroll
-from knightwatch.control.fleet import ingest_report, mark_connected, mark_disconnected
-from knightwatch.control.guards import ingest_alerts
-from knightwatch.control.killswitch import dead_man_seconds, ingest_safety
-from knightwatch.control.retirement import pending_retires, record_retire_result
+from knightwatch.control.fleet import mark_connected, mark_disconnected
+from knightwatch.control.ingest import ingest_agent_report
+from knightwatch.control.killswitch import dead_man_seconds
 from knightwatch.errors import (
     BlobNotFoundError,
     InvalidInputError,
@@ -46,7 +41,9 @@ from knightwatch.protocol import (
     open_report,
     public_key_from_text,
 )
-from knightwatch.store import Node, Release
+from knightwatch.server.documents import DocumentKind
+from knightwatch.server.hub import Connection
+from knightwatch.store import Release
 
 __all__ = ["router"]
 
@@ -239,34 +236,26 @@ class _Session:
         return self.public_key
 
     def _ingest(self, report: Report) -> None:
-        now = self.plane.clock.now()
         with self.plane.db.session() as session:
-            node = session.get(Node, self.node)
-            ingest_report(session, node, report, now)
-            change = ingest_audit_status(session, node, report.state.audit, now)
-            if report.audit is not None:
-                record_audit_result(session, self.node, report.audit, now)
-            if report.retire is not None:
-                record_retire_result(session, self.node, report.retire, now)
-            fleet_halts = ingest_alerts(session, self.node, report.alerts, now)
-            latched = ingest_safety(session, node, report, now, greeting=not self.greeted)
-            retires = pending_retires(session, self.node) if not self.greeted else []
+            ingested = ingest_agent_report(
+                session, self.node, report, self.plane.clock.now(), first=not self.greeted
+            )
         if report.halt is not None:
             self.plane.halt_acks.bump()  # committed: wake whoever waits for this halt
-        for message in latched:  # a latched halt (or a missed re-arm) first of all
+        for message in ingested.latched:  # a latched halt (or a missed re-arm) first of all
             self.plane.hub.send(self.node, message)
-        if change is not None:
-            log.warning("%s", change.summary)
-        for halt in fleet_halts:  # a node's halt_fleet guard fired
+        if ingested.drift_change is not None:
+            log.warning("%s", ingested.drift_change.summary)
+        for halt in ingested.fleet_halts:  # a node's halt_fleet guard fired
             log.critical("guard %s asks for a fleet halt: %s", halt.rule, halt.reason)
             try:
-                halt_now(self.plane, None, halt.reason, halt.requested_by)
+                self.plane.halt(None, halt.reason, halt.requested_by)
             except Exception:  # the session must go on; the alert is recorded already
                 log.exception("fleet halt for guard %s failed", halt.rule)
         if not self.greeted:
             self.greeted = True
             self.plane.orchestrator.on_connect(self.node)
-            for command in retires:
+            for command in ingested.retires:
                 self.plane.hub.send(self.node, command)
         if report.ack is not None:
             service = report.state.service

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.auth import Operator
 from knightwatch.api.fields import IdPath, SafeLine, SafeText
+from knightwatch.api.plane import Plane
 from knightwatch.control.alerts import (
     ALERT_STATES,
     acknowledge,

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.auth import Operator
 from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeText
 from knightwatch.api.operator import deployment_json
+from knightwatch.api.plane import Plane
 from knightwatch.control.audits import audit_report, start_audit
 from knightwatch.control.retirement import retirement_report, start_retirement
 

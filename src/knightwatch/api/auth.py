@@ -10,12 +10,12 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from knightwatch.api.app import ControlPlane, plane_of
+from knightwatch.api.plane import Plane
 from knightwatch.control.enrollment import AuthenticationError, authenticate
+from knightwatch.server.plane import ControlPlane
 
 __all__ = [
     "Operator",
-    "Plane",
     "agent_from_headers",
     "check_operator_token",
     "node_from_headers",
@@ -23,14 +23,6 @@ __all__ = [
 ]
 
 _ACTOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-
-
-async def get_plane(request: Request) -> ControlPlane:
-    """The control plane serving this request."""
-    return plane_of(request.app)
-
-
-Plane = Annotated[ControlPlane, Depends(get_plane)]
 
 
 def operator_name(

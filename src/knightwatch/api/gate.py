@@ -18,11 +18,11 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
-from knightwatch.api.app import ControlPlane
 from knightwatch.api.auth import agent_from_headers, check_operator_token
 from knightwatch.api.errors import RequestTooLargeError, error_body, status_for
 from knightwatch.errors import InvalidInputError, KnightwatchError
-from knightwatch.settings import ServerSettings
+from knightwatch.server.plane import ControlPlane
+from knightwatch.server.settings import ServerSettings
 
 __all__ = ["RequestGate", "body_limit"]
 

@@ -14,22 +14,20 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from knightwatch.api.app import ControlPlane
-from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.auth import Operator
 from knightwatch.api.fields import IdPath, NodeSelector, SafeText
+from knightwatch.api.plane import Plane
 from knightwatch.control.killswitch import (
     MAX_REASON,
-    HaltPlan,
     RearmPlan,
     halt_report,
-    issue_halt,
     lift_halts,
     list_halts,
     unacknowledged_count,
 )
-from knightwatch.protocol.safety import HaltSource
+from knightwatch.server.plane import ControlPlane
 
-__all__ = ["halt_now", "router", "send_halt"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1")
 
@@ -45,25 +43,9 @@ class HaltBody(BaseModel):
 @router.post("/halts", status_code=201)
 async def create_halt(body: HaltBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Halt the selected nodes now and latch it; the answer is the halt report as sent."""
-    plan = await run_in_threadpool(_issue, plane, body.nodes, body.reason, who)
-    send_halt(plane, plan)
+    plan = await run_in_threadpool(plane.record_halt, body.nodes, body.reason, who)
+    plane.send_halt(plan)
     return await run_in_threadpool(_report, plane, plan.halt_id)
-
-
-def send_halt(plane: ControlPlane, plan: HaltPlan) -> None:
-    """Queue a recorded halt on every connected node's WebSocket (call on the event loop)."""
-    for node in plan.online:  # at once: only queue puts between two sends
-        plane.hub.send(node, plan.message)
-
-
-def halt_now(plane: ControlPlane, selector: str | None, reason: str, requested_by: str) -> HaltPlan:
-    """Record a halt and send it at once, from code on the event loop (a fleet guard).
-
-    The halt is recorded with source ``guard``, on the nodes and on the agents.
-    """
-    plan = _issue(plane, selector, reason, requested_by, source="guard")
-    send_halt(plane, plan)
-    return plan
 
 
 @router.get("/halts")
@@ -114,13 +96,6 @@ async def rearm(body: HaltBody, plane: Plane, who: Operator) -> dict[str, Any]:
         "online": plan.online,
         "offline": plan.offline,
     }
-
-
-def _issue(
-    plane: ControlPlane, selector: str | None, reason: str, who: str, *, source: HaltSource = "kill"
-) -> HaltPlan:
-    with plane.db.session() as session:
-        return issue_halt(session, selector, reason, who, plane.clock.now(), source=source)
 
 
 def _lift(plane: ControlPlane, body: HaltBody, who: str) -> RearmPlan:

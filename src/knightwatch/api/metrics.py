@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from knightwatch.api.auth import Plane
+from knightwatch.api.plane import Plane
 from knightwatch.clock import Clock
 from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
 from knightwatch.control.deploy import DeployRequest

@@ -8,19 +8,18 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.auth import Operator
 from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeLine, SafeText
-from knightwatch.bundle.manifest import Manifest
+from knightwatch.api.plane import Plane
+from knightwatch.control import views
 from knightwatch.control.accounting import history
 from knightwatch.control.deploy import DeployRequest
 from knightwatch.control.enrollment import create_join_token
 from knightwatch.control.fleet import fleet_status
 from knightwatch.control.nodes import drain_node, resume_node, retire_node
-from knightwatch.errors import InvalidInputError, ReleaseNotFoundError
+from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import BlobStreamError, BlobStreamWriter
-from knightwatch.store import Deployment, DeploymentEvent, DeploymentNode, Release
 
 __all__ = ["router"]
 
@@ -74,27 +73,15 @@ def enroll_node(name: NamePath, body: EnrollBody, plane: Plane, _who: Operator) 
 @router.get("/releases")
 def list_releases(plane: Plane, _who: Operator) -> list[dict[str, Any]]:
     """Every release pushed to the control plane, newest first."""
-    with plane.db.session() as session:
-        rows = session.scalars(select(Release).order_by(Release.pushed_at.desc()))
-        return [_release_json(r) for r in rows]
+    with plane.db.reading() as session:
+        return views.list_releases(session)
 
 
 @router.get("/releases/{ref}")
 def show_release(ref: NamePath, plane: Plane, _who: Operator) -> dict[str, Any]:
-    """One release, with its manifest."""
-    with plane.db.session() as session:
-        release = session.get(Release, ref) or next(
-            (
-                r
-                for r in session.scalars(select(Release))
-                if ref in (r.release_id, f"{r.name}@{r.version}")
-            ),
-            None,
-        )
-        if release is None:
-            raise ReleaseNotFoundError(ref)
-        manifest = Manifest.from_bytes(release.manifest, where=release.release_id)
-        return {**_release_json(release), "manifest": manifest.to_json()}
+    """One release, with its manifest (named as ``deploy`` accepts it)."""
+    with plane.db.reading() as session:
+        return views.release_view(session, ref)
 
 
 @router.post("/uploads", status_code=201)
@@ -177,11 +164,8 @@ def rollback(plane: Plane, who: Operator) -> dict[str, Any]:
 @router.get("/deployments")
 def list_deployments(plane: Plane, _who: Operator, limit: int = 50) -> list[dict[str, Any]]:
     """Recent deployments, newest first."""
-    with plane.db.session() as session:
-        rows = session.scalars(
-            select(Deployment).order_by(Deployment.id.desc()).limit(max(1, min(limit, 1000)))
-        )
-        return [_deployment_summary(session, d) for d in rows]
+    with plane.db.reading() as session:
+        return views.list_deployments(session, limit)
 
 
 @router.get("/deployments/{deployment_id}")
@@ -193,69 +177,7 @@ def show_deployment(deployment_id: IdPath, plane: Plane, _who: Operator) -> dict
 def deployment_json(plane: Plane, deployment_id: int) -> dict[str, Any]:
     """A deployment with its nodes and events as JSON data."""
     with plane.db.reading() as session:
-        deployment = session.get(Deployment, deployment_id)
-        if deployment is None:
-            raise InvalidInputError(f"no deployment {deployment_id}")
-        nodes = session.scalars(
-            select(DeploymentNode)
-            .where(DeploymentNode.deployment_id == deployment_id)
-            .order_by(DeploymentNode.node_name)
-        )
-        events = session.scalars(
-            select(DeploymentEvent)
-            .where(DeploymentEvent.deployment_id == deployment_id)
-            .order_by(DeploymentEvent.id)
-        )
-        return {
-            **_deployment_summary(session, deployment),
-            "nodes": [
-                {
-                    "node": n.node_name,
-                    "role": n.role,
-                    "phase": n.phase,
-                    "reason": n.reason,
-                    "previous_digest": n.previous_digest,
-                    "pid": n.pid,
-                    "started_at": n.started_at,
-                    "version": n.version,
-                    "updated_at": n.updated_at.isoformat(),
-                }
-                for n in nodes
-            ],
-            "events": [
-                {"at": e.at.isoformat(), "node": e.node_name, "event": e.event, "detail": e.detail}
-                for e in events
-            ],
-        }
-
-
-def _deployment_summary(session: Any, deployment: Deployment) -> dict[str, Any]:
-    release = session.get(Release, deployment.release_digest)
-    return {
-        "id": deployment.id,
-        "kind": deployment.kind,
-        "state": deployment.state,
-        "release_id": release.release_id if release else deployment.release_digest,
-        "release_digest": deployment.release_digest,
-        "from_digest": deployment.from_digest,
-        "strategy": deployment.strategy,
-        "reason": deployment.reason,
-        "requested_by": deployment.requested_by,
-        "created_at": deployment.created_at.isoformat(),
-        "finished_at": deployment.finished_at.isoformat() if deployment.finished_at else None,
-    }
-
-
-def _release_json(release: Release) -> dict[str, Any]:
-    return {
-        "release_id": release.release_id,
-        "digest": release.digest,
-        "name": release.name,
-        "version": release.version,
-        "signed_by": release.signed_by,
-        "pushed_at": release.pushed_at.isoformat(),
-        "pushed_by": release.pushed_by,
-    }
+        return views.deployment_view(session, deployment_id)
 
 
 def _b64(text: str, what: str) -> bytes:

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from knightwatch.api.auth import Operator, Plane
+from knightwatch.api.auth import Operator
 from knightwatch.api.fields import NamePath, NodeSelector, SafeLine
+from knightwatch.api.plane import Plane
 from knightwatch.control.policy import dry_run, parse_action
 
 __all__ = ["router"]

@@ -18,7 +18,7 @@ from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from knightwatch.testing import LocalFleet
+    from knightwatch.localfleet import LocalFleet
 
 PieceArg = Annotated[str, typer.Argument(help="A node name, or server")]
 
@@ -53,7 +53,7 @@ def up(
     json_output: JsonOpt = False,
 ) -> None:
     """Start a control plane and N agents (separate processes and roots) in DIR."""
-    from knightwatch.testing import LocalFleet
+    from knightwatch.localfleet import LocalFleet
 
     if release and store is None:
         raise InvalidInputError("--release needs --store (the bundle store that holds it)")
@@ -115,7 +115,7 @@ def up(
 @app.command("down", epilog="Example: knightwatch fleet down")
 def down(directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
     """Stop the local fleet's agents (and their services), then its control plane."""
-    from knightwatch.testing import stop_fleet
+    from knightwatch.localfleet import stop_fleet
 
     stopped = stop_fleet(directory)
     if json_output:
@@ -127,7 +127,7 @@ def down(directory: DirOpt = DEFAULT_DIR, json_output: JsonOpt = False) -> None:
 
 
 def _attach(directory: Path, piece: str) -> LocalFleet:
-    from knightwatch.testing import LocalFleet
+    from knightwatch.localfleet import LocalFleet
 
     fleet = LocalFleet.attach(directory)
     fleet.running_pid(piece)  # refuses an unknown piece

@@ -59,10 +59,11 @@ def server(
     """
     import uvicorn
 
-    from knightwatch.api import ControlPlane, create_app
+    from knightwatch.api import create_app
     from knightwatch.logs import configure_logging
     from knightwatch.protocol import MAX_MESSAGE_BYTES
-    from knightwatch.settings import ServerSettings
+    from knightwatch.server.plane import ControlPlane
+    from knightwatch.server.settings import ServerSettings
 
     configure_logging("server")
     settings = ServerSettings.load(

@@ -27,7 +27,7 @@ from knightwatch.bundle.signing import TrustedKey, open_envelope, statement_prob
 from knightwatch.canonical import sha256_hex
 from knightwatch.clock import Clock
 from knightwatch.control.accounting import release_pushed
-from knightwatch.errors import InvalidInputError, StoreError, VerificationError
+from knightwatch.errors import InvalidInputError, NotFoundError, StoreError, VerificationError
 from knightwatch.store import Database, Release
 
 __all__ = ["BlobWriter", "ReleaseCatalog", "UploadTicket"]
@@ -278,7 +278,7 @@ class ReleaseCatalog:
             raise InvalidInputError(f"upload {upload_id!r} is not a valid upload id")
         directory = self._uploads / f"upload-{upload_id}"
         if not directory.is_dir():
-            raise InvalidInputError(
+            raise NotFoundError(
                 f"upload {upload_id} does not exist (expired or committed)",
                 hint="start the push again",
             )

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from knightwatch.control import accounting
 from knightwatch.control.policy import Action, Proposal, enforce
 from knightwatch.control.targets import resolve_release
-from knightwatch.errors import InvalidInputError
+from knightwatch.errors import NotFoundError
 from knightwatch.protocol.audit import Retire, RetireResult
 from knightwatch.store import Node, Release, Retirement, RetirementNode
 
@@ -169,7 +169,7 @@ def retirement_report(session: Session, retirement_id: int) -> dict[str, Any]:
     """A retirement and every node's verified (or not yet verified) absence."""
     retirement = session.get(Retirement, retirement_id)
     if retirement is None:
-        raise InvalidInputError(f"no retirement {retirement_id}")
+        raise NotFoundError(f"no retirement {retirement_id}")
     release = session.get(Release, retirement.release_digest)
     assert release is not None
     nodes = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from knightwatch.errors import GateRefusedError, InvalidInputError, ReleaseNotFoundError
+from knightwatch.errors import InvalidInputError, ReleaseNotFoundError
 from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Node, Release
 
@@ -54,7 +54,10 @@ def lagging_nodes(session: Session) -> list[Node]:
 
 
 def select_targets(session: Session, selector: str | None) -> Targets:
-    """Resolve a node selector; refuse one that matches nothing or nothing connected."""
+    """Resolve a node selector; refuse one that matches no enrolled node.
+
+    That none of them is connected is the safety policy's refusal (``targets-connected``).
+    """
     terms = parse_selector(selector)
     selected = [n for n in enrolled_nodes(session) if matches_selector(n, terms)]
     if not selected:
@@ -63,11 +66,6 @@ def select_targets(session: Session, selector: str | None) -> Targets:
             hint="list nodes with: knightwatch status",
         )
     online = [n for n in selected if n.connected]
-    if not online:
-        raise GateRefusedError(
-            f"none of the {len(selected)} selected nodes is connected",
-            hint="start their agents, then deploy again",
-        )
     return Targets(online, [n for n in selected if not n.connected])
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "ReleaseNotAlreadyRetired",
     "ReleaseNotInUse",
     "ReleaseNotRetired",
+    "TargetsConnected",
 ]
 
 _SUMMARY_SHOWN = 200
@@ -171,6 +172,22 @@ class NodesNotHalted(Check):
                 f"{joined} halted by the kill switch ({why})",
                 names,
                 hint=f"lift the halt first: knightwatch rearm --nodes {joined} --reason TEXT",
+            )
+
+
+class TargetsConnected(Check):
+    """A change reaches nodes through their agents: with none connected, nothing would move."""
+
+    name = "targets-connected"
+
+    def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
+        """Refuse when the proposal names nodes and not one of them is connected."""
+        if proposal.nodes and not any(node.connected for node in proposal.nodes):
+            names = sorted(proposal.node_names)
+            yield self.refuse(
+                f"none of the {len(names)} selected nodes is connected",
+                names,
+                hint="start their agents (knightwatch status shows who is connected), then retry",
             )
 
 

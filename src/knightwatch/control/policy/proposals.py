@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from knightwatch.control.policy.model import Action, Proposal
 from knightwatch.control.policy.table import evaluate
 from knightwatch.control.targets import Targets, enrolled_nodes, resolve_release, select_targets
-from knightwatch.errors import GateRefusedError, InvalidInputError, Refusal
+from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError, Refusal
 from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Node
 from knightwatch.store.queries import get_fleet
@@ -51,9 +51,11 @@ def rollback_target(session: Session) -> tuple[str, str | None]:
 def reconcile_target(session: Session, node: str) -> str:
     """The digest a reconcile of ``node`` restores: its desired release (else the fleet's)."""
     row = session.get(Node, node)
-    if row is None or row.status != "enrolled":
+    if row is None:
+        raise NotFoundError(f"no node {node!r}", hint="list nodes with: knightwatch status")
+    if row.status != "enrolled":
         raise InvalidInputError(
-            f"no enrolled node is named {node!r}",
+            f"node {node} is {row.status}; only an enrolled node can be reconciled",
             hint="list nodes with: knightwatch status",
         )
     digest = row.desired_digest or get_fleet(session).desired_digest

@@ -18,13 +18,19 @@ from knightwatch.control.policy.checks import (
     ReleaseNotAlreadyRetired,
     ReleaseNotInUse,
     ReleaseNotRetired,
+    TargetsConnected,
 )
 from knightwatch.control.policy.model import Action, Check, Proposal
 from knightwatch.errors import InvalidInputError, PolicyRefusedError, Refusal
 
 __all__ = ["POLICY", "enforce", "evaluate", "parse_action"]
 
-_CHANGES_RELEASE = (NoRunningDeployment(), ReleaseNotRetired(), NodesNotHalted())
+_CHANGES_RELEASE = (
+    NoRunningDeployment(),
+    ReleaseNotRetired(),
+    NodesNotHalted(),
+    TargetsConnected(),
+)
 _LOOKED_AT = (NoUnacknowledgedCritical(), NoDrift())  # someone looked before it is changed
 
 POLICY: Mapping[Action, tuple[Check, ...]] = {

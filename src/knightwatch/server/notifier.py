@@ -1,5 +1,5 @@
 """Deliver alert notifications: Alertmanager webhook JSON, POSTed or piped to a command,
-or the alert itself posted into an Alertmanager (:mod:`knightwatch.api.alertmanager`).
+or the alert itself posted into an Alertmanager (:mod:`knightwatch.server.alertmanager`).
 
 Every notification is the JSON body Prometheus Alertmanager's ``webhook_config``
 sends (``version`` "4", one alert per message), so existing receivers — chat
@@ -33,7 +33,6 @@ from typing import Any
 
 import httpx
 
-from knightwatch.api.alertmanager import Resends, post_alert, postable_alert
 from knightwatch.clock import Clock
 from knightwatch.control.routing import (
     AlertRouting,
@@ -44,7 +43,8 @@ from knightwatch.control.routing import (
     record_resend,
     standing_deliveries,
 )
-from knightwatch.settings import ServerSettings
+from knightwatch.server.alertmanager import Resends, post_alert, postable_alert
+from knightwatch.server.settings import ServerSettings
 from knightwatch.store import Alert, Database
 
 __all__ = ["AlertNotifier", "alertmanager_payload"]

@@ -1,0 +1,145 @@
+"""The running control plane: its store, clock, agent hub and services, wired once.
+
+Routes (``knightwatch.api``) and the background loop (``server.background``)
+both act through one ``ControlPlane``; halting is its method, so a fleet guard,
+an agent's halt request and the operator's kill all record and send the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from knightwatch.bundle.signing import TrustedKey, load_trusted_key
+from knightwatch.clock import Clock, SystemClock
+from knightwatch.control.deploy import DeployTimeouts, Orchestrator
+from knightwatch.control.guards import FleetGuards
+from knightwatch.control.killswitch import HaltPlan, issue_halt
+from knightwatch.control.releases import ReleaseCatalog
+from knightwatch.protocol.safety import HaltSource
+from knightwatch.server.credentials import CredentialCache
+from knightwatch.server.documents import ReleaseDocuments
+from knightwatch.server.hub import AgentHub
+from knightwatch.server.settings import ServerSettings
+from knightwatch.server.signals import ChangeSignal
+from knightwatch.store import Database, open_database
+
+__all__ = ["ControlPlane"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class ControlPlane:
+    """Everything a running control plane holds, wired together once."""
+
+    settings: ServerSettings
+    db: Database
+    clock: Clock
+    hub: AgentHub
+    catalog: ReleaseCatalog
+    orchestrator: Orchestrator
+    operator_token: str
+    trusted: list[TrustedKey]
+    credentials: CredentialCache
+    fleet_guards: FleetGuards
+    documents: ReleaseDocuments
+    store_worker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="store")
+    )
+    """One thread for the agent sessions' and the tick's store work, in arrival order."""
+    halt_acks: ChangeSignal = field(default_factory=ChangeSignal)
+    """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
+    next_upload_sweep: float = 0.0
+    """When (``clock.monotonic``) the tick next deletes abandoned uploads."""
+
+    async def in_store(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (store transactions) on the store thread, keeping the event loop free.
+
+        The loop must answer every agent's pings and carry halts at once; one
+        agent's report may cost a transaction and an fsync. One thread keeps
+        this work in order, as it was on the loop, without ever blocking it.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self.store_worker, work)
+
+    def record_halt(
+        self, selector: str | None, reason: str, requested_by: str, *, source: HaltSource = "kill"
+    ) -> HaltPlan:
+        """Record a halt of the selected nodes (all when ``selector`` is None) in the store."""
+        with self.db.session() as session:
+            return issue_halt(
+                session, selector, reason, requested_by, self.clock.now(), source=source
+            )
+
+    def send_halt(self, plan: HaltPlan) -> None:
+        """Queue a recorded halt on every connected node's WebSocket (call on the event loop).
+
+        Only queue puts happen between two sends: no store work, so the last
+        node hears of the halt as soon as the first.
+        """
+        for node in plan.online:
+            self.hub.send(node, plan.message)
+
+    def halt(self, selector: str | None, reason: str, requested_by: str) -> HaltPlan:
+        """Record a halt and send it at once, from code on the event loop (a fleet guard).
+
+        The halt is recorded with source ``guard``, on the nodes and on the agents.
+        """
+        plan = self.record_halt(selector, reason, requested_by, source="guard")
+        self.send_halt(plan)
+        return plan
+
+    @classmethod
+    def open(cls, settings: ServerSettings, clock: Clock | None = None) -> ControlPlane:
+        """Open the store (migrating it), load keys and tokens, build the services."""
+        clock = clock or SystemClock()
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private if ours
+        url = settings.database_url.reveal() if settings.database_url else None
+        db = open_database(url, settings.data_dir)
+        trusted = _trusted_keys(settings)
+        hub = AgentHub()
+        timeouts = DeployTimeouts(
+            settings.prepare_timeout_s,
+            settings.commit_timeout_s,
+            settings.rollback_timeout_s,
+            settings.canary_soak_s,
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            clock=clock,
+            hub=hub,
+            catalog=ReleaseCatalog(db, settings.data_dir, trusted, clock),
+            orchestrator=Orchestrator(db, hub, clock, timeouts),
+            operator_token=_operator_token(settings),
+            trusted=trusted,
+            credentials=CredentialCache(),
+            fleet_guards=FleetGuards(settings.guard, period_s=settings.heartbeat_s),
+            documents=ReleaseDocuments(),
+        )
+
+
+def _trusted_keys(settings: ServerSettings) -> list[TrustedKey]:
+    paths = list(settings.trusted_keys)
+    trusted_dir = settings.data_dir / "trusted"
+    if trusted_dir.is_dir():
+        paths.extend(sorted(trusted_dir.glob("*.pub")))
+    return [load_trusted_key(path) for path in paths]
+
+
+def _operator_token(settings: ServerSettings) -> str:
+    if settings.operator_token is not None:
+        return settings.operator_token.reveal()
+    path = settings.data_dir / "operator.token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
