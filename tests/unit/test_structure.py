@@ -1,8 +1,8 @@
 """The shape of the package: its public API and its one-way dependencies."""
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import types
 from pathlib import Path
