@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= auto
 
-.PHONY: all venv lint typecheck unit test demo bench clean
+.PHONY: all venv fmt lint typecheck unit test demo bench clean
 
 all: test
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+fmt: venv
+	$(BIN)/ruff check --fix src tests bench examples
+	$(BIN)/ruff format src tests bench examples
 
 lint: venv
 	$(BIN)/ruff check src tests bench examples

@@ -26,6 +26,11 @@ together they load markdown_it and Pygments, a third of ``knightwatch --help``'s
 
 def run() -> None:
     """Run the CLI (the ``knightwatch`` console script and ``python -m knightwatch``)."""
+    if sys.argv[1:] in (["--version"], ["-V"]):  # answered before any command is loaded
+        from knightwatch import __version__
+
+        print(f"knightwatch {__version__}")
+        return
     _without_httpx_cli()
     _defer_rich_extras()
     if sys.argv[1:2] == ["kill"] and "_KNIGHTWATCH_COMPLETE" not in os.environ:  # completion: Typer

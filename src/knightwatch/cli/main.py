@@ -54,6 +54,27 @@ history.register(app)
 policy.register(app)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        out.print(f"knightwatch {__version__}", highlight=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        help="Print knightwatch's version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """Release-safety control plane: verifiable releases, all-or-nothing deploys, proof of what
+    runs, flags, kill switch, audit."""
+
+
 @app.command("version", epilog="Example: knightwatch version")
 def version() -> None:
     """Print knightwatch's version."""
