@@ -116,36 +116,118 @@ class TestWrongTypes:
     def test_version_integer(self) -> None:
         """``version = 1`` is refused: a version is a string."""
         text = RELEASE.replace('version = "1.0.0"', "version = 1") + CORE
-        refused(text, "release.version", "valid string")
+        refused(text, "release.version", "should be a string in quotes")
 
     def test_version_date(self) -> None:
         """A TOML date is not silently turned into a version string."""
         text = RELEASE.replace('version = "1.0.0"', "version = 2012-08-01") + CORE
-        refused(text, "release.version", "valid string")
+        refused(text, "release.version", "should be a string in quotes")
 
     def test_paths_string(self) -> None:
         """``paths = "x"`` is refused: paths is a list of globs."""
-        refused(BASE + component("web", paths='"web/**"'), "component[1].paths", "valid list")
+        refused(BASE + component("web", paths='"web/**"'), "component[1].paths", "should be a list")
 
     def test_bool_as_string(self) -> None:
         """``allow_symlinks = "yes"`` is refused: it is a boolean."""
-        refused(release_with('allow_symlinks = "yes"'), "release.allow_symlinks", "valid boolean")
+        refused(release_with('allow_symlinks = "yes"'), "release.allow_symlinks", "true or false")
 
     def test_size_as_string(self) -> None:
         """``max_file_size = "10"`` is refused: it is an integer."""
-        refused(release_with('max_file_size = "10"'), "release.max_file_size", "valid integer")
+        refused(release_with('max_file_size = "10"'), "release.max_file_size", "whole number")
 
     def test_size_as_float(self) -> None:
         """``max_file_size = 1.5`` is refused: sizes are whole bytes."""
-        refused(release_with("max_file_size = 1.5"), "release.max_file_size", "valid integer")
+        refused(release_with("max_file_size = 1.5"), "release.max_file_size", "whole number")
 
     def test_flag_default_list(self) -> None:
         """A flag default must be a scalar; a list is refused with every accepted type named."""
-        refused(BASE + flag("f", default="[]"), "flag[0].default.bool", "valid boolean", "str")
+        refused(
+            BASE + flag("f", default="[]"), "flag[0].default", "true or false", "string", "not []"
+        )
 
-    def test_command_string(self) -> None:
-        """``service.command`` is an argv list, never a shell string."""
-        refused(BASE + '\n[service]\ncommand = "bin/shop --fast"\n', "service.command", "list")
+    def test_command_number(self) -> None:
+        """``service.command = 7`` is refused saying what to write: a list (or a string)."""
+        refused(BASE + "\n[service]\ncommand = 7\n", "service.command", "should be a list")
+
+
+class TestCommandString:
+    """``command = "python3 app/main.py"`` is split as a shell splits words, and run without one."""
+
+    @pytest.mark.parametrize(
+        ("written", "argv"),
+        [
+            ("python3 app/main.py", ["python3", "app/main.py"]),
+            (
+                "bin/shop --port 8080 --name 'the shop'",
+                ["bin/shop", "--port", "8080", "--name", "the shop"],
+            ),
+            ('bin/shop "a b" c\\ d', ["bin/shop", "a b", "c d"]),
+            ("  bin/shop  ", ["bin/shop"]),
+            (
+                "bin/shop --port ${KNIGHTWATCH_SERVICE_PORT}",
+                ["bin/shop", "--port", "${KNIGHTWATCH_SERVICE_PORT}"],
+            ),
+        ],
+    )
+    def test_a_string_is_split_into_words(self, written: str, argv: list[str]) -> None:
+        """The string becomes the argv a shell would build, and the spec stores the list."""
+        text = BASE + f"\n[service]\ncommand = {_toml_string(written)}\n"
+        spec = parse_spec(text, file=FILE)
+        assert spec.service is not None
+        assert spec.service.command == argv
+        assert spec.to_json()["service"]["command"] == argv
+
+    def test_health_and_halt_hook_take_strings_too(self) -> None:
+        """Every argv key of the spec takes the same string form."""
+        text = BASE + SERVICE + 'health = { command = "bin/check --quick" }\n'
+        text += '\n[service.halt]\nhook = "bin/shop halt"\n'
+        spec = parse_spec(text, file=FILE)
+        assert spec.service is not None and spec.service.health is not None
+        assert spec.service.health.command == ["bin/check", "--quick"]
+        assert spec.service.halt.hook == ["bin/shop", "halt"]
+
+    @pytest.mark.parametrize(
+        ("written", "fragment"),
+        [
+            ("bin/shop | tee log", "'|'"),
+            ("bin/migrate && bin/shop", "'&&'"),
+            ("bin/a; bin/b", "';'"),
+            ("bin/shop > out.log", "'>'"),
+            ("bin/shop < in", "'<'"),
+            ("bin/shop &", "'&'"),
+            ("bin/shop --port $PORT", "$PORT"),
+            ("bin/shop $(cat args)", "needs a shell"),
+            ("bin/shop `cat args`", "needs a shell"),
+        ],
+    )
+    def test_what_needs_a_shell_is_refused_with_the_list_form(
+        self, written: str, fragment: str
+    ) -> None:
+        """Operators and expansions would silently mean something else without a shell."""
+        text = BASE + f"\n[service]\ncommand = {_toml_string(written)}\n"
+        error = refused(text, "service.command", fragment, "without a shell")
+        assert "[" in str(error)
+
+    @pytest.mark.parametrize(
+        ("written", "fragment"),
+        [("", "is empty"), ("   ", "is empty"), ("bin/shop 'open", "cannot be split")],
+    )
+    def test_an_unusable_string_is_refused(self, written: str, fragment: str) -> None:
+        """An empty string or an unclosed quote is refused by key."""
+        text = BASE + f"\n[service]\ncommand = {_toml_string(written)}\n"
+        refused(text, "service.command", fragment)
+
+    def test_the_list_form_keeps_shell_characters_literally(self) -> None:
+        """In the list form, ``$`` and ``|`` are plain characters of an argument."""
+        text = BASE + '\n[service]\ncommand = ["bin/shop", "--sep", "|", "$HOME"]\n'
+        spec = parse_spec(text, file=FILE)
+        assert spec.service is not None
+        assert spec.service.command == ["bin/shop", "--sep", "|", "$HOME"]
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML literal string (no escapes needed for these tests)."""
+    return "'''" + text + "'''"
 
 
 class TestMissingFields:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,8 +25,10 @@ from pydantic import (
     model_validator,
 )
 
+from knightwatch.bundle.argv import Argv
 from knightwatch.bundle.globs import compile_glob
 from knightwatch.bundle.guards import check_cel
+from knightwatch.bundle.spec_messages import KeyedError, spec_error
 from knightwatch.errors import SpecError
 
 __all__ = [
@@ -58,16 +59,6 @@ ShortText = Annotated[str, Field(max_length=4096)]
 Glob = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
-def _no_nul(text: str) -> str:
-    if "\x00" in text:
-        raise ValueError("may not contain NUL (no program argument can)")
-    return text
-
-
-Argv = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]],
-    Field(min_length=1, max_length=256),
-]
 Url = Annotated[str, Field(pattern=r"^https?://[^\s]{1,2040}$")]
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL")
@@ -253,17 +244,17 @@ class ReleaseSpec(_Strict):
         for index, component in enumerate(self.component):
             for dep_index, dep in enumerate(component.depends_on):
                 if dep not in known:
-                    raise _KeyedError(
+                    raise KeyedError(
                         f"component[{index}].depends_on[{dep_index}]",
                         f"unknown component {dep!r} (expected one of: {', '.join(sorted(known))})",
                     )
                 if dep in component.depends_on[:dep_index]:
-                    raise _KeyedError(
+                    raise KeyedError(
                         f"component[{index}].depends_on[{dep_index}]",
                         f"{dep!r} is listed twice",
                     )
                 if dep == component.name:
-                    raise _KeyedError(
+                    raise KeyedError(
                         f"component[{index}].depends_on[{dep_index}]",
                         "a component cannot depend on itself",
                     )
@@ -275,20 +266,11 @@ class ReleaseSpec(_Strict):
         return self.model_dump(mode="json")
 
 
-class _KeyedError(ValueError):
-    """A cross-field error that knows which key it is about."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
 def _refuse_duplicates(table: str, names: list[str]) -> None:
     seen: set[str] = set()
     for index, name in enumerate(names):
         if name in seen:
-            raise _KeyedError(f"{table}[{index}].name", f"duplicate {table} name {name!r}")
+            raise KeyedError(f"{table}[{index}].name", f"duplicate {table} name {name!r}")
         seen.add(name)
 
 
@@ -310,7 +292,7 @@ def _refuse_cycles(components: list[ComponentSpec]) -> None:
                 done.add(finished)
             elif dep in on_trail:
                 cycle = " -> ".join([*trail[trail.index(dep) :], dep])
-                raise _KeyedError("component", f"depends_on forms a cycle: {cycle}")
+                raise KeyedError("component", f"depends_on forms a cycle: {cycle}")
             elif dep not in done:
                 trail.append(dep)
                 on_trail.add(dep)
@@ -336,7 +318,7 @@ def parse_spec(text: str, *, file: str = SPEC_FILENAME) -> ReleaseSpec:
     try:
         return ReleaseSpec.model_validate(data)
     except ValidationError as exc:
-        raise _spec_error(exc, file) from None
+        raise spec_error(exc, file) from None
 
 
 def load_spec(source: Path) -> ReleaseSpec:
@@ -366,51 +348,3 @@ def load_spec(source: Path) -> ReleaseSpec:
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text (byte {exc.start})", file=file) from exc
     return parse_spec(text, file=file)
-
-
-def _spec_error(exc: ValidationError, file: str) -> SpecError:
-    problems: list[tuple[str, str]] = []
-    for error in exc.errors():
-        context = error.get("ctx", {}).get("error")
-        if isinstance(context, _KeyedError):
-            problems.append((context.key, context.message))
-            continue
-        key = _format_loc(error["loc"])
-        problems.append((key, _describe(error)))
-    key, message = problems[0]
-    if len(problems) > 1:
-        rest = "; ".join(f"{k}: {m}" for k, m in problems[1:6])
-        message += f" (and {len(problems) - 1} more: {rest})"
-    return SpecError(
-        message,
-        file=file,
-        key=key or "(top level)",
-        hint="see the release spec reference in README.md",
-    )
-
-
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    key = ""
-    for part in loc:
-        if isinstance(part, int):
-            key += f"[{part}]"
-        elif part in ("function-after[", "tagged-union["):
-            continue
-        else:
-            key += ("." if key else "") + str(part)
-    return key
-
-
-def _describe(error: Any) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key (remove it or check its spelling)"
-    if kind == "missing":
-        return "required key is missing"
-    message = str(error["msg"])
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
-    if kind == "string_pattern_mismatch":
-        pattern = error.get("ctx", {}).get("pattern", "")
-        return f"{error['input']!r} does not have the expected form {pattern}"
-    return message
