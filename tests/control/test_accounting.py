@@ -27,14 +27,16 @@ from knightwatch.bundle import (
     parse_spec,
 )
 from knightwatch.clock import VirtualClock
-from knightwatch.control.accounting import History, history, record, release_retired
-from knightwatch.control.deploy import DeployRequest, DeployTimeouts, Orchestrator
+from knightwatch.control.accounting import record, release_retired
+from knightwatch.control.deploy import Orchestrator
+from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts
 from knightwatch.control.enrollment import (
     AuthenticationError,
     authenticate,
     create_join_token,
     enroll,
 )
+from knightwatch.control.history import History, history
 from knightwatch.control.nodes import NodeChange, drain_node, resume_node, retire_node
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.control.targets import enrolled_nodes

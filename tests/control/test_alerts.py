@@ -27,7 +27,8 @@ from knightwatch.control.alerts import (
     fire,
     resolve_alert,
 )
-from knightwatch.control.deploy import DeployRequest, DeployTimeouts, Orchestrator
+from knightwatch.control.deploy import Orchestrator
+from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts
 from knightwatch.control.policy import Action, Proposal
 from knightwatch.control.policy.checks import NoUnacknowledgedCritical
 from knightwatch.control.routing import RETRY_S, AlertRouting, Delivery, claim_due, record_delivery

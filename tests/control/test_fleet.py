@@ -15,17 +15,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from knightwatch.clock import VirtualClock
-from knightwatch.control.deploy import DeployRequest, DeployTimeouts, Orchestrator
+from knightwatch.control.deploy import Orchestrator
+from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts
 from knightwatch.control.fleet import (
+    ingest_report,
+    mark_connected,
+    mark_disconnected,
+    record_fleet_conditions,
+)
+from knightwatch.control.fleet_status import (
     FleetState,
     FleetStatus,
     NodeLiveness,
     NodeStatus,
     fleet_status,
-    ingest_report,
-    mark_connected,
-    mark_disconnected,
-    record_fleet_conditions,
 )
 from knightwatch.control.nodes import drain_node
 from knightwatch.control.statistics import fleet_statistics

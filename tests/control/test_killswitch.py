@@ -17,18 +17,14 @@ from sqlalchemy import func, select
 
 from knightwatch.clock import VirtualClock
 from knightwatch.control.alerts import list_alerts
-from knightwatch.control.killswitch import (
-    HaltPlan,
-    dead_man_seconds,
-    halt_report,
+from knightwatch.control.halt_reports import (
     ingest_halt_state,
-    issue_halt,
-    lift_halts,
-    list_halts,
     messages_on_connect,
     record_halt_ack,
     record_rearm_ack,
 )
+from knightwatch.control.halt_views import halt_report, list_halts
+from knightwatch.control.killswitch import HaltPlan, dead_man_seconds, issue_halt, lift_halts
 from knightwatch.control.policy import Action, Proposal
 from knightwatch.control.policy.checks import NodesNotHalted
 from knightwatch.errors import InvalidInputError

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from knightwatch.clock import VirtualClock
-from knightwatch.control.deploy import DeployRequest, DeployTimeouts, Orchestrator
+from knightwatch.control.deploy import Orchestrator
+from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts
 from knightwatch.control.states import (
     TERMINAL,
     DeploymentState,

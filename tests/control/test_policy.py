@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from knightwatch.clock import VirtualClock
 from knightwatch.control.alerts import fire
-from knightwatch.control.deploy import DeployRequest, DeployTimeouts, Orchestrator
+from knightwatch.control.deploy import Orchestrator
+from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts
 from knightwatch.control.policy import (
     POLICY,
     Action,

@@ -17,14 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from knightwatch.api.auth import Operator
 from knightwatch.api.fields import IdPath, NodeSelector, SafeText
 from knightwatch.api.plane import Plane
-from knightwatch.control.killswitch import (
-    MAX_REASON,
-    RearmPlan,
-    halt_report,
-    lift_halts,
-    list_halts,
-    unacknowledged_count,
-)
+from knightwatch.control.halt_views import halt_report, list_halts, unacknowledged_count
+from knightwatch.control.killswitch import MAX_REASON, RearmPlan, lift_halts
 from knightwatch.server.plane import ControlPlane
 
 __all__ = ["router"]

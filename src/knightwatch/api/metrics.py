@@ -27,8 +27,8 @@ from prometheus_client.registry import Collector
 from knightwatch.api.plane import Plane
 from knightwatch.clock import Clock
 from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
-from knightwatch.control.deploy import DeployRequest
-from knightwatch.control.fleet import FleetState
+from knightwatch.control.deploy_requests import DeployRequest
+from knightwatch.control.fleet_status import FleetState
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.control.states import TERMINAL
 from knightwatch.control.statistics import FleetStatistics, fleet_statistics

@@ -13,10 +13,10 @@ from knightwatch.api.auth import Operator
 from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeLine, SafeText
 from knightwatch.api.plane import Plane
 from knightwatch.control import views
-from knightwatch.control.accounting import history
-from knightwatch.control.deploy import DeployRequest
+from knightwatch.control.deploy_requests import DeployRequest
 from knightwatch.control.enrollment import create_join_token
-from knightwatch.control.fleet import fleet_status
+from knightwatch.control.fleet_status import fleet_status
+from knightwatch.control.history import history
 from knightwatch.control.nodes import drain_node, resume_node, retire_node
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import BlobStreamError, BlobStreamWriter

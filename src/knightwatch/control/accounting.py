@@ -10,7 +10,7 @@ operation that caused it, as a :class:`~knightwatch.store.LifecycleEvent`
     node       enrolled ─► active ─► drained ─► active ─► retired
     flag       recorded by the flag service
 
-:func:`history` reads one item's events back, in time order.
+:func:`knightwatch.control.history.history` reads one item's events back, in time order.
 """
 
 from __future__ import annotations
@@ -18,24 +18,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.bundle.manifest import Manifest, component_digest
-from knightwatch.control.targets import resolve_release
-from knightwatch.errors import InvalidInputError, ReleaseNotFoundError, StoreError
+from knightwatch.errors import StoreError
 from knightwatch.store import Deployment, DeploymentNode, LifecycleEvent, Node, Release
 from knightwatch.store.queries import get_fleet
 
 __all__ = [
     "KINDS",
-    "History",
-    "HistoryEvent",
     "ItemKind",
     "deployment_succeeded",
-    "history",
+    "latest_event",
     "node_drained",
     "node_enrolled",
     "node_resumed",
@@ -48,58 +45,8 @@ __all__ = [
 log = logging.getLogger("knightwatch.accounting")
 ItemKind = Literal["release", "component", "flag", "node"]
 KINDS: tuple[ItemKind, ...] = ("release", "component", "flag", "node")
-_KEYED_KINDS: tuple[ItemKind, ...] = ("node", "component", "flag")  # not resolved as releases
 _DEPLOYING_KINDS = ("deploy", "rollback", "catchup")
 _FLEET_KINDS = ("deploy", "rollback")  # the kinds that move the fleet's release (see deploy.py)
-
-
-@dataclass(frozen=True)
-class HistoryEvent:
-    """One recorded transition of an item: what, when, who, why."""
-
-    at: datetime
-    state: str
-    actor: str
-    reason: str
-    detail: str
-
-    @classmethod
-    def from_row(cls, row: LifecycleEvent) -> HistoryEvent:
-        """The event a stored row records."""
-        return cls(row.at, row.state, row.actor, row.reason, row.detail)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the event as plain JSON data."""
-        return {
-            "at": self.at.isoformat(),
-            "state": self.state,
-            "actor": self.actor,
-            "reason": self.reason,
-            "detail": self.detail,
-        }
-
-
-@dataclass(frozen=True)
-class History:
-    """The lifecycle of one configuration item, oldest event first."""
-
-    kind: ItemKind
-    key: str
-    events: list[HistoryEvent]
-
-    @property
-    def state(self) -> str | None:
-        """The item's current state: that of its latest event (None if it has none)."""
-        return self.events[-1].state if self.events else None
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the history as plain JSON data."""
-        return {
-            "kind": self.kind,
-            "key": self.key,
-            "state": self.state,
-            "events": [e.to_json() for e in self.events],
-        }
 
 
 def record(
@@ -281,7 +228,7 @@ def _deployment_rows(session: Session, deployment: Deployment) -> list[Deploymen
 
 def _first_release(session: Session, row: DeploymentNode) -> bool:
     """Whether this deployment made the node active: its first release since it enrolled."""
-    latest = _latest(session, "node", row.node_name)
+    latest = latest_event(session, "node", row.node_name)
     if latest is None:
         return row.previous_digest is None
     return latest.state == "enrolled"
@@ -323,102 +270,11 @@ def node_retired(session: Session, node: Node, *, at: datetime, actor: str, reas
 # -- reading --------------------------------------------------------------------------------
 
 
-def history(session: Session, item: str) -> History:
-    """The lifecycle of the one item ``item`` names, oldest event first.
-
-    ``item`` may carry a kind prefix (``release:``, ``component:``, ``flag:``,
-    ``node:``). Without one it may be a release reference (release ID,
-    ``name@version``, digest or a prefix of 8+ hex), a node name, a component
-    (``RELEASE/COMPONENT`` or just ``COMPONENT``) or a flag; an item of several
-    kinds is refused with the candidates.
-    """
-    prefix, colon, rest = item.partition(":")
-    if colon and prefix in KINDS:
-        return _history_of(session, prefix, _resolve_prefixed(session, prefix, rest))
-    found, release_error = _candidates(session, item)
-    if len(found) == 1:
-        return _history_of(session, *found[0])
-    if found:
-        listed = ", ".join(f"{k}:{key}" for k, key in found)
-        raise InvalidInputError(
-            f"{item!r} names several items: {listed}",
-            hint=f"say which with a prefix, e.g. knightwatch history {found[0][0]}:{found[0][1]}",
-        )
-    if release_error is not None and _looks_like_release(item):
-        raise release_error
-    raise InvalidInputError(
-        f"no release, node, component or flag matches {item!r}",
-        hint="give a release ID, name@version or digest, a node name, or a component as "
-        "RELEASE/COMPONENT; or prefix it with release:, node:, component: or flag:",
-    )
-
-
-def _history_of(session: Session, kind: ItemKind, key: str) -> History:
-    rows = session.scalars(
-        select(LifecycleEvent)
-        .where(LifecycleEvent.item_kind == kind, LifecycleEvent.item_key == key)
-        .order_by(LifecycleEvent.at, LifecycleEvent.id)
-    )
-    return History(kind, key, [HistoryEvent.from_row(r) for r in rows])
-
-
-def _resolve_prefixed(session: Session, kind: ItemKind, text: str) -> str:
-    if kind == "release":
-        return resolve_release(session, text).release_id
-    keys = _release_free_candidates(session, kind, text)
-    if len(keys) == 1:
-        return keys[0]
-    if keys:
-        raise InvalidInputError(
-            f"{kind} {text!r} is ambiguous: {', '.join(keys)}",
-            hint=f"give the full key, e.g. knightwatch history {kind}:{keys[0]}",
-        )
-    hints = {
-        "node": "list nodes with: knightwatch status",
-        "component": "a component is RELEASE/COMPONENT (e.g. smars/router) and has a history "
-        "once a release declaring it was the fleet's release",
-        "flag": "a flag has a history once it was declared or changed",
-    }
-    raise InvalidInputError(f"no {kind} {text!r} has a recorded history", hint=hints[kind])
-
-
-def _candidates(
-    session: Session, text: str
-) -> tuple[list[tuple[ItemKind, str]], ReleaseNotFoundError | None]:
-    """Every (kind, key) ``text`` could name, and why it names no release (if it does not)."""
-    found: list[tuple[ItemKind, str]] = []
-    release_error = None
-    try:
-        found.append(("release", resolve_release(session, text).release_id))
-    except ReleaseNotFoundError as exc:
-        release_error = exc
-    for kind in _KEYED_KINDS:
-        found.extend((kind, key) for key in _release_free_candidates(session, kind, text))
-    return found, release_error
-
-
-def _release_free_candidates(session: Session, kind: ItemKind, text: str) -> list[str]:
-    """Keys of ``kind`` (node, component, flag) that ``text`` names, sorted."""
-    if kind == "node" and session.get(Node, text) is not None:
-        return [text]
-    keys = select(LifecycleEvent.item_key).where(LifecycleEvent.item_kind == kind).distinct()
-    if kind == "component" and "/" not in text:
-        keys = keys.where(LifecycleEvent.item_key.endswith("/" + text, autoescape=True))
-    else:
-        keys = keys.where(LifecycleEvent.item_key == text)
-    return sorted(session.scalars(keys))
-
-
-def _latest(session: Session, kind: ItemKind, key: str) -> LifecycleEvent | None:
+def latest_event(session: Session, kind: ItemKind, key: str) -> LifecycleEvent | None:
+    """The newest recorded event of an item (None: it has no history)."""
     return session.scalars(
         select(LifecycleEvent)
         .where(LifecycleEvent.item_kind == kind, LifecycleEvent.item_key == key)
         .order_by(LifecycleEvent.at.desc(), LifecycleEvent.id.desc())
         .limit(1)
     ).first()
-
-
-def _looks_like_release(text: str) -> bool:
-    bare = text.removeprefix("sha256:")
-    is_hex = len(bare) >= 8 and all(c in "0123456789abcdef" for c in bare)
-    return "@" in text or is_hex

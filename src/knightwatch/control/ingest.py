@@ -16,7 +16,7 @@ from knightwatch.control.audits import record_audit_result
 from knightwatch.control.drift import DriftChange, ingest_audit_status
 from knightwatch.control.fleet import ingest_report
 from knightwatch.control.guards import FleetHalt, ingest_alerts
-from knightwatch.control.killswitch import Message, ingest_safety
+from knightwatch.control.halt_reports import Message, ingest_safety
 from knightwatch.control.retirement import pending_retires, record_retire_result
 from knightwatch.errors import NotFoundError
 from knightwatch.protocol import Report

@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from knightwatch.control.fleet import FleetState, NodeLiveness, NodeStatus, fleet_status
+from knightwatch.control.fleet_status import FleetState, NodeLiveness, NodeStatus, fleet_status
 from knightwatch.store import Alert, Deployment, Halt, HaltNode
 
 __all__ = ["FleetStatistics", "NodeFigures", "fleet_statistics"]

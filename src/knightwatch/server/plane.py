@@ -17,7 +17,8 @@ from typing import TypeVar
 
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
 from knightwatch.clock import Clock, SystemClock
-from knightwatch.control.deploy import DeployTimeouts, Orchestrator
+from knightwatch.control.deploy import Orchestrator
+from knightwatch.control.deploy_requests import DeployTimeouts
 from knightwatch.control.guards import FleetGuards
 from knightwatch.control.killswitch import HaltPlan, issue_halt
 from knightwatch.control.releases import ReleaseCatalog
