@@ -4,17 +4,42 @@ Every error a user can see is a :class:`KnightwatchError`. Its message is
 written for the user, ``hint`` says what to do next, and ``exit_code`` is the
 status the CLI exits with::
 
-    KnightwatchError                  exit 1  (anything that went wrong)
-    ├── InvalidInputError             exit 2  (refused before anything changed)
+    KnightwatchError                  exit 1  anything that went wrong
+    ├── InvalidInputError             exit 2  refused before anything changed
     │   ├── SpecError                         knightwatch.toml is malformed
     │   ├── SourceTreeError                   a source tree breaks a build rule
     │   ├── KeyFileError                      a signing key is missing or malformed
-    │   ├── ReleaseNotFoundError              no release matches a reference
-    │   └── BlobNotFoundError                 no blob has a digest
-    ├── GateRefusedError              exit 2  (a safety gate refused the operation)
+    │   ├── NotFoundError                     the thing named does not exist (HTTP 404)
+    │   │   ├── ReleaseNotFoundError          no release matches a reference
+    │   │   ├── BlobNotFoundError             no blob has a digest
+    │   │   └── AlertNotFoundError            (control.alerts) no alert has an id
+    │   ├── RequestTooLargeError              (api.errors) a request body over its limit
+    │   ├── UnexpectedAnswerError             (client) the server's answer is not ours
+    │   └── AgentSetupError                   (agent.errors) the agent cannot start as asked
+    ├── GateRefusedError              exit 2  a safety gate refused the operation
     │   └── PolicyRefusedError                the safety policy refused it, every reason listed
-    ├── VerificationError             exit 1  (bytes or signatures do not match)
-    └── StoreError                    exit 1  (the disk or database failed us)
+    ├── VerificationError             exit 1  bytes or signatures do not match
+    ├── StoreError                    exit 1  the disk or database failed us
+    ├── AuthenticationError           exit 1  (control.enrollment) a credential was refused
+    ├── IllegalTransitionError        exit 1  (control.states) an undeclared move (a bug)
+    ├── ReportError                   exit 1  (protocol.reports) an agent report was refused
+    ├── WaitTimedOutError             exit 1  (polling) a condition did not hold in time
+    ├── FleetError                    exit 1  (localfleet) a local fleet did not start
+    ├── AgentError                    exit 1  (agent.errors) the agent failed at its work
+    │   ├── AgentTransportError               the control plane cannot be reached
+    │   ├── ServiceError                      the service cannot be run as specified
+    │   ├── StagingError                      a release cannot be staged or verified
+    │   │   └── StagingCancelledError         (agent.fetch) staging was cancelled
+    │   └── SwitchError                       `current` cannot be switched
+    ├── AuditFailedError              exit 1  (cli.audit) an audit found problems
+    ├── DeploymentFailedError         exit 1  (cli.deploy) a deployment did not succeed
+    ├── HaltUnacknowledgedError       exit 1  (cli.halting) a node did not confirm its halt
+    ├── RearmIncompleteError          exit 1  (cli.killswitch) a node did not restart
+    └── RetirementIncompleteError     exit 1  (cli.release) a node did not verify absence
+
+A class defined outside this module names its module in parentheses
+(relative to ``knightwatch``). tests/unit/test_errors.py checks that this
+drawing is the real class tree, exit codes included, so it cannot go stale.
 
 Foreign errors (OSError, sqlite3, httpx …) are translated at the boundary
 with ``raise … from exc`` so the user never sees a traceback.
