@@ -13,7 +13,8 @@ from knightwatch.control.decisions import (
     disconnected,
     expire,
 )
-from knightwatch.control.states import DeploymentState, IllegalTransitionError, NodePhase
+from knightwatch.control.states import IllegalTransitionError
+from knightwatch.vocabulary import DeploymentState, NodePhase
 
 S, P = DeploymentState, NodePhase
 

@@ -55,7 +55,7 @@ SCENES: dict[str, Callable[[], list[Node]]] = {
         node("node2", desired_digest=V2),
     ],
     "HALTED": lambda: [node("node1", halted=True, halt_source="kill"), node("node2")],
-    "DEGRADED": lambda: [node("node1"), node("node2", service_state="crashed")],
+    "DEGRADED": lambda: [node("node1"), node("node2", service_state="crash_loop")],
     "UNKNOWN": lambda: [node("node1"), node("node2", connected=False)],
 }
 """Each fleet state, as the nodes' rows that make it (new rows at every call)."""

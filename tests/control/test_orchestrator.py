@@ -16,12 +16,7 @@ import pytest
 from knightwatch.clock import VirtualClock
 from knightwatch.control.deploy import Orchestrator
 from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts
-from knightwatch.control.states import (
-    TERMINAL,
-    DeploymentState,
-    IllegalTransitionError,
-    check_transition,
-)
+from knightwatch.control.states import IllegalTransitionError, check_transition
 from knightwatch.errors import (
     GateRefusedError,
     InvalidInputError,
@@ -31,6 +26,7 @@ from knightwatch.errors import (
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
 from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release, open_database
 from knightwatch.store.queries import get_fleet
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState
 
 OLD, NEW = "a" * 64, "b" * 64
 NODES = ("n1", "n2", "n3")
@@ -422,7 +418,7 @@ class TestRecovery:
 class TestTransitions:
     def test_every_terminal_state_is_final(self) -> None:
         """No declared transition leaves a terminal state."""
-        for source in TERMINAL:
+        for source in TERMINAL_STATES:
             for target in DeploymentState:
                 with pytest.raises(IllegalTransitionError):
                     check_transition(source, target)

@@ -12,10 +12,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from knightwatch.errors import StoreError
-from knightwatch.store import Base, Database, Node
+from knightwatch.store import Base, Database, Deployment, DeploymentNode, Node
 from knightwatch.store.migrate import alembic_config, current_revision, head_revision
 from tests.store.conftest import Target
 
@@ -40,14 +40,14 @@ TABLES = {
 }
 
 
-HEAD = "0003_safety"
+HEAD = "0004_vocabulary"
 
 
 def test_history_is_one_line_ending_at_head() -> None:
     """The migration history is a single line of named revisions, newest at head."""
     scripts = ScriptDirectory.from_config(alembic_config())
     revisions = list(scripts.walk_revisions())
-    assert [r.revision for r in revisions] == [HEAD, "0002_audit", "0001_initial"]
+    assert [r.revision for r in revisions] == [HEAD, "0003_safety", "0002_audit", "0001_initial"]
     assert scripts.get_heads() == [HEAD]
     assert head_revision() == HEAD
     assert revisions[-1].path.endswith("versions/0001_initial.py")
@@ -151,3 +151,47 @@ def test_upgrade_from_the_first_schema_keeps_the_data(target: Target) -> None:
         node.status = "drained"  # allowed by the new CHECK constraint
     with target.open() as db, db.engine.connect() as connection:
         assert current_revision(connection) == HEAD
+
+
+def test_upgrade_to_the_vocabulary_keeps_deployments_and_then_refuses_unknown_words(
+    target: Target,
+) -> None:
+    """A 0003 database with a deployment upgrades; afterwards an unknown phase is refused."""
+    url = target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}"
+    target.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    now = datetime.now(UTC)
+    try:
+        with engine.connect() as connection:
+            command.upgrade(alembic_config(connection), "0003_safety")
+            connection.commit()
+            statements = [
+                "INSERT INTO releases (digest, release_id, name, version, manifest, sbom, "
+                "envelope, signed_by, pushed_at, pushed_by) VALUES ('" + "a" * 64 + "', "
+                "'r@1+aaaaaaaaaaaa', 'r', '1', :blob, :blob, :blob, 'k', :now, 'alice')",
+                "INSERT INTO nodes (name, group_name, status, created_at) "
+                "VALUES ('old', 'default', 'enrolled', :now)",
+                "INSERT INTO deployments (kind, release_digest, strategy, state, soak_s, "
+                "requested_by, created_at, updated_at) VALUES ('deploy', '" + "a" * 64 + "', "
+                "'atomic', 'SUCCEEDED', 0, 'alice', :now, :now)",
+            ]
+            for statement in statements:
+                connection.execute(text(statement), {"now": now, "blob": b"{}"})
+            connection.commit()
+    finally:
+        engine.dispose()
+    with target.open() as db, db.session() as session:
+        kept = session.scalars(select(Deployment)).one()
+        assert kept.state == "SUCCEEDED"
+        assert session.get(Node, "old") is not None
+    with target.open() as db, pytest.raises(StoreError), db.session() as session:
+        session.add(
+            DeploymentNode(
+                deployment_id=kept.id,
+                node_name="old",
+                role="fleet",
+                phase="VERIFIED",
+                updated_at=now,
+            )
+        )
+        session.flush()

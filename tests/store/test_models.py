@@ -22,6 +22,7 @@ from knightwatch.store import (
     Node,
     Release,
 )
+from knightwatch.vocabulary import DeploymentState, HaltSource, ServiceState
 
 T0 = datetime(2012, 8, 1, 13, 30, 0, 123456, tzinfo=UTC)
 NEW_YORK = timezone(timedelta(hours=-4), "EDT")
@@ -83,7 +84,7 @@ def deployment(**fields: Any) -> Deployment:
         "release_digest": DIGEST_A,
         "from_digest": DIGEST_B,
         "strategy": "canary",
-        "state": "STAGING",
+        "state": "PREPARING",
         "soak_s": 30.5,
         "reason": "quarterly release",
         "requested_by": "alice",
@@ -163,7 +164,7 @@ class TestRoundTrip:
             node_name="smars-1",
             role="canary",
             previous_digest=DIGEST_B,
-            phase="VERIFIED",
+            phase="PREPARED",
             reason=None,
             pid=99,
             started_at=1_343_828_200.5,
@@ -258,7 +259,12 @@ class TestConstraints:
         add(db, release(), node())
         with db.session() as session:
             session.add(made := deployment())
-        entry = {"deployment_id": made.id, "node_name": "smars-1", "phase": "P", "updated_at": T0}
+        entry = {
+            "deployment_id": made.id,
+            "node_name": "smars-1",
+            "phase": "PREPARING",
+            "updated_at": T0,
+        }
         add(db, DeploymentNode(role="fleet", **entry))
         self.expect_refusal(db, lambda s: s.add(DeploymentNode(role="canary", **entry)))
 
@@ -287,3 +293,68 @@ class TestConstraints:
         with db.session() as session:
             session.add(second := deployment())
         assert second.id > first.id
+
+
+class TestVocabulary:
+    """Every column holding a word of knightwatch.vocabulary refuses any other word."""
+
+    def expect_refusal(self, db: Database, fill: Callable[[Session], None]) -> None:
+        """``fill`` must make the database refuse the transaction with a StoreError."""
+        with pytest.raises(StoreError, match="refused the change"), db.session() as session:
+            fill(session)
+            session.flush()
+
+    @pytest.mark.parametrize(
+        ("column", "word"),
+        [
+            ("status", "enroled"),
+            ("drift_state", "DRIFTED"),
+            ("service_state", "sleeping"),
+            ("halt_source", "operator"),
+        ],
+    )
+    def test_a_node_refuses_an_unknown_word(self, db: Database, column: str, word: str) -> None:
+        """A misspelt or invented status, drift state, service state or halt source."""
+        self.expect_refusal(db, lambda s: s.add(node(**{column: word})))
+
+    @pytest.mark.parametrize(
+        ("column", "word"),
+        [("state", "STAGING"), ("kind", "hotfix"), ("strategy", "blue-green")],
+    )
+    def test_a_deployment_refuses_an_unknown_word(
+        self, db: Database, column: str, word: str
+    ) -> None:
+        """A deployment state, kind or strategy that does not exist."""
+        add(db, release())
+        self.expect_refusal(db, lambda s: s.add(deployment(**{column: word})))
+
+    def test_a_deployment_node_refuses_a_phase_that_does_not_exist(self, db: Database) -> None:
+        """The phase a test once stored without complaint ("VERIFIED") is refused now."""
+        add(db, release(), node())
+        with db.session() as session:
+            session.add(made := deployment())
+            session.flush()
+            deployment_id = made.id
+
+        def fill(session: Session) -> None:
+            session.add(
+                DeploymentNode(
+                    deployment_id=deployment_id,
+                    node_name="smars-1",
+                    role="fleet",
+                    phase="VERIFIED",
+                    updated_at=T0,
+                )
+            )
+
+        self.expect_refusal(db, fill)
+
+    def test_every_word_of_the_vocabulary_is_accepted(self, db: Database) -> None:
+        """The CHECKs are generated from the enums: each member stores."""
+        add(db, release())
+        with db.session() as session:
+            for index, state in enumerate(DeploymentState):
+                session.add(deployment(state=state))
+                session.add(node(name=f"n{index}", service_state=list(ServiceState)[index % 6]))
+            for source in HaltSource:
+                session.add(node(name=f"h-{source}", halt_source=source))

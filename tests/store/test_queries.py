@@ -17,7 +17,7 @@ from knightwatch.store import (
     get_fleet,
     record_event,
 )
-from knightwatch.store.queries import TERMINAL_STATES
+from knightwatch.vocabulary import TERMINAL_STATES
 
 T0 = datetime(2012, 8, 1, 13, 30, tzinfo=UTC)
 DIGEST = "a" * 64
@@ -110,19 +110,19 @@ class TestActiveDeployment:
         """The active deployment is the oldest whose state is not terminal."""
         push_release(db)
         start_deployment(db, "SUCCEEDED")
-        first = start_deployment(db, "STAGING")
-        start_deployment(db, "SWITCHING")
+        first = start_deployment(db, "PREPARING")
+        start_deployment(db, "COMMITTING")
         with db.session() as session:
             found = active_deployment(session)
             assert found is not None
-            assert (found.id, found.state) == (first, "STAGING")
+            assert (found.id, found.state) == (first, "PREPARING")
 
 
 class TestRecordEvent:
     def test_events_are_recorded_in_order(self, db: Database) -> None:
         """Events get increasing ids and keep their node, detail and aware timestamp."""
         push_release(db)
-        deployment_id = start_deployment(db, "STAGING")
+        deployment_id = start_deployment(db, "PREPARING")
         with db.session() as session:
             first = record_event(session, deployment_id, "created", at=T0)
             second = record_event(

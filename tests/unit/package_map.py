@@ -12,7 +12,7 @@ never touches the store or the control plane; only the composition roots
 
 from __future__ import annotations
 
-BASE = frozenset({"errors", "canonical", "clock", "selection", "text", "polling"})
+BASE = frozenset({"errors", "canonical", "clock", "selection", "text", "polling", "vocabulary"})
 """Leaf modules with no knightwatch dependency but ``errors`` (and each other)."""
 
 ALLOWED: dict[str, frozenset[str]] = {
@@ -22,6 +22,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "selection": frozenset({"errors"}),
     "text": frozenset({"errors"}),
     "polling": frozenset({"errors"}),
+    "vocabulary": frozenset(),
     "logs": BASE,
     "tlsca": BASE,
     "protocol": BASE,

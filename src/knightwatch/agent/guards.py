@@ -154,7 +154,7 @@ class GuardEvaluator:
         detail = _values_of(rule, snapshot)
         if spec.action == "halt_node":
             try:
-                await self._halt("guard", summary)
+                await self._halt(HaltSource.GUARD, summary)
                 detail = f"the node's service was halted; {detail}"
             except Exception as exc:  # the alert must still go out
                 logger.exception("guard-halt-failed")

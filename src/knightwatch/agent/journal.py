@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knightwatch.agent.events import event
 from knightwatch.agent.layout import NodeLayout, atomic_write
-from knightwatch.protocol.safety import HaltSource
+from knightwatch.vocabulary import HaltSource
 
 __all__ = [
     "STATE_SCHEMA",

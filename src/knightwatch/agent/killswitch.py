@@ -200,7 +200,7 @@ class KillSwitch:
             limit = self._journal.state.dead_man_s
             if limit is not None and not self.halted and silent > limit:
                 await self.halt(
-                    "dead-man",
+                    HaltSource.DEAD_MAN,
                     f"lost the control plane for {silent:.1f} s "
                     f"(dead man's switch after {limit:g} s)",
                 )

@@ -31,7 +31,7 @@ from knightwatch.agent.termination import stop_strays
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.errors import KnightwatchError
 from knightwatch.protocol.messages import ServiceState, ServiceStatus
-from knightwatch.protocol.safety import HaltSource
+from knightwatch.vocabulary import HaltSource
 
 __all__ = ["HaltCause", "Halted", "ServiceController"]
 

@@ -30,9 +30,9 @@ from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
 from knightwatch.control.deploy_requests import DeployRequest
 from knightwatch.control.fleet_status import FleetState
 from knightwatch.control.releases import ReleaseCatalog
-from knightwatch.control.states import TERMINAL
 from knightwatch.control.statistics import FleetStatistics, fleet_statistics
 from knightwatch.store import Database
+from knightwatch.vocabulary import TERMINAL_STATES
 
 __all__ = ["TIME_TO_HALT_BUCKETS", "FleetCollector", "UploadCollector", "router"]
 
@@ -183,10 +183,10 @@ def _deployments(stats: FleetStatistics) -> Iterator[Metric]:
         labels=["kind", "state"],
     )
     # every ended (kind, state) from zero, so a rule's increase() sees the first failure too
-    counts = {(kind, str(state)): 0 for kind in _KINDS for state in sorted(TERMINAL)}
+    counts = {(kind, str(state)): 0 for kind in _KINDS for state in sorted(TERMINAL_STATES)}
     counts.update(stats.deployments)
     for (kind, state), count in sorted(counts.items()):
-        (finished if state in TERMINAL else running).add_metric([kind, state], count)
+        (finished if state in TERMINAL_STATES else running).add_metric([kind, state], count)
     yield finished
     yield running
 

@@ -12,6 +12,7 @@ from rich.table import Table
 from knightwatch.cli.options import JsonOpt, NodesOpt, WaitOpt, connect
 from knightwatch.cli.output import err, out, paint, print_json, shown
 from knightwatch.errors import KnightwatchError
+from knightwatch.vocabulary import TERMINAL_STATES
 
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
@@ -27,8 +28,6 @@ __all__ = [
 ]
 
 deployment_app = typer.Typer(help="Inspect one deployment.", no_args_is_help=True)
-
-TERMINAL = {"SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED"}
 
 
 class DeploymentFailedError(KnightwatchError):
@@ -127,7 +126,7 @@ def follow_deployment(
         data = _poll(client, data)
     else:
         with Live(_deployment_table(data), console=out, refresh_per_second=10) as live:
-            while data["state"] not in TERMINAL:
+            while data["state"] not in TERMINAL_STATES:
                 time.sleep(0.2)
                 data = client.get(f"/deployments/{data['id']}")
                 live.update(_deployment_table(data))
@@ -145,7 +144,7 @@ def follow_deployment(
 
 def _poll(client: ApiClient, data: dict[str, Any]) -> dict[str, Any]:
     seen = data["state"]
-    while data["state"] not in TERMINAL:
+    while data["state"] not in TERMINAL_STATES:
         time.sleep(0.2)
         data = client.get(f"/deployments/{data['id']}")
         if data["state"] != seen:

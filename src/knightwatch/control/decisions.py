@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from knightwatch.control.states import DeploymentState, NodePhase, check_transition
+from knightwatch.control.states import check_transition
+from knightwatch.vocabulary import DeploymentState, NodePhase
 
 __all__ = [
     "EXPECTED_ACKS",

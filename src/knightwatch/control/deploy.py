@@ -53,10 +53,10 @@ from knightwatch.control.policy import (
     reconcile_target,
     rollback_target,
 )
-from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase
 from knightwatch.protocol import Ack, AckPhase
 from knightwatch.store import Database, Deployment, DeploymentNode, Node
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, NodePhase
 
 __all__ = ["CommandSink", "Orchestrator"]
 
@@ -139,7 +139,7 @@ class Orchestrator:
                 log.warning("ack for unknown deployment %s from %s", ack.deployment_id, node)
                 return
             phase = _ACK_PHASE[ack.phase]
-            if deployment.state in TERMINAL or phase not in EXPECTED_ACKS.get(
+            if deployment.state in TERMINAL_STATES or phase not in EXPECTED_ACKS.get(
                 P(row.phase), frozenset()
             ):
                 self._late_ack(session, deployment, row, phase, ack.reason, step)
@@ -171,9 +171,9 @@ class Orchestrator:
         elif phase == P.ABORTED and row.phase in UNSWITCHED:
             self._record.set_phase(session, row, phase, reason or row.reason)
         elif phase == P.ROLLED_BACK and row.phase == P.ROLLBACK_FAILED:
-            when = "the deployment ended" if deployment.state in TERMINAL else "its failure"
+            when = "the deployment ended" if deployment.state in TERMINAL_STATES else "its failure"
             self._record.set_phase(session, row, phase, f"rolled back after {when} ({row.reason})")
-            if deployment.state not in TERMINAL:
+            if deployment.state not in TERMINAL_STATES:
                 self._record.advance(session, deployment, step)
 
     def on_ack_details(
@@ -189,7 +189,11 @@ class Orchestrator:
             self._lock(session)
             row = session.get(DeploymentNode, (deployment_id, node))
             deployment = session.get(Deployment, deployment_id)
-            if row is not None and deployment is not None and deployment.state not in TERMINAL:
+            if (
+                row is not None
+                and deployment is not None
+                and deployment.state not in TERMINAL_STATES
+            ):
                 row.pid, row.started_at, row.version = pid, started_at, version
 
     def on_connect(self, node: str) -> None:

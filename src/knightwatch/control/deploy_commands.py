@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.control.decisions import SWITCHED, UNSWITCHED
-from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase
 from knightwatch.protocol import Abort, Commit, Prepare, Rollback
 from knightwatch.store import Deployment, DeploymentEvent, DeploymentNode, Node, Release
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, NodePhase
 
 __all__ = [
     "Command",
@@ -85,7 +85,7 @@ def resend(session: Session, deployment: Deployment, row: DeploymentNode) -> Out
     phase = P(row.phase)
     if phase == P.ROLLING_BACK:
         return [(row.node_name, rollback_command(session, deployment, row))]
-    if phase in UNSWITCHED and deployment.state in TERMINAL | {S.ROLLING_BACK}:
+    if phase in UNSWITCHED and deployment.state in TERMINAL_STATES | {S.ROLLING_BACK}:
         return [(row.node_name, abort_command(deployment))]
     if phase == P.PREPARING:
         return [(row.node_name, prepare_command(deployment, release_of(session, deployment)))]
@@ -110,7 +110,7 @@ def outcomes_for(session: Session, node: str) -> Outbox:
         .limit(1)
     ).first()
     ended = session.get(Deployment, last.deployment_id) if last is not None else None
-    if last is None or ended is None or ended.state not in TERMINAL:
+    if last is None or ended is None or ended.state not in TERMINAL_STATES:
         return found
     if ended.state != S.SUCCEEDED:
         if last.phase != P.ROLLED_BACK:  # it never confirmed the rollback

@@ -28,9 +28,10 @@ from knightwatch.control.deploy_commands import (
 )
 from knightwatch.control.deploy_requests import DeployTimeouts
 from knightwatch.control.fleet import record_fleet_conditions
-from knightwatch.control.states import TERMINAL, DeploymentState, NodePhase, check_transition
+from knightwatch.control.states import check_transition
 from knightwatch.store import Deployment, DeploymentNode, Node
 from knightwatch.store.queries import get_fleet, record_event
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, NodePhase
 
 __all__ = ["DeploymentRecord", "Step", "targets_of"]
 
@@ -208,7 +209,7 @@ class DeploymentRecord:
         deployment.state = target
         deployment.updated_at = now
         deployment.deadline = deadline
-        if target in TERMINAL:
+        if target in TERMINAL_STATES:
             deployment.finished_at = now
         record_event(
             session, deployment.id, target, at=now, detail=deployment.reason or transition.hazard

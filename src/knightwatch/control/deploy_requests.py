@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from knightwatch.control.deploy_commands import Outbox, prepare_command
 from knightwatch.control.policy import Action, deploy_proposal, enforce
-from knightwatch.control.states import DeploymentState, NodePhase
 from knightwatch.store import Deployment, DeploymentNode
 from knightwatch.store.queries import get_fleet, record_event
+from knightwatch.vocabulary import DeploymentState, NodePhase
 
 __all__ = ["DeployRequest", "DeployTimeouts", "create_deployment"]
 

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from knightwatch.control.states import NodePhase
 from knightwatch.store import Deployment, DeploymentNode, Fleet, Node, Release
 from knightwatch.store.queries import get_fleet
+from knightwatch.vocabulary import NodePhase
 
 __all__ = [
     "Unconfirmed",

@@ -38,9 +38,9 @@ from knightwatch.control.policy import Action, Proposal, enforce
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import Rearm
-from knightwatch.protocol.safety import HaltSource
 from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Halt, HaltNode, Node
+from knightwatch.vocabulary import HaltSource
 
 __all__ = [
     "DEAD_MAN_RULE",
@@ -84,7 +84,7 @@ def issue_halt(
     requested_by: str,
     now: datetime,
     *,
-    source: HaltSource = "kill",
+    source: HaltSource = HaltSource.KILL,
 ) -> HaltPlan:
     """Record a latched halt of every selected node; return the message to send to them all.
 

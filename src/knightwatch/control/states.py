@@ -8,60 +8,11 @@ machine reads as the safety case of promise P1 (all or nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from knightwatch.errors import KnightwatchError
+from knightwatch.vocabulary import DeploymentState
 
-__all__ = [
-    "TERMINAL",
-    "TRANSITIONS",
-    "DeploymentState",
-    "IllegalTransitionError",
-    "NodePhase",
-    "Transition",
-    "check_transition",
-]
-
-
-class DeploymentState(StrEnum):
-    """Where a deployment is in the two-phase protocol."""
-
-    PREPARING = "PREPARING"
-    CANARY = "CANARY"
-    SOAKING = "SOAKING"
-    COMMITTING = "COMMITTING"
-    ROLLING_BACK = "ROLLING_BACK"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    ROLLED_BACK = "ROLLED_BACK"
-    ROLLBACK_FAILED = "ROLLBACK_FAILED"
-
-
-TERMINAL = frozenset(
-    {
-        DeploymentState.SUCCEEDED,
-        DeploymentState.FAILED,
-        DeploymentState.ROLLED_BACK,
-        DeploymentState.ROLLBACK_FAILED,
-    }
-)
-
-
-class NodePhase(StrEnum):
-    """Where one node is within a deployment."""
-
-    PREPARING = "PREPARING"
-    PREPARED = "PREPARED"
-    PREPARE_FAILED = "PREPARE_FAILED"
-    WAITING = "WAITING"  # canary: the rest of the fleet waits for the canary's soak
-    COMMITTING = "COMMITTING"
-    ACTIVE = "ACTIVE"
-    COMMIT_FAILED = "COMMIT_FAILED"
-    ROLLING_BACK = "ROLLING_BACK"
-    ROLLED_BACK = "ROLLED_BACK"
-    ROLLBACK_FAILED = "ROLLBACK_FAILED"
-    ABORTED = "ABORTED"
-    OFFLINE = "OFFLINE"  # selected but not connected: caught up when it returns
+__all__ = ["TRANSITIONS", "IllegalTransitionError", "Transition", "check_transition"]
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,9 @@ from knightwatch.localfleet.processes import (
 from knightwatch.polling import wait_until
 from knightwatch.push import push_release
 from knightwatch.tlsca import client_context, create_local_ca
+from knightwatch.vocabulary import TERMINAL_STATES
 
 __all__ = ["FleetError", "LocalFleet"]
-
-TERMINAL = ("SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED")
 
 
 class FleetError(KnightwatchError):
@@ -317,7 +316,7 @@ class LocalFleet:
 
         def done() -> dict[str, Any] | None:
             data: dict[str, Any] = self.client.get(f"/deployments/{deployment_id}")
-            return data if data["state"] in TERMINAL else None
+            return data if data["state"] in TERMINAL_STATES else None
 
         return wait_until(
             done, timeout=timeout, what=f"deployment {deployment_id} to end", interval=0.1

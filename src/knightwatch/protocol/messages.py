@@ -27,6 +27,7 @@ from knightwatch.protocol.safety import (
     Rearm,
     RearmAck,
 )
+from knightwatch.vocabulary import ServiceState
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -137,17 +138,6 @@ _SERVER_MESSAGE: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 def parse_server_message(data: str | bytes) -> ServerMessage:
     """Parse and validate one server → agent message (raises pydantic.ValidationError)."""
     return _SERVER_MESSAGE.validate_json(data)
-
-
-class ServiceState(StrEnum):
-    """What the supervised service is doing."""
-
-    NONE = "none"  # no release active yet
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPED = "stopped"
-    CRASH_LOOP = "crash_loop"
-    HALTED = "halted"
 
 
 class ServiceStatus(_Message):

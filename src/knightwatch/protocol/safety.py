@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.protocol.bounds import Count, Positive
+from knightwatch.vocabulary import HaltSource
 
 __all__ = [
     "MAX_ALERTS_IN_REPORT",
@@ -32,7 +33,6 @@ __all__ = [
 MAX_ALERTS_IN_REPORT = 100
 MAX_METRICS_IN_REPORT = 1000
 Text = Annotated[str, Field(max_length=4096)]
-HaltSource = Literal["kill", "dead-man", "guard"]
 
 
 class _Message(BaseModel):
@@ -47,7 +47,7 @@ class Halt(_Message):
     reason: Text
     issued_at: datetime
     """When the control plane sent it (its clock), for time-to-halt figures."""
-    source: HaltSource = "kill"
+    source: HaltSource = HaltSource.KILL
     """What caused it: an operator's ``kill``, or a ``guard`` that asked for a fleet halt."""
 
 

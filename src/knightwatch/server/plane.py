@@ -22,13 +22,13 @@ from knightwatch.control.deploy_requests import DeployTimeouts
 from knightwatch.control.guards import FleetGuards
 from knightwatch.control.killswitch import HaltPlan, issue_halt
 from knightwatch.control.releases import ReleaseCatalog
-from knightwatch.protocol.safety import HaltSource
 from knightwatch.server.credentials import CredentialCache
 from knightwatch.server.documents import ReleaseDocuments
 from knightwatch.server.hub import AgentHub
 from knightwatch.server.settings import ServerSettings
 from knightwatch.server.signals import ChangeSignal
 from knightwatch.store import Database, open_database
+from knightwatch.vocabulary import HaltSource
 
 __all__ = ["ControlPlane"]
 
@@ -69,7 +69,12 @@ class ControlPlane:
         return await asyncio.get_running_loop().run_in_executor(self.store_worker, work)
 
     def record_halt(
-        self, selector: str | None, reason: str, requested_by: str, *, source: HaltSource = "kill"
+        self,
+        selector: str | None,
+        reason: str,
+        requested_by: str,
+        *,
+        source: HaltSource = HaltSource.KILL,
     ) -> HaltPlan:
         """Record a halt of the selected nodes (all when ``selector`` is None) in the store."""
         with self.db.session() as session:
@@ -91,7 +96,7 @@ class ControlPlane:
 
         The halt is recorded with source ``guard``, on the nodes and on the agents.
         """
-        plan = self.record_halt(selector, reason, requested_by, source="guard")
+        plan = self.record_halt(selector, reason, requested_by, source=HaltSource.GUARD)
         self.send_halt(plan)
         return plan
 

@@ -11,6 +11,7 @@ engines.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import ClassVar
 
 from sqlalchemy import (
@@ -29,6 +30,21 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from knightwatch.store.types import UTCDateTime
+from knightwatch.vocabulary import (
+    AlertState,
+    DeploymentKind,
+    DeploymentState,
+    DeploymentStrategy,
+    DriftState,
+    HaltSource,
+    ItemKind,
+    NodePhase,
+    NodeRole,
+    NodeStatus,
+    RetirementState,
+    ServiceState,
+    Severity,
+)
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -66,9 +82,9 @@ WORD = String(32)
 EVENT_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
-def _one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
-    """A named CHECK that ``column`` holds one of ``values``."""
-    listed = ", ".join(f"'{v}'" for v in values)
+def _one_of(column: str, vocabulary: type[StrEnum]) -> CheckConstraint:
+    """A named CHECK that ``column`` holds a member of ``vocabulary`` (NULL passes, if allowed)."""
+    listed = ", ".join(f"'{member.value}'" for member in vocabulary)
     return CheckConstraint(f"{column} IN ({listed})", name=f"{column}_valid")
 
 
@@ -105,8 +121,10 @@ class Node(Base):
 
     __tablename__ = "nodes"
     __table_args__ = (
-        _one_of("status", ("pending", "enrolled", "drained", "retired")),
-        _one_of("drift_state", ("unknown", "clean", "drifted")),
+        _one_of("status", NodeStatus),
+        _one_of("drift_state", DriftState),
+        _one_of("service_state", ServiceState),
+        _one_of("halt_source", HaltSource),
     )
 
     name: Mapped[str] = mapped_column(NODE_NAME, primary_key=True)
@@ -173,8 +191,9 @@ class Deployment(Base):
 
     __tablename__ = "deployments"
     __table_args__ = (
-        _one_of("kind", ("deploy", "rollback", "catchup", "reconcile")),
-        _one_of("strategy", ("atomic", "canary")),
+        _one_of("kind", DeploymentKind),
+        _one_of("strategy", DeploymentStrategy),
+        _one_of("state", DeploymentState),
         # Ids are never reused on SQLite either, as PostgreSQL sequences never are.
         {"sqlite_autoincrement": True},
     )
@@ -198,7 +217,7 @@ class DeploymentNode(Base):
     """The progress of one node within one deployment."""
 
     __tablename__ = "deployment_nodes"
-    __table_args__ = (_one_of("role", ("canary", "fleet")),)
+    __table_args__ = (_one_of("role", NodeRole), _one_of("phase", NodePhase))
 
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"), primary_key=True)
     node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True, index=True)
@@ -231,8 +250,8 @@ class Alert(Base):
 
     __tablename__ = "alerts"
     __table_args__ = (
-        _one_of("state", ("firing", "acknowledged", "resolved")),
-        _one_of("severity", ("info", "warning", "critical")),
+        _one_of("state", AlertState),
+        _one_of("severity", Severity),
         {"sqlite_autoincrement": True},
     )
 
@@ -299,7 +318,7 @@ class RetirementNode(Base):
     """One node's part in a retirement: pending until it reports the release absent."""
 
     __tablename__ = "retirement_nodes"
-    __table_args__ = (_one_of("state", ("pending", "absent", "failed")),)
+    __table_args__ = (_one_of("state", RetirementState),)
 
     retirement_id: Mapped[int] = mapped_column(ForeignKey("retirements.id"), primary_key=True)
     node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True)
@@ -313,7 +332,7 @@ class LifecycleEvent(Base):
 
     __tablename__ = "lifecycle_events"
     __table_args__ = (
-        _one_of("item_kind", ("release", "component", "flag", "node")),
+        _one_of("item_kind", ItemKind),
         {"sqlite_autoincrement": True},
     )
 

@@ -9,11 +9,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from knightwatch.store.models import Deployment, DeploymentEvent, Fleet
+from knightwatch.vocabulary import TERMINAL_STATES
 
-__all__ = ["FLEET_ID", "TERMINAL_STATES", "active_deployment", "get_fleet", "record_event"]
+__all__ = ["FLEET_ID", "active_deployment", "get_fleet", "record_event"]
 
 FLEET_ID = 1
-TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "ROLLED_BACK", "ROLLBACK_FAILED"})
 
 
 def get_fleet(session: Session, *, for_update: bool = False, now: datetime | None = None) -> Fleet:

@@ -17,7 +17,8 @@ from knightwatch.control.drift import drifted_nodes
 from knightwatch.control.policy.model import Check, Proposal
 from knightwatch.errors import Refusal
 from knightwatch.store import Alert, Deployment, Node, Release, Retirement
-from knightwatch.store.queries import TERMINAL_STATES, get_fleet
+from knightwatch.store.queries import get_fleet
+from knightwatch.vocabulary import TERMINAL_STATES
 
 __all__ = [
     "NoDrift",
