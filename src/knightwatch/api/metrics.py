@@ -12,7 +12,6 @@ it changed, so an alerting rule on them survives a Prometheus restart;
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import get_args, get_type_hints
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,18 +26,17 @@ from prometheus_client.registry import Collector
 from knightwatch.api.plane import Plane
 from knightwatch.clock import Clock
 from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
-from knightwatch.control.deploy_requests import DeployRequest
 from knightwatch.control.fleet_status import FleetState
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.control.statistics import FleetStatistics, fleet_statistics
 from knightwatch.store import Database
-from knightwatch.vocabulary import TERMINAL_STATES
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentKind
 
 __all__ = ["TIME_TO_HALT_BUCKETS", "FleetCollector", "UploadCollector", "router"]
 
 router = APIRouter()
 TIME_TO_HALT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_KINDS: tuple[str, ...] = get_args(get_type_hints(DeployRequest)["kind"])
+_KINDS: tuple[str, ...] = tuple(DeploymentKind)
 
 
 class FleetCollector(Collector):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,7 @@ from knightwatch.control.history import history
 from knightwatch.control.nodes import drain_node, resume_node, retire_node
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import BlobStreamError, BlobStreamWriter
+from knightwatch.vocabulary import DeploymentStrategy
 
 __all__ = ["router"]
 
@@ -50,7 +51,7 @@ class DeployBody(_Body):
 
     release: Annotated[str, Field(min_length=1, max_length=200), SafeLine]
     nodes: Annotated[NodeSelector, Field(max_length=4096)] | None = None
-    strategy: Literal["atomic", "canary"] = "atomic"
+    strategy: DeploymentStrategy = DeploymentStrategy.ATOMIC
     soak_s: Annotated[float, Field(ge=0, le=86400)] | None = None
 
 

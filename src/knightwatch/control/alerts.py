@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.errors import InvalidInputError, NotFoundError
 from knightwatch.store import Alert, AlertNotification
+from knightwatch.vocabulary import AlertState, Severity
 
 __all__ = [
     "ALERT_STATES",
@@ -43,7 +44,8 @@ __all__ = [
     "update",
 ]
 
-AlertSeverity = Literal["info", "warning", "critical"]
+AlertSeverity = Severity | Literal["info", "warning", "critical"]
+"""A severity as the vocabulary names it, or as a spec or guard wrote it (the same words)."""
 ALERT_STATES = ("firing", "acknowledged", "resolved")
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -65,7 +67,7 @@ def open_alert(session: Session, key: str) -> Alert | None:
     """Return the newest alert with fingerprint ``key`` that is not resolved, if any."""
     statement = (
         select(Alert)
-        .where(Alert.fingerprint == key, Alert.state != "resolved")
+        .where(Alert.fingerprint == key, Alert.state != AlertState.RESOLVED)
         .order_by(Alert.id.desc())
         .limit(1)
     )
@@ -91,7 +93,7 @@ def fire(
         alert.summary, alert.detail = summary, detail
         if SEVERITY_RANK[severity] > SEVERITY_RANK[alert.severity]:
             alert.severity = severity
-            if alert.state == "firing" and alert.notified_at is None:
+            if alert.state == AlertState.FIRING and alert.notified_at is None:
                 alert.next_notify_at = now  # it may now be severe enough to route
         return alert
     alert = Alert(
@@ -99,7 +101,7 @@ def fire(
         rule=rule,
         node_name=node,
         severity=severity,
-        state="firing",
+        state=AlertState.FIRING,
         summary=summary,
         detail=detail,
         count=1,
@@ -138,16 +140,16 @@ def acknowledge(
 ) -> Alert:
     """Someone is on it: stop escalating. Refused for a resolved alert; idempotent otherwise."""
     alert = get_alert(session, alert_id)
-    if alert.state == "resolved":
+    if alert.state == AlertState.RESOLVED:
         raise InvalidInputError(
             f"alert {alert_id} ({alert.rule} on {alert.node_name or 'the fleet'}) "
             f"was resolved by {alert.resolved_by} at {_when(alert.resolved_at)}; "
             "there is nothing to acknowledge",
             hint="list open alerts with: knightwatch alerts list --state firing",
         )
-    if alert.state == "acknowledged":
+    if alert.state == AlertState.ACKNOWLEDGED:
         return alert
-    alert.state = "acknowledged"
+    alert.state = AlertState.ACKNOWLEDGED
     alert.acknowledged_at, alert.acknowledged_by = now, _actor(by, comment)
     alert.next_notify_at = None
     return alert
@@ -158,7 +160,7 @@ def resolve_alert(
 ) -> Alert:
     """Close an alert by hand (firing or acknowledged); refused when it is already resolved."""
     alert = get_alert(session, alert_id)
-    if alert.state == "resolved":
+    if alert.state == AlertState.RESOLVED:
         raise InvalidInputError(
             f"alert {alert_id} was already resolved by {alert.resolved_by} "
             f"at {_when(alert.resolved_at)}",
@@ -224,7 +226,7 @@ def notification_json(row: AlertNotification) -> dict[str, Any]:
 
 
 def _close(alert: Alert, by: str, now: datetime) -> None:
-    alert.state = "resolved"
+    alert.state = AlertState.RESOLVED
     alert.resolved_at, alert.resolved_by = now, by
     # announce the resolution to whoever was told it fired (routing sends it once)
     alert.next_notify_at = now if alert.notified_at is not None else None

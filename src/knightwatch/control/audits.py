@@ -23,6 +23,7 @@ from knightwatch.protocol.audit import AbsentPath, AuditRequest, AuditResult
 from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Audit, AuditNodeResult, Node, Release
 from knightwatch.store.queries import get_fleet
+from knightwatch.vocabulary import NodeStatus
 
 __all__ = [
     "AuditPlan",
@@ -91,7 +92,9 @@ def start_audit(
     terms = parse_selector(selector)
     nodes = [
         n
-        for n in session.scalars(select(Node).where(Node.status == "enrolled").order_by(Node.name))
+        for n in session.scalars(
+            select(Node).where(Node.status == NodeStatus.ENROLLED).order_by(Node.name)
+        )
         if matches_selector(n, terms)
     ]
     if not nodes:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from knightwatch.control.states import check_transition
-from knightwatch.vocabulary import DeploymentState, NodePhase
+from knightwatch.vocabulary import DeploymentState, NodePhase, NodeRole
 
 __all__ = [
     "EXPECTED_ACKS",
@@ -55,7 +55,7 @@ class NodeFacts:
 
     name: str
     phase: NodePhase
-    role: str = "fleet"
+    role: str = NodeRole.FLEET
     """``canary`` or ``fleet``."""
     reason: str | None = None
     connected: bool = True
@@ -164,7 +164,7 @@ def _while_switching(state: DeploymentState, nodes: Sequence[NodeFacts]) -> Deci
     phases = [n.phase for n in nodes]
     if P.COMMIT_FAILED in phases:
         return _decide(state, Move.ROLL_BACK, _reasons(nodes, P.COMMIT_FAILED))
-    if state == S.CANARY and any(n.role == "canary" and n.phase == P.ACTIVE for n in nodes):
+    if state == S.CANARY and any(n.role == NodeRole.CANARY and n.phase == P.ACTIVE for n in nodes):
         return _decide(state, Move.SOAK)
     if state == S.COMMITTING and all(p == P.ACTIVE for p in phases):
         return _decide(state, Move.SUCCEED)
@@ -205,7 +205,7 @@ def expire(state: DeploymentState, nodes: Sequence[NodeFacts]) -> Decision:
 
 def after_soak(state: DeploymentState, nodes: Sequence[NodeFacts]) -> Decision:
     """The canary's soak is over: the fleet follows a healthy canary, if all are still here."""
-    canary = next(n for n in nodes if n.role == "canary")
+    canary = next(n for n in nodes if n.role == NodeRole.CANARY)
     if not (canary.connected and canary.running_release):
         return _decide(state, Move.ROLL_BACK, f"canary {canary.name} unhealthy after its soak")
     gone = [n.name for n in nodes if n.phase == P.WAITING and not n.connected]

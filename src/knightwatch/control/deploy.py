@@ -56,7 +56,13 @@ from knightwatch.control.policy import (
 from knightwatch.protocol import Ack, AckPhase
 from knightwatch.store import Database, Deployment, DeploymentNode, Node
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
-from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, NodePhase
+from knightwatch.vocabulary import (
+    TERMINAL_STATES,
+    DeploymentKind,
+    DeploymentState,
+    DeploymentStrategy,
+    NodePhase,
+)
 
 __all__ = ["CommandSink", "Orchestrator"]
 
@@ -114,7 +120,10 @@ class Orchestrator:
             target, selector = rollback_target(session)
         return self.start(
             DeployRequest(
-                release=target, nodes=selector, requested_by=requested_by, kind="rollback"
+                release=target,
+                nodes=selector,
+                requested_by=requested_by,
+                kind=DeploymentKind.ROLLBACK,
             )
         )
 
@@ -123,7 +132,9 @@ class Orchestrator:
         with self._db.session() as session:
             digest = reconcile_target(session, node)
         return self.start(
-            DeployRequest(release=digest, nodes=node, requested_by=requested_by, kind="reconcile")
+            DeployRequest(
+                release=digest, nodes=node, requested_by=requested_by, kind=DeploymentKind.RECONCILE
+            )
         )
 
     # -- events from agents -----------------------------------------------
@@ -239,7 +250,7 @@ class Orchestrator:
             lost = next((f for f in facts if f.name == node), None)
             if lost is None:  # selected while offline: caught up when it returns
                 return
-            canary = deployment.strategy == "canary"
+            canary = deployment.strategy == DeploymentStrategy.CANARY
             decision = disconnected(S(deployment.state), lost, facts, canary=canary)
             self._record.apply(session, deployment, decision, step)
         self._finish(step)
@@ -302,7 +313,10 @@ class Orchestrator:
         log.info("catch-up of %s to %s", ",".join(names), digest[:12])
         self.start(
             DeployRequest(
-                release=digest, nodes=",".join(names), requested_by=CATCHUP_ACTOR, kind="catchup"
+                release=digest,
+                nodes=",".join(names),
+                requested_by=CATCHUP_ACTOR,
+                kind=DeploymentKind.CATCHUP,
             )
         )
 

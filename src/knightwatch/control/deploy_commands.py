@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 from knightwatch.control.decisions import SWITCHED, UNSWITCHED
 from knightwatch.protocol import Abort, Commit, Prepare, Rollback
 from knightwatch.store import Deployment, DeploymentEvent, DeploymentNode, Node, Release
-from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, NodePhase
+from knightwatch.vocabulary import (
+    TERMINAL_STATES,
+    DeploymentKind,
+    DeploymentState,
+    NodePhase,
+    ServiceState,
+)
 
 __all__ = [
     "Command",
@@ -46,7 +52,7 @@ def prepare_command(deployment: Deployment, release: Release) -> Prepare:
         deployment_id=deployment.id,
         digest=release.digest,
         release_id=release.release_id,
-        restage=deployment.kind == "reconcile",
+        restage=deployment.kind == DeploymentKind.RECONCILE,
     )
 
 
@@ -56,7 +62,7 @@ def commit_command(deployment: Deployment, release: Release) -> Commit:
         deployment_id=deployment.id,
         digest=release.digest,
         release_id=release.release_id,
-        restage=deployment.kind == "reconcile",
+        restage=deployment.kind == DeploymentKind.RECONCILE,
     )
 
 
@@ -120,7 +126,7 @@ def outcomes_for(session: Session, node: str) -> Outbox:
     if (
         reported is not None
         and reported.active_digest == ended.release_digest
-        and reported.service_state in ("none", "stopped")
+        and reported.service_state in (ServiceState.NONE, ServiceState.STOPPED)
     ):
         found.append((node, kept_command(ended, release_of(session, ended))))
     return found

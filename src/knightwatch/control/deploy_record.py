@@ -31,7 +31,15 @@ from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.control.states import check_transition
 from knightwatch.store import Deployment, DeploymentNode, Node
 from knightwatch.store.queries import get_fleet, record_event
-from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, NodePhase
+from knightwatch.vocabulary import (
+    TERMINAL_STATES,
+    DeploymentKind,
+    DeploymentState,
+    DeploymentStrategy,
+    NodePhase,
+    NodeRole,
+    ServiceState,
+)
 
 __all__ = ["DeploymentRecord", "Step", "targets_of"]
 
@@ -56,7 +64,7 @@ class DeploymentRecord:
     def advance(self, session: Session, deployment: Deployment, step: Step) -> None:
         """After an acknowledgement or a settled node: record whatever move follows."""
         facts = self.facts(session, deployment)
-        canary = deployment.strategy == "canary"
+        canary = deployment.strategy == DeploymentStrategy.CANARY
         self.apply(session, deployment, advance(S(deployment.state), facts, canary=canary), step)
 
     def facts(self, session: Session, deployment: Deployment) -> list[NodeFacts]:
@@ -72,7 +80,7 @@ class DeploymentRecord:
                     reason=row.reason,
                     connected=node is not None and node.connected,
                     running_release=node is not None
-                    and node.service_state == "running"
+                    and node.service_state == ServiceState.RUNNING
                     and node.active_digest == deployment.release_digest,
                 )
             )
@@ -121,7 +129,7 @@ class DeploymentRecord:
         deadline = self._deadline(self._timeouts.commit_s)
         self.transition(session, deployment, target, step, deadline=deadline)
         for row in rows:
-            if target == S.CANARY and row.role != "canary":
+            if target == S.CANARY and row.role != NodeRole.CANARY:
                 self.set_phase(session, row, P.WAITING, None)
                 continue
             self.set_phase(session, row, P.COMMITTING, None)
@@ -186,7 +194,7 @@ class DeploymentRecord:
                 node.desired_digest = deployment.release_digest
             if row.phase == P.ACTIVE:  # the outcome: an agent restarted later runs it at once
                 step.outbox.append((row.node_name, kept_command(deployment, release)))
-        if deployment.kind in ("deploy", "rollback"):
+        if deployment.kind in (DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK):
             fleet = get_fleet(session)
             if fleet.desired_digest != deployment.release_digest:
                 fleet.previous_digest = fleet.desired_digest

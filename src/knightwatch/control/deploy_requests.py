@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 
 from sqlalchemy.orm import Session
 
@@ -18,7 +17,13 @@ from knightwatch.control.deploy_commands import Outbox, prepare_command
 from knightwatch.control.policy import Action, deploy_proposal, enforce
 from knightwatch.store import Deployment, DeploymentNode
 from knightwatch.store.queries import get_fleet, record_event
-from knightwatch.vocabulary import DeploymentState, NodePhase
+from knightwatch.vocabulary import (
+    DeploymentKind,
+    DeploymentState,
+    DeploymentStrategy,
+    NodePhase,
+    NodeRole,
+)
 
 __all__ = ["DeployRequest", "DeployTimeouts", "create_deployment"]
 
@@ -41,10 +46,10 @@ class DeployRequest:
 
     release: str
     nodes: str | None = None
-    strategy: Literal["atomic", "canary"] = "atomic"
+    strategy: DeploymentStrategy = DeploymentStrategy.ATOMIC
     soak_s: float | None = None
     requested_by: str = "operator"
-    kind: Literal["deploy", "rollback", "catchup", "reconcile"] = "deploy"
+    kind: DeploymentKind = DeploymentKind.DEPLOY
 
 
 def create_deployment(
@@ -75,7 +80,7 @@ def create_deployment(
     )
     session.add(deployment)
     session.flush()
-    canary = targets.online[0].name if request.strategy == "canary" else None
+    canary = targets.online[0].name if request.strategy == DeploymentStrategy.CANARY else None
     prepares: Outbox = []
     for node in targets.all:
         online = node in targets.online
@@ -83,7 +88,7 @@ def create_deployment(
             DeploymentNode(
                 deployment_id=deployment.id,
                 node_name=node.name,
-                role="canary" if node.name == canary else "fleet",
+                role=NodeRole.CANARY if node.name == canary else NodeRole.FLEET,
                 previous_digest=node.active_digest,
                 phase=NodePhase.PREPARING if online else NodePhase.OFFLINE,
                 updated_at=now,

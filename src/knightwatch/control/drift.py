@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from knightwatch.control import alerts
 from knightwatch.protocol.audit import AuditStatus, Finding, Severity
 from knightwatch.store import Node
+from knightwatch.vocabulary import DriftState, NodeStatus
 
 __all__ = ["DRIFT_RULE", "DriftChange", "drifted_nodes", "ingest_audit_status"]
 
@@ -47,7 +48,10 @@ def ingest_audit_status(
     was = node.drift_state
     if not drift:
         audited = status.last_sweep_at is not None or status.release is None
-        node.drift_state, node.drift_since = ("clean" if audited else "unknown"), None
+        node.drift_state, node.drift_since = (
+            (DriftState.CLEAN if audited else DriftState.UNKNOWN),
+            None,
+        )
         if was == "drifted":
             alerts.resolve(
                 session,
@@ -60,9 +64,9 @@ def ingest_audit_status(
     summary = describe(node.name, drift, total_drift)
     detail = "\n".join(f.detail for f in drift)
     critical = any(f.severity is Severity.CRITICAL for f in drift)
-    severity: alerts.AlertSeverity = "critical" if critical else "warning"
+    severity: alerts.AlertSeverity = Severity.CRITICAL if critical else Severity.WARNING
     if was != "drifted":
-        node.drift_state, node.drift_since = "drifted", now
+        node.drift_state, node.drift_since = DriftState.DRIFTED, now
         alerts.fire(
             session,
             rule=DRIFT_RULE,
@@ -89,6 +93,8 @@ def describe(node: str, drift: list[Finding], total: int) -> str:
 
 def drifted_nodes(session: Session, names: list[str] | None = None) -> list[Node]:
     """Enrolled nodes that are DRIFTED (among ``names``, if given)."""
-    statement = select(Node).where(Node.drift_state == "drifted", Node.status != "retired")
+    statement = select(Node).where(
+        Node.drift_state == DriftState.DRIFTED, Node.status != NodeStatus.RETIRED
+    )
     nodes = list(session.scalars(statement.order_by(Node.name)))
     return [n for n in nodes if names is None or n.name in names]

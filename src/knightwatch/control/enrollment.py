@@ -21,6 +21,7 @@ from knightwatch.control.accounting import node_enrolled
 from knightwatch.errors import InvalidInputError, KnightwatchError
 from knightwatch.protocol import public_key_from_text
 from knightwatch.store import JoinToken, Node
+from knightwatch.vocabulary import NodeStatus
 
 __all__ = [
     "AuthenticationError",
@@ -69,10 +70,10 @@ def create_join_token(
     validate_node_name(name)
     node = session.get(Node, name)
     if node is None:
-        node = Node(name=name, group_name=group, status="pending", created_at=now)
+        node = Node(name=name, group_name=group, status=NodeStatus.PENDING, created_at=now)
         session.add(node)
         session.flush()  # the token row refers to the node row
-    elif node.status == "retired":
+    elif node.status == NodeStatus.RETIRED:
         raise InvalidInputError(
             f"node {name} is retired; its name is not reused",
             hint="enroll the machine under a new name",
@@ -102,13 +103,13 @@ def enroll(session: Session, name: str, token: str, public_key: str, *, now: dat
         raise AuthenticationError(f"node public key refused: {exc}") from exc
     node = session.get(Node, name)
     assert node is not None  # foreign key
-    if node.status == "retired":
+    if node.status == NodeStatus.RETIRED:
         raise AuthenticationError(f"node {name} is retired; its name is not reused")
     credential = secrets.token_urlsafe(32)
     row.used_at = now
     node.credential_hash = _digest(credential)
     node.public_key = public_key
-    node.status = "enrolled"
+    node.status = NodeStatus.ENROLLED
     node.enrolled_at = now
     node.last_seq = 0
     node_enrolled(session, node, at=now, actor=name)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.store import Deployment, DeploymentNode, Fleet, Node, Release
 from knightwatch.store.queries import get_fleet
-from knightwatch.vocabulary import NodePhase
+from knightwatch.vocabulary import NodePhase, NodeStatus, ServiceState
 
 __all__ = [
     "Unconfirmed",
@@ -67,7 +67,9 @@ def lock_fleet(session: Session, now: datetime) -> Fleet:
 
 def live_nodes(session: Session) -> list[Node]:
     """Every node not retired, by name."""
-    return list(session.scalars(select(Node).where(Node.status != "retired").order_by(Node.name)))
+    return list(
+        session.scalars(select(Node).where(Node.status != NodeStatus.RETIRED).order_by(Node.name))
+    )
 
 
 def release_names(session: Session) -> dict[str, str]:
@@ -88,7 +90,7 @@ def is_current(node: Node) -> bool:
 
 def unconfirmed_switches(session: Session, nodes: list[Node]) -> dict[str, Unconfirmed]:
     """For each gone node: the switch it may have made after its last report, if any."""
-    gone = {n.name: n for n in nodes if n.status != "pending" and not is_current(n)}
+    gone = {n.name: n for n in nodes if n.status != NodeStatus.PENDING and not is_current(n)}
     if not gone:
         return {}
     latest: dict[str, tuple[DeploymentNode, str]] = {}
@@ -151,7 +153,7 @@ def mixed_reasons(
     reasons = []
     by_group: dict[str, set[str | None]] = {}
     for node in nodes:
-        if node.status != "enrolled":
+        if node.status != NodeStatus.ENROLLED:
             continue
         if (maybe := unconfirmed.get(node.name)) is not None:
             what = "commit" if maybe.phase in (P.COMMITTING, P.COMMIT_FAILED) else "rollback"
@@ -189,7 +191,7 @@ def unknown_reasons(nodes: list[Node], now: datetime) -> list[str]:
         )
         + f"; last report {ago(n.last_report_at, now)}"
         for n in nodes
-        if n.status in ("enrolled", "drained") and not is_current(n)
+        if n.status in (NodeStatus.ENROLLED, NodeStatus.DRAINED) and not is_current(n)
     ]
 
 
@@ -210,11 +212,14 @@ def degraded_reasons(nodes: list[Node]) -> list[str]:
     """Nodes whose service is not running healthily on their release."""
     reasons = []
     for node in nodes:
-        if node.status == "pending":
+        if node.status == NodeStatus.PENDING:
             reasons.append(f"{node.name} has not enrolled yet")
         elif not is_current(node) or node.halted:
             continue  # listed as UNKNOWN (its service state is not known) or as HALTED
-        elif node.active_digest and node.service_state not in ("running", "none"):
+        elif node.active_digest and node.service_state not in (
+            ServiceState.RUNNING,
+            ServiceState.NONE,
+        ):
             # "none": the release declares no service, so nothing is there to run
             reasons.append(
                 f"{node.name}: service is {node.service_state}"

@@ -32,6 +32,8 @@ from knightwatch.control.fleet_conditions import (
 )
 from knightwatch.store import Fleet, Node
 from knightwatch.store.queries import FLEET_ID, active_deployment
+from knightwatch.vocabulary import DriftState
+from knightwatch.vocabulary import NodeStatus as Standing
 
 __all__ = ["FleetState", "FleetStatus", "LastKnown", "NodeLiveness", "NodeStatus", "fleet_status"]
 
@@ -146,7 +148,7 @@ def fleet_status(session: Session, now: datetime) -> FleetStatus:
     mixed_since = fleet.mixed_since if mixed and fleet else None  # a stale record is ignored
     unknown = unknown_reasons(nodes, now)
     degraded = degraded_reasons(nodes)
-    drifted_nodes = [n for n in nodes if n.drift_state == "drifted"]
+    drifted_nodes = [n for n in nodes if n.drift_state == DriftState.DRIFTED]
     halted_nodes = [n for n in nodes if n.halted]
     drifted_since = earliest(n.drift_since for n in drifted_nodes)
     halted_since = earliest(n.halted_since for n in halted_nodes)
@@ -194,7 +196,7 @@ def _node_status(
 ) -> NodeStatus:
     age = age_s(node.last_report_at, now)
     current = is_current(node)
-    if node.status == "pending":
+    if node.status == Standing.PENDING:
         liveness = NodeLiveness.PENDING
     else:
         liveness = NodeLiveness.CONNECTED if current else NodeLiveness.UNKNOWN

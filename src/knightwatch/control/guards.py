@@ -41,6 +41,7 @@ from knightwatch.control.killswitch import MAX_REASON
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol.safety import AlertEvent
 from knightwatch.store import Database, Node
+from knightwatch.vocabulary import NodeStatus
 
 __all__ = [
     "AUTO_RESOLVED_RULES",
@@ -139,7 +140,7 @@ def parse_fleet_guards(value: Any) -> tuple[GuardSpec, ...]:
 
 def fleet_metrics(session: Session) -> tuple[dict[str, float], int]:
     """Every connected node's latest metrics summed by name, and how many nodes had any."""
-    statement = select(Node.last_report).where(Node.connected, Node.status != "retired")
+    statement = select(Node.last_report).where(Node.connected, Node.status != NodeStatus.RETIRED)
     total: dict[str, float] = {}
     reporting = 0
     for text in session.scalars(statement):

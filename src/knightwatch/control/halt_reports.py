@@ -21,6 +21,7 @@ from knightwatch.control.killswitch import DEAD_MAN_RULE, MAX_REASON
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import HaltAck, HaltState, Rearm, RearmAck, Report
 from knightwatch.store import Halt, HaltNode, Node
+from knightwatch.vocabulary import HaltSource, Severity
 
 __all__ = [
     "Message",
@@ -62,7 +63,7 @@ def ingest_halt_state(session: Session, node: Node, state: HaltState, now: datet
     unchanged = node.halted and node.halt_source == source and node.halted_since == since
     node.halted, node.halt_source, node.halt_reason = True, source, state.reason
     node.halted_since = since
-    if not unchanged and state.halt_id is None and source != "kill":
+    if not unchanged and state.halt_id is None and source != HaltSource.KILL:
         _record_own_halt(
             session, node, source, state.reason or f"halted by its {source}", since, now
         )
@@ -139,12 +140,12 @@ def _record_own_halt(
             detail=detail,
         )
     )
-    if source == "dead-man":
+    if source == HaltSource.DEAD_MAN:
         alerts.fire(
             session,
             rule=DEAD_MAN_RULE,
             node=node.name,
-            severity="critical",
+            severity=Severity.CRITICAL,
             summary=f"{node.name} halted its service by its dead man's switch",
             detail=reason,
             now=now,

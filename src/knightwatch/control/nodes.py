@@ -25,6 +25,7 @@ from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
 from knightwatch.store import DeploymentNode, JoinToken, Node
 from knightwatch.store.queries import active_deployment, get_fleet
+from knightwatch.vocabulary import NodeStatus
 
 __all__ = ["NodeChange", "drain_node", "resume_node", "retire_node"]
 
@@ -53,7 +54,7 @@ class NodeChange:
 def drain_node(session: Session, name: str, *, at: datetime, actor: str, reason: str) -> NodeChange:
     """Stop giving an enrolled node deployments; its agent keeps reporting."""
     node = _node(session, name, at=at, reason=reason)
-    if node.status != "enrolled":
+    if node.status != NodeStatus.ENROLLED:
         raise InvalidInputError(
             f"node {name} is {node.status}; only an enrolled node can be drained",
             hint=f"see its history: knightwatch history node:{name}",
@@ -67,7 +68,7 @@ def resume_node(
 ) -> NodeChange:
     """Give a drained node deployments again."""
     node = _node(session, name, at=at, reason=reason)
-    if node.status != "drained":
+    if node.status != NodeStatus.DRAINED:
         raise InvalidInputError(
             f"node {name} is {node.status}; only a drained node can be resumed",
             hint=f"see its history: knightwatch history node:{name}",
@@ -80,7 +81,7 @@ def retire_node(
 ) -> NodeChange:
     """Retire a node for good: revoke its credential and expire its unused join tokens."""
     node = _node(session, name, at=at, reason=reason)
-    if node.status == "retired":
+    if node.status == NodeStatus.RETIRED:
         raise InvalidInputError(f"node {name} is already retired")
     _refuse_if_deploying(session, node, "retire")
     node.credential_hash = None

@@ -22,6 +22,7 @@ from knightwatch.control.targets import resolve_release
 from knightwatch.errors import NotFoundError
 from knightwatch.protocol.audit import Retire, RetireResult
 from knightwatch.store import Node, Release, Retirement, RetirementNode
+from knightwatch.vocabulary import RetirementState
 
 __all__ = [
     "RetirementPlan",
@@ -83,7 +84,7 @@ def start_retirement(
         )
         session.flush()
     rows = _rows(session, retirement.id)
-    waiting = [r.node_name for r in rows if r.state != "absent"]
+    waiting = [r.node_name for r in rows if r.state != RetirementState.ABSENT]
     connected = {n.name for n in session.scalars(select(Node).where(Node.connected.is_(True)))}
     command = Retire(retirement_id=retirement.id, digest=release.digest)
     plan = RetirementPlan(
@@ -124,7 +125,7 @@ def pending_retires(session: Session, node: str) -> list[Retire]:
         .join(Retirement, Retirement.id == RetirementNode.retirement_id)
         .where(
             RetirementNode.node_name == node,
-            RetirementNode.state != "absent",
+            RetirementNode.state != RetirementState.ABSENT,
             Retirement.finished_at.is_(None),
         )
     )
@@ -145,11 +146,11 @@ def record_retire_result(session: Session, node: str, result: RetireResult, now:
     retirement = session.get(Retirement, result.retirement_id)
     if row is None or retirement is None or retirement.release_digest != result.digest:
         return False
-    row.state = "absent" if result.absent else "failed"
+    row.state = RetirementState.ABSENT if result.absent else "failed"
     row.detail, row.updated_at = result.detail, now
     if retirement.finished_at is not None:
         return False
-    if all(r.state == "absent" for r in _rows(session, retirement.id)):
+    if all(r.state == RetirementState.ABSENT for r in _rows(session, retirement.id)):
         release = session.get(Release, retirement.release_digest)
         assert release is not None
         _finish(session, retirement, release, now)

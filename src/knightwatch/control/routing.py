@@ -46,6 +46,7 @@ from knightwatch.control.alerts import SEVERITY_RANK, alert_json
 from knightwatch.errors import InvalidInputError
 from knightwatch.store import Alert, AlertNotification, Fleet, Node, Release
 from knightwatch.store.queries import FLEET_ID
+from knightwatch.vocabulary import AlertState
 
 __all__ = [
     "CLAIM_S",
@@ -233,10 +234,10 @@ def record_delivery(
         return
     session.flush()
     alert.notified_at = delivery.at
-    if alert.state == "resolved":  # resolved while this firing notice was on its way
+    if alert.state == AlertState.RESOLVED:  # resolved while this firing notice was on its way
         alert.next_notify_at = alert.next_notify_at or delivery.at
         return
-    if alert.state == "acknowledged":
+    if alert.state == AlertState.ACKNOWLEDGED:
         alert.next_notify_at = None
         return
     alert.escalation_level = delivery.level
@@ -250,10 +251,10 @@ def record_delivery(
 
 
 def _due(session: Session, alert: Alert, routing: AlertRouting, now: datetime) -> list[Delivery]:
-    if alert.state == "acknowledged":
+    if alert.state == AlertState.ACKNOWLEDGED:
         alert.next_notify_at = None
         return []
-    if alert.state == "resolved":
+    if alert.state == AlertState.RESOLVED:
         alert.next_notify_at = None
         told = _told_firing(session, alert.id)
         by_name = {r.name: r for r in routing.receivers}
@@ -345,9 +346,9 @@ def standing_deliveries(
     standing = []
     for (alert_id, name), row in sorted(last.items()):
         alert, status = alerts[alert_id], row.detail.partition(":")[0]
-        if alert.state != "resolved" and status == "firing":
+        if alert.state != AlertState.RESOLVED and status == "firing":
             again: DeliveryStatus = "firing"
-        elif alert.state == "resolved" and status == "resolved" and not row.ok:
+        elif alert.state == AlertState.RESOLVED and status == "resolved" and not row.ok:
             again = "resolved"
         else:
             continue

@@ -18,6 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from knightwatch.control.fleet_status import FleetState, NodeLiveness, NodeStatus, fleet_status
 from knightwatch.store import Alert, Deployment, Halt, HaltNode
+from knightwatch.vocabulary import NodeStatus as Standing
 
 __all__ = ["FleetStatistics", "NodeFigures", "fleet_statistics"]
 
@@ -93,7 +94,7 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
                 group=n.group,
                 connected=n.connected,
                 last_report_age_s=n.last_report_age_s,
-                behind=n.status == "enrolled"
+                behind=n.status == Standing.ENROLLED
                 and n.desired_digest is not None
                 and _known_digest(n) != n.desired_digest,
             )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from knightwatch.errors import InvalidInputError, ReleaseNotFoundError
 from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Node, Release
+from knightwatch.vocabulary import NodeStatus
 
 __all__ = [
     "Targets",
@@ -35,7 +36,9 @@ class Targets:
 
 def enrolled_nodes(session: Session) -> list[Node]:
     """Every enrolled node, sorted by name."""
-    return list(session.scalars(select(Node).where(Node.status == "enrolled").order_by(Node.name)))
+    return list(
+        session.scalars(select(Node).where(Node.status == NodeStatus.ENROLLED).order_by(Node.name))
+    )
 
 
 def lagging_nodes(session: Session) -> list[Node]:
@@ -47,7 +50,12 @@ def lagging_nodes(session: Session) -> list[Node]:
     behind = or_(Node.active_digest.is_(None), Node.active_digest != Node.desired_digest)
     statement = (
         select(Node)
-        .where(Node.status == "enrolled", Node.connected, Node.desired_digest.is_not(None), behind)
+        .where(
+            Node.status == NodeStatus.ENROLLED,
+            Node.connected,
+            Node.desired_digest.is_not(None),
+            behind,
+        )
         .order_by(Node.name)
     )
     return list(session.scalars(statement))

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.protocol.bounds import MAX_INT
+from knightwatch.vocabulary import Severity
 
 __all__ = [
     "MAX_FINDINGS_IN_HEARTBEAT",
@@ -41,14 +42,6 @@ RelPath = Annotated[str, Field(min_length=1, max_length=4096)]
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Severity(StrEnum):
-    """How bad a finding is; ``critical`` findings are code that could run."""
-
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
 
 
 class FindingKind(StrEnum):

@@ -46,6 +46,7 @@ from knightwatch.control.routing import (
 from knightwatch.server.alertmanager import Resends, post_alert, postable_alert
 from knightwatch.server.settings import ServerSettings
 from knightwatch.store import Alert, Database
+from knightwatch.vocabulary import AlertState
 
 __all__ = ["AlertNotifier", "alertmanager_payload"]
 
@@ -229,7 +230,7 @@ class AlertNotifier:
         """A firing re-post only while the alert is open; a resolution re-post only if resolved."""
         with self._db.session() as session:
             alert = session.get(Alert, delivery.alert_id)
-            return alert is not None and (alert.state == "resolved") == (
+            return alert is not None and (alert.state == AlertState.RESOLVED) == (
                 delivery.status == "resolved"
             )
 

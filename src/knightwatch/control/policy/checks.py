@@ -18,7 +18,7 @@ from knightwatch.control.policy.model import Check, Proposal
 from knightwatch.errors import Refusal
 from knightwatch.store import Alert, Deployment, Node, Release, Retirement
 from knightwatch.store.queries import get_fleet
-from knightwatch.vocabulary import TERMINAL_STATES
+from knightwatch.vocabulary import TERMINAL_STATES, AlertState, NodeStatus, Severity
 
 __all__ = [
     "NoDrift",
@@ -121,7 +121,9 @@ class ReleaseNotInUse(Check):
             )
 
     def _nodes(self, session: Session, release: Release) -> Iterator[Refusal]:
-        nodes = session.scalars(select(Node).where(Node.status != "retired").order_by(Node.name))
+        nodes = session.scalars(
+            select(Node).where(Node.status != NodeStatus.RETIRED).order_by(Node.name)
+        )
         for node in nodes:
             for role, value in (
                 ("active", node.active_digest),
@@ -206,7 +208,7 @@ class NoUnacknowledgedCritical(Check):
         scope = set(proposal.node_names) or None
         statement = (
             select(Alert)
-            .where(Alert.state == "firing", Alert.severity == "critical")
+            .where(Alert.state == AlertState.FIRING, Alert.severity == Severity.CRITICAL)
             .order_by(Alert.id)
         )
         for alert in session.scalars(statement):

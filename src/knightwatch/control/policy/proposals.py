@@ -17,6 +17,7 @@ from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundErro
 from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Node
 from knightwatch.store.queries import get_fleet
+from knightwatch.vocabulary import NodeStatus
 
 __all__ = [
     "deploy_proposal",
@@ -53,7 +54,7 @@ def reconcile_target(session: Session, node: str) -> str:
     row = session.get(Node, node)
     if row is None:
         raise NotFoundError(f"no node {node!r}", hint="list nodes with: knightwatch status")
-    if row.status != "enrolled":
+    if row.status != NodeStatus.ENROLLED:
         raise InvalidInputError(
             f"node {node} is {row.status}; only an enrolled node can be reconciled",
             hint="list nodes with: knightwatch status",
