@@ -1,9 +1,9 @@
-"""Shared fixtures: signing keys and small release source trees."""
+"""Shared fixtures: signing keys, small release source trees, and the store on both engines."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,37 +15,9 @@ from knightwatch.bundle import (
     load_signing_key,
     load_trusted_key,
 )
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO / "examples" / "smars"
-
-SMALL_SPEC = """\
-[release]
-name = "{name}"
-version = "{version}"
-
-[[component]]
-name = "core"
-version = "1.0.0"
-paths = ["core/**"]
-
-[[component]]
-name = "router"
-version = "1.0.0"
-paths = ["router/**"]
-depends_on = ["core"]
-
-[[component]]
-name = "cli"
-version = "1.0.0"
-paths = ["bin/*"]
-depends_on = ["router"]
-
-[[component]]
-name = "docs"
-version = "1.0.0"
-paths = ["docs/**"]
-"""
+from knightwatch.store import Database
+from tests.databases import ENGINES, Target, target_for
+from tests.helpers import EXAMPLE, SMALL_SPEC, MakeSource
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +45,6 @@ def trusted_key(key_dir: Path) -> TrustedKey:
 def untrusted_key(key_dir: Path) -> TrustedKey:
     """A valid key that did not sign anything."""
     return load_trusted_key(key_dir / "other.pub")
-
-
-MakeSource = Callable[..., Path]
 
 
 @pytest.fixture
@@ -119,3 +88,40 @@ def example_source(tmp_path: Path) -> Path:
     target = tmp_path / "smars"
     shutil.copytree(EXAMPLE, target, symlinks=True)
     return target
+
+
+# -- the store, on both engines ------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_target(tmp_path: Path) -> Target:
+    """The default embedded database in a fresh data directory."""
+    return Target("sqlite", None, tmp_path / "data")
+
+
+@pytest.fixture
+def postgresql_target(tmp_path: Path) -> Iterator[Target]:
+    """A fresh, empty PostgreSQL schema for this test alone (skipped without a server)."""
+    with target_for("postgresql", tmp_path / "data") as found:
+        yield found
+
+
+@pytest.fixture(params=ENGINES)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """Each engine in turn: SQLite always, PostgreSQL (a fresh schema) when configured."""
+    with target_for(request.param, tmp_path / "data") as found:
+        yield found
+
+
+@pytest.fixture
+def db(target: Target) -> Iterator[Database]:
+    """An open, migrated, empty store on each engine, closed after the test.
+
+    A test module that needs rows in it overrides ``db`` with a fixture of the
+    same name that takes this one, adds its rows and returns it.
+    """
+    database = target.open()
+    try:
+        yield database
+    finally:
+        database.close()

@@ -13,8 +13,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +26,7 @@ from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.release_store import ReleaseStore
 from knightwatch.localfleet import LocalFleet
 from knightwatch.testing import wait_until
-from tests.conftest import EXAMPLE
+from tests.helpers import EXAMPLE
 
 T = TypeVar("T")
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
@@ -62,22 +60,6 @@ SERVICE_FILES: dict[str, bytes] = {
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one coroutine to completion in a fresh event loop."""
     return asyncio.run(coro)
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    """Poll ``check`` until it is true; fail with ``what`` after a generous timeout."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(what)
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def write_tree(root: Path, files: dict[str, bytes], *, executable: tuple[str, ...] = ()) -> Path:

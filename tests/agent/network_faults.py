@@ -31,7 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from knightwatch.protocol import Hello
-from tests.agent.conftest import free_port
+from knightwatch.testing import free_port
 
 T = TypeVar("T")
 _TIMEOUT_S = 60.0

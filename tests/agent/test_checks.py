@@ -16,7 +16,8 @@ from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.supervisor import RestartPolicy, Supervisor
 from knightwatch.bundle.spec import HealthCheck, ServiceSpec, SmokeCheck, load_spec
-from tests.agent.conftest import free_port, run
+from knightwatch.testing import free_port
+from tests.agent.conftest import run
 
 RELEASE_ID = "smars@2012.8.1+abcdefabcdef"
 

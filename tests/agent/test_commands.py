@@ -27,7 +27,8 @@ from knightwatch.protocol.messages import (
     Rollback,
     ServiceState,
 )
-from tests.agent.conftest import Releases, free_port, run
+from knightwatch.testing import free_port
+from tests.agent.conftest import Releases, run
 
 
 class Node:

@@ -30,6 +30,7 @@ from knightwatch.agent.supervisor import RestartPolicy
 from knightwatch.bundle.signing import load_trusted_key
 from knightwatch.localfleet import LocalFleet
 from knightwatch.protocol import SignedReport, load_node_key, open_report, public_key_from_text
+from knightwatch.testing import wait_until
 from tests.agent.conftest import (
     SERVICE_FILES,
     SETTLE_S,
@@ -43,7 +44,6 @@ from tests.agent.conftest import (
     server_log,
     wait_connected,
     wait_disconnected,
-    wait_for,
     wait_fresh_report,
 )
 from tests.agent.network_faults import FlakyLink, HostilePeer
@@ -219,7 +219,11 @@ class TestSession:
         with joined(fleet, node_name) as running:
             wait_fresh_report(fleet, node_name)
             fleet.stop_server()
-            wait_for(lambda: not running.agent.connection.connected.is_set(), "no disconnect")
+            wait_until(
+                lambda: not running.agent.connection.connected.is_set(),
+                timeout=60,
+                what="the agent to disconnect",
+            )
             fleet.start_server()
             # A new server process: a new nonce, a fresh sequence; only a new session passes.
             wait_connected(fleet, node_name)
@@ -264,7 +268,9 @@ class TestSession:
             def invalid() -> int:
                 return sum(r.getMessage() == "message-invalid" for r in agent_events)
 
-            wait_for(lambda: invalid() >= len(garbage), "the garbage was not all logged")
+            wait_until(
+                lambda: invalid() >= len(garbage), timeout=60, what="every garbage line logged"
+            )
             assert invalid() == len(garbage)
             assert not [r for r in agent_events if r.getMessage() == "command-received"]
 

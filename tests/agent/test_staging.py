@@ -22,7 +22,8 @@ from knightwatch.agent.source import BlobStream, LocalReleaseSource
 from knightwatch.agent.staging import Stager
 from knightwatch.bundle import TrustedKey
 from knightwatch.bundle.release_store import MANIFEST_FILE
-from tests.agent.conftest import Releases, wait_for
+from knightwatch.testing import wait_until
+from tests.agent.conftest import Releases
 
 
 class RecordingSource(LocalReleaseSource):
@@ -256,7 +257,11 @@ class TestPausePoint:
         worker = threading.Thread(target=prepare)
         worker.start()
         try:
-            wait_for(lambda: bool(staging_leftovers(layout)), "prepare did not reach the pause")
+            wait_until(
+                lambda: bool(staging_leftovers(layout)),
+                timeout=60,
+                what="prepare to reach the pause",
+            )
             time.sleep(0.2)
             assert worker.is_alive() and layout.release_digests() == []
         finally:

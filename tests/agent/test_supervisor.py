@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.supervisor import RestartPolicy, Supervisor
 from knightwatch.bundle.spec import ServiceSpec
 from knightwatch.protocol.messages import ServiceState
+from knightwatch.testing import wait_until_async
 from tests.agent.conftest import run
 
 FAST = RestartPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, health_timeout_s=20, settle_s=0.3)
@@ -49,11 +49,8 @@ def supervisor(tmp_path: Path, policy: RestartPolicy = FAST) -> Supervisor:
 
 
 async def until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Wait (generously) until ``check()`` is true."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+    """Wait (generously) until ``check()`` is true, without blocking the event loop."""
+    await wait_until_async(check, timeout=timeout_s, what="the condition", interval=0.02)
 
 
 async def printed_pid(tmp_path: Path) -> int:

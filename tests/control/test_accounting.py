@@ -8,7 +8,7 @@ whose agents' answers are fed in as acks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,9 +49,8 @@ from knightwatch.store import (
     LifecycleEvent,
     Node,
     Release,
-    open_database,
 )
-from tests.conftest import MakeSource
+from tests.helpers import MakeSource
 
 Command = Prepare | Commit | Rollback | Abort
 START = datetime(2012, 8, 1, 13, 0, tzinfo=UTC)
@@ -92,14 +91,6 @@ def make_manifest(version: str, components: dict[str, tuple[str, bytes]]) -> Man
 def clock() -> VirtualClock:
     """A clock that moves only when the test says so."""
     return VirtualClock(START)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """An empty, migrated SQLite store."""
-    database = open_database(None, tmp_path / "data")
-    yield database
-    database.close()
 
 
 @pytest.fixture

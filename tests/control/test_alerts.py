@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,10 +43,9 @@ from knightwatch.store import (
     HaltNode,
     Node,
     Release,
-    open_database,
 )
 from knightwatch.store.queries import get_fleet
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ROUTE = {
     "receivers": [
@@ -68,11 +66,10 @@ def clock() -> VirtualClock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite store with two enrolled, connected nodes running one release."""
-    database = open_database(None, tmp_path)
+def db(db: Database) -> Database:
+    """A store (each engine) with two enrolled, connected nodes running one release."""
     now = datetime(2012, 8, 1, 9, 0, tzinfo=UTC)
-    with database.session() as session:
+    with db.session() as session:
         session.add(
             Release(
                 digest=DIGEST,
@@ -100,8 +97,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
                 )
             )
         get_fleet(session, now=now).desired_digest = DIGEST
-    yield database
-    database.close()
+    return db
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ disconnect, the orchestrator's decisions, drain. Status is read the way
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,7 +42,6 @@ from knightwatch.protocol import (
 from knightwatch.store import Database, Node, Release
 from knightwatch.store.queries import get_fleet
 from tests.control.test_orchestrator import RecordingSink
-from tests.store.conftest import Target, postgresql_target, sqlite_target  # noqa: F401 (fixtures)
 
 T0 = datetime(2012, 8, 1, 9, 30, tzinfo=UTC)
 OLD, NEW = "a" * 64, "b" * 64
@@ -58,12 +56,10 @@ def clock() -> VirtualClock:
     return VirtualClock(T0)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, clock: VirtualClock) -> Iterator[Database]:
+@pytest.fixture
+def db(db: Database, clock: VirtualClock) -> Database:
     """Releases OLD and NEW; n1..n3 enrolled, connected, reporting OLD; the fleet on OLD."""
-    target: Target = request.getfixturevalue(f"{request.param}_target")
-    database = target.open()
-    with database.session() as session:
+    with db.session() as session:
         for digest, release_id in NAMES.items():
             session.add(
                 Release(
@@ -83,12 +79,9 @@ def db(request: pytest.FixtureRequest, clock: VirtualClock) -> Iterator[Database
             session.add(Node(name=name, status="enrolled", created_at=T0, desired_digest=OLD))
         get_fleet(session, now=T0).desired_digest = OLD
     for name in NODES:
-        connect(database, clock, name)
-        report(database, clock, name, OLD)
-    try:
-        yield database
-    finally:
-        database.close()
+        connect(db, clock, name)
+        report(db, clock, name, OLD)
+    return db
 
 
 @pytest.fixture

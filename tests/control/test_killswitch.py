@@ -8,9 +8,7 @@ code with real agents.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -30,7 +28,7 @@ from knightwatch.control.policy.checks import NodesNotHalted
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import HaltAck, HaltState, Rearm, RearmAck
-from knightwatch.store import Database, Halt, HaltNode, Node, open_database
+from knightwatch.store import Database, Halt, HaltNode, Node
 
 NODES = {"n1": "enrolled", "n2": "enrolled", "n3": "drained", "p1": "pending", "r1": "retired"}
 
@@ -42,10 +40,9 @@ def clock() -> VirtualClock:
 
 
 @pytest.fixture
-def db(tmp_path: Path, clock: VirtualClock) -> Iterator[Database]:
+def db(db: Database, clock: VirtualClock) -> Database:
     """A store with n1, n2 (enrolled), n3 (drained, group east), p1 (pending), r1 (retired)."""
-    database = open_database(None, tmp_path)
-    with database.session() as session:
+    with db.session() as session:
         for name, status in NODES.items():
             session.add(
                 Node(
@@ -56,8 +53,7 @@ def db(tmp_path: Path, clock: VirtualClock) -> Iterator[Database]:
                     connected=name in ("n1", "n3"),
                 )
             )
-    yield database
-    database.close()
+    return db
 
 
 def halted_nodes(db: Database) -> list[str]:

@@ -8,9 +8,8 @@ the package, when promtool is missing).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from knightwatch.api.metrics import FleetCollector
 from knightwatch.clock import VirtualClock
-from knightwatch.store import Database, Node, open_database
+from knightwatch.store import Database, Node
 from knightwatch.store.queries import get_fleet
 from tests.prometheus_servers import promtool
 
@@ -59,14 +58,6 @@ SCENES: dict[str, Callable[[], list[Node]]] = {
     "UNKNOWN": lambda: [node("node1"), node("node2", connected=False)],
 }
 """Each fleet state, as the nodes' rows that make it (new rows at every call)."""
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite store."""
-    database = open_database(None, tmp_path)
-    yield database
-    database.close()
 
 
 def scrape(db: Database, clock: VirtualClock) -> tuple[str, dict[str, list[Any]]]:

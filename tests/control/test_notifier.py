@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +22,8 @@ from knightwatch.clock import VirtualClock
 from knightwatch.control.alerts import acknowledge, fire, resolve_alert
 from knightwatch.control.routing import AlertRouting
 from knightwatch.server.notifier import AlertNotifier
-from knightwatch.store import AlertNotification, Database, open_database
+from knightwatch.store import AlertNotification, Database
 from knightwatch.testing import free_port
-from tests.integration.conftest import PG_ENV, postgresql_schema
 
 
 class StallingReceiver:
@@ -70,23 +67,6 @@ def receiver() -> Iterator[StallingReceiver]:
     running = StallingReceiver()
     yield running
     running.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated store: SQLite, then PostgreSQL (a fresh schema) when configured."""
-    if request.param == "sqlite":
-        database = open_database(None, tmp_path)
-        yield database
-        database.close()
-        return
-    base_url = os.environ.get(PG_ENV)
-    if not base_url:
-        pytest.skip(f"set {PG_ENV} to run the PostgreSQL variant")
-    with postgresql_schema(base_url) as url:
-        database = open_database(url, tmp_path)
-        yield database
-        database.close()
 
 
 def raise_alert(db: Database, clock: VirtualClock, summary: str) -> int:

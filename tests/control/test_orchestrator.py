@@ -7,9 +7,7 @@ orchestrator with real agents.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +22,7 @@ from knightwatch.errors import (
     ReleaseNotFoundError,
 )
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
-from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release, open_database
+from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release
 from knightwatch.store.queries import get_fleet
 from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState
 
@@ -60,11 +58,10 @@ def clock() -> VirtualClock:
 
 
 @pytest.fixture
-def db(tmp_path: Path, clock: VirtualClock) -> Iterator[Database]:
+def db(db: Database, clock: VirtualClock) -> Database:
     """A store with releases OLD and NEW and three connected nodes running OLD."""
-    database = open_database(None, tmp_path)
     now = clock.now()
-    with database.session() as session:
+    with db.session() as session:
         for digest, version in ((OLD, "1"), (NEW, "2")):
             session.add(
                 Release(
@@ -95,8 +92,7 @@ def db(tmp_path: Path, clock: VirtualClock) -> Iterator[Database]:
             )
         fleet = get_fleet(session, now=now)
         fleet.desired_digest = OLD
-    yield database
-    database.close()
+    return db
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -31,7 +29,7 @@ from knightwatch.control.policy.checks import (
 )
 from knightwatch.control.retirement import start_retirement
 from knightwatch.errors import InvalidInputError, PolicyRefusedError, Refusal
-from knightwatch.store import Database, Deployment, Node, Release, Retirement, open_database
+from knightwatch.store import Database, Deployment, Node, Release, Retirement
 from knightwatch.store.queries import get_fleet
 
 OLD, NEW = "a" * 64, "b" * 64
@@ -60,11 +58,10 @@ def _release(digest: str, version: str, now: datetime) -> Release:
 
 
 @pytest.fixture
-def db(tmp_path: Path, clock: VirtualClock) -> Iterator[Database]:
+def db(db: Database, clock: VirtualClock) -> Database:
     """Three enrolled, connected nodes running OLD; NEW is pushed and not deployed."""
-    database = open_database(None, tmp_path)
     now = clock.now()
-    with database.session() as session:
+    with db.session() as session:
         session.add_all([_release(OLD, "1", now), _release(NEW, "2", now)])
         for name in NODES:
             session.add(
@@ -79,8 +76,7 @@ def db(tmp_path: Path, clock: VirtualClock) -> Iterator[Database]:
                 )
             )
         get_fleet(session, now=now).desired_digest = OLD
-    yield database
-    database.close()
+    return db
 
 
 def drift(db: Database, *names: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -29,15 +28,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from knightwatch.bundle import BuildResult, SigningKey, build_release, load_signing_key
 from knightwatch.localfleet import LocalFleet
 from knightwatch.testing import WaitTimedOutError, wait_until
 from tests.agent.network_faults import FlakyLink
-from tests.conftest import EXAMPLE
+from tests.databases import PG_ENV, postgresql_schema
+from tests.helpers import EXAMPLE
 
-PG_ENV = "KNIGHTWATCH_TEST_DATABASE_URL"
 BUILD_ENV = {"SOURCE_DATE_EPOCH": "1343826000"}
 SERVER_ENV = {
     "KNIGHTWATCH_PREPARE_TIMEOUT_S": "30",
@@ -132,22 +130,6 @@ def make_fleet(
     )
 
 
-@contextlib.contextmanager
-def postgresql_schema(base_url: str) -> Iterator[str]:
-    """Yield a URL selecting a fresh, empty schema on ``base_url``; drop it afterwards."""
-    import psycopg  # noqa: PLC0415  (only the PostgreSQL variant needs it)
-
-    admin = make_url(base_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    schema = f"kw_{secrets.token_hex(8)}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{base_url}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """None (SQLite in the server's data directory), then a fresh PostgreSQL schema URL."""
@@ -157,7 +139,7 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     base_url = os.environ.get(PG_ENV)
     if not base_url:
         pytest.skip(f"set {PG_ENV} to run the PostgreSQL variant")
-    with postgresql_schema(base_url) as url:
+    with postgresql_schema(base_url) as (_schema, url):
         yield url
 
 

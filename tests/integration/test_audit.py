@@ -23,7 +23,7 @@ from knightwatch.bundle import BuildResult, SigningKey, build_release
 from knightwatch.errors import GateRefusedError
 from knightwatch.localfleet import LocalFleet
 from knightwatch.testing import free_port, wait_until
-from tests.conftest import EXAMPLE
+from tests.helpers import EXAMPLE
 from tests.integration.conftest import (
     BUILD_ENV,
     SETTLE_S,

@@ -24,7 +24,7 @@ from knightwatch.bundle import BuildResult, SigningKey, build_release
 from knightwatch.errors import InvalidInputError
 from knightwatch.localfleet import LocalFleet
 from knightwatch.testing import wait_until
-from tests.conftest import EXAMPLE
+from tests.helpers import EXAMPLE
 from tests.integration.conftest import (
     AGENT_ARGS,
     BUILD_ENV,

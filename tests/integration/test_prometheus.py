@@ -27,7 +27,7 @@ import pytest
 
 from knightwatch.localfleet import LocalFleet
 from knightwatch.testing import wait_until
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.integration.conftest import (
     SETTLE_S,
     Releases,

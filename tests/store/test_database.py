@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from knightwatch.errors import StoreError
 from knightwatch.store import Database, Node, open_database
-from tests.store.conftest import Target
+from tests.databases import Target
 
 T0 = datetime(2012, 8, 1, 13, 30, tzinfo=UTC)
 

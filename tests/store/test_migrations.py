@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, inspect, select, text
 from knightwatch.errors import StoreError
 from knightwatch.store import Base, Database, Deployment, DeploymentNode, Node
 from knightwatch.store.migrate import alembic_config, current_revision, head_revision
-from tests.store.conftest import Target
+from tests.databases import Target
 
 TABLES = {
     "alembic_version",

@@ -15,7 +15,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from knightwatch.bundle import ReleaseStore, SigningKey, build_release
 from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
 from knightwatch.canonical import sha256_hex
-from tests.conftest import MakeSource
+from tests.helpers import MakeSource
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
 

@@ -13,7 +13,7 @@ import pytest
 import typer.main
 
 from knightwatch.cli.main import app
-from tests.conftest import REPO, MakeSource
+from tests.helpers import REPO, MakeSource
 
 KNIGHTWATCH = str(Path(sys.executable).with_name("knightwatch"))
 ENV = {**os.environ, "SOURCE_DATE_EPOCH": "1343826000", "COLUMNS": "200"}

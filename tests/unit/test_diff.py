@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from knightwatch.bundle import ReleaseStore, SigningKey, build_release, diff_releases
-from tests.conftest import SMALL_SPEC, MakeSource
+from tests.helpers import SMALL_SPEC, MakeSource
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
 BASE = {

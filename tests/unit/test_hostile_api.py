@@ -28,7 +28,7 @@ from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_
 from knightwatch.clock import VirtualClock
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.settings import Secret, ServerSettings
-from tests.conftest import MakeSource
+from tests.helpers import MakeSource
 
 TOKEN = "operator-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -20,7 +20,7 @@ from knightwatch.bundle import (
 from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
 from knightwatch.bundle.signing import statement_problems
 from knightwatch.canonical import canonical_json
-from tests.conftest import MakeSource
+from tests.helpers import MakeSource
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1343826000"}
 

@@ -8,7 +8,7 @@ import sys
 import tomllib
 
 import knightwatch
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_pyproject_takes_the_version_from_the_package() -> None:

@@ -1,14 +1,16 @@
-"""Fixtures that run every store test on SQLite and, when configured, on PostgreSQL.
+"""The two engines every store-touching test runs on: SQLite always, PostgreSQL when configured.
 
 PostgreSQL runs when ``KNIGHTWATCH_TEST_DATABASE_URL`` is set (for example
-``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Each test then gets
-its own schema, ``kw_<random>``, selected through libpq's ``options``
-(``-csearch_path=kw_…``) in the URL, and dropped afterwards: parallel tests
-and their migrations never see each other's tables.
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``; ``.ci/run`` sets it).
+Each test then gets its own schema, ``kw_<random>``, selected through libpq's
+``options`` (``-csearch_path=kw_…``) in the URL and dropped afterwards, so
+parallel tests (and several developers on one server) never see each
+other's tables.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -22,7 +24,10 @@ from sqlalchemy.pool import NullPool
 
 from knightwatch.store import Database, open_database
 
+__all__ = ["ENGINES", "PG_ENV", "Target", "postgresql_schema", "target_for"]
+
 PG_ENV = "KNIGHTWATCH_TEST_DATABASE_URL"
+ENGINES = ("sqlite", "postgresql")
 
 
 @dataclass(frozen=True)
@@ -55,38 +60,25 @@ def _schema_url(base_url: str, schema: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-@pytest.fixture
-def postgresql_target(tmp_path: Path) -> Iterator[Target]:
-    """A fresh, empty PostgreSQL schema for this test alone (skipped without a server)."""
-    base_url = os.environ.get(PG_ENV)
-    if not base_url:
-        pytest.skip(f"set {PG_ENV} to run the PostgreSQL variant")
+@contextlib.contextmanager
+def postgresql_schema(base_url: str) -> Iterator[tuple[str, str]]:
+    """A fresh, empty schema: yield its name and a URL selecting it; drop it afterwards."""
     schema = f"kw_{secrets.token_hex(8)}"
     _admin_execute(base_url, f'CREATE SCHEMA "{schema}"')
     try:
-        yield Target("postgresql", _schema_url(base_url, schema), tmp_path / "data", schema)
+        yield schema, _schema_url(base_url, schema)
     finally:
         _admin_execute(base_url, f'DROP SCHEMA "{schema}" CASCADE')
 
 
-@pytest.fixture
-def sqlite_target(tmp_path: Path) -> Target:
-    """The default embedded database in a fresh data directory."""
-    return Target("sqlite", None, tmp_path / "data")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest) -> Target:
-    """Each engine in turn: SQLite always, PostgreSQL when configured."""
-    target: Target = request.getfixturevalue(f"{request.param}_target")
-    return target
-
-
-@pytest.fixture
-def db(target: Target) -> Iterator[Database]:
-    """An open, migrated database on each engine, closed after the test."""
-    database = target.open()
-    try:
-        yield database
-    finally:
-        database.close()
+@contextlib.contextmanager
+def target_for(engine: str, data_dir: Path) -> Iterator[Target]:
+    """A database target on ``engine``; PostgreSQL is skipped when not configured."""
+    if engine == "sqlite":
+        yield Target("sqlite", None, data_dir)
+        return
+    base_url = os.environ.get(PG_ENV)
+    if not base_url:
+        pytest.skip(f"set {PG_ENV} to run the PostgreSQL variant")
+    with postgresql_schema(base_url) as (schema, url):
+        yield Target("postgresql", url, data_dir, schema)
