@@ -10,6 +10,7 @@ from rich.table import Table
 from knightwatch.cli.options import ByOpt, JsonOpt, connect
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
+from knightwatch.vocabulary import AlertState, Severity
 
 __all__ = ["app"]
 
@@ -21,15 +22,15 @@ IdArg = Annotated[int, typer.Argument(help="Alert ID (see: knightwatch alerts li
 CommentOpt = Annotated[
     str, typer.Option("--comment", help="Why, or what you are doing about it (recorded)")
 ]
-_COLOURS = {
-    "firing": "bold red",
-    "acknowledged": "yellow",
-    "resolved": "green",
-    "critical": "bold red",
-    "warning": "yellow",
-    "info": "cyan",
+_COLOURS: dict[str, str] = {
+    AlertState.FIRING: "bold red",
+    AlertState.ACKNOWLEDGED: "yellow",
+    AlertState.RESOLVED: "green",
+    Severity.CRITICAL: "bold red",
+    Severity.WARNING: "yellow",
+    Severity.INFO: "cyan",
 }
-_STATES = ("firing", "acknowledged", "resolved")
+_STATES: tuple[str, ...] = tuple(AlertState)
 
 
 @app.command("list", epilog="Example: knightwatch alerts list --state firing")

@@ -12,7 +12,7 @@ from rich.table import Table
 from knightwatch.cli.options import JsonOpt, NodesOpt, WaitOpt, connect
 from knightwatch.cli.output import err, out, paint, print_json, shown
 from knightwatch.errors import KnightwatchError
-from knightwatch.vocabulary import TERMINAL_STATES
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentStrategy
 
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
@@ -43,7 +43,7 @@ def deploy(
     json_output: JsonOpt = False,
 ) -> None:
     """Deploy RELEASE all-or-nothing: every node verifies it before any node switches."""
-    if strategy not in ("atomic", "canary"):
+    if strategy not in tuple(DeploymentStrategy):
         raise typer.BadParameter("--strategy must be atomic or canary")
     client = connect()
     started = client.post(

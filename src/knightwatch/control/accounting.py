@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,10 +26,9 @@ from knightwatch.bundle.manifest import Manifest, component_digest
 from knightwatch.errors import StoreError
 from knightwatch.store import Deployment, DeploymentNode, LifecycleEvent, Node, Release
 from knightwatch.store.queries import get_fleet
+from knightwatch.vocabulary import DeploymentKind, ItemKind, NodePhase
 
 __all__ = [
-    "KINDS",
-    "ItemKind",
     "deployment_succeeded",
     "latest_event",
     "node_drained",
@@ -43,10 +41,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("knightwatch.accounting")
-ItemKind = Literal["release", "component", "flag", "node"]
-KINDS: tuple[ItemKind, ...] = ("release", "component", "flag", "node")
-_DEPLOYING_KINDS = ("deploy", "rollback", "catchup")
-_FLEET_KINDS = ("deploy", "rollback")  # the kinds that move the fleet's release (see deploy.py)
+_DEPLOYING_KINDS = (DeploymentKind.DEPLOY, DeploymentKind.ROLLBACK, DeploymentKind.CATCHUP)
+_FLEET_KINDS = (
+    DeploymentKind.DEPLOY,
+    DeploymentKind.ROLLBACK,
+)  # the kinds that move the fleet's release (see deploy.py)
 
 
 def record(
@@ -110,7 +109,7 @@ def release_pushed(
     commit = f"commit {source.commit[:12]}, " if source.commit else ""
     dirty = "uncommitted changes, " if source.dirty else ""
     built.record(
-        "release",
+        ItemKind.RELEASE,
         release.release_id,
         "built",
         f"{commit}{dirty}build time from {source.build_time_source}, "
@@ -118,7 +117,7 @@ def release_pushed(
     )
     pushed = _Moment(session, at, actor)
     detail = f"digest {release.digest}, signed by key {release.signed_by}, both verified"
-    pushed.record("release", release.release_id, "pushed", detail)
+    pushed.record(ItemKind.RELEASE, release.release_id, "pushed", detail)
 
 
 def release_retired(
@@ -126,7 +125,7 @@ def release_retired(
 ) -> None:
     """Record that ``release`` is retired: gone from every node, never to deploy again."""
     moment = _Moment(session, at, actor, reason)
-    moment.record("release", release.release_id, "retired", f"digest {release.digest}")
+    moment.record(ItemKind.RELEASE, release.release_id, "retired", f"digest {release.digest}")
 
 
 def deployment_succeeded(session: Session, deployment: Deployment, *, at: datetime) -> None:
@@ -144,24 +143,24 @@ def deployment_succeeded(session: Session, deployment: Deployment, *, at: dateti
     moment = _Moment(
         session, at, deployment.requested_by, f"deployment {deployment.id} ({deployment.kind})"
     )
-    rows = [r for r in _deployment_rows(session, deployment) if r.phase == "ACTIVE"]
+    rows = [r for r in _deployment_rows(session, deployment) if r.phase == NodePhase.ACTIVE]
     names = ", ".join(r.node_name for r in rows) or "no node"
-    moment.record("release", release.release_id, "deployed", f"on {names}")
+    moment.record(ItemKind.RELEASE, release.release_id, "deployed", f"on {names}")
     fleet = get_fleet(session)
     if deployment.kind in _FLEET_KINDS and fleet.desired_digest != release.digest:
         before = session.get(Release, fleet.desired_digest) if fleet.desired_digest else None
         _fleet_release_changed(moment, before, release)
     for row in rows:
         if _first_release(session, row):
-            moment.record("node", row.node_name, "active", f"runs {release.release_id}")
+            moment.record(ItemKind.NODE, row.node_name, "active", f"runs {release.release_id}")
 
 
 def _fleet_release_changed(moment: _Moment, before: Release | None, after: Release) -> None:
     """The fleet moved from ``before`` to ``after``: releases and components change state."""
     was = f"replaces {before.release_id}" if before else "the fleet's first release"
-    moment.record("release", after.release_id, "active", was)
+    moment.record(ItemKind.RELEASE, after.release_id, "active", was)
     if before is not None:
-        moment.record("release", before.release_id, "superseded", f"by {after.release_id}")
+        moment.record(ItemKind.RELEASE, before.release_id, "superseded", f"by {after.release_id}")
     old = _components(before) if before is not None else {}
     new = _components(after)
     if old is None or new is None:
@@ -169,7 +168,7 @@ def _fleet_release_changed(moment: _Moment, before: Release | None, after: Relea
     for key in sorted(old.keys() | new.keys()):
         state, detail = _component_change(old.get(key), new.get(key), after)
         if state:
-            moment.record("component", key, state, detail)
+            moment.record(ItemKind.COMPONENT, key, state, detail)
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ def _deployment_rows(session: Session, deployment: Deployment) -> list[Deploymen
 
 def _first_release(session: Session, row: DeploymentNode) -> bool:
     """Whether this deployment made the node active: its first release since it enrolled."""
-    latest = latest_event(session, "node", row.node_name)
+    latest = latest_event(session, ItemKind.NODE, row.node_name)
     if latest is None:
         return row.previous_digest is None
     return latest.state == "enrolled"
@@ -248,23 +247,27 @@ def _build_time(text: str) -> datetime | None:
 def node_enrolled(session: Session, node: Node, *, at: datetime, actor: str) -> None:
     """Record that ``node`` redeemed a join token and holds a credential now."""
     moment = _Moment(session, at, actor, "join token redeemed")
-    moment.record("node", node.name, "enrolled", f"group {node.group_name}")
+    moment.record(ItemKind.NODE, node.name, "enrolled", f"group {node.group_name}")
 
 
 def node_drained(session: Session, node: Node, *, at: datetime, actor: str, reason: str) -> None:
     """Record that ``node`` takes no deployments any more (its agent still reports)."""
-    _Moment(session, at, actor, reason).record("node", node.name, "drained", "takes no deployments")
+    _Moment(session, at, actor, reason).record(
+        ItemKind.NODE, node.name, "drained", "takes no deployments"
+    )
 
 
 def node_resumed(session: Session, node: Node, *, at: datetime, actor: str, reason: str) -> None:
     """Record that a drained ``node`` takes deployments again ("active")."""
     moment = _Moment(session, at, actor, reason)
-    moment.record("node", node.name, "active", "resumed: takes deployments again")
+    moment.record(ItemKind.NODE, node.name, "active", "resumed: takes deployments again")
 
 
 def node_retired(session: Session, node: Node, *, at: datetime, actor: str, reason: str) -> None:
     """Record that ``node`` is retired: credential revoked, its name never reused."""
-    _Moment(session, at, actor, reason).record("node", node.name, "retired", "credential revoked")
+    _Moment(session, at, actor, reason).record(
+        ItemKind.NODE, node.name, "retired", "credential revoked"
+    )
 
 
 # -- reading --------------------------------------------------------------------------------

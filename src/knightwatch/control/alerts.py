@@ -46,8 +46,8 @@ __all__ = [
 
 AlertSeverity = Severity | Literal["info", "warning", "critical"]
 """A severity as the vocabulary names it, or as a spec or guard wrote it (the same words)."""
-ALERT_STATES = ("firing", "acknowledged", "resolved")
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+ALERT_STATES: tuple[AlertState, ...] = tuple(AlertState)
+SEVERITY_RANK: dict[str, int] = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 
 class AlertNotFoundError(NotFoundError):

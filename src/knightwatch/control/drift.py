@@ -52,7 +52,7 @@ def ingest_audit_status(
             (DriftState.CLEAN if audited else DriftState.UNKNOWN),
             None,
         )
-        if was == "drifted":
+        if was == DriftState.DRIFTED:
             alerts.resolve(
                 session,
                 alerts.fingerprint(DRIFT_RULE, node.name),
@@ -65,7 +65,7 @@ def ingest_audit_status(
     detail = "\n".join(f.detail for f in drift)
     critical = any(f.severity is Severity.CRITICAL for f in drift)
     severity: alerts.AlertSeverity = Severity.CRITICAL if critical else Severity.WARNING
-    if was != "drifted":
+    if was != DriftState.DRIFTED:
         node.drift_state, node.drift_since = DriftState.DRIFTED, now
         alerts.fire(
             session,

@@ -33,7 +33,10 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_CONNECTING = ("enrolled", "drained")  # a drained node takes no deployments but still reports
+_CONNECTING = (
+    NodeStatus.ENROLLED,
+    NodeStatus.DRAINED,
+)  # a drained node takes no deployments but still reports
 
 
 class AuthenticationError(KnightwatchError):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.store import Deployment, DeploymentNode, Fleet, Node, Release
 from knightwatch.store.queries import get_fleet
-from knightwatch.vocabulary import NodePhase, NodeStatus, ServiceState
+from knightwatch.vocabulary import HaltSource, NodePhase, NodeStatus, ServiceState
 
 __all__ = [
     "Unconfirmed",
@@ -205,7 +205,7 @@ def drift_reason(node: Node) -> str:
 def halt_reason(node: Node) -> str:
     """What halted a node, and why."""
     why = f": {node.halt_reason}" if node.halt_reason else ""
-    return f"{node.name} HALTED by {node.halt_source or 'kill'}{why}"
+    return f"{node.name} HALTED by {node.halt_source or HaltSource.KILL}{why}"
 
 
 def degraded_reasons(nodes: list[Node]) -> list[str]:

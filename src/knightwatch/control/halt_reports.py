@@ -58,7 +58,7 @@ def ingest_halt_state(session: Session, node: Node, state: HaltState, now: datet
                 None,
             )
         return
-    source = state.source or "kill"
+    source = state.source or HaltSource.KILL
     since = state.since or node.halted_since or now
     unchanged = node.halted and node.halt_source == source and node.halted_since == since
     node.halted, node.halt_source, node.halt_reason = True, source, state.reason

@@ -15,14 +15,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from knightwatch.control.accounting import KINDS, ItemKind
 from knightwatch.control.targets import resolve_release
 from knightwatch.errors import InvalidInputError, ReleaseNotFoundError
 from knightwatch.store import LifecycleEvent, Node
+from knightwatch.vocabulary import ItemKind
 
 __all__ = ["History", "HistoryEvent", "history"]
 
-_KEYED_KINDS: tuple[ItemKind, ...] = ("node", "component", "flag")  # not resolved as releases
+_KEYED_KINDS = (ItemKind.NODE, ItemKind.COMPONENT, ItemKind.FLAG)  # not resolved as releases
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ def history(session: Session, item: str) -> History:
     kinds is refused with the candidates.
     """
     prefix, colon, rest = item.partition(":")
-    if colon and prefix in KINDS:
-        return _history_of(session, prefix, _resolve_prefixed(session, prefix, rest))
+    if colon and prefix in tuple(ItemKind):
+        kind = ItemKind(prefix)
+        return _history_of(session, kind, _resolve_prefixed(session, kind, rest))
     found, release_error = _candidates(session, item)
     if len(found) == 1:
         return _history_of(session, *found[0])
@@ -114,7 +115,7 @@ def _history_of(session: Session, kind: ItemKind, key: str) -> History:
 
 
 def _resolve_prefixed(session: Session, kind: ItemKind, text: str) -> str:
-    if kind == "release":
+    if kind == ItemKind.RELEASE:
         return resolve_release(session, text).release_id
     keys = _release_free_candidates(session, kind, text)
     if len(keys) == 1:
@@ -140,7 +141,7 @@ def _candidates(
     found: list[tuple[ItemKind, str]] = []
     release_error = None
     try:
-        found.append(("release", resolve_release(session, text).release_id))
+        found.append((ItemKind.RELEASE, resolve_release(session, text).release_id))
     except ReleaseNotFoundError as exc:
         release_error = exc
     for kind in _KEYED_KINDS:
@@ -150,10 +151,10 @@ def _candidates(
 
 def _release_free_candidates(session: Session, kind: ItemKind, text: str) -> list[str]:
     """Keys of ``kind`` (node, component, flag) that ``text`` names, sorted."""
-    if kind == "node" and session.get(Node, text) is not None:
+    if kind == ItemKind.NODE and session.get(Node, text) is not None:
         return [text]
     keys = select(LifecycleEvent.item_key).where(LifecycleEvent.item_kind == kind).distinct()
-    if kind == "component" and "/" not in text:
+    if kind == ItemKind.COMPONENT and "/" not in text:
         keys = keys.where(LifecycleEvent.item_key.endswith("/" + text, autoescape=True))
     else:
         keys = keys.where(LifecycleEvent.item_key == text)

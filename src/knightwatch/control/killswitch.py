@@ -40,7 +40,7 @@ from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import Rearm
 from knightwatch.selection import matches_selector, parse_selector
 from knightwatch.store import Halt, HaltNode, Node
-from knightwatch.vocabulary import HaltSource
+from knightwatch.vocabulary import HaltSource, NodeStatus
 
 __all__ = [
     "DEAD_MAN_RULE",
@@ -54,7 +54,10 @@ __all__ = [
 
 DEAD_MAN_RULE = "dead-man"
 MAX_REASON = 1000
-_HALTABLE = ("enrolled", "drained")  # a drained node takes no deployments, but it still halts
+_HALTABLE = (
+    NodeStatus.ENROLLED,
+    NodeStatus.DRAINED,
+)  # a drained node takes no deployments, but it still halts
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ def drain_node(session: Session, name: str, *, at: datetime, actor: str, reason:
             hint=f"see its history: knightwatch history node:{name}",
         )
     _refuse_if_deploying(session, node, "drain")
-    return _change(session, node, "drained", node_drained, at=at, actor=actor, reason=reason)
+    return _change(
+        session, node, NodeStatus.DRAINED, node_drained, at=at, actor=actor, reason=reason
+    )
 
 
 def resume_node(
@@ -73,7 +75,9 @@ def resume_node(
             f"node {name} is {node.status}; only a drained node can be resumed",
             hint=f"see its history: knightwatch history node:{name}",
         )
-    return _change(session, node, "enrolled", node_resumed, at=at, actor=actor, reason=reason)
+    return _change(
+        session, node, NodeStatus.ENROLLED, node_resumed, at=at, actor=actor, reason=reason
+    )
 
 
 def retire_node(
@@ -89,7 +93,9 @@ def retire_node(
         select(JoinToken).where(JoinToken.node_name == name, JoinToken.used_at.is_(None))
     ):
         token.expires_at = min(token.expires_at, at)
-    return _change(session, node, "retired", node_retired, at=at, actor=actor, reason=reason)
+    return _change(
+        session, node, NodeStatus.RETIRED, node_retired, at=at, actor=actor, reason=reason
+    )
 
 
 def _node(session: Session, name: str, *, at: datetime, reason: str) -> Node:

@@ -22,7 +22,7 @@ from knightwatch.control.targets import resolve_release
 from knightwatch.errors import NotFoundError
 from knightwatch.protocol.audit import Retire, RetireResult
 from knightwatch.store import Node, Release, Retirement, RetirementNode
-from knightwatch.vocabulary import RetirementState
+from knightwatch.vocabulary import ItemKind, NodeStatus, RetirementState
 
 __all__ = [
     "RetirementPlan",
@@ -69,13 +69,13 @@ def start_retirement(
                 RetirementNode(
                     retirement_id=retirement.id,
                     node_name=node.name,
-                    state="pending",
+                    state=RetirementState.PENDING,
                     updated_at=now,
                 )
             )
         accounting.record(
             session,
-            "release",
+            ItemKind.RELEASE,
             release.release_id,
             "retiring",
             at=now,
@@ -103,7 +103,9 @@ def _holders(session: Session) -> list[Node]:
     """Every node that may hold a copy: enrolled or drained."""
     return list(
         session.scalars(
-            select(Node).where(Node.status.in_(("enrolled", "drained"))).order_by(Node.name)
+            select(Node)
+            .where(Node.status.in_((NodeStatus.ENROLLED, NodeStatus.DRAINED)))
+            .order_by(Node.name)
         )
     )
 
@@ -146,7 +148,7 @@ def record_retire_result(session: Session, node: str, result: RetireResult, now:
     retirement = session.get(Retirement, result.retirement_id)
     if row is None or retirement is None or retirement.release_digest != result.digest:
         return False
-    row.state = RetirementState.ABSENT if result.absent else "failed"
+    row.state = RetirementState.ABSENT if result.absent else RetirementState.FAILED
     row.detail, row.updated_at = result.detail, now
     if retirement.finished_at is not None:
         return False

@@ -329,7 +329,7 @@ def standing_deliveries(
     recent = now - timedelta(seconds=RESOLVED_RETRY_S)
     statement = select(Alert).where(
         or_(
-            Alert.state.in_(("firing", "acknowledged")),
+            Alert.state.in_((AlertState.FIRING, AlertState.ACKNOWLEDGED)),
             and_(Alert.id.in_(list(resolving)), Alert.resolved_at >= recent),
         )
     )

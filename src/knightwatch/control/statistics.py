@@ -18,6 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from knightwatch.control.fleet_status import FleetState, NodeLiveness, NodeStatus, fleet_status
 from knightwatch.store import Alert, Deployment, Halt, HaltNode
+from knightwatch.vocabulary import DriftState
 from knightwatch.vocabulary import NodeStatus as Standing
 
 __all__ = ["FleetStatistics", "NodeFigures", "fleet_statistics"]
@@ -68,7 +69,7 @@ def fleet_statistics(session: Session, now: datetime) -> FleetStatistics:
     nodes: Counter[tuple[str, bool, bool | None]] = Counter(
         (n.drift_state, True, n.halted)
         if n.state is NodeLiveness.CONNECTED
-        else ("unknown", n.connected, None)
+        else (DriftState.UNKNOWN, n.connected, None)
         for n in status.nodes
     )
     ages = {

@@ -137,7 +137,9 @@ class Node(Base):
     desired_digest: Mapped[str | None] = mapped_column(DIGEST)
     active_digest: Mapped[str | None] = mapped_column(DIGEST)
     previous_digest: Mapped[str | None] = mapped_column(DIGEST)
-    service_state: Mapped[str] = mapped_column(WORD, default="none", server_default="none")
+    service_state: Mapped[str] = mapped_column(
+        WORD, default=ServiceState.NONE, server_default=ServiceState.NONE.value
+    )
     service_pid: Mapped[int | None]
     service_started_at: Mapped[float | None] = mapped_column(Float)
     service_version: Mapped[str | None] = mapped_column(String(255))
@@ -150,7 +152,9 @@ class Node(Base):
     connected: Mapped[bool] = mapped_column(default=False, server_default=false())
     connected_at: Mapped[datetime | None]
     disconnected_at: Mapped[datetime | None]
-    drift_state: Mapped[str] = mapped_column(WORD, default="unknown", server_default="unknown")
+    drift_state: Mapped[str] = mapped_column(
+        WORD, default=DriftState.UNKNOWN, server_default=DriftState.UNKNOWN.value
+    )
     drift_since: Mapped[datetime | None]
     drift_count: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     drift_findings: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")

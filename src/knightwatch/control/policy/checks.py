@@ -18,7 +18,7 @@ from knightwatch.control.policy.model import Check, Proposal
 from knightwatch.errors import Refusal
 from knightwatch.store import Alert, Deployment, Node, Release, Retirement
 from knightwatch.store.queries import get_fleet
-from knightwatch.vocabulary import TERMINAL_STATES, AlertState, NodeStatus, Severity
+from knightwatch.vocabulary import TERMINAL_STATES, AlertState, HaltSource, NodeStatus, Severity
 
 __all__ = [
     "NoDrift",
@@ -165,7 +165,7 @@ class NodesNotHalted(Check):
         causes: dict[str, list[str]] = {}
         for node in sorted(proposal.nodes, key=lambda n: n.name):
             if node.halted:
-                why = f"{node.halt_source or 'kill'}" + (
+                why = f"{node.halt_source or HaltSource.KILL}" + (
                     f": {node.halt_reason}" if node.halt_reason else ""
                 )
                 causes.setdefault(why, []).append(node.name)

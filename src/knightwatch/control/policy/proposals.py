@@ -110,5 +110,9 @@ def _needed(value: str | None, action: Action, what: str) -> str:
 def _haltable(session: Session, selector: str | None) -> list[Node]:
     """The enrolled and drained nodes ``selector`` selects (what a halt or re-arm reaches)."""
     terms = parse_selector(selector)
-    statement = select(Node).where(Node.status.in_(("enrolled", "drained"))).order_by(Node.name)
+    statement = (
+        select(Node)
+        .where(Node.status.in_((NodeStatus.ENROLLED, NodeStatus.DRAINED)))
+        .order_by(Node.name)
+    )
     return [n for n in session.scalars(statement) if matches_selector(n, terms)]
