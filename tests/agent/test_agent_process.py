@@ -17,12 +17,11 @@ from typer.testing import CliRunner
 from knightwatch.agent.process import identify
 from knightwatch.cli.agent import register
 from knightwatch.localfleet import LocalFleet
-from knightwatch.testing import wait_until
+from knightwatch.testing import free_port, wait_until
 from tests.agent.conftest import (
     SETTLE_S,
     Releases,
     deploy,
-    free_port,
     node_row,
     node_status,
     wait_connected,

@@ -30,13 +30,12 @@ from knightwatch.agent.supervisor import RestartPolicy
 from knightwatch.bundle.signing import load_trusted_key
 from knightwatch.localfleet import LocalFleet
 from knightwatch.protocol import SignedReport, load_node_key, open_report, public_key_from_text
-from knightwatch.testing import wait_until
+from knightwatch.testing import free_port, wait_until
 from tests.agent.conftest import (
     SERVICE_FILES,
     SETTLE_S,
     Releases,
     deploy,
-    free_port,
     node_events,
     node_row,
     node_status,

@@ -7,7 +7,7 @@ commands — prepare, commit, rollback, abort — against its node layout
 store.
 """
 
-from knightwatch.agent.commands import Command, CommandRunner
+from knightwatch.agent.commands import CommandRunner
 from knightwatch.agent.connection import Backoff, Connection, websocket_url
 from knightwatch.agent.errors import (
     AgentError,
@@ -35,7 +35,6 @@ __all__ = [
     "AgentState",
     "AgentTransportError",
     "Backoff",
-    "Command",
     "CommandRunner",
     "Connection",
     "HttpReleaseSource",

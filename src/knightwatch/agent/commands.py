@@ -51,6 +51,7 @@ from knightwatch.agent.source import ReleaseSource
 from knightwatch.agent.staging import Stager
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.errors import KnightwatchError
+from knightwatch.protocol import ReleaseCommand
 from knightwatch.protocol.audit import Retire, RetireResult
 from knightwatch.protocol.messages import (
     Abort,
@@ -61,9 +62,8 @@ from knightwatch.protocol.messages import (
     Rollback,
 )
 
-__all__ = ["Command", "CommandRunner"]
+__all__ = ["CommandRunner"]
 
-Command = Prepare | Commit | Rollback | Abort | Retire
 Hold = Callable[[], AbstractAsyncContextManager[None]]
 _MAX_REASON = 4096
 
@@ -107,7 +107,7 @@ class CommandRunner:
         self.held: int | None = None
         """The deployment whose outcome the service waits for (set by resume, None once told)."""
 
-    async def run(self, command: Command) -> Ack | RetireResult:
+    async def run(self, command: ReleaseCommand) -> Ack | RetireResult:
         """Carry out ``command`` and return its answer (never raises for failures)."""
         match command:
             case Prepare():

@@ -34,12 +34,12 @@ from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from knightwatch.agent.commands import Command
 from knightwatch.agent.enroll import Credential, auth_headers
 from knightwatch.agent.errors import AgentTransportError
 from knightwatch.agent.events import event, logger
 from knightwatch.agent.reporting import Reporter
 from knightwatch.clock import Clock
+from knightwatch.protocol import ReleaseCommand
 from knightwatch.protocol.audit import AuditRequest, AuditResult, RetireResult
 from knightwatch.protocol.messages import (
     MAX_MESSAGE_BYTES,
@@ -126,7 +126,7 @@ class Connection:
         key: NodeKey,
         clock: Clock,
         state: Callable[[], NodeState],
-        commands: asyncio.Queue[Command],
+        commands: asyncio.Queue[ReleaseCommand],
         heartbeat_s: float | None = None,
         backoff: Backoff | None = None,
         on_audit: Callable[[AuditRequest], None] | None = None,

@@ -28,10 +28,10 @@ import signal
 from datetime import datetime
 
 from knightwatch.agent.auditor import Auditor
-from knightwatch.agent.commands import Command, CommandRunner
+from knightwatch.agent.commands import CommandRunner
 from knightwatch.agent.connection import Connection
 from knightwatch.agent.enroll import Credential
-from knightwatch.agent.events import configure_logging, event, logger
+from knightwatch.agent.events import event, logger
 from knightwatch.agent.guards import RuntimeGuards
 from knightwatch.agent.httpsource import HttpReleaseSource
 from knightwatch.agent.journal import Journal
@@ -47,6 +47,8 @@ from knightwatch.agent.startup import set_up_node
 from knightwatch.agent.supervisor import RestartPolicy, Supervisor
 from knightwatch.bundle.signing import TrustedKey
 from knightwatch.clock import Clock, SystemClock
+from knightwatch.logs import configure_logging
+from knightwatch.protocol import ReleaseCommand
 from knightwatch.protocol.audit import AuditRequest, Retire, RetireResult
 from knightwatch.protocol.messages import (
     Abort,
@@ -70,7 +72,7 @@ def run_agent(settings: AgentSettings, *, clock: Clock | None = None) -> int:
 
     Raise a KnightwatchError (with its exit code) if the agent cannot start.
     """
-    configure_logging()
+    configure_logging("agent")
     agent = Agent(settings, clock=clock)
     agent.setup()
     return asyncio.run(agent.serve_until_signalled())
@@ -127,7 +129,7 @@ class Agent:
         its next step), halts the service while heartbeats still flow, and
         only then closes the connection.
         """
-        commands: asyncio.Queue[Command] = asyncio.Queue()
+        commands: asyncio.Queue[ReleaseCommand] = asyncio.Queue()
         self._wire(commands)
         worker = asyncio.create_task(self._work(commands))
         audit = asyncio.create_task(self._audit_forever())
@@ -154,7 +156,7 @@ class Agent:
         event("agent-stopped", node=self.settings.name)
         return 0
 
-    def _wire(self, commands: asyncio.Queue[Command]) -> None:
+    def _wire(self, commands: asyncio.Queue[ReleaseCommand]) -> None:
         assert self.key is not None and self.credential is not None, "call setup() first"
         self.supervisor = Supervisor(
             ServiceLog(self.layout.service_log), clock=self.clock, policy=self.policy
@@ -297,7 +299,7 @@ class Agent:
         )
         self.connection.send_ack(result)
 
-    async def _work(self, commands: asyncio.Queue[Command]) -> None:
+    async def _work(self, commands: asyncio.Queue[ReleaseCommand]) -> None:
         await self.runner.resume()
         loop = asyncio.get_running_loop()
         while True:
@@ -326,7 +328,7 @@ _FAILED = {
 }
 
 
-def _failed(command: Command, reason: str) -> Ack | RetireResult:
+def _failed(command: ReleaseCommand, reason: str) -> Ack | RetireResult:
     if isinstance(command, Retire):
         return RetireResult(
             retirement_id=command.retirement_id,

@@ -41,7 +41,6 @@ from knightwatch.control.decisions import (
     expire,
 )
 from knightwatch.control.deploy_commands import (
-    Command,
     Outbox,
     outcomes_for,
     resend,
@@ -53,7 +52,7 @@ from knightwatch.control.policy import (
     reconcile_target,
     rollback_target,
 )
-from knightwatch.protocol import Ack, AckPhase
+from knightwatch.protocol import Ack, AckPhase, DeployCommand
 from knightwatch.store import Database, Deployment, DeploymentNode, Node
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
 from knightwatch.vocabulary import (
@@ -83,7 +82,7 @@ _ACK_PHASE = {
 class CommandSink(Protocol):
     """Where commands to agents go (the agent WebSocket hub)."""
 
-    def send(self, node: str, message: Command) -> bool:
+    def send(self, node: str, message: DeployCommand) -> bool:
         """Queue ``message`` for ``node``; False when the node is not connected."""
         ...
 

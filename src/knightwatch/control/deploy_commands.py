@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.control.decisions import SWITCHED, UNSWITCHED
-from knightwatch.protocol import Abort, Commit, Prepare, Rollback
+from knightwatch.protocol import Abort, Commit, DeployCommand, Prepare, Rollback
 from knightwatch.store import Deployment, DeploymentEvent, DeploymentNode, Node, Release
 from knightwatch.vocabulary import (
     TERMINAL_STATES,
@@ -21,7 +21,6 @@ from knightwatch.vocabulary import (
 )
 
 __all__ = [
-    "Command",
     "Outbox",
     "abort_command",
     "commit_command",
@@ -34,8 +33,7 @@ __all__ = [
 ]
 
 S, P = DeploymentState, NodePhase
-Command = Prepare | Commit | Rollback | Abort
-Outbox = list[tuple[str, Command]]
+Outbox = list[tuple[str, DeployCommand]]
 """Commands to send after the transaction commits: (node, command)."""
 
 

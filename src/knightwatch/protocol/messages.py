@@ -34,11 +34,14 @@ __all__ = [
     "Abort",
     "Ack",
     "AckPhase",
+    "AgentCommand",
     "Commit",
+    "DeployCommand",
     "Hello",
     "NodeState",
     "Prepare",
     "Refused",
+    "ReleaseCommand",
     "Report",
     "ReportKind",
     "Rollback",
@@ -128,10 +131,15 @@ class Refused(_Message):
     reason: Reason
 
 
-ServerMessage = Annotated[
-    Hello | Prepare | Commit | Rollback | Abort | AuditRequest | Retire | Halt | Rearm | Refused,
-    Field(discriminator="type"),
-]
+DeployCommand = Prepare | Commit | Rollback | Abort
+"""The two-phase protocol's commands, each about one deployment."""
+ReleaseCommand = DeployCommand | Retire
+"""Commands that change which releases a node holds; the agent's command runner works them."""
+AgentCommand = ReleaseCommand | AuditRequest | Halt | Rearm
+"""Everything the control plane sends an agent once its session is open."""
+
+ServerMessage = Annotated[Hello | AgentCommand | Refused, Field(discriminator="type")]
+"""Every server → agent message: the greeting, a command, or a refusal."""
 _SERVER_MESSAGE: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
 
 

@@ -15,21 +15,11 @@ from dataclasses import dataclass, field
 
 from fastapi import WebSocket
 
-from knightwatch.protocol import (
-    Abort,
-    AuditRequest,
-    Commit,
-    Halt,
-    Prepare,
-    Rearm,
-    Retire,
-    Rollback,
-)
+from knightwatch.protocol import AgentCommand
 
 __all__ = ["AgentHub", "Connection"]
 
 log = logging.getLogger("knightwatch.hub")
-Command = Prepare | Commit | Rollback | Abort | AuditRequest | Retire | Halt | Rearm
 _ids = itertools.count(1)
 
 
@@ -72,7 +62,7 @@ class AgentHub:
         """Names of every connected node."""
         return sorted(self._connections)
 
-    def send(self, node: str, message: Command) -> bool:
+    def send(self, node: str, message: AgentCommand) -> bool:
         """Queue ``message`` for ``node``; False when it is not connected."""
         connection = self._connections.get(node)
         if connection is None:
