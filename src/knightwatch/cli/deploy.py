@@ -12,7 +12,7 @@ from rich.table import Table
 from knightwatch.cli.options import JsonOpt, NodesOpt, WaitOpt, connect
 from knightwatch.cli.output import err, out, paint, print_json, shown
 from knightwatch.errors import KnightwatchError
-from knightwatch.vocabulary import TERMINAL_STATES, DeploymentStrategy
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, DeploymentStrategy
 
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
@@ -134,7 +134,7 @@ def follow_deployment(
         print_json(data)
     elif not err.is_terminal:
         out.print(_deployment_table(data))
-    if data["state"] != "SUCCEEDED":
+    if data["state"] != DeploymentState.SUCCEEDED:
         raise DeploymentFailedError(
             f"deployment {data['id']} ended {data['state']}: "
             f"{data['reason'] or 'no reason recorded'}",

@@ -11,6 +11,7 @@ from rich.table import Table
 from knightwatch.cli.options import JsonOpt, NodesOpt, connect
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import KnightwatchError
+from knightwatch.vocabulary import ServiceState
 
 __all__ = ["kill", "rearm", "register"]
 
@@ -95,7 +96,10 @@ def _still_halted(status: dict[str, Any], waiting: set[str]) -> bool:
 
 def _running(node: dict[str, Any]) -> bool:
     """Re-armed and serving (``none``: the active release declares no service)."""
-    return not node.get("halted") and node.get("service_state") in ("running", "none")
+    return not node.get("halted") and node.get("service_state") in (
+        ServiceState.RUNNING,
+        ServiceState.NONE,
+    )
 
 
 def _rearm_rows(plan: dict[str, Any], status: dict[str, Any]) -> list[dict[str, Any]]:

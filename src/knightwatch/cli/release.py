@@ -13,11 +13,20 @@ from rich.table import Table
 from knightwatch.cli.options import JsonOpt, connect
 from knightwatch.cli.output import out, print_json, progress_bar, shown
 from knightwatch.errors import KnightwatchError
+from knightwatch.vocabulary import RetirementState
 
 __all__ = ["RetirementIncompleteError", "app", "register", "release_push", "retire"]
 
 app = typer.Typer(help="Push releases to the control plane.", no_args_is_help=True)
 _POLL_S = 0.2
+
+
+_RETIREMENT_WORDS = {
+    RetirementState.ABSENT: "verified",
+    RetirementState.PENDING: "pending",
+    RetirementState.FAILED: "failed",
+}
+"""How a node's part in a retirement reads in the table."""
 
 
 class RetirementIncompleteError(KnightwatchError):
@@ -84,7 +93,7 @@ def retire(
             + ("[green]retired[/]" if report["complete"] else "[yellow]incomplete[/]"),
         )
         for node in report["nodes"]:
-            state = {"absent": "verified", "pending": "pending", "failed": "failed"}[node["state"]]
+            state = _RETIREMENT_WORDS[node["state"]]
             table.add_row(
                 shown(node["node"]),
                 "[green]verified[/]" if state == "verified" else f"[red]{state}[/]",
@@ -93,7 +102,7 @@ def retire(
             )
         out.print(table)
     if not report["complete"]:
-        waiting = [n["node"] for n in report["nodes"] if n["state"] != "absent"]
+        waiting = [n["node"] for n in report["nodes"] if n["state"] != RetirementState.ABSENT]
         raise RetirementIncompleteError(
             f"{report['release']}: absence not verified on {', '.join(waiting)}",
             hint="offline nodes get it when they reconnect; run the same command again to check",

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from knightwatch.cli.options import JsonOpt, connect
 from knightwatch.cli.output import colour, out, paint, print_json, shown
+from knightwatch.vocabulary import DriftState
 
 __all__ = ["register", "status"]
 
@@ -62,7 +63,7 @@ def _node_row(node: dict[str, Any]) -> list[str]:
     age_s = node["last_report_age_s"]
     age = f"{age_s:.1f} s" if age_s is not None else "never"
     drift = paint(node["drift_state"]) + (
-        f" ({node['drift_count']})" if node["drift_state"] == "drifted" else ""
+        f" ({node['drift_count']})" if node["drift_state"] == DriftState.DRIFTED else ""
     )
     known = node.get("last_known")
     if known is None:
