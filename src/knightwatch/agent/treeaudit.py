@@ -49,7 +49,7 @@ class TreeAudit:
         self.last_sweep: datetime | None = None
         """When the whole tree was last re-hashed."""
         self.load_error: Finding | None = None
-        """Why the manifest of a release could not be read (kept until another one fails)."""
+        """Why the followed release's manifest could not be read (cleared by the next load)."""
         self._tree_id: tuple[int, int] | None = None
         self._files: dict[str, list[Finding]] = {}
         self._stats: dict[str, StatKey] = {}
@@ -77,6 +77,7 @@ class TreeAudit:
     async def load(self, digest: str | None) -> None:
         """Follow ``digest`` (None: nothing): index it and check its whole tree."""
         self._files, self._stats = {}, {}
+        self.load_error = None  # a manifest that loads now proves an earlier failure stale
         self._tree_id = _tree_id(self._layout.release_dir(digest)) if digest else None
         self.index = self._load_index(digest) if digest else None
         if self.index is not None:

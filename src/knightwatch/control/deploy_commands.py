@@ -6,6 +6,8 @@ after a restart or a reconnection is the command first sent.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -46,22 +48,22 @@ def release_of(session: Session, deployment: Deployment) -> Release:
 
 def prepare_command(deployment: Deployment, release: Release) -> Prepare:
     """Stage and verify the release (a reconcile re-stages the exact bytes)."""
-    return Prepare(
-        deployment_id=deployment.id,
-        digest=release.digest,
-        release_id=release.release_id,
-        restage=deployment.kind == DeploymentKind.RECONCILE,
-    )
+    return Prepare(**_release_step(deployment, release))
 
 
 def commit_command(deployment: Deployment, release: Release) -> Commit:
     """Switch to the staged release and start it."""
-    return Commit(
-        deployment_id=deployment.id,
-        digest=release.digest,
-        release_id=release.release_id,
-        restage=deployment.kind == DeploymentKind.RECONCILE,
-    )
+    return Commit(**_release_step(deployment, release))
+
+
+def _release_step(deployment: Deployment, release: Release) -> dict[str, Any]:
+    """What PREPARE and COMMIT of one deployment both carry."""
+    return {
+        "deployment_id": deployment.id,
+        "digest": release.digest,
+        "release_id": release.release_id,
+        "restage": deployment.kind == DeploymentKind.RECONCILE,
+    }
 
 
 def kept_command(deployment: Deployment, release: Release) -> Commit:

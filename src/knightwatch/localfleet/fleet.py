@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,7 @@ from typing import Any
 
 from knightwatch.client import ApiClient, ServerTarget
 from knightwatch.errors import InvalidInputError, KnightwatchError
+from knightwatch.localfleet.fleetfile import read_fleet_file, write_fleet_file
 from knightwatch.localfleet.processes import (
     FleetProcess,
     alive,
@@ -68,15 +68,8 @@ class LocalFleet:
     @classmethod
     def attach(cls, directory: Path) -> LocalFleet:
         """The fleet ``up`` started in ``directory`` (from its fleet.json), to manage its pieces."""
-        path = directory / "fleet.json"
-        try:
-            data = json.loads(path.read_text())
-            options = data["options"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError(
-                f"no fleet is up in {directory} (cannot read {path.name}: {exc})",
-                hint="start one: knightwatch fleet up --nodes 3 --trust keys/release.pub",
-            ) from None
+        data = read_fleet_file(directory)
+        options = data["options"]
         fleet = cls(
             Path(data["directory"]),
             0,
@@ -403,11 +396,4 @@ class LocalFleet:
                 "service_ports": self._service_ports,
             },
         }
-        path = self.directory / "fleet.json"
-        temp = path.with_name(".fleet.json.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(data, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        temp.replace(path)
+        write_fleet_file(self.directory, data)
