@@ -147,7 +147,12 @@ class TestWrongTypes:
 
     def test_command_number(self) -> None:
         """``service.command = 7`` is refused saying what to write: a list (or a string)."""
-        refused(BASE + "\n[service]\ncommand = 7\n", "service.command", "should be a list")
+        refused(
+            BASE + "\n[service]\ncommand = 7\n",
+            "service.command",
+            'a list, e.g. ["python3", "app/main.py"]',
+            'one string, e.g. "python3 app/main.py"',
+        )
 
 
 class TestCommandString:

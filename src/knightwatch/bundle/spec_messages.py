@@ -41,7 +41,8 @@ def spec_error(exc: ValidationError, file: str) -> SpecError:
             if problem not in problems:
                 problems.append(problem)
         else:
-            problems.append((key_of(error["loc"]), describe(error)))
+            key = key_of(error["loc"])
+            problems.append((key, _COMMAND if _is_command(key, error) else describe(error)))
     key, message = problems[0]
     if len(problems) > 1:
         rest = "; ".join(f"{k}: {m}" for k, m in problems[1:MAX_LISTED])
@@ -96,6 +97,16 @@ def describe(error: Any) -> str:
 
 
 _SCALARS = ("bool", "int", "float", "str")
+_COMMAND_KEYS = ("command", "hook")
+_COMMAND = (
+    'should be a command: a list, e.g. ["python3", "app/main.py"], '
+    'or one string, e.g. "python3 app/main.py"'
+)
+
+
+def _is_command(key: str, error: Any) -> bool:
+    """A command key (service.command, a check's command, halt.hook) got neither form."""
+    return key.rsplit(".", 1)[-1] in _COMMAND_KEYS and error["type"] == "list_type"
 
 
 def _scalar_expected(error: Any) -> str:
