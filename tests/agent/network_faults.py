@@ -198,6 +198,13 @@ class FlakyLink:
         for writer in list(self._writers):
             writer.close()
         await self._server.wait_closed()
+        # Python 3.11's wait_closed does not wait for the connection handlers: end them here,
+        # or the loop is closed under them ("Task was destroyed but it is pending").
+        here = asyncio.current_task()
+        relays = [task for task in asyncio.all_tasks() if task is not here]
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
     async def _relay(
         self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
