@@ -12,7 +12,7 @@ against :data:`knightwatch.control.states.TRANSITIONS`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from knightwatch.control.states import check_transition
@@ -41,6 +41,10 @@ EXPECTED_ACKS = {  # which acks a node phase is waiting for
     P.PREPARING: frozenset({P.PREPARED, P.PREPARE_FAILED}),
     P.COMMITTING: frozenset({P.ACTIVE, P.COMMIT_FAILED}),
     P.ROLLING_BACK: frozenset({P.ROLLED_BACK, P.ROLLBACK_FAILED}),
+}
+_LOST_DURING = {  # a node lost while a command to it was unanswered: what it failed
+    P.PREPARING: (P.PREPARE_FAILED, "PREPARE"),
+    P.COMMITTING: (P.COMMIT_FAILED, "COMMIT"),
 }
 _TIMED_OUT = {
     P.PREPARING: P.PREPARE_FAILED,
@@ -193,7 +197,7 @@ def expire(state: DeploymentState, nodes: Sequence[NodeFacts]) -> Decision:
         return _decide(state, Move.FAIL, reason, node_phases=timed_out)
     if state == S.ROLLING_BACK:
         settled = [
-            NodeFacts(n.name, _TIMED_OUT[n.phase], n.role, "timed out")
+            replace(n, phase=_TIMED_OUT[n.phase], reason="timed out")
             if n.phase in EXPECTED_ACKS
             else n
             for n in nodes
@@ -223,13 +227,11 @@ def disconnected(
     switched, rolled back; lost after: the whole fleet rolls back. ``nodes``
     are all targets, ``node`` among them as it was before the loss.
     """
-    if node.phase in (P.PREPARING, P.COMMITTING):
-        failed = P.PREPARE_FAILED if node.phase == P.PREPARING else P.COMMIT_FAILED
-        detail = (
-            f"agent disconnected during {'PREPARE' if failed == P.PREPARE_FAILED else 'COMMIT'}"
-        )
+    if node.phase in _LOST_DURING:
+        failed, during = _LOST_DURING[node.phase]
+        detail = f"agent disconnected during {during}"
         settled = [
-            NodeFacts(n.name, failed, n.role, detail) if n.name == node.name else n for n in nodes
+            replace(n, phase=failed, reason=detail) if n.name == node.name else n for n in nodes
         ]
         then = advance(state, settled, canary=canary)
         return Decision(

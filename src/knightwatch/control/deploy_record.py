@@ -68,23 +68,31 @@ class DeploymentRecord:
         self.apply(session, deployment, advance(S(deployment.state), facts, canary=canary), step)
 
     def facts(self, session: Session, deployment: Deployment) -> list[NodeFacts]:
-        """The deployment's targets as the decisions see them (OFFLINE rows left out)."""
-        facts = []
-        for row in targets_of(session, deployment):
-            node = session.get(Node, row.node_name)
-            facts.append(
-                NodeFacts(
-                    name=row.node_name,
-                    phase=P(row.phase),
-                    role=row.role,
-                    reason=row.reason,
-                    connected=node is not None and node.connected,
-                    running_release=node is not None
-                    and node.service_state == ServiceState.RUNNING
-                    and node.active_digest == deployment.release_digest,
-                )
+        """The deployment's targets as the decisions see them (OFFLINE rows left out).
+
+        One query for rows and nodes together: this runs on every acknowledgement.
+        """
+        pairs = session.execute(
+            select(DeploymentNode, Node)
+            .join(Node, Node.name == DeploymentNode.node_name)
+            .where(
+                DeploymentNode.deployment_id == deployment.id,
+                DeploymentNode.phase != P.OFFLINE,
             )
-        return facts
+            .order_by(DeploymentNode.node_name)
+        )
+        return [
+            NodeFacts(
+                name=row.node_name,
+                phase=P(row.phase),
+                role=row.role,
+                reason=row.reason,
+                connected=node.connected,
+                running_release=node.service_state == ServiceState.RUNNING
+                and node.active_digest == deployment.release_digest,
+            )
+            for row, node in pairs
+        ]
 
     def apply(
         self, session: Session, deployment: Deployment, decision: Decision, step: Step
