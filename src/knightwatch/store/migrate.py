@@ -50,7 +50,14 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade(connection: Connection) -> None:
-    """Apply every migration not yet applied, in one transaction; commit it."""
-    with _ALEMBIC_LOCK:
+    """Apply every migration not yet applied, in one transaction; commit it.
+
+    The transaction is begun here, before Alembic reads the schema's revision,
+    because on SQLite Alembic would otherwise commit after each migration: a
+    second process could then run the next migration in between, and the
+    first would apply it again to a table that already has it. Begun here,
+    the transaction is SQLite's ``BEGIN IMMEDIATE`` (see ``database.py``), so
+    the whole upgrade, revision check included, holds the write lock.
+    """
+    with _ALEMBIC_LOCK, connection.begin():
         command.upgrade(alembic_config(connection), "head")
-    connection.commit()
