@@ -18,6 +18,10 @@ __all__ = [
     "DeploymentState",
     "DeploymentStrategy",
     "DriftState",
+    "FlagChangeKind",
+    "FlagKind",
+    "FlagState",
+    "FlagType",
     "HaltSource",
     "ItemKind",
     "NodePhase",
@@ -166,3 +170,45 @@ class ItemKind(StrEnum):
     COMPONENT = "component"
     FLAG = "flag"
     NODE = "node"
+
+
+class FlagKind(StrEnum):
+    """What a feature flag is for; it decides its expected lifetime."""
+
+    RELEASE = "release"
+    """Hides unfinished code until it is released everywhere (expected to go within weeks)."""
+    OPS = "ops"
+    """An operational knob (expected to go within days)."""
+    KILL = "kill"
+    """Switches a feature off in an emergency: permanent; its safe side is never blocked."""
+    EXPERIMENT = "experiment"
+
+
+class FlagType(StrEnum):
+    """The type of a flag's value, fixed for the life of its name."""
+
+    BOOLEAN = "boolean"
+    INTEGER = "integer"
+    FLOAT = "float"
+    STRING = "string"
+
+
+class FlagState(StrEnum):
+    """A flag name's standing: once retired, reserved forever."""
+
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class FlagChangeKind(StrEnum):
+    """What happened to a flag, as its record says."""
+
+    CREATE = "create"
+    """Registered by hand (``flags create``)."""
+    DECLARE = "declare"
+    """Registered by the first push of a release that declares it."""
+    SET = "set"
+    UNSET = "unset"
+    """A scope's value removed: the scope follows the wider one again."""
+    AMEND = "amend"
+    RETIRE = "retire"

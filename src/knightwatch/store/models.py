@@ -36,6 +36,10 @@ from knightwatch.vocabulary import (
     DeploymentState,
     DeploymentStrategy,
     DriftState,
+    FlagChangeKind,
+    FlagKind,
+    FlagState,
+    FlagType,
     HaltSource,
     ItemKind,
     NodePhase,
@@ -56,6 +60,10 @@ __all__ = [
     "Deployment",
     "DeploymentEvent",
     "DeploymentNode",
+    "Flag",
+    "FlagChange",
+    "FlagEvaluation",
+    "FlagValue",
     "Fleet",
     "Halt",
     "HaltNode",
@@ -63,6 +71,7 @@ __all__ = [
     "LifecycleEvent",
     "Node",
     "Release",
+    "ReleaseFlag",
     "Retirement",
     "RetirementNode",
 ]
@@ -156,6 +165,8 @@ class Node(Base):
         WORD, default=DriftState.UNKNOWN, server_default=DriftState.UNKNOWN.value
     )
     drift_since: Mapped[datetime | None]
+    flags_version: Mapped[int | None] = mapped_column(BigInteger)
+    """The flag-state version the node's agent last wrote to flags.json (None: never)."""
     drift_count: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     drift_findings: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     """The findings of the node's last audit status, as JSON (most severe first)."""
@@ -188,6 +199,8 @@ class Fleet(Base):
     previous_digest: Mapped[str | None] = mapped_column(DIGEST)
     mixed_since: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    flags_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    """Raised by every change of a flag value; agents acknowledge the version they wrote."""
 
 
 class Deployment(Base):
@@ -394,3 +407,94 @@ class HaltNode(Base):
     acked_at: Mapped[datetime | None]
     rearmed_at: Mapped[datetime | None]
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+FLAG_NAME = String(127)
+SCOPE = String(70)
+
+
+class Flag(Base):
+    """A feature flag's name, forever: its fixed meaning, its lifecycle and safe default."""
+
+    __tablename__ = "flags"
+    __table_args__ = (
+        _one_of("kind", FlagKind),
+        _one_of("value_type", FlagType),
+        _one_of("state", FlagState),
+    )
+
+    name: Mapped[str] = mapped_column(FLAG_NAME, primary_key=True)
+    kind: Mapped[str] = mapped_column(WORD)
+    value_type: Mapped[str] = mapped_column(WORD)
+    description: Mapped[str] = mapped_column(Text)
+    default_value: Mapped[str] = mapped_column(Text)
+    """The safe default, as JSON."""
+    fingerprint: Mapped[str] = mapped_column(DIGEST)
+    """SHA-256 of kind, value type and description: the flag's meaning."""
+    owner: Mapped[str | None] = mapped_column(String(255))
+    first_release: Mapped[str | None] = mapped_column(DIGEST)
+    state: Mapped[str] = mapped_column(WORD, default=FlagState.ACTIVE, server_default="active")
+    lifetime_days: Mapped[int | None]
+    """Overrides the kind's expected lifetime (None: the kind's)."""
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(255))
+    retired_at: Mapped[datetime | None]
+    retired_by: Mapped[str | None] = mapped_column(String(255))
+    retire_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class FlagValue(Base):
+    """A flag's value in one scope: ``fleet``, ``group:NAME`` or ``node:NAME``."""
+
+    __tablename__ = "flag_values"
+
+    flag_name: Mapped[str] = mapped_column(ForeignKey("flags.name"), primary_key=True)
+    scope: Mapped[str] = mapped_column(SCOPE, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    """As JSON."""
+    version: Mapped[int] = mapped_column(BigInteger)
+    set_at: Mapped[datetime]
+    set_by: Mapped[str] = mapped_column(String(255))
+
+
+class FlagChange(Base):
+    """One recorded event of a flag: registered, set, unset, amended, retired."""
+
+    __tablename__ = "flag_changes"
+    __table_args__ = (_one_of("kind", FlagChangeKind), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    flag_name: Mapped[str] = mapped_column(ForeignKey("flags.name"), index=True)
+    kind: Mapped[str] = mapped_column(WORD)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(255))
+    scope: Mapped[str | None] = mapped_column(SCOPE)
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    version: Mapped[int | None] = mapped_column(BigInteger)
+    """The fleet's flag-state version this change made (value changes only)."""
+    targets: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    """The nodes in scope when it was made, as a JSON list: who had to acknowledge it."""
+
+
+class ReleaseFlag(Base):
+    """A flag a release declares (it reads it)."""
+
+    __tablename__ = "release_flags"
+
+    release_digest: Mapped[str] = mapped_column(ForeignKey("releases.digest"), primary_key=True)
+    flag_name: Mapped[str] = mapped_column(ForeignKey("flags.name"), primary_key=True)
+
+
+class FlagEvaluation(Base):
+    """How often a node's service evaluated a flag, per release (cumulative, as reported)."""
+
+    __tablename__ = "flag_evaluations"
+
+    node_name: Mapped[str] = mapped_column(ForeignKey("nodes.name"), primary_key=True)
+    release_digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    flag_name: Mapped[str] = mapped_column(FLAG_NAME, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_at: Mapped[datetime]
+    last_at: Mapped[datetime]
