@@ -8,6 +8,7 @@ status the CLI exits with::
     ├── InvalidInputError             exit 2  refused before anything changed
     │   ├── SpecError                         knightwatch.toml is malformed
     │   ├── SourceTreeError                   a source tree breaks a build rule
+    │   │   └── FlagScanError                 (cli.flagscan) code reads an undeclared flag
     │   ├── KeyFileError                      a signing key is missing or malformed
     │   ├── NotFoundError                     the thing named does not exist (HTTP 404)
     │   │   ├── ReleaseNotFoundError          no release matches a reference
@@ -33,6 +34,7 @@ status the CLI exits with::
     │   └── SwitchError                       `current` cannot be switched
     ├── AuditFailedError              exit 1  (cli.audit) an audit found problems
     ├── DeploymentFailedError         exit 1  (cli.deploy) a deployment did not succeed
+    ├── FlagAcksMissingError          exit 1  (cli.flags) a node did not confirm a flag value
     ├── HaltUnacknowledgedError       exit 1  (cli.halting) a node did not confirm its halt
     ├── RearmIncompleteError          exit 1  (cli.killswitch) a node did not restart
     └── RetirementIncompleteError     exit 1  (cli.release) a node did not verify absence

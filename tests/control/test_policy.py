@@ -271,7 +271,7 @@ class TestDryRun:
             parse_action("deplyo")
         assert refused.value.message == (
             "unknown action 'deplyo': the known actions are "
-            "deploy, rollback, reconcile, retire, rearm"
+            "deploy, rollback, reconcile, retire, rearm, flag-set"
         )
         with pytest.raises(InvalidInputError):
             parse_action("catchup")

@@ -52,7 +52,13 @@ def test_history_is_one_line_ending_at_head() -> None:
     """The migration history is a single line of named revisions, newest at head."""
     scripts = ScriptDirectory.from_config(alembic_config())
     revisions = list(scripts.walk_revisions())
-    assert [r.revision for r in revisions] == [HEAD, "0004_vocabulary", "0003_safety", "0002_audit", "0001_initial"]
+    assert [r.revision for r in revisions] == [
+        HEAD,
+        "0004_vocabulary",
+        "0003_safety",
+        "0002_audit",
+        "0001_initial",
+    ]
     assert scripts.get_heads() == [HEAD]
     assert head_revision() == HEAD
     assert revisions[-1].path.endswith("versions/0001_initial.py")

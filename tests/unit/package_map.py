@@ -23,6 +23,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "text": frozenset({"errors"}),
     "polling": frozenset({"errors"}),
     "vocabulary": frozenset(),
+    "sdk": frozenset(),  # services import it: the standard library only (and openfeature)
     "logs": BASE,
     "tlsca": BASE,
     "protocol": BASE,

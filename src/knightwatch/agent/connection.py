@@ -41,6 +41,7 @@ from knightwatch.agent.reporting import Reporter
 from knightwatch.clock import Clock
 from knightwatch.protocol import ReleaseCommand
 from knightwatch.protocol.audit import AuditRequest, AuditResult, RetireResult
+from knightwatch.protocol.flags import FlagValues
 from knightwatch.protocol.messages import (
     MAX_MESSAGE_BYTES,
     Ack,
@@ -131,6 +132,7 @@ class Connection:
         backoff: Backoff | None = None,
         on_audit: Callable[[AuditRequest], None] | None = None,
         on_halt: Callable[[Halt | Rearm], None] | None = None,
+        on_flags: Callable[[FlagValues], None] | None = None,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = websocket_url(server)
@@ -149,6 +151,8 @@ class Connection:
         self._backoff = backoff or Backoff()
         self._on_audit = on_audit
         self._on_halt = on_halt
+        self._on_flags = on_flags
+        self._flags_changed = asyncio.Event()
         self._outbox: deque[Outgoing] = deque()
         self._outbox_ready = asyncio.Event()
         self._alerts: deque[AlertEvent] = deque()
@@ -179,6 +183,10 @@ class Connection:
     def drift_changed(self) -> None:
         """Report the node's state at once: its audit findings changed."""
         self._drift_changed.set()
+
+    def flags_changed(self) -> None:
+        """Report the node's state at once: flags.json holds another version (the ack)."""
+        self._flags_changed.set()
 
     async def run(self) -> None:
         """Connect, serve the session, and reconnect after any failure, until cancelled."""
@@ -235,6 +243,7 @@ class Connection:
                 self._acks(send),
                 self._alert_reports(send_alerts),
                 self._drift(send),
+                self._flag_acks(send),
                 self._receive(websocket),
                 self._keepalive(websocket, hello),
             )
@@ -286,6 +295,12 @@ class Connection:
             self._drift_changed.clear()
             await send("drift", None)
 
+    async def _flag_acks(self, send: Send) -> None:
+        while True:
+            await self._flags_changed.wait()
+            self._flags_changed.clear()
+            await send("flags", None)
+
     def _heard(self) -> None:
         self.last_heard = self._clock.monotonic()
 
@@ -320,6 +335,10 @@ class Connection:
                 event("halt-command-received", type=message.type, halt=message.halt_id)
                 if self._on_halt is not None:
                     self._on_halt(message)  # at once: never queued behind a prepare
+            elif isinstance(message, FlagValues):
+                event("flags-received", version=message.version, values=len(message.values))
+                if self._on_flags is not None:
+                    self._on_flags(message)  # at once: a write of one small file
             elif isinstance(message, AuditRequest):
                 event("audit-requested", audit=message.audit_id)
                 if self._on_audit is not None:

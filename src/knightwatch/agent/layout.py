@@ -7,7 +7,9 @@
     ROOT/releases/<digest>/        one verified, read-only tree per staged release
     ROOT/current -> releases/<d>   replaced by rename(2) of a fresh symlink, then fsync ROOT
     ROOT/state.json                the agent's journal
-    ROOT/flags.json                flag values for the service
+    ROOT/flags.json                flag values for the service (docs/flags-file.md)
+    ROOT/flag-evaluations/<pid>.json  the SDK's evaluation counts, per service process
+    ROOT/sdk/knightwatch/sdk/      the flag SDK, on every Python service's PYTHONPATH
     ROOT/agent/                    node.key, credential.json, trusted/*.pub, manifests/
     ROOT/data/<data_dir>           the service's writable data, shared across releases
     ROOT/logs/service.log          the service's output
@@ -94,6 +96,7 @@ class NodeLayout:
         self.manifests_dir = self.agent_dir / "manifests"
         self.data_dir = root / "data"
         self.logs_dir = root / "logs"
+        self.evaluations_dir = root / "flag-evaluations"
         self.service_log = self.logs_dir / "service.log"
 
     def ensure(self) -> None:

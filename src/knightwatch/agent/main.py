@@ -50,6 +50,7 @@ from knightwatch.clock import Clock, SystemClock
 from knightwatch.logs import configure_logging
 from knightwatch.protocol import ReleaseCommand
 from knightwatch.protocol.audit import AuditRequest, Retire, RetireResult
+from knightwatch.protocol.flags import FlagValues
 from knightwatch.protocol.messages import (
     Abort,
     Ack,
@@ -200,6 +201,7 @@ class Agent:
             heartbeat_s=self.settings.heartbeat_s,
             on_audit=self._start_audit,
             on_halt=self._on_halt,
+            on_flags=self._on_flags,
         )
         self._audits: set[asyncio.Task[None]] = set()
         self._halts: set[asyncio.Task[None]] = set()
@@ -239,11 +241,28 @@ class Agent:
         state = node_state(
             self.journal.state, service, self.auditor.status(), metrics=self.guards.metrics()
         )
-        return state.model_copy(update={"halt": self.killswitch.state()})
+        flags = self.service.flags
+        return state.model_copy(
+            update={
+                "halt": self.killswitch.state(),
+                "flags_version": flags.version,
+                "flag_evaluations": flags.evaluations(self.journal.state.current),
+            }
+        )
 
     async def halt(self, source: HaltSource, reason: str) -> HaltResult:
         """Halt the service now and latch it (a guard, or anything on the node, calls this)."""
         return await self.killswitch.halt(source, reason)
+
+    def _on_flags(self, message: FlagValues) -> None:
+        """New flag values: write flags.json now, then acknowledge the version it holds."""
+        try:
+            self.service.receive_flags(message)
+        except OSError as exc:  # not acknowledged: the control plane lists this node as missing
+            event("flags-write-failed", version=message.version, detail=str(exc))
+            return
+        event("flags-written", version=message.version)
+        self.connection.flags_changed()
 
     def _on_halt(self, message: Halt | Rearm) -> None:
         """A kill or re-arm from the control plane: act on it at once, beside any command."""

@@ -11,12 +11,18 @@ command of the spec:
 ``KNIGHTWATCH_RELEASE_DIR``    the release tree (``ROOT/releases/<digest>``)
 ``KNIGHTWATCH_NODE``           this node's name
 ``KNIGHTWATCH_FLAGS_FILE``     ``ROOT/flags.json``
+``KNIGHTWATCH_FLAG_DEFAULTS``  the flags the release declares (JSON: kind, type, default)
+``KNIGHTWATCH_FLAG_EVALUATIONS_DIR`` where the SDK reports its evaluation counts
 ``KNIGHTWATCH_DATA_DIR``       ``ROOT/data`` (what the tree's data_dirs link to)
 ``KNIGHTWATCH_SERVICE_PORT``   the port given with ``--service-port`` (if any)
 =============================  ===============================================
 
 A reference to a variable the agent does not define is an error naming it,
 never an empty string.
+
+``PYTHONPATH`` starts with ``ROOT/sdk``, a copy of the flag SDK
+(``from knightwatch.sdk import flags``), so a Python service can read its
+flags with nothing installed; a release may set its own.
 
 ``PYTHONPYCACHEPREFIX`` defaults to ``ROOT/cache/pycache``: a Python service
 run as root would otherwise write ``__pycache__`` into its read-only release
@@ -25,6 +31,7 @@ tree, and bytecode the release did not ship is drift (a release may set it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -32,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from knightwatch.agent.errors import ServiceError
+from knightwatch.agent.flagfile import declared_defaults
 from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.sdkcopy import sdk_path
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.spec import ServiceSpec
 
@@ -96,9 +105,18 @@ def launch_for(
         "KNIGHTWATCH_RELEASE_DIR": os.fspath(release_dir),
         "KNIGHTWATCH_NODE": node,
         "KNIGHTWATCH_FLAGS_FILE": os.fspath(layout.flags_file.absolute()),
+        "KNIGHTWATCH_FLAG_DEFAULTS": json.dumps(declared_defaults(manifest.spec.flag)),
+        "KNIGHTWATCH_FLAG_EVALUATIONS_DIR": os.fspath(
+            (layout.root / "flag-evaluations").absolute()
+        ),
         "KNIGHTWATCH_DATA_DIR": os.fspath(layout.data_dir.absolute()),
     }
     if service_port is not None:
         variables["KNIGHTWATCH_SERVICE_PORT"] = str(service_port)
-    defaults = {"PYTHONPYCACHEPREFIX": os.fspath((layout.root / "cache" / "pycache").absolute())}
+    defaults = {
+        "PYTHONPYCACHEPREFIX": os.fspath((layout.root / "cache" / "pycache").absolute()),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [os.fspath(sdk_path(layout)), os.environ.get("PYTHONPATH")])
+        ),
+    }
     return ServiceLaunch(digest, manifest.release_id, release_dir, spec, variables, defaults)

@@ -15,12 +15,14 @@ restart (the journal outlives the agent).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from knightwatch.agent.checks import probe, read_version, run_smoke, version_matches
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
+from knightwatch.agent.flagfile import NodeFlags
 from knightwatch.agent.journal import AgentState, Journal, ServiceRecord, halted_reason
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.procaudit import ProcessFinding, runs_a_release
@@ -30,6 +32,7 @@ from knightwatch.agent.supervisor import Stopped, Supervisor
 from knightwatch.agent.termination import stop_strays
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.errors import KnightwatchError
+from knightwatch.protocol.flags import FlagValues
 from knightwatch.protocol.messages import ServiceState, ServiceStatus
 from knightwatch.vocabulary import HaltSource
 
@@ -84,8 +87,11 @@ class ServiceController:
         journal: Journal,
         stager: Stager,
         supervisor: Supervisor,
+        flags: NodeFlags | None = None,
     ) -> None:
         self._node = node
+        self.flags = flags or NodeFlags(layout, node)
+        """The node's flag values; flags.json is written for a release before it starts."""
         self._layout = layout
         self._journal = journal
         self._stager = stager
@@ -125,6 +131,7 @@ class ServiceController:
             if (halted := halted_reason(self._journal.state)) is not None:
                 return halted  # the kill-switch latch: never start while halted
             try:
+                self.flags.write_for(manifest)  # the release's own flags, before it runs
                 await self.supervisor.start(launch)
             except ServiceError as exc:
                 return exc.message
@@ -157,6 +164,15 @@ class ServiceController:
         return launch_for(
             self._layout, manifest, node=self._node, service_port=self._journal.state.service_port
         )
+
+    def receive_flags(self, values: FlagValues) -> None:
+        """Keep the control plane's flag values; rewrite flags.json for the active release."""
+        digest = self._journal.state.current
+        manifest = None
+        if digest is not None:
+            with contextlib.suppress(KnightwatchError):
+                manifest = self._stager.load_manifest(digest)
+        self.flags.receive(values, manifest)
 
     def _launch_or_none(self, digest: str) -> ServiceLaunch | None:
         """:meth:`launch_for` the release ``digest``, None if its manifest cannot be read."""

@@ -27,6 +27,7 @@ from knightwatch.agent.errors import AgentSetupError
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import Journal, reconcile
 from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.sdkcopy import install_sdk
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.bundle.signing import TrustedKey
 from knightwatch.protocol.reports import NodeKey, load_node_key
@@ -81,6 +82,8 @@ def _prepare_root(settings: AgentSettings, layout: NodeLayout) -> None:
     try:
         layout.ensure()
         removed = layout.clean_leftovers()
+        install_sdk(layout)
+        layout.evaluations_dir.mkdir(mode=0o755, exist_ok=True)
     except OSError as exc:
         raise AgentSetupError(
             f"cannot use {settings.root} as the agent root: {exc.strerror or exc}",

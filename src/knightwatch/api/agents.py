@@ -242,8 +242,12 @@ class _Session:
             )
         if report.halt is not None:
             self.plane.halt_acks.bump()  # committed: wake whoever waits for this halt
+        if ingested.flags_acked:
+            self.plane.flag_acks.bump()
         for message in ingested.latched:  # a latched halt (or a missed re-arm) first of all
             self.plane.hub.send(self.node, message)
+        if ingested.flags is not None:  # before any command that could start a service
+            self.plane.hub.send(self.node, ingested.flags)
         if ingested.drift_change is not None:
             log.warning("%s", ingested.drift_change.summary)
         for halt in ingested.fleet_halts:  # a node's halt_fleet guard fired

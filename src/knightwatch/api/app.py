@@ -10,7 +10,17 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from knightwatch import __version__
-from knightwatch.api import agents, alerts, audits, gate, killswitch, metrics, operator, policy
+from knightwatch.api import (
+    agents,
+    alerts,
+    audits,
+    flags,
+    gate,
+    killswitch,
+    metrics,
+    operator,
+    policy,
+)
 from knightwatch.api.errors import install_error_handlers
 from knightwatch.server.background import tick_forever
 from knightwatch.server.notifier import AlertNotifier
@@ -57,6 +67,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(killswitch.router)
     app.include_router(policy.router)
+    app.include_router(flags.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -76,9 +76,9 @@ def _alternatives(names: Iterable[str]) -> str:
 
 
 _QUOTED = (
-    r'"((?:[^"\\\n]|\\.){0,8192})"',
-    r"'((?:[^'\\\n]|\\.){0,8192})'",
-    r"`((?:[^`$\\\n]|\\.){0,8192})`",
+    r'"((?:[^"\\\n]|\\.)*)"',
+    r"'((?:[^'\\\n]|\\.)*)'",
+    r"`((?:[^`$\\\n]|\\.)*)`",
 )
 _SDK_CALL = rf"\b[Ff]lags\s*\.\s*(?:{_alternatives(_SDK_GETTERS)})\s*\(\s*"
 _OF_NAMES = _alternatives((*_OPENFEATURE_GETTERS, "get_number_value", "get_number_details"))
@@ -162,11 +162,14 @@ def scan_tree(
     each; one that does not compile or has another number of groups is refused
     with :class:`InvalidInputError`. ``include_defaults=False`` turns off the
     built-in detection (Python AST and :data:`DEFAULT_PATTERNS`), leaving only
-    ``patterns``. Raise :class:`SourceTreeError` if a listed file cannot be read.
+    ``patterns``. Raise :class:`InvalidInputError` if ``root`` is not a directory and
+    :class:`SourceTreeError` if a listed file cannot be read.
     """
     user = [_compile_user_pattern(p) for p in patterns]
     defaults = [re.compile(p) for p in DEFAULT_PATTERNS] if include_defaults else []
     root_real = os.path.realpath(root)
+    if not os.path.isdir(root_real):
+        raise InvalidInputError(f"{visible(str(root))}: not a directory, nothing to scan for flags")
     rels = _walk(root_real) if files is None else sorted(set(files))
     reads: set[FlagRead] = set()
     for rel in rels:

@@ -33,9 +33,14 @@ def build(
 ) -> None:
     """Hash, store, describe (SBOM) and sign the release in SOURCE."""
     from knightwatch.bundle import build_release, load_signing_key, plan_build
+    from knightwatch.cli.flagscan import print_findings, refuse_errors, scan_release
 
     signing_key = load_signing_key(key)
     plan = plan_build(source)
+    scan = scan_release(source, plan.spec, files=[e.path for e in plan.entries])
+    if not json_output or scan.errors:
+        print_findings(scan, quiet_when_clean=True)
+    refuse_errors(scan)  # a flag read but not declared, or a retired one: nothing is built
     with progress_bar("hashing", plan.total_bytes, enabled=not json_output) as advance:
         result = build_release(
             source, store, signing_key, workers=workers, on_progress=advance, plan=plan

@@ -13,6 +13,7 @@ from knightwatch.cli import (
     audit,
     bundle,
     deploy,
+    flags,
     fleet,
     history,
     keys,
@@ -40,6 +41,7 @@ release.register(app)
 node.register(app)
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(flags.app, name="flags")
 server.register(app)
 app.command(
     "agent",

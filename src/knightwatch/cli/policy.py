@@ -15,12 +15,14 @@ __all__ = ["check", "register"]
 EPILOG = (
     "Example: knightwatch check deploy smars@2012.8.1 --nodes 'node*' "
     "(also: check rollback, check reconcile --node node3, check retire RELEASE, "
-    "check rearm --nodes node3)"
+    "check rearm --nodes node3, check flag-set --flag rlp --value true --scope fleet)"
 )
 
 
 def check(
-    action: Annotated[str, typer.Argument(help="deploy, rollback, reconcile, retire or rearm")],
+    action: Annotated[
+        str, typer.Argument(help="deploy, rollback, reconcile, retire, rearm or flag-set")
+    ],
     release: Annotated[
         str | None,
         typer.Argument(help="Release ID, name@version or digest (deploy, retire)"),
@@ -28,6 +30,13 @@ def check(
     nodes: NodesOpt = None,
     node: Annotated[
         str | None, typer.Option("--node", help="The node to reconcile (reconcile)")
+    ] = None,
+    flag: Annotated[str | None, typer.Option("--flag", help="The flag (flag-set)")] = None,
+    value: Annotated[
+        str | None, typer.Option("--value", help="The value, as JSON (flag-set)")
+    ] = None,
+    scope: Annotated[
+        str | None, typer.Option("--scope", help="fleet, group:NAME or node:NAME (flag-set)")
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -39,7 +48,14 @@ def check(
     the action's own: a RELEASE for deploy and retire, --nodes for deploy
     and rearm, --node for reconcile; rollback takes none.
     """
-    body = {"release": release, "nodes": nodes, "node": node}
+    body = {
+        "release": release,
+        "nodes": nodes,
+        "node": node,
+        "flag": flag,
+        "scope": scope,
+        "value": None if value is None else _json_value(value),
+    }
     answer = connect().post(f"/check/{action}", {k: v for k, v in body.items() if v is not None})
     refusals = [Refusal.from_json(r) for r in answer["refusals"]]
     if json_output:
@@ -60,3 +76,14 @@ def check(
 def register(app: typer.Typer) -> None:
     """Add ``check`` to the CLI."""
     app.command("check", epilog=EPILOG)(check)
+
+
+def _json_value(text: str) -> object:
+    """A --value as JSON (true, 42, 0.5, "x"); anything else is the string itself."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, bool | int | float | str) else text

@@ -14,12 +14,14 @@ from sqlalchemy.orm import Session
 
 from knightwatch.control.audits import record_audit_result
 from knightwatch.control.drift import DriftChange, ingest_audit_status
+from knightwatch.control.flags.evaluations import ingest_flag_state
+from knightwatch.control.flags.values import values_for_node
 from knightwatch.control.fleet import ingest_report
 from knightwatch.control.guards import FleetHalt, ingest_alerts
 from knightwatch.control.halt_reports import Message, ingest_safety
 from knightwatch.control.retirement import pending_retires, record_retire_result
 from knightwatch.errors import NotFoundError
-from knightwatch.protocol import Report
+from knightwatch.protocol import FlagValues, Report
 from knightwatch.protocol.audit import Retire
 from knightwatch.store import Node
 
@@ -38,6 +40,10 @@ class Ingested:
     """The node's drift state changed (worth a log line)."""
     retires: list[Retire] = field(default_factory=list)
     """Retire commands a (re)connecting node still owes an answer to."""
+    flags: FlagValues | None = None
+    """On a greeting: the flag values in force for the node, to send at once."""
+    flags_acked: bool = False
+    """The node's flags.json moved to another version (wake whoever waits for acks)."""
 
 
 def ingest_agent_report(
@@ -60,4 +66,6 @@ def ingest_agent_report(
     fleet_halts = ingest_alerts(session, node_name, report.alerts, now)
     latched = ingest_safety(session, node, report, now, greeting=first)
     retires = pending_retires(session, node_name) if first else []
-    return Ingested(latched, fleet_halts, change, retires)
+    flags_acked = ingest_flag_state(session, node, report.state, now)
+    flags = values_for_node(session, node) if first else None
+    return Ingested(latched, fleet_halts, change, retires, flags, flags_acked)

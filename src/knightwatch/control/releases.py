@@ -27,6 +27,7 @@ from knightwatch.bundle.signing import TrustedKey, open_envelope, statement_prob
 from knightwatch.canonical import sha256_hex
 from knightwatch.clock import Clock
 from knightwatch.control.accounting import release_pushed
+from knightwatch.control.flags.registry import declare_release_flags, refuse_declarations
 from knightwatch.errors import InvalidInputError, NotFoundError, StoreError, VerificationError
 from knightwatch.store import Database, Release
 
@@ -125,6 +126,8 @@ class ReleaseCatalog:
         parsed, signer = self._check_documents(manifest, sbom, envelope)
         with self._db.session() as session:
             present = session.get(Release, parsed.digest) is not None
+            if not present:
+                refuse_declarations(session, parsed.spec.flag)  # before a byte is uploaded
         if present:
             return UploadTicket("", parsed.digest, parsed.release_id, [], True)
         upload_id = secrets.token_hex(_UPLOAD_ID_BYTES)
@@ -245,6 +248,7 @@ class ReleaseCatalog:
             )
         )
         release_pushed(session, row, manifest, at=row.pushed_at, actor=row.pushed_by)
+        declare_release_flags(session, row, manifest, at=row.pushed_at, actor=row.pushed_by)
 
     def _check_documents(
         self, manifest: bytes, sbom: bytes, envelope: bytes

@@ -29,6 +29,7 @@ from knightwatch.protocol.blobstream import (
     BlobTarget,
     blob_header,
 )
+from knightwatch.protocol.flags import FlagSetting, FlagValues
 from knightwatch.protocol.messages import (
     MAX_MESSAGE_BYTES,
     Abort,
@@ -93,6 +94,8 @@ __all__ = [
     "DeployCommand",
     "Finding",
     "FindingKind",
+    "FlagSetting",
+    "FlagValues",
     "Halt",
     "HaltAck",
     "HaltSource",

@@ -1,7 +1,8 @@
 """Messages on the agent WebSocket (``/api/agent/v1/connect``).
 
 Down (server → agent): ``hello``, ``prepare``, ``commit``, ``rollback``,
-``abort``, ``audit``, ``retire``, ``refused``. Up (agent → server): only
+``abort``, ``audit``, ``retire``, ``halt``, ``rearm``, ``flags``, ``refused``.
+Up (agent → server): only
 ``report`` — a :class:`SignedReport` wrapping a :class:`Report` (heartbeat,
 inventory, a change of drift, the acknowledgement of a command, an audit's
 result, or a retirement's result).
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from knightwatch.protocol.audit import AuditRequest, AuditResult, AuditStatus, Retire, RetireResult
 from knightwatch.protocol.bounds import Count, Positive
+from knightwatch.protocol.flags import MAX_FLAGS, FlagName, FlagValues
 from knightwatch.protocol.safety import (
     MAX_ALERTS_IN_REPORT,
     MAX_METRICS_IN_REPORT,
@@ -135,7 +137,7 @@ DeployCommand = Prepare | Commit | Rollback | Abort
 """The two-phase protocol's commands, each about one deployment."""
 ReleaseCommand = DeployCommand | Retire
 """Commands that change which releases a node holds; the agent's command runner works them."""
-AgentCommand = ReleaseCommand | AuditRequest | Halt | Rearm
+AgentCommand = ReleaseCommand | AuditRequest | Halt | Rearm | FlagValues
 """Everything the control plane sends an agent once its session is open."""
 
 ServerMessage = Annotated[Hello | AgentCommand | Refused, Field(discriminator="type")]
@@ -172,6 +174,10 @@ class NodeState(_Message):
     halt: HaltState = HaltState()
     metrics: Annotated[dict[str, float], Field(max_length=MAX_METRICS_IN_REPORT)] = {}
     """The service's metrics at the last scrape (each family summed over its samples)."""
+    flags_version: Count | None = None
+    """The flag-state version flags.json holds (None: the agent never received one)."""
+    flag_evaluations: Annotated[dict[FlagName, Count], Field(max_length=MAX_FLAGS)] = {}
+    """How often the active release's service evaluated each flag (cumulative)."""
 
 
 class AckPhase(StrEnum):
@@ -197,7 +203,7 @@ class Ack(_Message):
 
 
 ReportKind = Literal[
-    "heartbeat", "inventory", "ack", "drift", "audit", "retire", "halt", "rearm", "alert"
+    "heartbeat", "inventory", "ack", "drift", "audit", "retire", "halt", "rearm", "alert", "flags"
 ]
 
 

@@ -56,6 +56,8 @@ class ControlPlane:
     """One thread for the agent sessions' and the tick's store work, in arrival order."""
     halt_acks: ChangeSignal = field(default_factory=ChangeSignal)
     """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
+    flag_acks: ChangeSignal = field(default_factory=ChangeSignal)
+    """Bumped when a node's flags.json moves to another flag-state version."""
     next_upload_sweep: float = 0.0
     """When (``clock.monotonic``) the tick next deletes abandoned uploads."""
 

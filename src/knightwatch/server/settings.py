@@ -13,14 +13,17 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from knightwatch.bundle.spec import GuardSpec
+from knightwatch.control.flags.model import DEFAULT_LIFETIMES, parse_lifetimes
 from knightwatch.control.guards import parse_fleet_guards
 from knightwatch.control.routing import AlertRouting
 from knightwatch.errors import InvalidInputError
 from knightwatch.tlsca import is_loopback
+from knightwatch.vocabulary import FlagKind
 
 __all__ = ["Secret", "ServerSettings", "mask_url"]
 
@@ -91,6 +94,10 @@ class ServerSettings:
     """The largest body of one blob upload request (``PUT /api/v1/uploads/ID/blobs``)."""
     upload_expiry_s: float = 3600.0
     """An upload that received nothing for this long is abandoned and deleted."""
+    flag_lifetimes: dict[FlagKind, timedelta | None] = field(
+        default_factory=lambda: dict(DEFAULT_LIFETIMES)
+    )
+    """Expected flag lifetimes per kind: ``release=40,experiment=40,ops=7,kill=never`` (days)."""
 
     @classmethod
     def load(
@@ -208,6 +215,14 @@ def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
             return port
         if name == "armed_groups":
             return _groups(value)
+        if name == "flag_lifetimes":
+            if isinstance(value, Mapping) and all(
+                v is None or isinstance(v, timedelta) for v in value.values()
+            ):
+                return dict(value)  # already parsed
+            if isinstance(value, Mapping):  # [flag_lifetimes] in server.toml
+                value = ",".join(f"{kind}={days}" for kind, days in value.items())
+            return parse_lifetimes(str(value))
         if name == "trusted_keys":
             items = value.split(":") if isinstance(value, str) else value
             return tuple(Path(v) for v in items if str(v))

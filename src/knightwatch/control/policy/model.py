@@ -10,7 +10,7 @@ from typing import ClassVar
 from sqlalchemy.orm import Session
 
 from knightwatch.errors import Refusal
-from knightwatch.store import Node, Release
+from knightwatch.store import Flag, Node, Release
 
 __all__ = ["Action", "Check", "Proposal"]
 
@@ -24,15 +24,19 @@ class Action(StrEnum):
     CATCHUP = "catchup"
     RETIRE = "retire"
     REARM = "rearm"
+    FLAG_SET = "flag-set"
+    FLAG_SAFE = "flag-safe"
+    """Switching a ``kill`` flag to its safe side (its declared default)."""
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """An action about to be taken, with what it concerns: a release, the selected nodes."""
+    """An action about to be taken, with what it concerns: a release or a flag, the nodes."""
 
     action: Action
     release: Release | None = None
     nodes: tuple[Node, ...] = ()
+    flag: Flag | None = None
 
     @property
     def node_names(self) -> list[str]:

@@ -20,6 +20,13 @@ from knightwatch.control.policy.checks import (
     ReleaseNotRetired,
     TargetsConnected,
 )
+from knightwatch.control.policy.flag_checks import (
+    FlagNotRetired,
+    NodesConnected,
+    NodesDeclareFlag,
+    ScopeConverged,
+    ScopeNotDrifted,
+)
 from knightwatch.control.policy.model import Action, Check, Proposal
 from knightwatch.errors import InvalidInputError, PolicyRefusedError, Refusal
 
@@ -40,6 +47,17 @@ POLICY: Mapping[Action, tuple[Check, ...]] = {
     Action.CATCHUP: _CHANGES_RELEASE,
     Action.RETIRE: (ReleaseNotAlreadyRetired(), ReleaseNotInUse()),
     Action.REARM: (),  # stopping never needs approval; change control adds its approval here
+    Action.FLAG_SET: (
+        FlagNotRetired(),
+        NoRunningDeployment(),
+        NodesConnected(),
+        NodesDeclareFlag(),
+        ScopeConverged(),
+        NodesNotHalted(),
+        ScopeNotDrifted(),
+        NoUnacknowledgedCritical(),
+    ),
+    Action.FLAG_SAFE: (),  # a kill flag to its safe side: never blocked
 }
 """For each action, the checks that apply, in the order their refusals are listed."""
 
@@ -58,9 +76,11 @@ def enforce(session: Session, proposal: Proposal) -> None:
 def parse_action(text: str) -> Action:
     """The operator action ``text`` names; an unknown one is refused listing the known ones.
 
-    ``catchup`` is the control plane's own action, not one an operator asks for.
+    ``catchup`` is the control plane's own action, not one an operator asks for;
+    ``flag-safe`` is what ``flag-set`` becomes for a kill flag going to its safe side.
     """
-    operator_actions = {a.value: a for a in Action if a is not Action.CATCHUP}
+    internal = (Action.CATCHUP, Action.FLAG_SAFE)
+    operator_actions = {a.value: a for a in Action if a not in internal}
     if text not in operator_actions:
         known = ", ".join(operator_actions)
         raise InvalidInputError(

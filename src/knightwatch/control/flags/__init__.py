@@ -1,0 +1,1 @@
+"""Feature flags (P3, P4): the registry, values per scope, their record and evaluations."""

@@ -1,0 +1,148 @@
+"""The checks a flag change adds to the policy (P3): the code in scope must read the flag.
+
+A value may change only when every node in scope runs one release, connected,
+and that release declares the flag: a node still on old code (Knight's eighth
+server) refuses the change, named.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from knightwatch.control.policy.model import Check, Proposal
+from knightwatch.errors import Refusal
+from knightwatch.store import Flag, Release, ReleaseFlag
+from knightwatch.vocabulary import DriftState, FlagState
+
+__all__ = [
+    "FlagNotRetired",
+    "NodesConnected",
+    "NodesDeclareFlag",
+    "ScopeConverged",
+    "ScopeNotDrifted",
+]
+
+
+def _flag(proposal: Proposal) -> Flag:
+    assert proposal.flag is not None, f"{proposal.action} names no flag"
+    return proposal.flag
+
+
+def _short(digest: str | None) -> str:
+    return "no release" if digest is None else digest[:12]
+
+
+class FlagNotRetired(Check):
+    """A retired flag keeps no value: its name is reserved, its code meant to be gone."""
+
+    name = "flag-not-retired"
+
+    def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
+        """Refuse any change of a retired flag."""
+        flag = _flag(proposal)
+        if flag.state == FlagState.RETIRED:
+            yield self.refuse(
+                f"flag {flag.name} is retired ({flag.retire_reason}); it is never set again",
+                [flag.name],
+                hint="create a flag with a new name for new behaviour",
+            )
+
+
+class NodesConnected(Check):
+    """Every node in scope must acknowledge the change, so every one must be connected."""
+
+    name = "nodes-connected"
+
+    def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
+        """Refuse naming every disconnected node in scope."""
+        offline = sorted(n.name for n in proposal.nodes if not n.connected)
+        if offline:
+            yield self.refuse(
+                f"{len(offline)} node(s) in scope are not connected: {', '.join(offline[:20])}",
+                offline,
+                hint="start their agents (knightwatch status), or narrow the scope",
+            )
+
+
+class NodesDeclareFlag(Check):
+    """Every node in scope must run a release that declares the flag (it reads it, knowingly)."""
+
+    name = "release-declares-flag"
+
+    def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
+        """Refuse once per release in scope that does not declare the flag, naming its nodes."""
+        flag = _flag(proposal)
+        by_digest: dict[str | None, list[str]] = defaultdict(list)
+        for node in proposal.nodes:
+            by_digest[node.active_digest].append(node.name)
+        digests = [d for d in by_digest if d is not None]
+        declaring = set(
+            session.scalars(
+                select(ReleaseFlag.release_digest).where(
+                    ReleaseFlag.flag_name == flag.name, ReleaseFlag.release_digest.in_(digests)
+                )
+            )
+        )
+        ids = dict(
+            session.execute(
+                select(Release.digest, Release.release_id).where(Release.digest.in_(digests))
+            ).tuples()
+        )
+        for digest, names in sorted(by_digest.items(), key=lambda item: sorted(item[1])):
+            if digest in declaring:
+                continue
+            running = ids.get(digest or "", _short(digest)) if digest else "no release"
+            yield self.refuse(
+                f"{', '.join(sorted(names)[:20])} run {running}, "
+                f"which does not declare flag {flag.name}",
+                sorted(names),
+                hint="deploy a release that declares it to these nodes first, or narrow the scope",
+            )
+
+
+class ScopeConverged(Check):
+    """A scope running two releases is MIXED: one value would mean different things on it."""
+
+    name = "scope-converged"
+
+    def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
+        """Refuse when the nodes in scope run more than one release, naming each part."""
+        by_digest: dict[str | None, list[str]] = defaultdict(list)
+        for node in proposal.nodes:
+            by_digest[node.active_digest].append(node.name)
+        if len(by_digest) > 1:
+            parts = "; ".join(
+                f"{_short(d)} on {', '.join(sorted(n)[:10])}"
+                for d, n in sorted(by_digest.items(), key=lambda item: -len(item[1]))
+            )
+            minority = sorted(by_digest.items(), key=lambda item: len(item[1]))[0][1]
+            yield self.refuse(
+                f"the scope is MIXED: {parts}",
+                sorted(minority),
+                hint="converge the scope first: knightwatch deploy RELEASE",
+            )
+
+
+class ScopeNotDrifted(Check):
+    """A drifted node runs something nobody shipped: a flag change there has unknown effect."""
+
+    name = "no-drift"
+
+    def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
+        """Refuse once per drifted node in scope, with its first finding."""
+        for node in sorted(proposal.nodes, key=lambda n: n.name):
+            if node.drift_state != DriftState.DRIFTED:
+                continue
+            findings: list[dict[str, Any]] = json.loads(node.drift_findings or "[]")
+            example = findings[0]["detail"] if findings else "see its audit"
+            yield self.refuse(
+                f"{node.name} has drift ({example})",
+                [node.name],
+                hint=f"restore it with: knightwatch reconcile --node {node.name}",
+            )
