@@ -134,13 +134,12 @@ def stale_flags(
             select(ReleaseFlag.flag_name).where(ReleaseFlag.release_digest.in_(active_digests))
         )
     )
-    evaluated = dict(
-        session.execute(
-            select(FlagEvaluation.flag_name, func.sum(FlagEvaluation.count)).group_by(
-                FlagEvaluation.flag_name
-            )
-        ).tuples()
+    sums = session.execute(
+        select(FlagEvaluation.flag_name, func.sum(FlagEvaluation.count)).group_by(
+            FlagEvaluation.flag_name
+        )
     )
+    evaluated = {name: int(total or 0) for name, total in sums}
     rows = []
     for flag in session.scalars(
         select(Flag).where(Flag.state == FlagState.ACTIVE).order_by(Flag.name)

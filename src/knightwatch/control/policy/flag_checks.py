@@ -89,11 +89,10 @@ class NodesDeclareFlag(Check):
                 )
             )
         )
-        ids = dict(
-            session.execute(
-                select(Release.digest, Release.release_id).where(Release.digest.in_(digests))
-            ).tuples()
+        rows = session.execute(
+            select(Release.digest, Release.release_id).where(Release.digest.in_(digests))
         )
+        ids = {digest: release_id for digest, release_id in rows}
         for digest, names in sorted(by_digest.items(), key=lambda item: sorted(item[1])):
             if digest in declaring:
                 continue
