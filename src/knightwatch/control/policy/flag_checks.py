@@ -89,10 +89,11 @@ class NodesDeclareFlag(Check):
                 )
             )
         )
-        rows = session.execute(
+        ids: dict[str, str] = {}
+        for digest, release_id in session.execute(
             select(Release.digest, Release.release_id).where(Release.digest.in_(digests))
-        )
-        ids = {digest: release_id for digest, release_id in rows}
+        ):
+            ids[digest] = release_id
         for digest, names in sorted(by_digest.items(), key=lambda item: sorted(item[1])):
             if digest in declaring:
                 continue
