@@ -90,10 +90,10 @@ class NodesDeclareFlag(Check):
             )
         )
         ids: dict[str, str] = {}
-        for digest, release_id in session.execute(
+        for known, release_id in session.execute(
             select(Release.digest, Release.release_id).where(Release.digest.in_(digests))
         ):
-            ids[digest] = release_id
+            ids[known] = release_id
         for digest, names in sorted(by_digest.items(), key=lambda item: sorted(item[1])):
             if digest in declaring:
                 continue
