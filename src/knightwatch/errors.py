@@ -34,7 +34,7 @@ status the CLI exits with::
     │   └── SwitchError                       `current` cannot be switched
     ├── AuditFailedError              exit 1  (cli.audit) an audit found problems
     ├── DeploymentFailedError         exit 1  (cli.deploy) a deployment did not succeed
-    ├── FlagAcksMissingError          exit 1  (cli.flags) a node did not confirm a flag value
+    ├── FlagAcksMissingError          exit 1  (cli.flagstages) a node did not confirm a flag
     ├── HaltUnacknowledgedError       exit 1  (cli.halting) a node did not confirm its halt
     ├── RearmIncompleteError          exit 1  (cli.killswitch) a node did not restart
     └── RetirementIncompleteError     exit 1  (cli.release) a node did not verify absence

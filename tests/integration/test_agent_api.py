@@ -27,6 +27,7 @@ from knightwatch.protocol import (
     AuditStatus,
     Finding,
     FindingKind,
+    FlagValues,
     Hello,
     NodeKey,
     NodeState,
@@ -206,7 +207,8 @@ class TestReports:
         """The same sequence number twice in one session is a replay and is refused."""
         ws, hello = session
         signed = sign_report(report(hello.nonce, 1), node_key(fleet, "node1")).model_dump_json()
-        ws.send(signed)  # accepted: the server answers nothing
+        ws.send(signed)  # accepted: the greeting is answered with the node's flag values
+        assert isinstance(parse_server_message(ws.recv(timeout=TIMEOUT)), FlagValues)
         ws.send(signed)
         expect_refusal(ws, "replayed report")
 

@@ -1,11 +1,12 @@
 """Feature flags end to end on a real control plane and real agents: the Knight sequence.
 
-Three nodes. The old release (2003.1.1) declares ``power_peg`` but not
-``rlp.enabled``; the new one (examples/smars) declares ``rlp.enabled``. While
-node3 still runs the old release, setting ``rlp.enabled`` is refused naming
-node3; once node3 is deployed it is accepted and every node's flags.json
-holds it, acknowledged. A release declaring the retired ``power_peg``, or
-``rlp.enabled`` with another description, is refused at push.
+Eight nodes, as at Knight. The old release (2003.1.1) declares ``power_peg``
+but not ``rlp.enabled``; the new one (examples/smars) declares
+``rlp.enabled``. While node8 still runs the old release, setting
+``rlp.enabled`` is refused naming node8; once node8 is deployed it is
+accepted and every node's flags.json holds it, acknowledged. A release
+declaring the retired ``power_peg``, or ``rlp.enabled`` with another
+description, is refused at push.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from tests.integration.conftest import (
     wait_idle,
 )
 
-NODES = ("node1", "node2", "node3")
+NODES = tuple(f"node{i}" for i in range(1, 9))
+OLD_CODE = "node8"
 POWER_PEG = """
 [[flag]]
 name = "power_peg"
@@ -83,13 +85,15 @@ def built(
 def fleet(
     tmp_path_factory: pytest.TempPathFactory, releases: Releases, built: dict[str, BuildResult]
 ) -> Iterator[LocalFleet]:
-    """Three nodes on the new release except node3, which still runs the old one."""
+    """Eight nodes on the new release except node8, which still runs the old one."""
     directory = tmp_path_factory.mktemp("flag-fleet")
-    with make_fleet(directory, releases, nodes=3) as fleet:
+    with make_fleet(
+        directory, releases, nodes=len(NODES), agent_args=("--health-timeout", "30")
+    ) as fleet:
         fleet.push(releases.store, built["old"].release_id)
         fleet.push(releases.store, releases.v1.release_id)
         deploy_ok(fleet, built["old"])
-        deploy_ok(fleet, releases.v1, nodes="node1,node2")
+        deploy_ok(fleet, releases.v1, nodes=",".join(NODES[:-1]))
         wait_idle(fleet)
         yield fleet
 
@@ -103,27 +107,40 @@ def flags_file(fleet: LocalFleet, node: str) -> dict[str, Any]:
 def test_a_flag_the_old_release_does_not_declare_is_refused_naming_the_node(
     fleet: LocalFleet,
 ) -> None:
-    """node3 runs old code: setting rlp.enabled is refused (exit 2), naming node3; nothing set."""
+    """node8 runs old code: setting rlp.enabled is refused (exit 2), naming node8; nothing set."""
     done = kw(fleet, "flags", "set", "rlp.enabled", "true", "--json")
     assert done.returncode == 2, done.stdout + done.stderr
     refusals = json.loads(done.stdout)["refusals"]
     checks = {r["check"]: r for r in refusals}
-    assert "node3" in checks["release-declares-flag"]["subjects"]
-    assert "node3" in checks["scope-converged"]["subjects"]
+    assert checks["release-declares-flag"]["subjects"] == [OLD_CODE]
+    assert checks["scope-converged"]["subjects"] == [OLD_CODE]
     assert fleet.client.get("/flags/rlp.enabled")["values"] == []
     assert flags_file(fleet, "node1")["flags"]["rlp.enabled"]["value"] is False
+    dry = kw(fleet, "check", "flag-set", "--flag", "rlp.enabled", "--value", "true")
+    assert dry.returncode == 2 and OLD_CODE in dry.stdout
 
 
 def test_after_the_eighth_server_is_deployed_the_flag_reaches_every_node(
     fleet: LocalFleet, releases: Releases
 ) -> None:
-    """Deploy node3, then the same set is accepted, acknowledged by all, and in every flags.json."""
-    deploy_ok(fleet, releases.v1, nodes="node3")
+    """Deploy node8, then the same set is accepted, acknowledged by all, and in every flags.json."""
+    deploy_ok(fleet, releases.v1, nodes=OLD_CODE)
     fleet.wait_state("CONVERGED", timeout=SETTLE_S)
-    done = kw(fleet, "flags", "set", "rlp.enabled", "true", "--reason", "RLP live", "--json")
+    done = kw(
+        fleet,
+        "flags",
+        "set",
+        "rlp.enabled",
+        "true",
+        "--reason",
+        "RLP live",
+        "--wait",
+        "60",
+        "--json",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     change = json.loads(done.stdout)
-    assert change["acknowledged"] == list(NODES) and change["missing"] == []
+    assert change["acknowledged"] == sorted(NODES) and change["missing"] == []
     for node in NODES:
         written = flags_file(fleet, node)
         assert written["version"] >= change["version"]
@@ -138,6 +155,41 @@ def test_after_the_eighth_server_is_deployed_the_flag_reaches_every_node(
             assert sdk.is_enabled("rlp.enabled") is True
     history = fleet.client.get("/flags/rlp.enabled/history")
     assert history[0]["kind"] == "set" and history[0]["new"] is True
+
+
+def test_a_staged_change_goes_node_by_node_then_fleet_wide(fleet: LocalFleet) -> None:
+    """--stage 12% --stage node2: node1, then node2, each acknowledged; then the fleet; the
+    stages' own values removed, every node on the fleet value."""
+    done = kw(
+        fleet,
+        "flags",
+        "set",
+        "rlp.enabled",
+        "false",
+        "--stage",
+        "12%",
+        "--stage",
+        "node2",
+        "--reason",
+        "staged",
+        "--wait",
+        "60",
+        "--json",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stage 1/2: node:node1" in done.stderr and "stage 2/2: node:node2" in done.stderr
+    values = fleet.client.get("/flags/rlp.enabled")["values"]
+    assert [(v["scope"], v["value"]) for v in values] == [("fleet", False)]
+    for node in NODES:
+        assert flags_file(fleet, node)["flags"]["rlp.enabled"]["value"] is False
+    kinds = [(c["kind"], c["scope"]) for c in fleet.client.get("/flags/rlp.enabled/history")[:5]]
+    assert kinds == [
+        ("unset", "node:node2"),
+        ("unset", "node:node1"),
+        ("set", "fleet"),
+        ("set", "node:node2"),
+        ("set", "node:node1"),
+    ]
 
 
 def test_a_wrong_type_is_refused_and_changes_nothing(fleet: LocalFleet) -> None:
@@ -163,7 +215,17 @@ def test_hostile_flag_names_are_refused(fleet: LocalFleet) -> None:
 
 def test_a_restarted_agent_keeps_the_current_values(fleet: LocalFleet) -> None:
     """node2's agent restarts: its service starts with flags.json at the control plane's values."""
+    done = kw(fleet, "flags", "set", "rlp.enabled", "true", "--wait", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
     fleet.stop_agent("node2")
+    wait_until(
+        lambda: not next(n for n in fleet.status()["nodes"] if n["name"] == "node2")["connected"],
+        timeout=SETTLE_S,
+        what="the control plane to see node2's agent gone",
+    )
+    refused = kw(fleet, "flags", "set", "rlp.enabled", "false", "--json")
+    assert refused.returncode == 2  # node2 is not connected: nothing changes behind its back
+    assert "nodes-connected" in refused.stdout
     fleet.start_agent("node2")
     fleet.wait_connected(["node2"], timeout=SETTLE_S)
     wait_until(

@@ -165,7 +165,7 @@ def scan_tree(
     ``patterns``. Raise :class:`InvalidInputError` if ``root`` is not a directory and
     :class:`SourceTreeError` if a listed file cannot be read.
     """
-    user = [_compile_user_pattern(p) for p in patterns]
+    user = [compile_user_pattern(p) for p in patterns]
     defaults = [re.compile(p) for p in DEFAULT_PATTERNS] if include_defaults else []
     root_real = os.path.realpath(root)
     if not os.path.isdir(root_real):
@@ -180,7 +180,8 @@ def scan_tree(
     return sorted(reads, key=lambda r: (r.path, r.line, r.name, r.dynamic))
 
 
-def _compile_user_pattern(pattern: str) -> re.Pattern[str]:
+def compile_user_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a user's flag pattern; InvalidInputError unless it has exactly one group."""
     shown = visible(repr(_shorten(pattern, 200)))
     hint = "fix the flag pattern: one capture group around the flag name, (?:...) elsewhere"
     try:

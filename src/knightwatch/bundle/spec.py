@@ -26,14 +26,16 @@ from pydantic import (
 )
 
 from knightwatch.bundle.argv import Argv
+from knightwatch.bundle.flagscan import compile_user_pattern
 from knightwatch.bundle.globs import compile_glob
 from knightwatch.bundle.guards import check_cel
 from knightwatch.bundle.spec_messages import KeyedError, spec_error
-from knightwatch.errors import SpecError
+from knightwatch.errors import InvalidInputError, SpecError
 
 __all__ = [
     "SPEC_FILENAME",
     "ComponentSpec",
+    "FlagScanSpec",
     "FlagSpec",
     "GuardSpec",
     "HaltSpec",
@@ -226,6 +228,29 @@ class GuardSpec(_Strict):
         return rule
 
 
+class FlagScanSpec(_Strict):
+    """``[flag_scan]``: extra patterns ``bundle build`` and ``flags scan`` find flag reads with.
+
+    Build-time only: it is not part of the manifest, so it never changes a
+    release's digest.
+    """
+
+    patterns: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(max_length=100)
+    ] = []
+    """Regular expressions with one capture group around the flag name."""
+
+    @field_validator("patterns")
+    @classmethod
+    def _one_group_each(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                compile_user_pattern(pattern)
+            except InvalidInputError as exc:
+                raise ValueError(exc.message) from None
+        return patterns
+
+
 class ReleaseSpec(_Strict):
     """The whole parsed ``knightwatch.toml``."""
 
@@ -234,6 +259,7 @@ class ReleaseSpec(_Strict):
     service: ServiceSpec | None = None
     flag: Annotated[list[FlagSpec], Field(max_length=10_000)] = []
     guard: Annotated[list[GuardSpec], Field(max_length=1000)] = []
+    flag_scan: FlagScanSpec = Field(default_factory=FlagScanSpec, exclude=True)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> ReleaseSpec:

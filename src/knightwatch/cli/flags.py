@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from knightwatch.cli.flagstages import FlagAcksMissingError, plan_stages, run_stages
 from knightwatch.cli.options import JsonOpt, connect
 from knightwatch.cli.output import err, out, print_json, shown
-from knightwatch.errors import InvalidInputError, KnightwatchError
+from knightwatch.errors import InvalidInputError
 
 __all__ = ["FlagAcksMissingError", "app"]
 
@@ -22,10 +23,6 @@ app = typer.Typer(
 )
 NameArg = Annotated[str, typer.Argument(help="Flag name (see: knightwatch flags list)")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (recorded with the change)")]
-
-
-class FlagAcksMissingError(KnightwatchError):
-    """Some nodes in scope did not confirm they hold the new flag value."""
 
 
 def _value_text(value: object) -> str:
@@ -164,6 +161,14 @@ def set_value(
     wait: Annotated[
         float, typer.Option("--wait", help="Seconds to wait for every node's acknowledgement")
     ] = 10.0,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stage",
+            help="Set it here first, confirmed before the next step: N%, group:NAME or "
+            "node1+node2 (repeatable, in order; then the whole --scope)",
+        ),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Set a flag in a scope — refused, with every reason, unless the scope is consistent.
@@ -183,9 +188,25 @@ def set_value(
     if value is not None:
         flag = client.get(f"/flags/{name}")
         typed = _typed(value, flag["type"], name)
-    change = client.post(
-        f"/flags/{name}/values?wait_s={wait:g}", {"scope": scope, "value": typed, "reason": reason}
-    )
+
+    def apply(where: str, new: object = typed) -> dict[str, Any]:
+        answer: dict[str, Any] = client.post(
+            f"/flags/{name}/values?wait_s={wait:g}",
+            {"scope": where, "value": new, "reason": reason},
+        )
+        return answer
+
+    staged: list[str] = []
+    if stage:
+        if unset:
+            raise InvalidInputError("--stage goes with a VALUE, not --unset")
+        plan = plan_stages(list(stage), scope, client.get("/status")["nodes"])
+        report = err.print if json_output else out.print
+        staged = run_stages(plan, apply, report)
+    change = apply(scope)
+    if not change["missing"]:
+        for where in staged:  # the whole scope holds the value now: drop the stages' own
+            apply(where, None)
     if json_output:
         print_json(change)
     else:

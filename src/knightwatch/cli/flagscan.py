@@ -29,7 +29,7 @@ def scan_release(
     retired: list[str] | None = None,
 ) -> ScanReport:
     """Scan ``source`` for flag reads and check them against ``spec``'s declarations."""
-    reads = scan_tree(source, files, patterns=patterns or [])
+    reads = scan_tree(source, files, patterns=[*spec.flag_scan.patterns, *(patterns or [])])
     known_retired = dict.fromkeys(retired or [], "retired (--retired)")
     known_retired.update(_retired_on_server())
     return check_reads(reads, [f.name for f in spec.flag], known_retired)

@@ -52,8 +52,9 @@ class FlagChangePlan:
 
 
 def nodes_in_scope(session: Session, scope: Scope) -> list[Node]:
-    """The enrolled nodes ``scope`` covers, by name."""
-    statement = select(Node).where(Node.status == NodeStatus.ENROLLED).order_by(Node.name)
+    """The nodes ``scope`` covers, by name: enrolled ones, and drained ones (they still run)."""
+    running = (NodeStatus.ENROLLED, NodeStatus.DRAINED)
+    statement = select(Node).where(Node.status.in_(running)).order_by(Node.name)
     if scope.kind == "group":
         statement = statement.where(Node.group_name == scope.name)
     elif scope.kind == "node":
