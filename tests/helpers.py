@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
-__all__ = ["EXAMPLE", "REPO", "SMALL_SPEC", "MakeSource"]
+from knightwatch.store import Release
+
+__all__ = ["EXAMPLE", "REPO", "SMALL_SPEC", "MakeSource", "release_row"]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "smars"
@@ -40,3 +43,19 @@ paths = ["docs/**"]
 
 MakeSource = Callable[..., Path]
 """``make_source(name=, version=, files=, spec=)``: write a small source tree, return its root."""
+
+
+def release_row(digest: str, version: str, now: datetime) -> Release:
+    """A ``smars@VERSION`` release row with empty documents, for seeding a store."""
+    return Release(
+        digest=digest,
+        release_id=f"smars@{version}+{digest[:12]}",
+        name="smars",
+        version=version,
+        manifest=b"{}",
+        sbom=b"{}",
+        envelope=b"{}",
+        signed_by="k",
+        pushed_at=now,
+        pushed_by="t",
+    )

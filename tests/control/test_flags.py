@@ -29,6 +29,7 @@ from knightwatch.control.flags.views import stale_flags
 from knightwatch.errors import InvalidInputError, NotFoundError, PolicyRefusedError
 from knightwatch.store import Database, FlagChange, FlagValue, Node, Release
 from knightwatch.vocabulary import FlagKind, FlagType
+from tests.helpers import release_row
 
 OLD, NEW = "a" * 64, "b" * 64
 NODES = ("node1", "node2", "node3")
@@ -43,21 +44,6 @@ def clock() -> VirtualClock:
     return VirtualClock(datetime(2012, 8, 1, 9, 30, tzinfo=UTC))
 
 
-def _release(digest: str, version: str, now: datetime) -> Release:
-    return Release(
-        digest=digest,
-        release_id=f"smars@{version}+{digest[:12]}",
-        name="smars",
-        version=version,
-        manifest=b"{}",
-        sbom=b"{}",
-        envelope=b"{}",
-        signed_by="k",
-        pushed_at=now,
-        pushed_by="t",
-    )
-
-
 def _declare(db: Database, release: Release, specs: list[FlagSpec], now: datetime) -> list[str]:
     manifest: Any = SimpleNamespace(spec=SimpleNamespace(flag=specs))
     with db.session() as session:
@@ -69,8 +55,8 @@ def _declare(db: Database, release: Release, specs: list[FlagSpec], now: datetim
 def db(db: Database, clock: VirtualClock) -> Database:
     """node1, node2 on NEW (declares rlp and the kill flag); node3 on OLD (declares power_peg)."""
     now = clock.now()
-    _declare(db, _release(OLD, "2003", now), [PEG], now)
-    _declare(db, _release(NEW, "2012", now), [RLP, HALT], now)
+    _declare(db, release_row(OLD, "2003", now), [PEG], now)
+    _declare(db, release_row(NEW, "2012", now), [RLP, HALT], now)
     with db.session() as session:
         for name in NODES:
             digest = OLD if name == "node3" else NEW
@@ -101,7 +87,7 @@ def checks(exc: PolicyRefusedError) -> dict[str, tuple[str, ...]]:
 class TestRegistry:
     def test_a_push_registers_new_flags_once(self, db: Database, clock: VirtualClock) -> None:
         """The first release to declare a name registers it; a later one only declares it."""
-        assert _declare(db, _release("c" * 64, "3", clock.now()), [RLP], clock.now()) == []
+        assert _declare(db, release_row("c" * 64, "3", clock.now()), [RLP], clock.now()) == []
 
     def test_a_changed_meaning_is_refused_naming_what_changed(self, db: Database) -> None:
         """Another description, kind or type: "would change meaning", every difference listed."""

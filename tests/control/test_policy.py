@@ -31,6 +31,7 @@ from knightwatch.control.retirement import start_retirement
 from knightwatch.errors import InvalidInputError, PolicyRefusedError, Refusal
 from knightwatch.store import Database, Deployment, Node, Release, Retirement
 from knightwatch.store.queries import get_fleet
+from tests.helpers import release_row
 
 OLD, NEW = "a" * 64, "b" * 64
 NODES = ("node1", "node2", "node3")
@@ -42,27 +43,12 @@ def clock() -> VirtualClock:
     return VirtualClock(datetime(2012, 8, 1, 9, 30, tzinfo=UTC))
 
 
-def _release(digest: str, version: str, now: datetime) -> Release:
-    return Release(
-        digest=digest,
-        release_id=f"smars@{version}+{digest[:12]}",
-        name="smars",
-        version=version,
-        manifest=b"{}",
-        sbom=b"{}",
-        envelope=b"{}",
-        signed_by="k",
-        pushed_at=now,
-        pushed_by="t",
-    )
-
-
 @pytest.fixture
 def db(db: Database, clock: VirtualClock) -> Database:
     """Three enrolled, connected nodes running OLD; NEW is pushed and not deployed."""
     now = clock.now()
     with db.session() as session:
-        session.add_all([_release(OLD, "1", now), _release(NEW, "2", now)])
+        session.add_all([release_row(OLD, "1", now), release_row(NEW, "2", now)])
         for name in NODES:
             session.add(
                 Node(
