@@ -208,9 +208,29 @@ def reference(work: Path, reps: int) -> dict[str, float]:
     return summarize(times)
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def allow_inotify(size: int) -> None:
+    """One machine hosting ``size`` nodes needs an inotify instance per agent and per service;
+    the default (128 per user) would push the SDK onto its once-a-second fallback."""
+    wanted = 4 * size + 64
+    try:
+        if int(INOTIFY_INSTANCES.read_text()) < wanted:
+            INOTIFY_INSTANCES.write_text(str(wanted))
+            print(f"… raised fs.inotify.max_user_instances to {wanted}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(
+            f"… cannot raise fs.inotify.max_user_instances ({exc}): figures at {size} "
+            "agents may show the SDK's once-a-second fallback",
+            file=sys.stderr,
+        )
+
+
 def bench_size(work: Path, size: int, reps: int, release: tuple[Path, Path, str]) -> dict[str, Any]:
     """``reps`` fleet-wide changes on ``size`` agents."""
     store, public_key, release_id = release
+    allow_inotify(size)
     fleet = LocalFleet(
         work / f"fleet-{size}",
         nodes=size,

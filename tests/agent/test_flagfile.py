@@ -6,9 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import jsonschema
 
 from knightwatch.agent.flagfile import NodeFlags, declared_defaults
 from knightwatch.agent.layout import NodeLayout
@@ -50,6 +53,10 @@ def test_flags_json_holds_the_release_flags_with_values_or_defaults(tmp_path: Pa
     )
     flags.receive(values, manifest())
     written = json.loads(nodes.flags_file.read_text())
+    schema = json.loads(
+        resources.files("knightwatch.sdk").joinpath("flags.schema.json").read_text()
+    )
+    jsonschema.validate(written, schema)  # the documented format, as other languages read it
     assert written["version"] == 7 and written["release"] == DIGEST
     assert written["flags"]["rlp"]["value"] is True
     assert written["flags"]["ratio"] == {

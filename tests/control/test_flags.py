@@ -8,6 +8,7 @@ naming its nodes; a kill flag's safe side is never blocked.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +29,7 @@ from knightwatch.control.flags.values import change_acks, set_flag_value, values
 from knightwatch.control.flags.views import stale_flags
 from knightwatch.errors import InvalidInputError, NotFoundError, PolicyRefusedError
 from knightwatch.store import Database, FlagChange, FlagValue, Node, Release
+from knightwatch.store.queries import get_fleet
 from knightwatch.vocabulary import FlagKind, FlagType
 from tests.helpers import release_row
 
@@ -58,6 +60,7 @@ def db(db: Database, clock: VirtualClock) -> Database:
     _declare(db, release_row(OLD, "2003", now), [PEG], now)
     _declare(db, release_row(NEW, "2012", now), [RLP, HALT], now)
     with db.session() as session:
+        get_fleet(session, now=now)  # as on a running plane: the row exists
         for name in NODES:
             digest = OLD if name == "node3" else NEW
             session.add(
@@ -265,3 +268,27 @@ def test_values_parse_by_type() -> None:
     with pytest.raises(InvalidInputError):
         parse_value("a\x00b", FlagType.STRING)
     assert str(Scope.parse("group:east")) == "group:east"
+
+
+def test_concurrent_changes_take_distinct_versions(db: Database, clock: VirtualClock) -> None:
+    """A change made while another is uncommitted waits for it: versions 1 and 2, never 1 twice."""
+    second: list[int] = []
+    errors: list[BaseException] = []
+
+    def change() -> None:
+        try:
+            second.append(set_value(db, clock, "rlp", "node:node2", True).version)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=change)
+    with db.session() as session:
+        first = set_flag_value(
+            session, "rlp", "node:node1", True, actor="ops", reason="", at=clock.now()
+        )
+        thread.start()
+        thread.join(1.0)  # it must wait for this transaction, not read its version
+        assert thread.is_alive() or errors, "the second change did not wait for the first"
+    thread.join(30)
+    assert errors == []
+    assert (first.version, second) == (1, [2])

@@ -771,11 +771,22 @@ def _inotify_open(directory: Path) -> int | None:
     add.restype = ctypes.c_int
     fd = int(init(_IN_CLOEXEC | _IN_NONBLOCK))
     if fd < 0:
+        _no_inotify(ctypes.get_errno(), "fs.inotify.max_user_instances")
         return None
     if add(fd, os.fsencode(directory), _IN_WATCH_MASK) < 0:
+        _no_inotify(ctypes.get_errno(), "fs.inotify.max_user_watches")
         os.close(fd)
         return None
     return fd
+
+
+def _no_inotify(errno: int, limit: str) -> None:
+    """Say why changes will be seen by a once-a-second stat instead of inotify."""
+    why = os.strerror(errno) if errno else "unknown error"
+    hint = f" (raise the sysctl {limit})" if errno in (24, 28) else ""  # EMFILE, ENOSPC
+    logger.warning(
+        "flags: inotify unavailable: %s%s; checking the flags file once a second", why, hint
+    )
 
 
 class _Watcher:

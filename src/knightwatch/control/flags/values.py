@@ -96,10 +96,15 @@ def set_flag_value(
     reason: str,
     at: datetime,
 ) -> FlagChangePlan:
-    """Set (or with ``value`` None, unset) a flag in a scope, if the policy allows it."""
+    """Set (or with ``value`` None, unset) a flag in a scope, if the policy allows it.
+
+    The fleet row is locked first (PostgreSQL; SQLite sessions hold the write
+    lock anyway), so the checks and the change see one state: no deployment
+    starts, and no other flag change takes a version, in between.
+    """
+    fleet = get_fleet(session, for_update=True, now=at)
     proposal, flag, scope, typed = flag_set_proposal(session, name, scope_text, value)
     enforce(session, proposal)
-    fleet = get_fleet(session)
     fleet.flags_version += 1
     version = fleet.flags_version
     row = session.get(FlagValue, (flag.name, str(scope)))
