@@ -6,8 +6,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from rich.table import Table
-
 from knightwatch.bundle.flagscan import ScanReport, check_reads, scan_tree
 from knightwatch.bundle.spec import ReleaseSpec, load_spec
 from knightwatch.cli.output import err, out, print_json, shown
@@ -66,23 +64,15 @@ def report_scan(
 
 
 def print_findings(report: ScanReport, *, quiet_when_clean: bool = False) -> None:
-    """The findings as a table (errors first), or one line when there are none."""
+    """One line per finding (errors first), or one line when there is none."""
     if not report.findings:
         if not quiet_when_clean:
             out.print("[green]✓[/] every flag read in the code is declared, none is retired")
         return
-    table = Table("severity", "code", "flag", "where", "finding")
+    console = err if report.errors else out
     for f in report.findings:
-        where = f"{f.path}:{f.line}" if f.path else "knightwatch.toml"
         colour = "red" if f.severity == "error" else "yellow"
-        table.add_row(
-            f"[{colour}]{f.severity}[/]",
-            shown(f.code),
-            shown(f.flag),
-            shown(where),
-            shown(f.message),
-        )
-    (err if report.errors else out).print(table)
+        console.print(f"[{colour}]{f.severity}[/] {shown(f.message)} ({shown(f.code)})")
 
 
 def refuse_errors(report: ScanReport) -> None:
@@ -90,8 +80,9 @@ def refuse_errors(report: ScanReport) -> None:
     if report.errors:
         first = report.errors[0]
         where = f"{first.path}:{first.line}" if first.path else "knightwatch.toml"
+        rule = first.message.removeprefix(f"{where}: ")
         raise FlagScanError(
             where,
-            f"{first.message} ({len(report.errors)} flag error(s) in all)",
+            f"{rule} ({len(report.errors)} flag error(s) in all)",
             hint="declare the flag in knightwatch.toml ([[flag]]) or remove the read",
         )
