@@ -33,6 +33,7 @@ status the CLI exits with::
     │   │   └── StagingCancelledError         (agent.fetch) staging was cancelled
     │   └── SwitchError                       `current` cannot be switched
     ├── AuditFailedError              exit 1  (cli.audit) an audit found problems
+    ├── AuditLogBrokenError           exit 1  (cli.auditlog) the audit log does not verify
     ├── DeploymentFailedError         exit 1  (cli.deploy) a deployment did not succeed
     ├── FlagAcksMissingError          exit 1  (cli.flagstages) a node did not confirm a flag
     ├── HaltUnacknowledgedError       exit 1  (cli.halting) a node did not confirm its halt

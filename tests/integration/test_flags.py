@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,39 @@ def test_a_retired_flag_still_evaluated_raises_a_critical_alert(fleet: LocalFlee
         )
 
     wait_until(alerted, timeout=SETTLE_S, what="a critical alert for the retired smars.halt")
+
+
+def sql(fleet: LocalFleet, statement: str) -> None:
+    """Change the control plane's SQLite database behind its back, with the sqlite3 tool."""
+    database = fleet.directory / "server" / "knightwatch.db"
+    subprocess.run(["sqlite3", str(database), statement], check=True, timeout=60)
+
+
+def test_the_audit_log_records_every_change_and_names_tampering(fleet: LocalFleet) -> None:
+    """The flag changes, pushes and deploys above are in one intact chain; a checkpoint is
+    signed; deleting the newest rows, then editing an old one, is named by verify (exit 1)."""
+    done = kw(fleet, "audit-log", "verify", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+    actions = {e["action"] for e in fleet.client.get("/audit-log?limit=10000")}
+    assert {
+        "release.pushed",
+        "deploy.requested",
+        "flag.declare",
+        "flag.set",
+        "flag.retire",
+        "node.join-token",
+        "alert.fired",
+    } <= actions
+    setter = next(e for e in fleet.client.get("/audit-log?action=flag.set&limit=10000"))
+    assert setter["object"] == "rlp.enabled" and setter["payload"]["new"] is True
+    assert kw(fleet, "audit-log", "checkpoint").returncode == 0
+    head = json.loads(kw(fleet, "audit-log", "verify", "--json").stdout)["head_seq"]
+    sql(fleet, f"DELETE FROM audit_log WHERE seq > {head - 2};")
+    done = kw(fleet, "audit-log", "verify")
+    assert done.returncode == 1
+    assert "entries were deleted" in done.stderr or "rewritten" in done.stderr, done.stderr
+    sql(fleet, "UPDATE audit_log SET actor = 'mallory' WHERE seq = 3;")
+    done = kw(fleet, "audit-log", "verify", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["broken_seq"] == 3

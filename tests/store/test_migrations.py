@@ -23,6 +23,7 @@ TABLES = {
     "alembic_version",
     "alert_notifications",
     "alerts",
+    "audit_log",
     "audit_results",
     "audits",
     "lifecycle_events",
@@ -45,7 +46,7 @@ TABLES = {
 }
 
 
-HEAD = "0005_flags"
+HEAD = "0006_audit_log"
 
 
 def test_history_is_one_line_ending_at_head() -> None:
@@ -54,6 +55,7 @@ def test_history_is_one_line_ending_at_head() -> None:
     revisions = list(scripts.walk_revisions())
     assert [r.revision for r in revisions] == [
         HEAD,
+        "0005_flags",
         "0004_vocabulary",
         "0003_safety",
         "0002_audit",

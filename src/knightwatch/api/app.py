@@ -13,6 +13,7 @@ from knightwatch import __version__
 from knightwatch.api import (
     agents,
     alerts,
+    auditlog,
     audits,
     flags,
     gate,
@@ -54,6 +55,10 @@ def create_app(plane: ControlPlane) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             plane.store_worker.shutdown(wait=True, cancel_futures=True)
+            try:
+                plane.checkpoint()  # the log's head as this process leaves it
+            except Exception:
+                log.exception("writing the shutdown audit-log checkpoint failed")
             plane.db.close()
 
     app = FastAPI(title="knightwatch control plane", version=__version__, lifespan=lifespan)
@@ -68,6 +73,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(killswitch.router)
     app.include_router(policy.router)
     app.include_router(flags.router)
+    app.include_router(auditlog.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

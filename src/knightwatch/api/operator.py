@@ -63,11 +63,13 @@ def status(plane: Plane, _who: Operator) -> dict[str, Any]:
 
 
 @router.post("/nodes/{name}/enroll", status_code=201)
-def enroll_node(name: NamePath, body: EnrollBody, plane: Plane, _who: Operator) -> dict[str, Any]:
+def enroll_node(name: NamePath, body: EnrollBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Create a one-time join token for node ``name``."""
     ttl = body.ttl_s or plane.settings.join_token_ttl_s
     with plane.db.session() as session:
-        grant = create_join_token(session, name, now=plane.clock.now(), ttl_s=ttl, group=body.group)
+        grant = create_join_token(
+            session, name, now=plane.clock.now(), ttl_s=ttl, group=body.group, actor=who
+        )
     return {"node": grant.node, "token": grant.token, "expires_at": grant.expires_at.isoformat()}
 
 

@@ -11,6 +11,7 @@ from knightwatch.cli import (
     agent,
     alerts,
     audit,
+    auditlog,
     bundle,
     deploy,
     flags,
@@ -42,6 +43,7 @@ node.register(app)
 app.add_typer(fleet.app, name="fleet")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(flags.app, name="flags")
+app.add_typer(auditlog.app, name="audit-log")
 server.register(app)
 app.command(
     "agent",

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.bundle.manifest import Manifest, component_digest
+from knightwatch.control import auditlog
 from knightwatch.errors import StoreError
 from knightwatch.store import Deployment, DeploymentNode, LifecycleEvent, Node, Release
 from knightwatch.store.queries import get_fleet
@@ -71,6 +72,14 @@ def record(
     )
     session.add(row)
     session.flush()
+    auditlog.append(
+        session,
+        actor=actor,
+        action=f"{kind}.{state}",
+        obj=key,
+        at=at,
+        payload={"reason": reason, "detail": detail},
+    )
     return row
 
 

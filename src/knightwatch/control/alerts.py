@@ -21,6 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from knightwatch.control import auditlog
 from knightwatch.errors import InvalidInputError, NotFoundError
 from knightwatch.store import Alert, AlertNotification
 from knightwatch.vocabulary import AlertState, Severity
@@ -111,6 +112,7 @@ def fire(
     )
     session.add(alert)
     session.flush()
+    _record(session, alert, "alert.fired", "knightwatch", now)
     return alert
 
 
@@ -124,6 +126,7 @@ def resolve(session: Session, key: str, *, by: str, now: datetime) -> Alert | No
     alert = open_alert(session, key)
     if alert is not None:
         _close(alert, by, now)
+        _record(session, alert, "alert.resolved", by, now)
     return alert
 
 
@@ -152,6 +155,7 @@ def acknowledge(
     alert.state = AlertState.ACKNOWLEDGED
     alert.acknowledged_at, alert.acknowledged_by = now, _actor(by, comment)
     alert.next_notify_at = None
+    _record(session, alert, "alert.acknowledged", by, now, comment)
     return alert
 
 
@@ -167,6 +171,7 @@ def resolve_alert(
             hint="list open alerts with: knightwatch alerts list --state firing",
         )
     _close(alert, _actor(by, comment), now)
+    _record(session, alert, "alert.resolved", by, now, comment)
     return alert
 
 
@@ -223,6 +228,26 @@ def notification_json(row: AlertNotification) -> dict[str, Any]:
         "ok": row.ok,
         "detail": outcome,
     }
+
+
+def _record(
+    session: Session, alert: Alert, action: str, by: str, now: datetime, comment: str = ""
+) -> None:
+    """Append the alert's change to the audit log."""
+    auditlog.append(
+        session,
+        actor=by,
+        action=action,
+        obj=f"alert {alert.id}",
+        at=now,
+        payload={
+            "rule": alert.rule,
+            "node": alert.node_name,
+            "severity": alert.severity,
+            "summary": alert.summary[:500],
+            "comment": comment,
+        },
+    )
 
 
 def _close(alert: Alert, by: str, now: datetime) -> None:

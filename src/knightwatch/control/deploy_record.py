@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.clock import Clock
+from knightwatch.control import auditlog
 from knightwatch.control.accounting import deployment_succeeded
 from knightwatch.control.decisions import UNSWITCHED, Decision, Move, NodeFacts, advance
 from knightwatch.control.deploy_commands import (
@@ -229,6 +230,14 @@ class DeploymentRecord:
             deployment.finished_at = now
         record_event(
             session, deployment.id, target, at=now, detail=deployment.reason or transition.hazard
+        )
+        auditlog.append(
+            session,
+            actor="knightwatch",
+            action=f"deployment.{target.value.lower()}",
+            obj=f"deployment {deployment.id}",
+            at=now,
+            payload={"release": deployment.release_digest, "reason": deployment.reason},
         )
         step.transitions.append(target)
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from knightwatch.control import auditlog
 from knightwatch.control.deploy_commands import Outbox, prepare_command
 from knightwatch.control.policy import Action, deploy_proposal, enforce
 from knightwatch.store import Deployment, DeploymentNode
@@ -99,4 +100,17 @@ def create_deployment(
             prepares.append((node.name, prepare_command(deployment, release)))
     detail = f"{request.kind} {release.release_id} to {len(targets.online)} node(s)"
     record_event(session, deployment.id, "created", at=now, detail=detail)
+    auditlog.append(
+        session,
+        actor=request.requested_by,
+        action=f"{request.kind}.requested",
+        obj=f"deployment {deployment.id}",
+        at=now,
+        payload={
+            "release": release.release_id,
+            "digest": release.digest,
+            "strategy": str(request.strategy),
+            "nodes": sorted(n.name for n in targets.all),
+        },
+    )
     return deployment, prepares

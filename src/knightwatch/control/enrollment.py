@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from knightwatch.control import auditlog
 from knightwatch.control.accounting import node_enrolled
 from knightwatch.errors import InvalidInputError, KnightwatchError
 from knightwatch.protocol import public_key_from_text
@@ -67,7 +68,13 @@ def validate_node_name(name: str) -> str:
 
 
 def create_join_token(
-    session: Session, name: str, *, now: datetime, ttl_s: float, group: str = "default"
+    session: Session,
+    name: str,
+    *,
+    now: datetime,
+    ttl_s: float,
+    group: str = "default",
+    actor: str = "knightwatch",
 ) -> JoinGrant:
     """Register ``name`` (if new) and return a one-time join token for it."""
     validate_node_name(name)
@@ -85,6 +92,14 @@ def create_join_token(
     expires = now + timedelta(seconds=ttl_s)
     session.add(
         JoinToken(token_hash=_digest(token), node_name=name, created_at=now, expires_at=expires)
+    )
+    auditlog.append(
+        session,
+        actor=actor,
+        action="node.join-token",
+        obj=name,
+        at=now,
+        payload={"group": node.group_name, "expires_at": expires.isoformat()},  # never the token
     )
     return JoinGrant(name, token, expires)
 

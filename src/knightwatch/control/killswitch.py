@@ -33,6 +33,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from knightwatch.control import auditlog
 from knightwatch.control.halt_rows import active_halt_rows, detail_with, last_halt_id
 from knightwatch.control.policy import Action, Proposal, enforce
 from knightwatch.errors import InvalidInputError
@@ -106,6 +107,19 @@ def issue_halt(
             node.halt_reason = reason
     message = HaltMessage(halt_id=halt.id, reason=reason, issued_at=now, source=source)
     online = [n.name for n in nodes if n.connected]
+    auditlog.append(
+        session,
+        actor=requested_by,
+        action="halt.issued",
+        obj=f"halt {halt.id}",
+        at=now,
+        payload={
+            "selector": selector,
+            "reason": reason,
+            "source": str(source),
+            "nodes": sorted(n.name for n in nodes),
+        },
+    )
     return HaltPlan(halt.id, message, online, [n.name for n in nodes if not n.connected])
 
 
@@ -145,6 +159,14 @@ def lift_halts(
         if halt_id is not None:
             messages.append((node.name, Rearm(halt_id=halt_id, reason=reason)))
     online = [n.name for n in targets if n.connected]
+    auditlog.append(
+        session,
+        actor=lifted_by,
+        action="halt.lifted",
+        obj=", ".join(f"halt {h}" for h in sorted(touched)) or "halt",
+        at=now,
+        payload={"selector": selector, "reason": reason, "nodes": sorted(lifted_for)},
+    )
     return RearmPlan(
         sorted(touched), messages, online, [n.name for n in targets if not n.connected]
     )

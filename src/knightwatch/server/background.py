@@ -55,6 +55,19 @@ def _tick(plane: ControlPlane) -> None:
         _sweep_uploads(plane)
     except Exception:
         log.exception("expiring abandoned uploads failed")
+    try:
+        _checkpoint(plane)
+    except Exception:
+        log.exception("writing an audit-log checkpoint failed")
+
+
+def _checkpoint(plane: ControlPlane) -> None:
+    """Sign the audit log's head every ``audit_checkpoint_s`` while it grows."""
+    now = plane.clock.monotonic()
+    if now < plane.next_checkpoint:
+        return
+    plane.next_checkpoint = now + plane.settings.audit_checkpoint_s
+    plane.checkpoint()
 
 
 def _sweep_uploads(plane: ControlPlane) -> None:

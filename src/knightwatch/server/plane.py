@@ -17,11 +17,13 @@ from typing import TypeVar
 
 from knightwatch.bundle.signing import TrustedKey, load_trusted_key
 from knightwatch.clock import Clock, SystemClock
+from knightwatch.control import auditlog
 from knightwatch.control.deploy import Orchestrator
 from knightwatch.control.deploy_requests import DeployTimeouts
 from knightwatch.control.guards import FleetGuards
 from knightwatch.control.killswitch import HaltPlan, issue_halt
 from knightwatch.control.releases import ReleaseCatalog
+from knightwatch.server.checkpoints import Checkpoint, CheckpointLog
 from knightwatch.server.credentials import CredentialCache
 from knightwatch.server.documents import ReleaseDocuments
 from knightwatch.server.hub import AgentHub
@@ -58,6 +60,11 @@ class ControlPlane:
     """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
     flag_acks: ChangeSignal = field(default_factory=ChangeSignal)
     """Bumped when a node's flags.json moves to another flag-state version."""
+    checkpoints: CheckpointLog | None = None
+    """Signed audit-log checkpoints, outside the database (None: not kept)."""
+    next_checkpoint: float = 0.0
+    """When (``clock.monotonic``) the tick next writes a checkpoint if the log grew."""
+    checkpointed_seq: int = -1
     next_upload_sweep: float = 0.0
     """When (``clock.monotonic``) the tick next deletes abandoned uploads."""
 
@@ -92,6 +99,19 @@ class ControlPlane:
         """
         for node in plan.online:
             self.hub.send(node, plan.message)
+
+    def checkpoint(self, *, force: bool = False) -> Checkpoint | None:
+        """Sign and keep the log's head if it moved since the last checkpoint (or ``force``)."""
+        if self.checkpoints is None:
+            return None
+        with self.db.reading() as session:  # read inside: the snapshot ends with the block
+            last = auditlog.head(session)
+            seq, head = (0, auditlog.GENESIS) if last is None else (last.seq, last.hash)
+        if seq == self.checkpointed_seq and not force:
+            return None
+        written = self.checkpoints.write(seq, head, self.clock.now())
+        self.checkpointed_seq = seq
+        return written
 
     def halt(self, selector: str | None, reason: str, requested_by: str) -> HaltPlan:
         """Record a halt and send it at once, from code on the event loop (a fleet guard).
@@ -129,6 +149,10 @@ class ControlPlane:
             credentials=CredentialCache(),
             fleet_guards=FleetGuards(settings.guard, period_s=settings.heartbeat_s),
             documents=ReleaseDocuments(),
+            checkpoints=CheckpointLog(
+                settings.audit_checkpoints or settings.data_dir / "audit" / "checkpoints.jsonl",
+                settings.audit_checkpoint_key or settings.data_dir / "audit" / "checkpoint.key",
+            ),
         )
 
 

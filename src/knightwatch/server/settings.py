@@ -94,6 +94,13 @@ class ServerSettings:
     """The largest body of one blob upload request (``PUT /api/v1/uploads/ID/blobs``)."""
     upload_expiry_s: float = 3600.0
     """An upload that received nothing for this long is abandoned and deleted."""
+    audit_checkpoints: Path | None = None
+    """Where signed audit-log checkpoints go (default DATA/audit/checkpoints.jsonl): keep it
+    off the database's disk, or copy it away, so a rewritten database cannot rewrite it."""
+    audit_checkpoint_key: Path | None = None
+    """The Ed25519 key that signs checkpoints (default DATA/audit/checkpoint.key, created)."""
+    audit_checkpoint_s: float = 60.0
+    """How often a checkpoint is written while the log grows (and always on shutdown)."""
     flag_lifetimes: dict[FlagKind, timedelta | None] = field(
         default_factory=lambda: dict(DEFAULT_LIFETIMES)
     )
@@ -168,6 +175,7 @@ _FLOATS = {
     "join_token_ttl_s",
     "dead_man_s",
     "upload_expiry_s",
+    "audit_checkpoint_s",
 }
 _SIZES = {"max_request_bytes", "max_upload_documents_bytes", "max_upload_stream_bytes"}
 _GROUP = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -200,7 +208,7 @@ def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
     try:
         if name in ("database_url", "operator_token"):
             return value if isinstance(value, Secret) else Secret(str(value))
-        if name in ("data_dir", "tls_cert", "tls_key"):
+        if name in ("data_dir", "tls_cert", "tls_key", "audit_checkpoints", "audit_checkpoint_key"):
             return Path(value)
         if name == "insecure_plaintext":
             return _boolean(value)

@@ -55,6 +55,7 @@ __all__ = [
     "Alert",
     "AlertNotification",
     "Audit",
+    "AuditLogEntry",
     "AuditNodeResult",
     "Base",
     "Deployment",
@@ -498,3 +499,23 @@ class FlagEvaluation(Base):
     count: Mapped[int] = mapped_column(BigInteger)
     first_at: Mapped[datetime]
     last_at: Mapped[datetime]
+
+
+class AuditLogEntry(Base):
+    """One link of the tamper-evident audit log: a state change and the hash chaining it.
+
+    ``hash`` is SHA-256 over the canonical JSON of every other column and the
+    previous entry's hash; ``seq`` counts from 1 without gaps.
+    """
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    object: Mapped[str] = mapped_column(String(255), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    """Canonical JSON."""
+    prev_hash: Mapped[str] = mapped_column(DIGEST)
+    hash: Mapped[str] = mapped_column(DIGEST, unique=True)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.spec import FlagSpec
+from knightwatch.control import auditlog
 from knightwatch.control.flags.model import (
     check_flag_name,
     encode_value,
@@ -271,6 +272,21 @@ def record_change(
     )
     session.add(row)
     session.flush()
+    auditlog.append(
+        session,
+        actor=actor,
+        action=f"flag.{kind}",
+        obj=name,
+        at=at,
+        payload={
+            "scope": scope,
+            "old": None if old is None else json.loads(old),
+            "new": None if new is None else json.loads(new),
+            "version": version,
+            "targets": sorted(targets),
+            "reason": reason,
+        },
+    )
     return row
 
 
