@@ -71,7 +71,7 @@ def flag_json(session: Session, flag: Flag, *, detail: bool = False) -> dict[str
                 )
                 .where(FlagEvaluation.flag_name == flag.name)
                 .order_by(FlagEvaluation.node_name)
-            ).tuples()
+            )
         ]
         data["declared_by"] = list(
             session.scalars(
