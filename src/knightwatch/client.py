@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +41,13 @@ class ServerTarget:
 
 
 def resolve_target(server: str | None = None, token: str | None = None) -> ServerTarget:
-    """Options first, then KNIGHTWATCH_SERVER/KNIGHTWATCH_TOKEN, then a local fleet file.
+    """Options, then KNIGHTWATCH_SERVER/KNIGHTWATCH_TOKEN, the config file, a local fleet file.
 
+    The config file is :func:`config_path` (``server``, ``token``, ``ca``).
     A token goes only where it was meant to: one from the environment (or
     the local ``knightwatch-data/operator.token``) only to a server named by
-    an option, the environment or the default; a fleet file's token only to
-    that file's server. A server named by a fleet file gets its token or none.
+    an option, the environment or the default; a config or fleet file's token
+    only to that file's server. A server named by a fleet file gets its token or none.
     The CA to pin comes from KNIGHTWATCH_CA, else from the fleet file when it
     names the server.
     """
@@ -55,6 +57,13 @@ def resolve_target(server: str | None = None, token: str | None = None) -> Serve
     secret, secret_from = token, "the token given"
     if secret is None and os.environ.get("KNIGHTWATCH_TOKEN"):
         secret, secret_from = os.environ["KNIGHTWATCH_TOKEN"], "KNIGHTWATCH_TOKEN"
+    config = _config_file()
+    if url is None and config.get("server"):
+        url, where = str(config["server"]), str(config_path())
+        secret, secret_from = token, "the token given"  # never the environment's
+    if secret is None and config.get("token") and url in (None, config.get("server")):
+        secret, secret_from = str(config["token"]), str(config_path())
+        url = url or config.get("server")
     fleet = _fleet_file() if FLEET_FILE.exists() else {}
     if url is None and fleet.get("server"):
         url, where = str(fleet["server"]), str(FLEET_FILE)
@@ -68,9 +77,50 @@ def resolve_target(server: str | None = None, token: str | None = None) -> Serve
     if secret is not None:
         _check_token(secret, secret_from)
     ca = os.environ.get("KNIGHTWATCH_CA") or None
+    if ca is None and config.get("ca") and str(config.get("server", "")).rstrip("/") == url:
+        ca = str(config["ca"])
     if ca is None and fleet.get("ca") and str(fleet.get("server", "")).rstrip("/") == url:
         ca = str(fleet["ca"])
     return ServerTarget(url, secret, ca)
+
+
+def config_path() -> Path:
+    """The CLI's config file: KNIGHTWATCH_CONFIG, else ~/.config/knightwatch/config.toml."""
+    given = os.environ.get("KNIGHTWATCH_CONFIG")
+    if given:
+        return Path(given)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "knightwatch" / "config.toml"
+
+
+def _config_file() -> dict[str, Any]:
+    """``server``, ``token`` and ``ca`` from the config file (empty when there is none).
+
+    A file holding a token must be readable by its owner only: one readable by
+    others is refused, as ssh refuses a private key others can read.
+    """
+    path = config_path()
+    try:
+        mode = path.stat().st_mode
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidInputError(
+            f"{path}: cannot read the knightwatch config file: {exc}",
+            hint='it holds: server = "https://cp:7400", token = "…", ca = "/path/ca.pem"',
+        ) from None
+    unknown = sorted(set(data) - {"server", "token", "ca"})
+    if unknown:
+        raise InvalidInputError(
+            f"{path}: unknown key(s) {', '.join(unknown)}", hint="the keys are server, token, ca"
+        )
+    if "token" in data and mode & 0o077:
+        raise InvalidInputError(
+            f"{path} holds a token and is readable by others (mode {mode & 0o777:o})",
+            hint=f"chmod 600 {path}",
+        )
+    return data
 
 
 def _fleet_file() -> dict[str, Any]:
