@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 
 from knightwatch.api.auth import agent_from_headers, check_operator_token
 from knightwatch.api.errors import RequestTooLargeError, error_body, status_for
+from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import InvalidInputError, KnightwatchError
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.settings import ServerSettings
@@ -69,6 +70,14 @@ class RequestGate:
         try:
             await self._authenticate(path, headers)
             _check_declared(headers.get("content-length"), limit, method, path)
+        except AuthenticationError as exc:
+            if path.startswith(OPERATOR_PREFIX):
+                address = (scope.get("client") or ("unknown",))[0]
+                await self.plane.login_failures.refused(
+                    str(address), f"{method} {path}", self.plane.record_login_failures
+                )
+            await _refuse(exc, scope, receive, send)
+            return
         except KnightwatchError as exc:
             await _refuse(exc, scope, receive, send)
             return

@@ -8,6 +8,7 @@ an agent's halt request and the operator's kill all record and send the same way
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 from collections.abc import Callable
@@ -27,12 +28,15 @@ from knightwatch.server.checkpoints import Checkpoint, CheckpointLog
 from knightwatch.server.credentials import CredentialCache
 from knightwatch.server.documents import ReleaseDocuments
 from knightwatch.server.hub import AgentHub
+from knightwatch.server.login_failures import LoginFailures
 from knightwatch.server.settings import ServerSettings
 from knightwatch.server.signals import ChangeSignal
 from knightwatch.store import Database, open_database
 from knightwatch.vocabulary import HaltSource
 
 __all__ = ["ControlPlane"]
+
+log = logging.getLogger("knightwatch.server")
 
 T = TypeVar("T")
 
@@ -60,6 +64,8 @@ class ControlPlane:
     """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
     flag_acks: ChangeSignal = field(default_factory=ChangeSignal)
     """Bumped when a node's flags.json moves to another flag-state version."""
+    login_failures: LoginFailures = field(default_factory=lambda: LoginFailures(SystemClock()))
+    """Refused operator credentials per address: counted, slowed, recorded."""
     checkpoints: CheckpointLog | None = None
     """Signed audit-log checkpoints, outside the database (None: not kept)."""
     next_checkpoint: float = 0.0
@@ -99,6 +105,19 @@ class ControlPlane:
         """
         for node in plan.online:
             self.hub.send(node, plan.message)
+
+    def record_login_failures(self, address: str, route: str, failures: int) -> None:
+        """Write refused operator credentials from ``address`` to the audit log."""
+        with self.db.session() as session:
+            auditlog.append(
+                session,
+                actor=f"unauthenticated@{address}"[:255],
+                action="auth.failed",
+                obj=address[:255],
+                at=self.clock.now(),
+                payload={"route": route[:200], "failures": failures},
+            )
+        log.warning("%d refused operator credential(s) from %s (%s)", failures, address, route)
 
     def checkpoint(self, *, force: bool = False) -> Checkpoint | None:
         """Sign and keep the log's head if it moved since the last checkpoint (or ``force``)."""
@@ -149,6 +168,7 @@ class ControlPlane:
             credentials=CredentialCache(),
             fleet_guards=FleetGuards(settings.guard, period_s=settings.heartbeat_s),
             documents=ReleaseDocuments(),
+            login_failures=LoginFailures(clock),
             checkpoints=CheckpointLog(
                 settings.audit_checkpoints or settings.data_dir / "audit" / "checkpoints.jsonl",
                 settings.audit_checkpoint_key or settings.data_dir / "audit" / "checkpoint.key",
