@@ -44,7 +44,9 @@ __all__ = [
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of entry 1."""
-_PG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('knightwatch.audit_log'))"
+# Per schema, as the migration lock: knightwatch installations (or test schemas) sharing
+# one PostgreSQL database never wait for each other.
+_PG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('knightwatch.audit_log:' || current_schema()))"
 _BATCH = 1000
 MAX_FIELD = 255
 
