@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from knightwatch.cli.options import JsonOpt
-from knightwatch.cli.output import out, print_json, shown
+from knightwatch.cli.output import err, out, print_json, shown
 from knightwatch.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -27,6 +27,28 @@ app = typer.Typer(
 )
 DEFAULT_DIR = Path(".knightwatch-fleet")
 DirOpt = Annotated[Path, typer.Option("--dir", help="Directory for roots, pid files and logs")]
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def _warn_inotify(nodes: int) -> None:
+    """Say so when one machine cannot give every agent and service an inotify instance.
+
+    Each agent watches its tree and each Python service's flag SDK watches
+    flags.json; past the per-user limit they fall back to slower polling.
+    """
+    try:
+        limit = int(INOTIFY_INSTANCES.read_text())
+    except (OSError, ValueError):
+        return
+    needed = 2 * nodes + 16
+    if needed > limit:
+        err.print(
+            f"[yellow]warning:[/] {nodes} agents and their services need about {needed} inotify "
+            f"instances; this machine allows {limit} per user, so some will poll instead "
+            f"(slower to see changes). Raise it: sysctl fs.inotify.max_user_instances={needed * 2}"
+        )
 
 
 @app.command(
@@ -66,6 +88,7 @@ def up(
         raise InvalidInputError(
             f"a fleet is already up in {directory}", hint="stop it first: knightwatch fleet down"
         )
+    _warn_inotify(nodes)
     fleet = LocalFleet(directory, nodes, trust=trust or [], database_url=db, port=port).up()
     deployment = None
     if release and store is not None:
