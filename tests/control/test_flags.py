@@ -196,6 +196,17 @@ class TestGate:
         assert found["nodes-not-halted"] == ("node2",)
         assert found["no-drift"] == ("node2",)
 
+    def test_drift_outside_the_scope_does_not_refuse(
+        self, db: Database, clock: VirtualClock
+    ) -> None:
+        """node3 (group west) drifted: group:east may still change; the fleet may not."""
+        with db.session() as session:
+            session.get_one(Node, "node3").drift_state = "drifted"
+        set_value(db, clock, "rlp", "group:east", True)
+        with pytest.raises(PolicyRefusedError) as refused:
+            set_value(db, clock, "smars.halt", "fleet", True)
+        assert checks(refused.value)["no-drift"] == ("node3",)
+
     def test_a_kill_flag_to_its_safe_side_is_never_blocked(
         self, db: Database, clock: VirtualClock
     ) -> None:

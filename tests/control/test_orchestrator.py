@@ -22,9 +22,10 @@ from knightwatch.errors import (
     ReleaseNotFoundError,
 )
 from knightwatch.protocol import Abort, Ack, AckPhase, Commit, Prepare, Rollback
-from knightwatch.store import Database, Deployment, DeploymentNode, Node, Release
+from knightwatch.store import Database, Deployment, DeploymentNode, Node
 from knightwatch.store.queries import get_fleet
 from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState
+from tests.helpers import release_row
 
 OLD, NEW = "a" * 64, "b" * 64
 NODES = ("n1", "n2", "n3")
@@ -62,21 +63,7 @@ def db(db: Database, clock: VirtualClock) -> Database:
     """A store with releases OLD and NEW and three connected nodes running OLD."""
     now = clock.now()
     with db.session() as session:
-        for digest, version in ((OLD, "1"), (NEW, "2")):
-            session.add(
-                Release(
-                    digest=digest,
-                    release_id=f"smars@{version}+{digest[:12]}",
-                    name="smars",
-                    version=version,
-                    manifest=b"{}",
-                    sbom=b"{}",
-                    envelope=b"{}",
-                    signed_by="k",
-                    pushed_at=now,
-                    pushed_by="t",
-                )
-            )
+        session.add_all([release_row(OLD, "1", now), release_row(NEW, "2", now)])
         for name in NODES:
             session.add(
                 Node(

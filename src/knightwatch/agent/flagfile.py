@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -27,6 +27,7 @@ from knightwatch.agent.events import event
 from knightwatch.agent.layout import NodeLayout, atomic_write
 from knightwatch.bundle.manifest import Manifest
 from knightwatch.bundle.spec import FlagSpec
+from knightwatch.clock import Clock, SystemClock
 from knightwatch.protocol import FlagValues
 
 __all__ = ["FLAGS_FORMAT", "NodeFlags", "declared_defaults"]
@@ -50,8 +51,9 @@ def declared_defaults(specs: list[FlagSpec]) -> dict[str, dict[str, object]]:
 class NodeFlags:
     """The control plane's flag values on this node, and the service's flags.json."""
 
-    def __init__(self, layout: NodeLayout, node: str) -> None:
+    def __init__(self, layout: NodeLayout, node: str, clock: Clock | None = None) -> None:
         self._layout = layout
+        self._clock = clock or SystemClock()
         self._node = node
         self._values_file = layout.agent_dir / "flag-values.json"
         self.evaluations_dir = layout.evaluations_dir
@@ -103,7 +105,7 @@ class NodeFlags:
             "node": self._node,
             "release": manifest.digest if manifest is not None else None,
             "version": self.version or 0,
-            "written_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "written_at": self._clock.now().astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "flags": flags,
         }
         return json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"

@@ -32,6 +32,7 @@ from knightwatch.agent.commands import CommandRunner
 from knightwatch.agent.connection import Connection
 from knightwatch.agent.enroll import Credential
 from knightwatch.agent.events import event, logger
+from knightwatch.agent.flagfile import NodeFlags
 from knightwatch.agent.guards import RuntimeGuards
 from knightwatch.agent.httpsource import HttpReleaseSource
 from knightwatch.agent.journal import Journal
@@ -169,6 +170,7 @@ class Agent:
             journal=self.journal,
             stager=stager,
             supervisor=self.supervisor,
+            flags=NodeFlags(self.layout, self.settings.name, self.clock),
         )
         self.auditor = Auditor(
             layout=self.layout,
@@ -204,6 +206,7 @@ class Agent:
             on_flags=self._on_flags,
         )
         self._audits: set[asyncio.Task[None]] = set()
+        self._evaluations_sent: tuple[int, dict[str, int]] = (-1, {})
         self._halts: set[asyncio.Task[None]] = set()
         self.guards = RuntimeGuards(
             launch=lambda: self.supervisor.launch,
@@ -246,9 +249,23 @@ class Agent:
             update={
                 "halt": self.killswitch.state(),
                 "flags_version": flags.version,
-                "flag_evaluations": flags.evaluations(self.journal.state.current),
+                "flag_evaluations": self._new_evaluations(),
             }
         )
+
+    def _new_evaluations(self) -> dict[str, int]:
+        """The service's evaluation counts when they changed since this session last sent them.
+
+        Heartbeats would otherwise carry (and the control plane store) the same
+        counts every second; a new session sends them again, so a report lost
+        with a broken link is made good.
+        """
+        counts = self.service.flags.evaluations(self.journal.state.current)
+        session = self.connection.sessions
+        if (session, counts) == self._evaluations_sent:
+            return {}
+        self._evaluations_sent = (session, counts)
+        return counts
 
     async def halt(self, source: HaltSource, reason: str) -> HaltResult:
         """Halt the service now and latch it (a guard, or anything on the node, calls this)."""

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from knightwatch.cli.flagstages import FlagAcksMissingError, plan_stages, run_stages
-from knightwatch.cli.options import JsonOpt, connect
+from knightwatch.cli.options import JsonOpt, connect, json_scalar
 from knightwatch.cli.output import err, out, print_json, shown
 from knightwatch.errors import InvalidInputError
 
@@ -106,7 +106,7 @@ def create(
         "name": name,
         "kind": kind,
         "description": description,
-        "default": _parse_json_value(default),
+        "default": json_scalar(default),
         "owner": owner,
         "lifetime_days": lifetime_days,
     }
@@ -120,18 +120,10 @@ def create(
     )
 
 
-def _parse_json_value(text: str) -> object:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, bool | int | float | str) else text
-
-
 def _typed(text: str, flag_type: str, name: str) -> object:
     if flag_type == "string":
         return text
-    value = _parse_json_value(text)
+    value = json_scalar(text)
     ok = {
         "boolean": isinstance(value, bool),
         "integer": isinstance(value, int) and not isinstance(value, bool),

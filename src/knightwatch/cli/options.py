@@ -13,7 +13,7 @@ import typer
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
 
-__all__ = ["ByOpt", "JsonOpt", "NodesOpt", "WaitOpt", "connect"]
+__all__ = ["ByOpt", "JsonOpt", "NodesOpt", "WaitOpt", "connect", "json_scalar"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 """``--json``: print the command's document as JSON on stdout, for scripts."""
@@ -38,3 +38,14 @@ def connect(timeout: float = 60.0) -> ApiClient:
     from knightwatch.client import ApiClient, resolve_target  # not for --help
 
     return ApiClient(resolve_target(), timeout=timeout)
+
+
+def json_scalar(text: str) -> object:
+    """A value typed on the command line: JSON ``true``, ``42``, ``0.5``, ``"x"``, else the text."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, bool | int | float | str) else text

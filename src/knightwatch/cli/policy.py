@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from knightwatch.cli.options import JsonOpt, NodesOpt, connect
+from knightwatch.cli.options import JsonOpt, NodesOpt, connect, json_scalar
 from knightwatch.cli.output import out, print_json, print_refusals, shown
 from knightwatch.errors import PolicyRefusedError, Refusal
 
@@ -54,7 +54,7 @@ def check(
         "node": node,
         "flag": flag,
         "scope": scope,
-        "value": None if value is None else _json_value(value),
+        "value": None if value is None else json_scalar(value),
     }
     answer = connect().post(f"/check/{action}", {k: v for k, v in body.items() if v is not None})
     refusals = [Refusal.from_json(r) for r in answer["refusals"]]
@@ -76,14 +76,3 @@ def check(
 def register(app: typer.Typer) -> None:
     """Add ``check`` to the CLI."""
     app.command("check", epilog=EPILOG)(check)
-
-
-def _json_value(text: str) -> object:
-    """A --value as JSON (true, 42, 0.5, "x"); anything else is the string itself."""
-    import json
-
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, bool | int | float | str) else text

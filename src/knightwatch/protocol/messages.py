@@ -177,7 +177,8 @@ class NodeState(_Message):
     flags_version: Count | None = None
     """The flag-state version flags.json holds (None: the agent never received one)."""
     flag_evaluations: Annotated[dict[FlagName, Count], Field(max_length=MAX_FLAGS)] = {}
-    """How often the active release's service evaluated each flag (cumulative)."""
+    """How often the active release's service evaluated each flag (cumulative), sent when
+    the counts changed since the session's last report (empty: unchanged, or none)."""
 
 
 class AckPhase(StrEnum):

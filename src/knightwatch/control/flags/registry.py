@@ -27,7 +27,7 @@ from knightwatch.control.flags.model import (
 )
 from knightwatch.errors import InvalidInputError, NotFoundError, PolicyRefusedError, Refusal
 from knightwatch.store import Flag, FlagChange, Release, ReleaseFlag
-from knightwatch.vocabulary import FlagChangeKind, FlagKind, FlagState, FlagType
+from knightwatch.vocabulary import FlagChangeKind, FlagKind, FlagState
 
 __all__ = [
     "amend_flag",
@@ -288,8 +288,3 @@ def record_change(
         },
     )
     return row
-
-
-def declared_type(flag: Flag) -> FlagType:
-    """The flag's value type as a member."""
-    return FlagType(flag.value_type)

@@ -9,6 +9,7 @@ acknowledged a change once its agent reports flags.json holds that version.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,6 +40,7 @@ __all__ = [
     "nodes_in_scope",
     "set_flag_value",
     "values_for_node",
+    "values_for_nodes",
 ]
 
 
@@ -144,7 +146,7 @@ def set_flag_value(
         version=version,
         targets=proposal.node_names,
     )
-    messages = [(node.name, values_for_node(session, node)) for node in proposal.nodes]
+    messages = list(values_for_nodes(session, proposal.nodes).items())
     return FlagChangePlan(change.id, version, messages)
 
 
@@ -158,22 +160,40 @@ def dry_run_flag_set(
 
 def values_for_node(session: Session, node: Node) -> FlagValues:
     """Every value in force for ``node`` (narrowest scope wins), at the fleet's version."""
-    scopes = {"fleet": 0, f"group:{node.group_name}": 1, f"node:{node.name}": 2}
+    return values_for_nodes(session, [node])[node.name]
+
+
+def values_for_nodes(session: Session, nodes: Sequence[Node]) -> dict[str, FlagValues]:
+    """:func:`values_for_node` for each of ``nodes``, from one read of every value set.
+
+    The values set are few (one per flag and scope given a value), so all of them are
+    read once and each node picks its own, however many nodes there are.
+    """
     statement = (
         select(FlagValue)
         .join(Flag, Flag.name == FlagValue.flag_name)
-        .where(FlagValue.scope.in_(scopes), Flag.state == FlagState.ACTIVE)
+        .where(Flag.state == FlagState.ACTIVE)
+        .order_by(FlagValue.flag_name)
     )
+    rows = list(session.scalars(statement))
+    version = get_fleet(session).flags_version
+    return {node.name: FlagValues(version=version, values=_in_force(rows, node)) for node in nodes}
+
+
+def _in_force(rows: Sequence[FlagValue], node: Node) -> dict[str, FlagSetting]:
+    """The narrowest of ``rows`` that apply to ``node``, per flag."""
+    rank = {"fleet": 0, f"group:{node.group_name}": 1, f"node:{node.name}": 2}
     chosen: dict[str, FlagValue] = {}
-    for row in session.scalars(statement):
+    for row in rows:
+        if row.scope not in rank:
+            continue
         held = chosen.get(row.flag_name)
-        if held is None or scopes[row.scope] > scopes[held.scope]:
+        if held is None or rank[row.scope] > rank[held.scope]:
             chosen[row.flag_name] = row
-    values = {
+    return {
         name: FlagSetting(value=decode_value(row.value), source=row.scope)
-        for name, row in sorted(chosen.items())
+        for name, row in chosen.items()
     }
-    return FlagValues(version=get_fleet(session).flags_version, values=values)
 
 
 def change_acks(session: Session, change: FlagChange) -> tuple[list[str], list[str]]:

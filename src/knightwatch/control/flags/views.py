@@ -140,11 +140,15 @@ def stale_flags(
         )
     )
     evaluated = {name: int(total or 0) for name, total in sums}
+    scopes: dict[str, list[FlagValue]] = {}
+    for value in session.scalars(select(FlagValue)):
+        scopes.setdefault(value.flag_name, []).append(value)
     rows = []
     for flag in session.scalars(
         select(Flag).where(Flag.state == FlagState.ACTIVE).order_by(Flag.name)
     ):
-        reasons = _stale_reasons(session, flag, now, constant_days, lifetimes, declared, evaluated)
+        values = scopes.get(flag.name, [])
+        reasons = _stale_reasons(flag, values, now, constant_days, lifetimes, declared, evaluated)
         if reasons:
             rows.append(
                 {"name": flag.name, "kind": flag.kind, "owner": flag.owner, "reasons": reasons}
@@ -153,8 +157,8 @@ def stale_flags(
 
 
 def _stale_reasons(
-    session: Session,
     flag: Flag,
+    values: list[FlagValue],
     now: datetime,
     constant_days: int,
     lifetimes: dict[FlagKind, timedelta | None],
@@ -169,13 +173,9 @@ def _stale_reasons(
             f"past its expected lifetime ({age.days} days old; "
             f"{flag.kind} flags live {lifetime.days})"
         )
-    fleet = session.get(FlagValue, (flag.name, "fleet"))
-    others = session.scalar(
-        select(func.count())
-        .select_from(FlagValue)
-        .where(FlagValue.flag_name == flag.name, FlagValue.scope != "fleet")
-    )
-    if fleet is not None and not others and now - fleet.set_at > timedelta(days=constant_days):
+    fleet = next((v for v in values if v.scope == "fleet"), None)
+    only_fleet = fleet is not None and len(values) == 1
+    if fleet is not None and only_fleet and now - fleet.set_at > timedelta(days=constant_days):
         reasons.append(
             f"{decode_value(fleet.value)!r} everywhere for {(now - fleet.set_at).days} days"
         )

@@ -225,13 +225,20 @@ class NoUnacknowledgedCritical(Check):
 
 
 class NoDrift(Check):
-    """A drifted fleet is not changed further until the drift is reconciled (P2)."""
+    """A drifted fleet is not changed further until the drift is reconciled (P2).
+
+    ``in_scope``: only the proposal's nodes count (a flag change in one group
+    is not refused for drift elsewhere); otherwise the whole fleet does.
+    """
 
     name = "no-drift"
 
+    def __init__(self, *, in_scope: bool = False) -> None:
+        self.in_scope = in_scope
+
     def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
-        """Refuse once per DRIFTED node of the fleet, with its first finding."""
-        for node in drifted_nodes(session):
+        """Refuse once per DRIFTED node (of the fleet, or in scope), with its first finding."""
+        for node in drifted_nodes(session, proposal.node_names if self.in_scope else None):
             findings: list[dict[str, Any]] = json.loads(node.drift_findings or "[]")
             example = findings[0]["detail"] if findings else "see its audit"
             yield self.refuse(

@@ -7,10 +7,8 @@ server) refuses the change, named.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,20 +16,27 @@ from sqlalchemy.orm import Session
 from knightwatch.control.policy.model import Check, Proposal
 from knightwatch.errors import Refusal
 from knightwatch.store import Flag, Release, ReleaseFlag
-from knightwatch.vocabulary import DriftState, FlagState
+from knightwatch.vocabulary import FlagState
 
 __all__ = [
     "FlagNotRetired",
     "NodesConnected",
     "NodesDeclareFlag",
     "ScopeConverged",
-    "ScopeNotDrifted",
 ]
 
 
 def _flag(proposal: Proposal) -> Flag:
     assert proposal.flag is not None, f"{proposal.action} names no flag"
     return proposal.flag
+
+
+def _by_release(proposal: Proposal) -> dict[str | None, list[str]]:
+    """The proposal's node names (sorted) per active release digest (None: none active)."""
+    groups: dict[str | None, list[str]] = defaultdict(list)
+    for node in sorted(proposal.nodes, key=lambda n: n.name):
+        groups[node.active_digest].append(node.name)
+    return dict(groups)
 
 
 def _short(digest: str | None) -> str:
@@ -78,9 +83,7 @@ class NodesDeclareFlag(Check):
     def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
         """Refuse once per release in scope that does not declare the flag, naming its nodes."""
         flag = _flag(proposal)
-        by_digest: dict[str | None, list[str]] = defaultdict(list)
-        for node in proposal.nodes:
-            by_digest[node.active_digest].append(node.name)
+        by_digest = _by_release(proposal)
         digests = [d for d in by_digest if d is not None]
         declaring = set(
             session.scalars(
@@ -94,14 +97,13 @@ class NodesDeclareFlag(Check):
             select(Release.digest, Release.release_id).where(Release.digest.in_(digests))
         ):
             ids[known] = release_id
-        for digest, names in sorted(by_digest.items(), key=lambda item: sorted(item[1])):
+        for digest, names in sorted(by_digest.items(), key=lambda item: item[1]):
             if digest in declaring:
                 continue
-            running = ids.get(digest or "", _short(digest)) if digest else "no release"
+            running = ids.get(digest, _short(digest)) if digest else "no release"
             yield self.refuse(
-                f"{', '.join(sorted(names)[:20])} run {running}, "
-                f"which does not declare flag {flag.name}",
-                sorted(names),
+                f"{', '.join(names[:20])} run {running}, which does not declare flag {flag.name}",
+                names,
                 hint="deploy a release that declares it to these nodes first, or narrow the scope",
             )
 
@@ -113,36 +115,12 @@ class ScopeConverged(Check):
 
     def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
         """Refuse when the nodes in scope run more than one release, naming each part."""
-        by_digest: dict[str | None, list[str]] = defaultdict(list)
-        for node in proposal.nodes:
-            by_digest[node.active_digest].append(node.name)
+        by_digest = _by_release(proposal)
         if len(by_digest) > 1:
-            parts = "; ".join(
-                f"{_short(d)} on {', '.join(sorted(n)[:10])}"
-                for d, n in sorted(by_digest.items(), key=lambda item: -len(item[1]))
-            )
-            minority = sorted(by_digest.items(), key=lambda item: len(item[1]))[0][1]
+            largest_first = sorted(by_digest.items(), key=lambda item: -len(item[1]))
+            parts = "; ".join(f"{_short(d)} on {', '.join(n[:10])}" for d, n in largest_first)
             yield self.refuse(
                 f"the scope is MIXED: {parts}",
-                sorted(minority),
+                largest_first[-1][1],  # the fewest nodes: the ones to bring along
                 hint="converge the scope first: knightwatch deploy RELEASE",
-            )
-
-
-class ScopeNotDrifted(Check):
-    """A drifted node runs something nobody shipped: a flag change there has unknown effect."""
-
-    name = "no-drift"
-
-    def find(self, session: Session, proposal: Proposal) -> Iterator[Refusal]:
-        """Refuse once per drifted node in scope, with its first finding."""
-        for node in sorted(proposal.nodes, key=lambda n: n.name):
-            if node.drift_state != DriftState.DRIFTED:
-                continue
-            findings: list[dict[str, Any]] = json.loads(node.drift_findings or "[]")
-            example = findings[0]["detail"] if findings else "see its audit"
-            yield self.refuse(
-                f"{node.name} has drift ({example})",
-                [node.name],
-                hint=f"restore it with: knightwatch reconcile --node {node.name}",
             )

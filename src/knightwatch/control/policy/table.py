@@ -25,7 +25,6 @@ from knightwatch.control.policy.flag_checks import (
     NodesConnected,
     NodesDeclareFlag,
     ScopeConverged,
-    ScopeNotDrifted,
 )
 from knightwatch.control.policy.model import Action, Check, Proposal
 from knightwatch.errors import InvalidInputError, PolicyRefusedError, Refusal
@@ -54,7 +53,7 @@ POLICY: Mapping[Action, tuple[Check, ...]] = {
         NodesDeclareFlag(),
         ScopeConverged(),
         NodesNotHalted(),
-        ScopeNotDrifted(),
+        NoDrift(in_scope=True),
         NoUnacknowledgedCritical(),
     ),
     Action.FLAG_SAFE: (),  # a kill flag to its safe side: never blocked
