@@ -288,9 +288,14 @@ def test_a_retired_flag_still_evaluated_raises_a_critical_alert(fleet: LocalFlee
 
 
 def sql(fleet: LocalFleet, statement: str) -> None:
-    """Change the control plane's SQLite database behind its back, with the sqlite3 tool."""
+    """Change the control plane's SQLite database behind its back, with the sqlite3 tool.
+
+    The running server writes to it too (reports, alerts), so the tool waits for its lock
+    as the server does instead of failing at once with "database is locked".
+    """
     database = fleet.directory / "server" / "knightwatch.db"
-    subprocess.run(["sqlite3", str(database), statement], check=True, timeout=60)
+    command = ["sqlite3", "-cmd", ".timeout 30000", str(database), statement]
+    subprocess.run(command, check=True, timeout=60)
 
 
 def test_the_audit_log_records_every_change_and_names_tampering(fleet: LocalFleet) -> None:
