@@ -38,7 +38,7 @@ knightwatch fleet up --nodes 3 --dir "$DEMO/fleet" --release smars@2012.8.1 \
 export KNIGHTWATCH_SERVER KNIGHTWATCH_TOKEN KNIGHTWATCH_CA
 KNIGHTWATCH_CA="$DEMO/fleet/tls/ca.pem"  # the fleet serves HTTPS; the CLI pins its CA
 KNIGHTWATCH_SERVER=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["server"])' "$DEMO/fleet/fleet.json")
-KNIGHTWATCH_TOKEN=$(cat "$DEMO/fleet/server/operator.token")
+KNIGHTWATCH_TOKEN=$(cat "$DEMO/fleet/admin.token")  # user admin, made by fleet up (knightwatch init)
 knightwatch status
 
 step "8. push the patch and deploy it, canary first: every node verifies before any switches"

@@ -292,6 +292,7 @@ def _error_from(response: httpx.Response) -> KnightwatchError:
 
 _ERROR_KINDS: dict[int, type[KnightwatchError]] = {
     400: InvalidInputError,
+    403: InvalidInputError,  # a role that does not allow it: refused, as bad input is
     404: NotFoundError,
     413: InvalidInputError,
     422: InvalidInputError,

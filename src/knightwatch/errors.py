@@ -16,12 +16,14 @@ status the CLI exits with::
     │   │   └── AlertNotFoundError            (control.alerts) no alert has an id
     │   ├── RequestTooLargeError              (api.errors) a request body over its limit
     │   ├── UnexpectedAnswerError             (client) the server's answer is not ours
+    │   ├── UserExistsError                   (control.users) a user name is taken (HTTP 409)
     │   └── AgentSetupError                   (agent.errors) the agent cannot start as asked
     ├── GateRefusedError              exit 2  a safety gate refused the operation
     │   └── PolicyRefusedError                the safety policy refused it, every reason listed
     ├── VerificationError             exit 1  bytes or signatures do not match
     ├── StoreError                    exit 1  the disk or database failed us
     ├── AuthenticationError           exit 1  (control.enrollment) a credential was refused
+    ├── PermissionDeniedError         exit 2  (control.users) the user's role does not allow it
     ├── IllegalTransitionError        exit 1  (control.states) an undeclared move (a bug)
     ├── ReportError                   exit 1  (protocol.reports) an agent report was refused
     ├── WaitTimedOutError             exit 1  (polling) a condition did not hold in time

@@ -28,6 +28,7 @@ __all__ = [
     "NodeRole",
     "NodeStatus",
     "RetirementState",
+    "Role",
     "ServiceState",
     "Severity",
 ]
@@ -212,3 +213,21 @@ class FlagChangeKind(StrEnum):
     """A scope's value removed: the scope follows the wider one again."""
     AMEND = "amend"
     RETIRE = "retire"
+
+
+class Role(StrEnum):
+    """What a user may do; each role allows everything the ones before it allow."""
+
+    VIEWER = "viewer"
+    """Read everything; change nothing."""
+    OPERATOR = "operator"
+    """Deploy, roll back, set flags, kill and re-arm, acknowledge alerts."""
+    APPROVER = "approver"
+    """An operator who may also approve someone else's change request."""
+    ADMIN = "admin"
+    """Everything, and the users themselves."""
+
+    def allows(self, needed: Role) -> bool:
+        """Tell whether this role may do what ``needed`` may."""
+        order = list(Role)
+        return order.index(self) >= order.index(needed)

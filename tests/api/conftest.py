@@ -10,8 +10,10 @@ import pytest
 from knightwatch.api import create_app
 from knightwatch.client import ApiClient, ServerTarget
 from knightwatch.clock import VirtualClock
+from knightwatch.control.users import token_hash
 from knightwatch.server.plane import ControlPlane
-from knightwatch.server.settings import Secret, ServerSettings
+from knightwatch.server.settings import ServerSettings
+from knightwatch.store import User
 from tests.api.inprocess import PortalTransport, serving
 
 TOKEN = "operator-token-for-api-tests"
@@ -27,12 +29,19 @@ def clock() -> VirtualClock:
 @pytest.fixture
 def plane(tmp_path: Path, key_dir: Path, clock: VirtualClock) -> ControlPlane:
     """A control plane over a fresh data directory, trusting release.pub (closed by the app)."""
-    settings = ServerSettings(
-        data_dir=tmp_path / "data",
-        trusted_keys=(key_dir / "release.pub",),
-        operator_token=Secret(TOKEN),
-    )
-    return ControlPlane.open(settings, clock=clock)
+    settings = ServerSettings(data_dir=tmp_path / "data", trusted_keys=(key_dir / "release.pub",))
+    plane = ControlPlane.open(settings, clock=clock)
+    with plane.db.session() as session:  # an admin whose token the tests know
+        session.add(
+            User(
+                name="admin",
+                role="admin",
+                token_hash=token_hash(plane.users_key, TOKEN),
+                created_at=clock.now(),
+                created_by="tests",
+            )
+        )
+    return plane
 
 
 @pytest.fixture

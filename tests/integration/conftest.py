@@ -270,12 +270,12 @@ def converge_on(fleet: LocalFleet, release: BuildResult) -> None:
     assert_fleet_on(fleet, release.digest)
 
 
-def kw(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``knightwatch ARGS`` against the fleet, as an operator would; capture its output."""
+def kw(fleet: LocalFleet, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``knightwatch ARGS`` against the fleet, as its admin (or ``token``'s user) would."""
     env = {
         **os.environ,
         "KNIGHTWATCH_SERVER": fleet.url,
-        "KNIGHTWATCH_TOKEN": fleet.token,
+        "KNIGHTWATCH_TOKEN": token or fleet.token,
         "KNIGHTWATCH_CA": str(fleet.ca or ""),
         "COLUMNS": "250",
     }
@@ -287,6 +287,11 @@ def kw(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def add_user(fleet: LocalFleet, name: str, role: str) -> str:
+    """Add user ``name`` with ``role`` as the fleet's admin; return its token."""
+    return str(fleet.client.post("/users", {"name": name, "role": role})["token"])
 
 
 def events(deployment: dict[str, Any]) -> list[tuple[str, str | None]]:

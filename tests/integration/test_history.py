@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     BUILD_ENV,
     SERVER_ENV,
     SETTLE_S,
+    add_user,
     deploy_ok,
     kw,
     log_tail,
@@ -191,7 +192,8 @@ class TestNodeLifecycle:
 
     def test_drain_resume_retire_through_the_cli(self, fleet: LocalFleet) -> None:
         """node2 is drained, resumed and retired by the CLI; its agent can no longer connect."""
-        drained = kw(fleet, "node", "drain", "node2", "--reason", "disk swap", "--by", "erin")
+        erin = add_user(fleet, "erin", "operator")
+        drained = kw(fleet, "node", "drain", "node2", "--reason", "disk swap", token=erin)
         assert drained.returncode == 0, drained.stderr
         assert "drained" in drained.stdout
         row = node_row(fleet, "node2")

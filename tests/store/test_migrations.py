@@ -29,6 +29,7 @@ TABLES = {
     "lifecycle_events",
     "retirement_nodes",
     "retirements",
+    "users",
     "deployment_events",
     "deployment_nodes",
     "deployments",
@@ -46,7 +47,7 @@ TABLES = {
 }
 
 
-HEAD = "0006_audit_log"
+HEAD = "0007_users"
 
 
 def test_history_is_one_line_ending_at_head() -> None:
@@ -55,6 +56,7 @@ def test_history_is_one_line_ending_at_head() -> None:
     revisions = list(scripts.walk_revisions())
     assert [r.revision for r in revisions] == [
         HEAD,
+        "0006_audit_log",
         "0005_flags",
         "0004_vocabulary",
         "0003_safety",

@@ -221,7 +221,7 @@ HOSTILE: list[tuple[str, str, str, dict[str, Any] | None, int, str]] = [
         422,
         "comment",
     ),
-    ("ack-by-rlm", "POST", "/api/v1/alerts/1/ack", {"by": "bob\u200f"}, 422, "by"),
+    ("ack-comment-rlm", "POST", "/api/v1/alerts/1/ack", {"comment": "ok\u200f"}, 422, "comment"),
     ("deploy-release-esc", "POST", "/api/v1/deployments", {"release": "r\x1b[0m"}, 422, "release"),
     ("enroll-name-esc", "POST", "/api/v1/nodes/node%1b1/enroll", {}, 422, "name"),
     ("node-name-newline", "POST", "/api/v1/nodes/node%0a1/drain", {"reason": "x"}, 422, "name"),

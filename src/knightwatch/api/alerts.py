@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.api.auth import Operator
-from knightwatch.api.fields import IdPath, SafeLine, SafeText
+from knightwatch.api.fields import IdPath, SafeText
 from knightwatch.api.plane import Plane
 from knightwatch.control.alerts import (
     ALERT_STATES,
@@ -28,11 +28,10 @@ router = APIRouter(prefix="/api/v1")
 
 
 class ActionBody(BaseModel):
-    """Who acknowledges or resolves an alert (default: the caller), and why."""
+    """Why an alert is acknowledged or resolved (the caller is who does it)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    by: Annotated[str, Field(min_length=1, max_length=64), SafeLine] | None = None
     comment: Annotated[str, Field(max_length=1000), SafeText] = ""
 
 
@@ -63,9 +62,7 @@ def show_alert(alert_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]
 def ack_alert(alert_id: IdPath, body: ActionBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Acknowledge an alert: someone is on it, so it stops escalating."""
     with plane.db.session() as session:
-        alert = acknowledge(
-            session, alert_id, by=body.by or who, now=plane.clock.now(), comment=body.comment
-        )
+        alert = acknowledge(session, alert_id, by=who, now=plane.clock.now(), comment=body.comment)
         return alert_json(alert)
 
 
@@ -74,6 +71,6 @@ def close_alert(alert_id: IdPath, body: ActionBody, plane: Plane, who: Operator)
     """Resolve an alert by hand; receivers that were told it fired hear that it is resolved."""
     with plane.db.session() as session:
         alert = resolve_alert(
-            session, alert_id, by=body.by or who, now=plane.clock.now(), comment=body.comment
+            session, alert_id, by=who, now=plane.clock.now(), comment=body.comment
         )
         return alert_json(alert)

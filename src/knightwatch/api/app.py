@@ -21,6 +21,7 @@ from knightwatch.api import (
     metrics,
     operator,
     policy,
+    users,
 )
 from knightwatch.api.errors import install_error_handlers
 from knightwatch.server.background import tick_forever
@@ -74,6 +75,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(policy.router)
     app.include_router(flags.router)
     app.include_router(auditlog.router)
+    app.include_router(users.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

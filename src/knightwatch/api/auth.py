@@ -2,52 +2,78 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import hmac
-import re
 from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
-from knightwatch.api.plane import Plane
+from knightwatch.api.roles import required_role
 from knightwatch.control.enrollment import AuthenticationError, authenticate
+from knightwatch.control.users import PermissionDeniedError, Role, find_user, token_hash
 from knightwatch.server.plane import ControlPlane
+from knightwatch.server.users import KnownUser
 
 __all__ = [
     "Operator",
     "agent_from_headers",
-    "check_operator_token",
+    "authorize_operator",
     "node_from_headers",
     "operator_name",
 ]
 
-_ACTOR = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
-
-def operator_name(
-    request: Request, plane: Plane, x_knightwatch_actor: Annotated[str | None, Header()] = None
-) -> str:
-    """Check the operator token; return who the operator says they are."""
-    check_operator_token(plane, request.headers)
-    if x_knightwatch_actor and _ACTOR.fullmatch(x_knightwatch_actor):
-        return x_knightwatch_actor
-    return "operator"
+def operator_name(request: Request) -> str:
+    """The authenticated user calling this route (the request gate put it there)."""
+    user = getattr(request.state, "user", None)
+    if not isinstance(user, KnownUser):
+        raise AuthenticationError("operator token missing or wrong", hint=_TOKEN_HINT)
+    return user.name
 
 
 Operator = Annotated[str, Depends(operator_name)]
 
+_TOKEN_HINT = (
+    "set KNIGHTWATCH_TOKEN to your user token (an admin issues one with "  # noqa: S105
+    "`knightwatch user add`; the first comes from `knightwatch init`)"
+)
 
-def check_operator_token(plane: ControlPlane, headers: Mapping[str, str]) -> None:
-    """Refuse a request that does not carry the operator's bearer token."""
+
+async def authorize_operator(
+    plane: ControlPlane, headers: Mapping[str, str], method: str, path: str
+) -> KnownUser:
+    """The user whose token ``headers`` carry, if their role allows ``method path``.
+
+    Checked against recently authenticated tokens first; a miss reads the store
+    from a worker thread (never the store thread, so a kill never queues behind
+    agent reports, and never the event loop).
+    """
     token = _bearer(headers.get("authorization"))
-    if token is None or not hmac.compare_digest(
-        token.encode("utf-8", "surrogateescape"), plane.operator_token.encode("utf-8")
-    ):
+    if token is None:
         raise AuthenticationError(
-            "operator token missing or wrong",
-            hint="set KNIGHTWATCH_TOKEN (see DATA/operator.token)",
+            "operator token missing (Authorization: Bearer …)", hint=_TOKEN_HINT
         )
+    digest = token_hash(plane.users_key, token)
+    user = plane.users.get(digest, plane.clock.monotonic())
+    if user is None:
+        user = await asyncio.to_thread(_user_from_store, plane, token)
+        plane.users.remember(digest, user, plane.clock.monotonic())
+    needed = required_role(method, path)
+    if not user.role.allows(needed):
+        raise PermissionDeniedError(
+            f"user {user.name} has the role {user.role}; {method} {path} needs {needed} or above",
+            hint="an admin can change who may do what (`knightwatch user add NAME --role ROLE`)",
+        )
+    return user
+
+
+def _user_from_store(plane: ControlPlane, token: str) -> KnownUser:
+    with plane.db.reading() as session:
+        user = find_user(session, plane.users_key, token)
+        if user is None:
+            raise AuthenticationError("operator token wrong or revoked", hint=_TOKEN_HINT)
+        return KnownUser(user.name, Role(user.role))
 
 
 def node_from_headers(plane: ControlPlane, headers: Mapping[str, str]) -> str:

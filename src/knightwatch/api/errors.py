@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from knightwatch.api.fields import EMPTY_SELECTOR, UNSAFE_TEXT
 from knightwatch.control.enrollment import AuthenticationError
+from knightwatch.control.users import PermissionDeniedError, UserExistsError
 from knightwatch.errors import (
     GateRefusedError,
     InvalidInputError,
@@ -29,6 +30,8 @@ _STATUS: tuple[tuple[type[KnightwatchError], int], ...] = (
     (RequestTooLargeError, 413),
     (NotFoundError, 404),
     (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (UserExistsError, 409),
     (InvalidInputError, 400),
     (GateRefusedError, 409),
     (VerificationError, 422),

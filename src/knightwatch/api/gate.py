@@ -4,7 +4,8 @@ FastAPI reads and parses a request's body before it resolves the route's
 dependencies, so a token checked by a dependency is checked after an
 unauthenticated caller has made the server read (and hold) whatever it sent.
 :class:`RequestGate` is the outermost layer instead: it checks the caller's
-credential from the headers alone, then refuses a body larger than its
+credential from the headers alone, and for the operator API the role the
+route needs (api/roles.py, the one table), then refuses a body larger than its
 route accepts, by its ``Content-Length`` or, for a streamed body, as soon as
 the bytes counted so far pass the limit.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
-from knightwatch.api.auth import agent_from_headers, check_operator_token
+from knightwatch.api.auth import agent_from_headers, authorize_operator
 from knightwatch.api.errors import RequestTooLargeError, error_body, status_for
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import InvalidInputError, KnightwatchError
@@ -68,7 +69,7 @@ class RequestGate:
         method, path = scope["method"], scope["path"]
         limit = body_limit(self.plane.settings, method, path)
         try:
-            await self._authenticate(path, headers)
+            await self._authenticate(scope, headers)
             _check_declared(headers.get("content-length"), limit, method, path)
         except AuthenticationError as exc:
             if path.startswith(OPERATOR_PREFIX):
@@ -83,9 +84,11 @@ class RequestGate:
             return
         await _Bounded(self.app, limit, f"{method} {path}")(scope, receive, send)
 
-    async def _authenticate(self, path: str, headers: Headers) -> None:
+    async def _authenticate(self, scope: Message, headers: Headers) -> None:
+        path = scope["path"]
         if path.startswith(OPERATOR_PREFIX):
-            check_operator_token(self.plane, headers)
+            user = await authorize_operator(self.plane, headers, scope["method"], path)
+            scope.setdefault("state", {})["user"] = user  # request.state.user in the routes
         elif path.startswith(AGENT_PREFIX) and path not in AGENT_OPEN:
             await agent_from_headers(self.plane, headers)
 

@@ -194,19 +194,16 @@ def _b64(text: str, what: str) -> bytes:
 
 
 class NodeChangeBody(_Body):
-    """Why a node is drained, resumed or retired, and (optionally) by whom."""
+    """Why a node is drained, resumed or retired (the caller is who does it)."""
 
     reason: Annotated[str, Field(min_length=1, max_length=1000), SafeText]
-    by: Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")] | None = None
 
 
 @router.post("/nodes/{name}/drain")
 def drain(name: NamePath, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Stop giving node ``name`` deployments; its agent keeps reporting."""
     with plane.db.session() as session:
-        change = drain_node(
-            session, name, at=plane.clock.now(), actor=body.by or who, reason=body.reason
-        )
+        change = drain_node(session, name, at=plane.clock.now(), actor=who, reason=body.reason)
     return change.to_json()
 
 
@@ -214,9 +211,7 @@ def drain(name: NamePath, body: NodeChangeBody, plane: Plane, who: Operator) -> 
 def resume(name: NamePath, body: NodeChangeBody, plane: Plane, who: Operator) -> dict[str, Any]:
     """Give drained node ``name`` deployments again."""
     with plane.db.session() as session:
-        change = resume_node(
-            session, name, at=plane.clock.now(), actor=body.by or who, reason=body.reason
-        )
+        change = resume_node(session, name, at=plane.clock.now(), actor=who, reason=body.reason)
     return change.to_json()
 
 
@@ -226,9 +221,7 @@ async def retire(
 ) -> dict[str, Any]:
     """Retire node ``name`` for good: revoke its credential and close its connection."""
     with plane.db.session() as session:
-        change = retire_node(
-            session, name, at=plane.clock.now(), actor=body.by or who, reason=body.reason
-        )
+        change = retire_node(session, name, at=plane.clock.now(), actor=who, reason=body.reason)
     plane.credentials.forget(name)
     await plane.hub.disconnect(name, reason="node retired")
     return change.to_json()

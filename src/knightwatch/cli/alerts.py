@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from knightwatch.cli.options import ByOpt, JsonOpt, connect
+from knightwatch.cli.options import JsonOpt, connect
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import InvalidInputError
 from knightwatch.vocabulary import AlertState, Severity
@@ -92,19 +92,15 @@ def show(alert_id: IdArg, json_output: JsonOpt = False) -> None:
 
 
 @app.command("ack", epilog='Example: knightwatch alerts ack 4 --comment "looking at node2"')
-def ack(
-    alert_id: IdArg, comment: CommentOpt = "", by: ByOpt = None, json_output: JsonOpt = False
-) -> None:
+def ack(alert_id: IdArg, comment: CommentOpt = "", json_output: JsonOpt = False) -> None:
     """Acknowledge an alert: someone is on it, so it stops escalating and no longer blocks."""
-    _act(alert_id, "ack", {"comment": comment, "by": by}, json_output)
+    _act(alert_id, "ack", {"comment": comment}, json_output)
 
 
 @app.command("resolve", epilog='Example: knightwatch alerts resolve 4 --comment "fixed"')
-def resolve(
-    alert_id: IdArg, comment: CommentOpt = "", by: ByOpt = None, json_output: JsonOpt = False
-) -> None:
+def resolve(alert_id: IdArg, comment: CommentOpt = "", json_output: JsonOpt = False) -> None:
     """Resolve an alert by hand; receivers told it fired hear that it is resolved."""
-    _act(alert_id, "resolve", {"comment": comment, "by": by}, json_output)
+    _act(alert_id, "resolve", {"comment": comment}, json_output)
 
 
 def _act(alert_id: int, verb: str, body: dict[str, Any], json_output: bool) -> None:

@@ -97,7 +97,7 @@ def up(
     summary = {
         "server": fleet.url,
         "ca": str(fleet.ca) if fleet.ca else None,
-        "token_file": str(fleet.directory / "server" / "operator.token"),
+        "token_file": str(fleet.token_file),
         "directory": str(fleet.directory),
         "nodes": fleet.names,
         "deployment": deployment,
@@ -123,6 +123,11 @@ def up(
             f"deployment {shown(deployment['id'])} of {shown(deployment['release_id'])}: "
             f"[bold]{shown(deployment['state'])}[/]"
         )
+    out.print(
+        f"the admin's token (user admin) is in {shown(summary['token_file'])}; "
+        "add a user per person with `knightwatch user add NAME --role ROLE`",
+        soft_wrap=True,
+    )
     if directory == DEFAULT_DIR:
         out.print(f"commands run from this directory find it through {shown(directory)}/fleet.json")
     else:

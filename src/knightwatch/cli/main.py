@@ -24,6 +24,7 @@ from knightwatch.cli import (
     release,
     server,
     status,
+    users,
 )
 from knightwatch.cli.output import err, fail_json, out, report_failure, shown, wants_json
 from knightwatch.errors import KnightwatchError
@@ -56,6 +57,7 @@ audit.register(app)
 killswitch.register(app)
 history.register(app)
 policy.register(app)
+users.register(app)
 
 
 def _print_version(asked: bool) -> None:

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import typer
 
 from knightwatch.cli.deploy import follow_deployment
-from knightwatch.cli.options import ByOpt, JsonOpt, WaitOpt, connect
+from knightwatch.cli.options import JsonOpt, WaitOpt, connect
 from knightwatch.cli.output import out, paint, print_json, shown
 
 __all__ = [
@@ -46,25 +46,19 @@ def node_enroll(
     out.print(shown(grant["token"]), soft_wrap=True)
 
 
-def node_drain(
-    name: NodeArg, reason: ReasonOpt, by: ByOpt = None, json_output: JsonOpt = False
-) -> None:
+def node_drain(name: NodeArg, reason: ReasonOpt, json_output: JsonOpt = False) -> None:
     """Stop giving NAME deployments; its agent keeps running and reporting."""
-    _change(name, "drain", reason, by, json_output)
+    _change(name, "drain", reason, json_output)
 
 
-def node_resume(
-    name: NodeArg, reason: ReasonOpt, by: ByOpt = None, json_output: JsonOpt = False
-) -> None:
+def node_resume(name: NodeArg, reason: ReasonOpt, json_output: JsonOpt = False) -> None:
     """Give drained node NAME deployments again."""
-    _change(name, "resume", reason, by, json_output)
+    _change(name, "resume", reason, json_output)
 
 
-def node_retire(
-    name: NodeArg, reason: ReasonOpt, by: ByOpt = None, json_output: JsonOpt = False
-) -> None:
+def node_retire(name: NodeArg, reason: ReasonOpt, json_output: JsonOpt = False) -> None:
     """Retire NAME for good: its credential is revoked and its agent disconnected."""
-    _change(name, "retire", reason, by, json_output)
+    _change(name, "retire", reason, json_output)
 
 
 def reconcile(
@@ -84,8 +78,8 @@ def reconcile(
     follow_deployment(client, started, wait=wait, json_output=json_output)
 
 
-def _change(name: str, action: str, reason: str, by: str | None, json_output: bool) -> None:
-    body: dict[str, Any] = {"reason": reason, **({"by": by} if by else {})}
+def _change(name: str, action: str, reason: str, json_output: bool) -> None:
+    body: dict[str, Any] = {"reason": reason}
     change = connect().post(f"/nodes/{quote(name, safe='')}/{action}", body)
     if json_output:
         print_json(change)

@@ -1,4 +1,4 @@
-"""Options every command shares, defined once: ``--json``, ``--nodes``, ``--wait``, ``--by``.
+"""Options every command shares, defined once: ``--json``, ``--nodes``, ``--wait``.
 
 Also :func:`connect`, the client of the control plane a command talks to
 (KNIGHTWATCH_SERVER / KNIGHTWATCH_TOKEN, a local fleet file, or the default).
@@ -13,7 +13,7 @@ import typer
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
 
-__all__ = ["ByOpt", "JsonOpt", "NodesOpt", "WaitOpt", "connect", "json_scalar"]
+__all__ = ["JsonOpt", "NodesOpt", "WaitOpt", "connect", "json_scalar"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 """``--json``: print the command's document as JSON on stdout, for scripts."""
@@ -26,11 +26,6 @@ NodesOpt = Annotated[
 """``--nodes SELECTOR``: which nodes (the whole fleet when left out)."""
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow it live until it ends")]
 """``--wait``: follow a deployment live until it ends."""
-ByOpt = Annotated[
-    str | None,
-    typer.Option("--by", help="Who is doing this (default: the operator the server knows)"),
-]
-"""``--by NAME``: who is doing this, recorded with the change."""
 
 
 def connect(timeout: float = 60.0) -> ApiClient:

@@ -7,25 +7,27 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["GRACEFUL_SHUTDOWN_S", "register", "server"]
+__all__ = ["DEFAULT_DATA", "GRACEFUL_SHUTDOWN_S", "DataOpt", "DatabaseOpt", "register", "server"]
 
 GRACEFUL_SHUTDOWN_S = 5
 """How long a stopping server waits for open connections before it closes them."""
+DEFAULT_DATA = Path("knightwatch-data")
+DataOpt = Annotated[Path, typer.Option("--data", help="Data directory (SQLite, blobs, keys)")]
+"""``--data DIR``: the control plane's data directory."""
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL, e.g. postgresql+psycopg://user@host/db "
+        "(default SQLite in DATA; env KNIGHTWATCH_DATABASE_URL)",
+    ),
+]
+"""``--db URL``: the control plane's database (default: SQLite in the data directory)."""
 
 
 def server(
-    data: Annotated[
-        Path, typer.Option("--data", help="Data directory (SQLite, blobs, keys)")
-    ] = Path("knightwatch-data"),
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            help="Database URL, e.g. "
-            "postgresql+psycopg://user@host/db (default SQLite "
-            "in DATA; env KNIGHTWATCH_DATABASE_URL)",
-        ),
-    ] = None,
+    data: DataOpt = DEFAULT_DATA,
+    db: DatabaseOpt = None,
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option("--port", help="TCP port (default 7400)")] = None,
     trust: Annotated[

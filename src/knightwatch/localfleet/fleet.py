@@ -116,6 +116,7 @@ class LocalFleet:
         """Start the server, enroll and start every agent, wait until all are connected."""
         for sub in ("logs", "pids", "nodes"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        self._initialize()
         self.start_server(timeout=timeout)
         for name in self.names:
             self.start_agent(name, join=self.enroll(name))
@@ -171,9 +172,14 @@ class LocalFleet:
         self._server = None
 
     @property
+    def token_file(self) -> Path:
+        """Where the fleet's first admin's token is (``knightwatch init --token-file``)."""
+        return self.directory / "admin.token"
+
+    @property
     def token(self) -> str:
-        """The operator token the server generated."""
-        return (self.directory / "server" / "operator.token").read_text().strip()
+        """The token of the fleet's first admin, ``admin``."""
+        return self.token_file.read_text().strip()
 
     @property
     def client(self) -> ApiClient:
@@ -343,6 +349,26 @@ class LocalFleet:
         return wait_until(reached, timeout=timeout, what=f"the fleet to be {state}", interval=0.1)
 
     # -- plumbing ---------------------------------------------------------------
+
+    def _initialize(self) -> None:
+        """``knightwatch init`` once, as a user would: the admin's token goes to a file."""
+        if self.token_file.exists():
+            return
+        args = ["init", "--data", str(self.directory / "server"), "--token-file"]
+        args += [str(self.token_file), "--json"]
+        if self._database_url:
+            args += ["--db", self._database_url]
+        done = subprocess.run(
+            [sys.executable, "-m", "knightwatch", *args],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self._server_env},
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise FleetError(f"knightwatch init failed: {done.stderr.strip() or done.stdout}")
 
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> FleetProcess:
         log = self.directory / "logs" / f"{name}.log"

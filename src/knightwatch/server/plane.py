@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from knightwatch.server.hub import AgentHub
 from knightwatch.server.login_failures import LoginFailures
 from knightwatch.server.settings import ServerSettings
 from knightwatch.server.signals import ChangeSignal
+from knightwatch.server.users import UserCache, adopt_operator_token, load_users_key
 from knightwatch.store import Database, open_database
 from knightwatch.vocabulary import HaltSource
 
@@ -51,7 +50,8 @@ class ControlPlane:
     hub: AgentHub
     catalog: ReleaseCatalog
     orchestrator: Orchestrator
-    operator_token: str
+    users_key: bytes
+    """The HMAC key user tokens are stored under (DATA/users.key)."""
     trusted: list[TrustedKey]
     credentials: CredentialCache
     fleet_guards: FleetGuards
@@ -64,6 +64,8 @@ class ControlPlane:
     """Bumped when a halt acknowledgement was stored (``GET /halts/{id}?wait_s=``)."""
     flag_acks: ChangeSignal = field(default_factory=ChangeSignal)
     """Bumped when a node's flags.json moves to another flag-state version."""
+    users: UserCache = field(default_factory=UserCache)
+    """Recently authenticated operator tokens."""
     login_failures: LoginFailures = field(default_factory=lambda: LoginFailures(SystemClock()))
     """Refused operator credentials per address: counted, slowed, recorded."""
     checkpoints: CheckpointLog | None = None
@@ -148,6 +150,9 @@ class ControlPlane:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private if ours
         url = settings.database_url.reveal() if settings.database_url else None
         db = open_database(url, settings.data_dir)
+        users_key = load_users_key(settings.data_dir)
+        configured = settings.operator_token.reveal() if settings.operator_token else None
+        adopt_operator_token(db, settings.data_dir, configured, users_key, clock)
         trusted = _trusted_keys(settings)
         hub = AgentHub()
         timeouts = DeployTimeouts(
@@ -163,7 +168,7 @@ class ControlPlane:
             hub=hub,
             catalog=ReleaseCatalog(db, settings.data_dir, trusted, clock),
             orchestrator=Orchestrator(db, hub, clock, timeouts),
-            operator_token=_operator_token(settings),
+            users_key=users_key,
             trusted=trusted,
             credentials=CredentialCache(),
             fleet_guards=FleetGuards(settings.guard, period_s=settings.heartbeat_s),
@@ -182,16 +187,3 @@ def _trusted_keys(settings: ServerSettings) -> list[TrustedKey]:
     if trusted_dir.is_dir():
         paths.extend(sorted(trusted_dir.glob("*.pub")))
     return [load_trusted_key(path) for path in paths]
-
-
-def _operator_token(settings: ServerSettings) -> str:
-    if settings.operator_token is not None:
-        return settings.operator_token.reveal()
-    path = settings.data_dir / "operator.token"
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return token

@@ -81,7 +81,7 @@ class ServerSettings:
     """Node groups whose agents halt by themselves after ``dead_man_s`` without us."""
     dead_man_s: float = 5.0
     operator_token: Secret | None = field(default=None)
-    """Bearer token for the operator API; generated into DATA/operator.token when unset."""
+    """An earlier version's shared operator token: adopted as admin user ``admin`` (once)."""
     alerts: AlertRouting = field(default_factory=AlertRouting)
     """Alert receivers and the escalation route: ``[alerts]`` in server.toml, or JSON."""
     guard: tuple[GuardSpec, ...] = ()

@@ -32,6 +32,7 @@ from knightwatch.store.models import (
     ReleaseFlag,
     Retirement,
     RetirementNode,
+    User,
 )
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
 from knightwatch.store.types import UTCDateTime
@@ -63,6 +64,7 @@ __all__ = [
     "Retirement",
     "RetirementNode",
     "UTCDateTime",
+    "User",
     "active_deployment",
     "get_fleet",
     "open_database",

@@ -519,3 +519,21 @@ class AuditLogEntry(Base):
     """Canonical JSON."""
     prev_hash: Mapped[str] = mapped_column(DIGEST)
     hash: Mapped[str] = mapped_column(DIGEST, unique=True)
+
+
+class User(Base):
+    """A person who calls the operator API, with one role and one token.
+
+    Only an HMAC of the token (keyed by the server's DATA/users.key) is kept;
+    a revoked user keeps the row, so the name stays in the audit log's sense.
+    """
+
+    __tablename__ = "users"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(DIGEST, unique=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(64))
+    rotated_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
