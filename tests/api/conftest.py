@@ -10,6 +10,7 @@ import pytest
 from knightwatch.api import create_app
 from knightwatch.client import ApiClient, ServerTarget
 from knightwatch.clock import VirtualClock
+from knightwatch.control.changes import SOLO
 from knightwatch.control.users import token_hash
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.settings import ServerSettings
@@ -29,7 +30,9 @@ def clock() -> VirtualClock:
 @pytest.fixture
 def plane(tmp_path: Path, key_dir: Path, clock: VirtualClock) -> ControlPlane:
     """A control plane over a fresh data directory, trusting release.pub (closed by the app)."""
-    settings = ServerSettings(data_dir=tmp_path / "data", trusted_keys=(key_dir / "release.pub",))
+    settings = ServerSettings(
+        data_dir=tmp_path / "data", trusted_keys=(key_dir / "release.pub",), approvals=SOLO
+    )
     plane = ControlPlane.open(settings, clock=clock)
     with plane.db.session() as session:  # an admin whose token the tests know
         session.add(

@@ -11,12 +11,14 @@ import pytest
 from knightwatch.api import create_app
 from knightwatch.api.roles import required_role
 from knightwatch.clock import VirtualClock
+from knightwatch.control.changes import parse_freezes
 from knightwatch.control.users import Role, token_hash
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.settings import Secret, ServerSettings
 from knightwatch.server.users import KnownUser, UserCache
 from tests.api.conftest import TOKEN, URL
 from tests.api.inprocess import PortalTransport, serving
+from tests.api.test_contract import enroll_node
 
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -129,3 +131,36 @@ def test_the_user_cache_trusts_a_token_only_briefly(elapsed: float) -> None:
     assert cache.get("digest", 105.1) is None
     cache.forget_all()
     assert cache.get("digest", 100.0) is None
+
+
+def test_a_freeze_refuses_all_but_an_emergency(tmp_path: Path, key_dir: Path) -> None:
+    """Market hours in New York (the virtual clock starts at 09:30 there on 1 August 2012):
+    a rearm is refused naming the freeze, the same rearm as an emergency runs, and after
+    16:00 a proposal is accepted again (awaiting approval: 202)."""
+    market = {"name": "market hours", "start": "09:30", "end": "16:00", "tz": "America/New_York"}
+    clock = VirtualClock()
+    settings = ServerSettings(
+        data_dir=tmp_path / "data",
+        trusted_keys=(key_dir / "release.pub",),
+        freeze=parse_freezes([market]),
+        operator_token=Secret(TOKEN),
+    )
+    plane = ControlPlane.open(settings, clock=clock)
+    body = {"reason": "after the halt"}
+    with serving(create_app(plane)) as transport, http(transport) as client:
+        enroll_node(transport, "node1")
+        halted = client.post("/api/v1/halts", json={"reason": "stop"}, headers=OPERATOR)
+        assert halted.status_code == 201, halted.text  # a kill needs no change request
+        refused = client.post("/api/v1/rearm", json=body, headers=OPERATOR)
+        assert refused.status_code == 409, refused.text
+        assert "change freeze 'market hours' is in force" in refused.json()["error"]
+        assert client.get("/api/v1/changes", headers=OPERATOR).json() == []
+        emergency = client.post("/api/v1/rearm", json={**body, "emergency": True}, headers=OPERATOR)
+        assert emergency.status_code == 201, emergency.text
+        assert emergency.json()["change"]["state"] == "EXECUTED"
+        (review,) = client.get("/api/v1/reviews", headers=OPERATOR).json()
+        assert review["opened_by"] == "admin" and review["open"]
+        clock.advance(7 * 3600)  # 16:30 in New York
+        later = client.post("/api/v1/rearm", json=body, headers=OPERATOR)
+        assert later.status_code == 202, later.text
+        assert later.json()["change"]["state"] == "PROPOSED"

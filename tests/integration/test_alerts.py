@@ -330,7 +330,7 @@ def test_acknowledging_stops_escalation(
     done = kw(fleet, "alerts", "ack", str(alert["id"]), "--comment", "looking", "--json")
     assert done.returncode == 0, done.stderr
     acked = json.loads(done.stdout)
-    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "operator (looking)"
+    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "admin (looking)"
     assert acked["next_notify_at"] is None
     time.sleep(2 * ESCALATE_S)  # long enough for two more escalations, had there been any
     sent = fleet.client.get(f"/alerts/{alert['id']}")["notifications"]

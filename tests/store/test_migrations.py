@@ -30,6 +30,10 @@ TABLES = {
     "retirement_nodes",
     "retirements",
     "users",
+    "change_requests",
+    "change_approvals",
+    "change_ticks",
+    "review_items",
     "deployment_events",
     "deployment_nodes",
     "deployments",
@@ -47,7 +51,7 @@ TABLES = {
 }
 
 
-HEAD = "0007_users"
+HEAD = "0008_changes"
 
 
 def test_history_is_one_line_ending_at_head() -> None:
@@ -56,6 +60,7 @@ def test_history_is_one_line_ending_at_head() -> None:
     revisions = list(scripts.walk_revisions())
     assert [r.revision for r in revisions] == [
         HEAD,
+        "0007_users",
         "0006_audit_log",
         "0005_flags",
         "0004_vocabulary",

@@ -26,6 +26,7 @@ from knightwatch.api import create_app
 from knightwatch.bundle import ReleaseStore, SigningKey, build_release
 from knightwatch.bundle.release_store import ENVELOPE_FILE, MANIFEST_FILE, SBOM_FILE
 from knightwatch.clock import VirtualClock
+from knightwatch.control.changes import SOLO
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.settings import Secret, ServerSettings
 from tests.helpers import MakeSource
@@ -51,6 +52,7 @@ def plane(tmp_path: Path, key_dir: Path, clock: VirtualClock) -> Iterator[Contro
         max_request_bytes=64 * 1024,
         max_upload_documents_bytes=256 * 1024,
         upload_expiry_s=600.0,
+        approvals=SOLO,
     )
     control = ControlPlane.open(settings, clock=clock)
     yield control

@@ -15,6 +15,7 @@ from knightwatch.api import (
     alerts,
     auditlog,
     audits,
+    changes,
     flags,
     gate,
     killswitch,
@@ -76,6 +77,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(flags.router)
     app.include_router(auditlog.router)
     app.include_router(users.router)
+    app.include_router(changes.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

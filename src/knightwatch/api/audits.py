@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.api.auth import Operator
+from knightwatch.api.changes import answer
 from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeText
-from knightwatch.api.operator import deployment_json
 from knightwatch.api.plane import Plane
 from knightwatch.control.audits import audit_report, start_audit
-from knightwatch.control.retirement import retirement_report, start_retirement
+from knightwatch.control.changes import ChangeKind
+from knightwatch.control.retirement import retirement_report
+from knightwatch.server.changes import retire_target, submit
 
 __all__ = ["router"]
 
@@ -33,6 +35,7 @@ class ReconcileBody(_Body):
     """Why a node is reconciled (recorded with the deployment)."""
 
     reason: Annotated[str, Field(max_length=1000), SafeText] = ""
+    emergency: bool = False
 
 
 class RetireBody(_Body):
@@ -59,22 +62,24 @@ def show_audit(audit_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]
 
 
 @router.post("/nodes/{name}/reconcile", status_code=201)
-def reconcile(name: NamePath, body: ReconcileBody, plane: Plane, who: Operator) -> dict[str, Any]:
-    """Re-stage the exact bytes of the node's release and restart it, as a deployment."""
-    by = f"{who} (reconcile{': ' + body.reason if body.reason else ''})"
-    deployment_id = plane.orchestrator.start_reconcile(name, requested_by=by[:255])
-    return deployment_json(plane, deployment_id)
+def reconcile(
+    name: NamePath, body: ReconcileBody, response: Response, plane: Plane, who: Operator
+) -> dict[str, Any]:
+    """Propose re-staging the exact bytes of the node's release and restarting it."""
+    target = {"node": name, "reason": body.reason}
+    reason = body.reason or f"reconcile {name}"
+    submitted = submit(plane, ChangeKind.RECONCILE, target, reason, who, emergency=body.emergency)
+    return answer(submitted, response, submitted.result or {})
 
 
 @router.post("/releases/{ref}/retire", status_code=201)
-def retire(ref: NamePath, body: RetireBody, plane: Plane, who: Operator) -> dict[str, Any]:
-    """Retire a release: every node deletes it and verifies its absence."""
-    with plane.db.session() as session:
-        plan = start_retirement(session, ref, body.reason, who, plane.clock.now())
-    for node in plan.online:
-        plane.hub.send(node, plan.command)
-    with plane.db.session() as session:
-        return retirement_report(session, plan.retirement_id)
+def retire(
+    ref: NamePath, body: RetireBody, response: Response, plane: Plane, who: Operator
+) -> dict[str, Any]:
+    """Propose retiring a release: every node deletes it and verifies its absence."""
+    target = retire_target(plane, ref, body.reason)
+    submitted = submit(plane, ChangeKind.RETIRE, target, body.reason, who)
+    return answer(submitted, response, submitted.result or {})
 
 
 @router.get("/retirements/{retirement_id}")

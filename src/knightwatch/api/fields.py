@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
 from knightwatch.protocol.bounds import MAX_INT
@@ -77,3 +77,9 @@ IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 """A row id in a URL: 1 to 2**63-1."""
 NamePath = Annotated[str, Path(min_length=1, max_length=300), SafeLine]
 """A node name or release reference in a URL."""
+
+FlagValue = Annotated[
+    StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=4096)],
+    Field(union_mode="left_to_right"),
+]
+"""A flag's value: a boolean, a number or a string (never coerced from one to another)."""

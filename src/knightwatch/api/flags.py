@@ -10,25 +10,23 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.api.auth import Operator
+from knightwatch.api.changes import answer
+from knightwatch.api.fields import FlagValue as Value
 from knightwatch.api.fields import IdPath, NamePath, SafeLine, SafeText
 from knightwatch.api.plane import Plane
+from knightwatch.control.changes import ChangeKind
 from knightwatch.control.flags.registry import amend_flag, create_flag, get_flag, retire_flag
-from knightwatch.control.flags.values import FlagChangePlan, set_flag_value
 from knightwatch.control.flags.views import (
-    change_json,
     flag_history,
     flag_json,
     list_flag_rows,
     stale_flags,
 )
-from knightwatch.errors import NotFoundError
-from knightwatch.server.plane import ControlPlane
-from knightwatch.store import FlagChange
+from knightwatch.server.changes import flag_change, submit
 from knightwatch.vocabulary import FlagKind
 
 __all__ = ["router"]
@@ -36,10 +34,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/v1/flags")
 
 MAX_WAIT_S = 60.0
-Value = Annotated[
-    StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=4096)],
-    Field(union_mode="left_to_right"),
-]
 Reason = Annotated[str, Field(min_length=1, max_length=4096), SafeText]
 Description = Annotated[str, Field(min_length=1, max_length=4096), SafeText]
 
@@ -133,7 +127,7 @@ def show_change(
     """One change and its acknowledgements; with ``wait_s``, once all are in (or time is up)."""
     deadline = time.monotonic() + wait_s
     seen = plane.flag_acks.version
-    while (data := _change(plane, change_id))["missing"] and (
+    while (data := flag_change(plane, change_id))["missing"] and (
         left := deadline - time.monotonic()
     ) > 0:
         seen = plane.flag_acks.wait(seen, left)
@@ -155,18 +149,21 @@ def history(name: NamePath, plane: Plane, _who: Operator) -> list[dict[str, Any]
 
 
 @router.post("/{name}/values", status_code=201)
-async def set_value(
+def set_value(
     name: NamePath,
     body: SetBody,
+    response: Response,
     plane: Plane,
     who: Operator,
     wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
 ) -> dict[str, Any]:
-    """Set (or unset) the flag in a scope, if the policy allows; send it; wait for the acks."""
-    plan = await run_in_threadpool(_set, plane, name, body, who)
-    for node, message in plan.messages:
-        plane.hub.send(node, message)
-    return await run_in_threadpool(show_change, plan.change_id, plane, who, wait_s)
+    """Propose setting (or unsetting) the flag in a scope; once it runs, wait for the acks."""
+    target = {"flag": name, "scope": body.scope, "value": body.value, "reason": body.reason}
+    reason = body.reason or f"set {name} in {body.scope}"
+    submitted = submit(plane, ChangeKind.FLAG_SET, target, reason, who)
+    if submitted.result is None:
+        return answer(submitted, response, {})
+    return answer(submitted, response, show_change(submitted.result["id"], plane, who, wait_s))
 
 
 @router.post("/{name}/amend")
@@ -190,24 +187,3 @@ def retire(name: NamePath, body: RetireBody, plane: Plane, who: Operator) -> dic
     with plane.db.session() as session:
         flag = retire_flag(session, name, reason=body.reason, at=plane.clock.now(), actor=who)
         return flag_json(session, flag)
-
-
-def _set(plane: ControlPlane, name: str, body: SetBody, who: str) -> FlagChangePlan:
-    with plane.db.session() as session:
-        return set_flag_value(
-            session,
-            name,
-            body.scope,
-            body.value,
-            actor=who,
-            reason=body.reason,
-            at=plane.clock.now(),
-        )
-
-
-def _change(plane: ControlPlane, change_id: int) -> dict[str, Any]:
-    with plane.db.reading() as session:
-        change = session.get(FlagChange, change_id)
-        if change is None:
-            raise NotFoundError(f"no flag change {change_id}")
-        return change_json(session, change)

@@ -10,15 +10,18 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from knightwatch.api.auth import Operator
+from knightwatch.api.changes import answer
 from knightwatch.api.fields import IdPath, NodeSelector, SafeText
 from knightwatch.api.plane import Plane
+from knightwatch.control.changes import ChangeKind
 from knightwatch.control.halt_views import halt_report, list_halts, unacknowledged_count
-from knightwatch.control.killswitch import MAX_REASON, RearmPlan, lift_halts
+from knightwatch.control.killswitch import MAX_REASON
+from knightwatch.server.changes import submit
 from knightwatch.server.plane import ControlPlane
 
 __all__ = ["router"]
@@ -78,23 +81,18 @@ def show_halt(
     return _report(plane, halt_id)
 
 
+class RearmBody(HaltBody):
+    """Which nodes to re-arm and why; ``emergency``: one person, reviewed afterwards."""
+
+    emergency: bool = False
+
+
 @router.post("/rearm", status_code=201)
-async def rearm(body: HaltBody, plane: Plane, who: Operator) -> dict[str, Any]:
-    """Lift the halts of the selected nodes; each starts its service again."""
-    plan = await run_in_threadpool(_lift, plane, body, who)
-    for node, message in plan.messages:
-        plane.hub.send(node, message)
-    return {
-        "lifted": plan.lifted,
-        "nodes": [{"node": node, "halt_id": m.halt_id} for node, m in plan.messages],
-        "online": plan.online,
-        "offline": plan.offline,
-    }
-
-
-def _lift(plane: ControlPlane, body: HaltBody, who: str) -> RearmPlan:
-    with plane.db.session() as session:
-        return lift_halts(session, body.nodes, body.reason, who, plane.clock.now())
+def rearm(body: RearmBody, response: Response, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Propose lifting the halts of the selected nodes; each starts its service again."""
+    target = {"nodes": body.nodes, "reason": body.reason}
+    submitted = submit(plane, ChangeKind.REARM, target, body.reason, who, emergency=body.emergency)
+    return answer(submitted, response, submitted.result or {})
 
 
 def _waiting(plane: ControlPlane, halt_id: int) -> bool:

@@ -10,16 +10,18 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.api.auth import Operator
+from knightwatch.api.changes import answer
 from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeLine, SafeText
 from knightwatch.api.plane import Plane
 from knightwatch.control import views
-from knightwatch.control.deploy_requests import DeployRequest
+from knightwatch.control.changes import ChangeKind
 from knightwatch.control.enrollment import create_join_token
 from knightwatch.control.fleet_status import fleet_status
 from knightwatch.control.history import history
 from knightwatch.control.nodes import drain_node, resume_node, retire_node
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import BlobStreamError, BlobStreamWriter
+from knightwatch.server.changes import deploy_target, deployment_json, submit
 from knightwatch.vocabulary import DeploymentStrategy
 
 __all__ = ["router"]
@@ -53,6 +55,15 @@ class DeployBody(_Body):
     nodes: Annotated[NodeSelector, Field(max_length=4096)] | None = None
     strategy: DeploymentStrategy = DeploymentStrategy.ATOMIC
     soak_s: Annotated[float, Field(ge=0, le=86400)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=1000), SafeText] | None = None
+    """Why (recorded with the change request; a plain description when absent)."""
+
+
+class RollbackBody(_Body):
+    """Why the fleet goes back, and whether one person may do it alone."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=1000), SafeText] | None = None
+    emergency: bool = False
 
 
 @router.get("/status")
@@ -144,24 +155,23 @@ def abort_upload(upload_id: str, plane: Plane, _who: Operator) -> Response:
 
 
 @router.post("/deployments", status_code=201)
-def deploy(body: DeployBody, plane: Plane, who: Operator) -> dict[str, Any]:
-    """Start a deployment (PREPARE is sent to every connected target)."""
-    deployment_id = plane.orchestrator.start(
-        DeployRequest(
-            release=body.release,
-            nodes=body.nodes,
-            strategy=body.strategy,
-            soak_s=body.soak_s,
-            requested_by=who,
-        )
-    )
-    return deployment_json(plane, deployment_id)
+def deploy(body: DeployBody, response: Response, plane: Plane, who: Operator) -> dict[str, Any]:
+    """Propose a deployment; once approved, PREPARE is sent to every connected target."""
+    target = deploy_target(plane, body.release, body.nodes, body.strategy.value, body.soak_s)
+    reason = body.reason or f"deploy {target['release']}"
+    submitted = submit(plane, ChangeKind.DEPLOY, target, reason, who)
+    return answer(submitted, response, submitted.result or {})
 
 
 @router.post("/rollback", status_code=201)
-def rollback(plane: Plane, who: Operator) -> dict[str, Any]:
-    """Return the whole fleet to its previous release, through the same protocol."""
-    return deployment_json(plane, plane.orchestrator.start_rollback(who))
+def rollback(
+    response: Response, plane: Plane, who: Operator, body: RollbackBody | None = None
+) -> dict[str, Any]:
+    """Propose returning the whole fleet to its previous release, through the same protocol."""
+    body = body or RollbackBody()
+    reason = body.reason or "roll the fleet back to its previous release"
+    submitted = submit(plane, ChangeKind.ROLLBACK, {}, reason, who, emergency=body.emergency)
+    return answer(submitted, response, submitted.result or {})
 
 
 @router.get("/deployments")
@@ -175,12 +185,6 @@ def list_deployments(plane: Plane, _who: Operator, limit: int = 50) -> list[dict
 def show_deployment(deployment_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]:
     """One deployment: its state, every node's phase, and its recorded transitions."""
     return deployment_json(plane, deployment_id)
-
-
-def deployment_json(plane: Plane, deployment_id: int) -> dict[str, Any]:
-    """A deployment with its nodes and events as JSON data."""
-    with plane.db.reading() as session:
-        return views.deployment_view(session, deployment_id)
 
 
 def _b64(text: str, what: str) -> bytes:

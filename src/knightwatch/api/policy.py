@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from knightwatch.api.auth import Operator
+from knightwatch.api.fields import FlagValue as Value
 from knightwatch.api.fields import NamePath, NodeSelector, SafeLine
-from knightwatch.api.flags import Value
 from knightwatch.api.plane import Plane
 from knightwatch.control.flags.values import dry_run_flag_set
 from knightwatch.control.policy import Action, dry_run, parse_action

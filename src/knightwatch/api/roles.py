@@ -17,6 +17,7 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _RULES: tuple[tuple[frozenset[str] | None, re.Pattern[str], Role], ...] = (
     (None, re.compile(r"^/api/v1/users(/.*)?$"), Role.ADMIN),
     (frozenset({"POST"}), re.compile(r"^/api/v1/check/[^/]+$"), Role.VIEWER),
+    (frozenset({"POST"}), re.compile(r"^/api/v1/changes/[^/]+/(approve|reject)$"), Role.APPROVER),
 )
 """(methods or None for all, path, role), first match wins."""
 

@@ -9,7 +9,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from knightwatch.cli.options import JsonOpt, NodesOpt, WaitOpt, connect
+from knightwatch.cli.changes import settle
+from knightwatch.cli.options import EmergencyOpt, JsonOpt, NodesOpt, WaitOpt, connect
 from knightwatch.cli.output import err, out, paint, print_json, shown
 from knightwatch.errors import KnightwatchError
 from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, DeploymentStrategy
@@ -39,26 +40,45 @@ def deploy(
     nodes: NodesOpt = None,
     strategy: Annotated[str, typer.Option("--strategy", help="atomic or canary")] = "atomic",
     soak: Annotated[float | None, typer.Option("--soak", help="Canary soak seconds")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (recorded with the change request)")
+    ] = None,
     wait: WaitOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Deploy RELEASE all-or-nothing: every node verifies it before any node switches."""
+    """Deploy RELEASE all-or-nothing: every node verifies it before any node switches.
+
+    A change request: it runs at once when the approval policy needs nobody
+    else; otherwise it is printed and the command exits 3 (with --wait it is
+    followed through approval, execution and the deployment).
+    """
     if strategy not in tuple(DeploymentStrategy):
         raise typer.BadParameter("--strategy must be atomic or canary")
     client = connect()
-    started = client.post(
-        "/deployments", {"release": release, "nodes": nodes, "strategy": strategy, "soak_s": soak}
-    )
+    body = {"release": release, "nodes": nodes, "strategy": strategy, "soak_s": soak}
+    if reason:
+        body["reason"] = reason
+    started = settle(client, client.post("/deployments", body), wait=wait, json_output=json_output)
     follow_deployment(client, started, wait=wait, json_output=json_output)
 
 
 def rollback(
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (recorded with the change request)")
+    ] = None,
+    emergency: EmergencyOpt = False,
     wait: WaitOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Return the whole fleet to its previous release, through the same protocol."""
+    """Return the whole fleet to its previous release, through the same protocol.
+
+    A change request like a deploy; --emergency runs it at once on your word
+    alone and opens a review item someone else must close.
+    """
     client = connect()
-    follow_deployment(client, client.post("/rollback"), wait=wait, json_output=json_output)
+    body: dict[str, Any] = {"emergency": emergency, **({"reason": reason} if reason else {})}
+    started = settle(client, client.post("/rollback", body), wait=wait, json_output=json_output)
+    follow_deployment(client, started, wait=wait, json_output=json_output)
 
 
 def deployments(

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from knightwatch.cli.changes import settle
 from knightwatch.cli.flagstages import FlagAcksMissingError, plan_stages, run_stages
 from knightwatch.cli.options import JsonOpt, connect, json_scalar
 from knightwatch.cli.output import err, out, print_json, shown
@@ -186,7 +187,7 @@ def set_value(
             f"/flags/{name}/values?wait_s={wait:g}",
             {"scope": where, "value": new, "reason": reason},
         )
-        return answer
+        return settle(client, answer, wait=False, json_output=json_output)
 
     staged: list[str] = []
     if stage:

@@ -72,6 +72,14 @@ def up(
     directory: DirOpt = DEFAULT_DIR,
     port: Annotated[int | None, typer.Option("--port", help="Server port (default: free)")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Database URL (default SQLite)")] = None,
+    approvals: Annotated[
+        str,
+        typer.Option(
+            "--approvals",
+            help="Approval policy: solo (changes run on their author's word; a local fleet's "
+            "default) or standard (a second person approves every change)",
+        ),
+    ] = "solo",
     json_output: JsonOpt = False,
 ) -> None:
     """Start a control plane and N agents (separate processes and roots) in DIR."""
@@ -89,7 +97,18 @@ def up(
             f"a fleet is already up in {directory}", hint="stop it first: knightwatch fleet down"
         )
     _warn_inotify(nodes)
-    fleet = LocalFleet(directory, nodes, trust=trust or [], database_url=db, port=port).up()
+    if approvals not in ("solo", "standard"):
+        raise InvalidInputError(
+            f"--approvals {approvals!r} is not a policy", hint="solo or standard"
+        )
+    fleet = LocalFleet(
+        directory,
+        nodes,
+        trust=trust or [],
+        database_url=db,
+        port=port,
+        server_env={"KNIGHTWATCH_APPROVALS": approvals},
+    ).up()
     deployment = None
     if release and store is not None:
         fleet.push(store, release)
@@ -98,6 +117,7 @@ def up(
         "server": fleet.url,
         "ca": str(fleet.ca) if fleet.ca else None,
         "token_file": str(fleet.token_file),
+        "approvals": approvals,
         "directory": str(fleet.directory),
         "nodes": fleet.names,
         "deployment": deployment,
@@ -122,6 +142,11 @@ def up(
         out.print(
             f"deployment {shown(deployment['id'])} of {shown(deployment['release_id'])}: "
             f"[bold]{shown(deployment['state'])}[/]"
+        )
+    if approvals == "solo":
+        out.print(
+            "approval policy: [bold]solo[/] — every change runs on its author's word, as fits "
+            "one person's local fleet (--approvals standard for two-person change control)"
         )
     out.print(
         f"the admin's token (user admin) is in {shown(summary['token_file'])}; "

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from knightwatch.cli.options import JsonOpt, NodesOpt, connect
+from knightwatch.cli.changes import settle
+from knightwatch.cli.options import EmergencyOpt, JsonOpt, NodesOpt, connect
 from knightwatch.cli.output import out, print_json, shown
 from knightwatch.errors import KnightwatchError
 from knightwatch.vocabulary import ServiceState
@@ -49,6 +50,7 @@ def rearm(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for the services to start")
     ] = 60.0,
+    emergency: EmergencyOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Lift the halt of the fleet (or the selected nodes): services start again, checked.
@@ -59,7 +61,8 @@ def rearm(
     reconnects. Exit 1 if a connected node did not start its service in time.
     """
     client = connect(timeout=timeout + 30)
-    plan = client.post("/rearm", {"nodes": nodes, "reason": reason})
+    answer = client.post("/rearm", {"nodes": nodes, "reason": reason, "emergency": emergency})
+    plan = settle(client, answer, wait=False, json_output=json_output)
     waiting = set(plan["online"])
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = client.get("/status")

@@ -13,6 +13,7 @@ from knightwatch.cli import (
     audit,
     auditlog,
     bundle,
+    changes,
     deploy,
     flags,
     fleet,
@@ -45,6 +46,7 @@ app.add_typer(fleet.app, name="fleet")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(flags.app, name="flags")
 app.add_typer(auditlog.app, name="audit-log")
+app.add_typer(changes.app, name="change")
 server.register(app)
 app.command(
     "agent",

@@ -7,8 +7,9 @@ from urllib.parse import quote
 
 import typer
 
+from knightwatch.cli.changes import settle
 from knightwatch.cli.deploy import follow_deployment
-from knightwatch.cli.options import JsonOpt, WaitOpt, connect
+from knightwatch.cli.options import EmergencyOpt, JsonOpt, WaitOpt, connect
 from knightwatch.cli.output import out, paint, print_json, shown
 
 __all__ = [
@@ -64,6 +65,7 @@ def node_retire(name: NodeArg, reason: ReasonOpt, json_output: JsonOpt = False) 
 def reconcile(
     node: Annotated[str, typer.Option("--node", help="The drifted node to restore")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded)")] = "",
+    emergency: EmergencyOpt = False,
     wait: WaitOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -74,7 +76,9 @@ def reconcile(
     the deployment is recorded like any other.
     """
     client = connect()
-    started = client.post(f"/nodes/{quote(node, safe='')}/reconcile", {"reason": reason})
+    body = {"reason": reason, "emergency": emergency}
+    answer = client.post(f"/nodes/{quote(node, safe='')}/reconcile", body)
+    started = settle(client, answer, wait=wait, json_output=json_output)
     follow_deployment(client, started, wait=wait, json_output=json_output)
 
 

@@ -13,7 +13,7 @@ import typer
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
 
-__all__ = ["JsonOpt", "NodesOpt", "WaitOpt", "connect", "json_scalar"]
+__all__ = ["EmergencyOpt", "JsonOpt", "NodesOpt", "WaitOpt", "connect", "json_scalar"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 """``--json``: print the command's document as JSON on stdout, for scripts."""
@@ -25,6 +25,15 @@ NodesOpt = Annotated[
 ]
 """``--nodes SELECTOR``: which nodes (the whole fleet when left out)."""
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow it live until it ends")]
+EmergencyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--emergency",
+        help="Run it now on your word alone (rollback, reconcile, rearm); opens a review item "
+        "someone else must close",
+    ),
+]
+"""``--emergency``: one person moves the fleet back to a known state, reviewed afterwards."""
 """``--wait``: follow a deployment live until it ends."""
 
 

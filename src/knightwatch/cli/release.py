@@ -10,6 +10,7 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
+from knightwatch.cli.changes import settle
 from knightwatch.cli.options import JsonOpt, connect
 from knightwatch.cli.output import out, print_json, progress_bar, shown
 from knightwatch.errors import KnightwatchError
@@ -75,7 +76,8 @@ def retire(
     absence in time (it gets the command again when it reconnects).
     """
     client = connect()
-    report = client.post(f"/releases/{quote(release, safe='')}/retire", {"reason": reason})
+    answer = client.post(f"/releases/{quote(release, safe='')}/retire", {"reason": reason})
+    report = settle(client, answer, wait=False, json_output=json_output)
     path = f"/retirements/{report['retirement_id']}"
     deadline = time.monotonic() + timeout
     while not report["complete"] and time.monotonic() < deadline:

@@ -58,7 +58,9 @@ class LocalFleet:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._trust = [Path(p).resolve() for p in trust]
         self._database_url = database_url
-        self._server_env = dict(server_env or {})
+        # A local fleet runs the solo approval policy unless told otherwise: one person
+        # trying things on a laptop is not a change board (`fleet up` says so).
+        self._server_env = {"KNIGHTWATCH_APPROVALS": "solo", **(server_env or {})}
         self._agent_args = list(agent_args)
         self._service_ports = {name: free_port() for name in self.names}
         self._server: FleetProcess | None = None
@@ -116,7 +118,6 @@ class LocalFleet:
         """Start the server, enroll and start every agent, wait until all are connected."""
         for sub in ("logs", "pids", "nodes"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
-        self._initialize()
         self.start_server(timeout=timeout)
         for name in self.names:
             self.start_agent(name, join=self.enroll(name))
@@ -137,7 +138,8 @@ class LocalFleet:
     # -- the server -----------------------------------------------------------
 
     def start_server(self, *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
-        """Start ``knightwatch server`` and wait until it answers /healthz."""
+        """Start ``knightwatch server`` (its first admin made once) and wait for /healthz."""
+        self._initialize()
         args = ["server", "--data", str(self.directory / "server"), "--port", str(self.port)]
         for key in self._trust:
             args += ["--trust", str(key)]
@@ -170,6 +172,11 @@ class LocalFleet:
     def forget_server(self) -> None:
         """Drop the handle of a server that exited by itself."""
         self._server = None
+
+    @property
+    def approvals(self) -> str:
+        """The approval policy the fleet's control plane runs ("solo", "standard", or JSON)."""
+        return self._server_env["KNIGHTWATCH_APPROVALS"]
 
     @property
     def token_file(self) -> Path:
@@ -308,6 +315,11 @@ class LocalFleet:
     ) -> dict[str, Any]:
         """Start a deployment; with ``wait``, return it once it reached a terminal state."""
         started: dict[str, Any] = self.client.post("/deployments", {"release": release, **options})
+        if started.get("pending"):
+            raise FleetError(
+                f"the deploy of {release} is change {started['change']['id']}, awaiting approval",
+                hint="this fleet runs the standard approval policy: approve it, then execute it",
+            )
         return self.wait_deployment(started["id"], timeout=timeout) if wait else started
 
     def wait_deployment(self, deployment_id: int, *, timeout: float = 300.0) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from knightwatch.bundle.spec import GuardSpec
+from knightwatch.control.changes.rules import STANDARD, ApprovalPolicy, FreezeWindow, parse_freezes
 from knightwatch.control.flags.model import DEFAULT_LIFETIMES, parse_lifetimes
 from knightwatch.control.guards import parse_fleet_guards
 from knightwatch.control.routing import AlertRouting
@@ -82,6 +83,10 @@ class ServerSettings:
     dead_man_s: float = 5.0
     operator_token: Secret | None = field(default=None)
     """An earlier version's shared operator token: adopted as admin user ``admin`` (once)."""
+    approvals: ApprovalPolicy = STANDARD
+    """Approvals per risk and checklists: ``[approvals]`` in server.toml, "solo" or JSON."""
+    freeze: tuple[FreezeWindow, ...] = ()
+    """Change freezes: ``[[freeze]]`` tables in server.toml (name, days, start, end, tz)."""
     alerts: AlertRouting = field(default_factory=AlertRouting)
     """Alert receivers and the escalation route: ``[alerts]`` in server.toml, or JSON."""
     guard: tuple[GuardSpec, ...] = ()
@@ -216,6 +221,10 @@ def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branc
             return AlertRouting.parse(value)
         if name == "guard":
             return parse_fleet_guards(value)
+        if name == "approvals":
+            return ApprovalPolicy.parse(value)
+        if name == "freeze":
+            return parse_freezes(value)
         if name == "port":
             port = int(value)
             if not 0 <= port <= 65535:

@@ -537,3 +537,79 @@ class User(Base):
     created_by: Mapped[str] = mapped_column(String(64))
     rotated_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class ChangeRequest(Base):
+    """A proposed change (deploy, rollback, …), its frozen risk assessment and its fate.
+
+    ``target`` and ``assessment`` are canonical JSON; approvals bind to their
+    hashes. The state moves only along control/changes/model.py's transitions.
+    """
+
+    __tablename__ = "change_requests"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(WORD)
+    state: Mapped[str] = mapped_column(WORD, index=True)
+    target: Mapped[str] = mapped_column(Text)
+    target_hash: Mapped[str] = mapped_column(DIGEST)
+    reason: Mapped[str] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(64))
+    emergency: Mapped[bool] = mapped_column(default=False, server_default=false())
+    risk: Mapped[str] = mapped_column(WORD)
+    assessment: Mapped[str] = mapped_column(Text)
+    assessment_hash: Mapped[str] = mapped_column(DIGEST)
+    approvals_needed: Mapped[int]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    """Who rejected or cancelled it, or executed it."""
+    note: Mapped[str | None] = mapped_column(Text)
+    """Why it was rejected, cancelled, voided or refused."""
+    result: Mapped[str | None] = mapped_column(Text)
+    """What its execution started, as JSON (a deployment id, a retirement id …)."""
+
+
+class ChangeApproval(Base):
+    """One person's approval of a change, bound to its exact target and assessment."""
+
+    __tablename__ = "change_approvals"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    change_id: Mapped[int] = mapped_column(EVENT_ID, ForeignKey("change_requests.id"), index=True)
+    approver: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+    target_hash: Mapped[str] = mapped_column(DIGEST)
+    assessment_hash: Mapped[str] = mapped_column(DIGEST)
+    void: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class ChangeTick(Base):
+    """A checklist item of a change, ticked by someone (by name)."""
+
+    __tablename__ = "change_ticks"
+
+    change_id: Mapped[int] = mapped_column(
+        EVENT_ID, ForeignKey("change_requests.id"), primary_key=True
+    )
+    item: Mapped[str] = mapped_column(String(255), primary_key=True)
+    by: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+
+
+class ReviewItem(Base):
+    """A post-incident review an emergency change opened; someone else must close it."""
+
+    __tablename__ = "review_items"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    change_id: Mapped[int] = mapped_column(EVENT_ID, ForeignKey("change_requests.id"), index=True)
+    opened_by: Mapped[str] = mapped_column(String(64))
+    opened_at: Mapped[datetime]
+    summary: Mapped[str] = mapped_column(Text)
+    closed_by: Mapped[str | None] = mapped_column(String(64))
+    closed_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)

@@ -22,6 +22,7 @@ from knightwatch.vocabulary import NodeStatus
 __all__ = [
     "deploy_proposal",
     "dry_run",
+    "proposal_for",
     "reconcile_target",
     "rollback_target",
 ]
@@ -77,12 +78,18 @@ def dry_run(
     node: str | None = None,
 ) -> list[Refusal]:
     """What would refuse ``action`` now, without taking it (empty: nothing would)."""
-    return evaluate(session, _proposal(session, action, release, nodes, node))
+    return evaluate(session, proposal_for(session, action, release=release, nodes=nodes, node=node))
 
 
-def _proposal(
-    session: Session, action: Action, release: str | None, nodes: str | None, node: str | None
+def proposal_for(
+    session: Session,
+    action: Action,
+    *,
+    release: str | None = None,
+    nodes: str | None = None,
+    node: str | None = None,
 ) -> Proposal:
+    """What ``action`` would concern with these arguments (flag actions have their own)."""
     if action is Action.DEPLOY:
         return deploy_proposal(session, action, _needed(release, action, "RELEASE"), nodes)[0]
     if action is Action.ROLLBACK:
