@@ -373,7 +373,7 @@ def test_alerts_list_ack_resolve_from_the_cli(fleet: LocalFleet) -> None:
     done = kw(fleet, "alerts", "resolve", str(alert["id"]), "--comment", "seen", "--json")
     assert done.returncode == 0, done.stderr
     closed = json.loads(done.stdout)
-    assert closed["state"] == "resolved" and closed["resolved_by"] == "operator (seen)"
+    assert closed["state"] == "resolved" and closed["resolved_by"] == "admin (seen)"
 
     again = kw(fleet, "alerts", "resolve", str(alert["id"]))
     assert again.returncode == 2 and "already resolved by operator (seen)" in again.stderr

@@ -9,9 +9,9 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from knightwatch.cli.changes import settle
 from knightwatch.cli.options import EmergencyOpt, JsonOpt, NodesOpt, WaitOpt, connect
 from knightwatch.cli.output import err, out, paint, print_json, shown
+from knightwatch.cli.proposals import settle
 from knightwatch.errors import KnightwatchError
 from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, DeploymentStrategy
 

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from knightwatch.cli.changes import settle
 from knightwatch.cli.flagstages import FlagAcksMissingError, plan_stages, run_stages
 from knightwatch.cli.options import JsonOpt, connect, json_scalar
 from knightwatch.cli.output import err, out, print_json, shown
+from knightwatch.cli.proposals import settle
 from knightwatch.errors import InvalidInputError
 
 __all__ = ["FlagAcksMissingError", "app"]

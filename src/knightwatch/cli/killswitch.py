@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from knightwatch.cli.changes import settle
 from knightwatch.cli.options import EmergencyOpt, JsonOpt, NodesOpt, connect
 from knightwatch.cli.output import out, print_json, shown
+from knightwatch.cli.proposals import settle
 from knightwatch.errors import KnightwatchError
 from knightwatch.vocabulary import ServiceState
 

@@ -7,10 +7,10 @@ from urllib.parse import quote
 
 import typer
 
-from knightwatch.cli.changes import settle
 from knightwatch.cli.deploy import follow_deployment
 from knightwatch.cli.options import EmergencyOpt, JsonOpt, WaitOpt, connect
 from knightwatch.cli.output import out, paint, print_json, shown
+from knightwatch.cli.proposals import settle
 
 __all__ = [
     "app",

@@ -10,9 +10,9 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from knightwatch.cli.changes import settle
 from knightwatch.cli.options import JsonOpt, connect
 from knightwatch.cli.output import out, print_json, progress_bar, shown
+from knightwatch.cli.proposals import settle
 from knightwatch.errors import KnightwatchError
 from knightwatch.vocabulary import RetirementState
 

@@ -16,18 +16,16 @@ from knightwatch.control.changes.requests import (
     approve,
     cancel,
     change_json,
-    close_review,
     get_change,
     list_changes,
-    list_reviews,
     mark_executed,
     mark_failed,
     propose,
     readiness,
     reject,
-    review_json,
     tick,
 )
+from knightwatch.control.changes.reviews import close_review, list_reviews, review_json
 from knightwatch.control.changes.rules import (
     SOLO,
     STANDARD,

@@ -28,6 +28,7 @@ from knightwatch.control.changes.model import (
     ChangeState,
     check_change_transition,
 )
+from knightwatch.control.changes.reviews import open_review, review_json
 from knightwatch.control.changes.rules import ApprovalPolicy, FreezeWindow, active_freeze
 from knightwatch.control.users import PermissionDeniedError
 from knightwatch.errors import GateRefusedError, InvalidInputError, NotFoundError
@@ -39,16 +40,13 @@ __all__ = [
     "approve",
     "cancel",
     "change_json",
-    "close_review",
     "get_change",
     "list_changes",
-    "list_reviews",
     "mark_executed",
     "mark_failed",
     "propose",
     "readiness",
     "reject",
-    "review_json",
     "tick",
 ]
 
@@ -236,15 +234,7 @@ def mark_executed(
     row.result = json.dumps(result, sort_keys=True, default=str)
     _move(session, row, ChangeState.EXECUTED, by, now)
     if row.emergency:
-        review = ReviewItem(
-            change_id=row.id,
-            opened_by=by,
-            opened_at=now,
-            summary=f"emergency {row.kind} by {by}: {row.reason}",
-        )
-        session.add(review)
-        session.flush()
-        _log(session, row, by, "review.opened", now, review=review.id)
+        open_review(session, row, by, now=now)
 
 
 def mark_failed(
@@ -253,32 +243,6 @@ def mark_failed(
     """Record that the change's execution was refused or failed."""
     row.note = error[:2000]
     _move(session, row, ChangeState.FAILED, by, now)
-
-
-def close_review(
-    session: Session, review_id: int, by: str, note: str, *, now: datetime
-) -> ReviewItem:
-    """Close a post-incident review: never by the person whose emergency opened it."""
-    review = session.get(ReviewItem, review_id, with_for_update=True)
-    if review is None:
-        raise NotFoundError(f"no review item {review_id}", hint="`knightwatch change reviews`")
-    if review.closed_at is not None:
-        raise GateRefusedError(f"review item {review_id} was closed by {review.closed_by}")
-    if by == review.opened_by:
-        raise PermissionDeniedError(
-            f"{by} acted in the emergency and cannot close its review",
-            hint="someone else reviews what was done",
-        )
-    review.closed_by, review.closed_at, review.note = by, now, note
-    auditlog.append(
-        session,
-        actor=by,
-        action="review.closed",
-        obj=f"review:{review.id}",
-        at=now,
-        payload={"change": review.change_id, "note": note},
-    )
-    return review
 
 
 def get_change(session: Session, change_id: int, *, lock: bool = False) -> ChangeRequest:
@@ -295,14 +259,6 @@ def list_changes(session: Session, *, state: str | None, limit: int) -> list[dic
     if state is not None:
         statement = statement.where(ChangeRequest.state == state)
     return [change_json(session, row) for row in session.scalars(statement)]
-
-
-def list_reviews(session: Session, *, open_only: bool) -> list[dict[str, Any]]:
-    """Post-incident review items, newest first."""
-    statement = select(ReviewItem).order_by(ReviewItem.id.desc())
-    if open_only:
-        statement = statement.where(ReviewItem.closed_at.is_(None))
-    return [review_json(r) for r in session.scalars(statement)]
 
 
 def change_json(session: Session, row: ChangeRequest) -> dict[str, Any]:
@@ -348,21 +304,6 @@ def change_json(session: Session, row: ChangeRequest) -> dict[str, Any]:
         "note": row.note,
         "result": json.loads(row.result) if row.result else None,
         "reviews": [review_json(r) for r in reviews],
-    }
-
-
-def review_json(review: ReviewItem) -> dict[str, Any]:
-    """A review item as the API shows it."""
-    return {
-        "id": review.id,
-        "change_id": review.change_id,
-        "summary": review.summary,
-        "opened_by": review.opened_by,
-        "opened_at": review.opened_at.isoformat(),
-        "open": review.closed_at is None,
-        "closed_by": review.closed_by,
-        "closed_at": review.closed_at.isoformat() if review.closed_at else None,
-        "note": review.note,
     }
 
 
