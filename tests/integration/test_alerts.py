@@ -376,7 +376,7 @@ def test_alerts_list_ack_resolve_from_the_cli(fleet: LocalFleet) -> None:
     assert closed["state"] == "resolved" and closed["resolved_by"] == "admin (seen)"
 
     again = kw(fleet, "alerts", "resolve", str(alert["id"]))
-    assert again.returncode == 2 and "already resolved by operator (seen)" in again.stderr
+    assert again.returncode == 2 and "already resolved by admin (seen)" in again.stderr
     late_ack = kw(fleet, "alerts", "ack", str(alert["id"]))
     assert late_ack.returncode == 2 and "nothing to acknowledge" in late_ack.stderr
     unknown = kw(fleet, "alerts", "ack", "999999")
