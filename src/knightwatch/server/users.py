@@ -14,11 +14,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from knightwatch.clock import Clock
 from knightwatch.control.users import IssuedToken, Role, adopt_token, first_admin
 from knightwatch.errors import KeyFileError
 from knightwatch.server.settings import ServerSettings
-from knightwatch.store import Database, open_database
+from knightwatch.store import Database, User, open_database
 
 __all__ = [
     "KnownUser",
@@ -108,6 +110,7 @@ def adopt_operator_token(
     path = data_dir / "operator.token"
     token = configured or (path.read_text().strip() if path.exists() else None)
     if not token:
+        _warn_if_nobody(db, data_dir)
         return
     with db.session() as session:
         adopted = adopt_token(session, token, key=key, at=clock.now())
@@ -138,3 +141,14 @@ def initialize(settings: ServerSettings, name: str, clock: Clock) -> IssuedToken
             return first_admin(session, name, key=key, at=clock.now())
     finally:
         db.close()
+
+
+def _warn_if_nobody(db: Database, data_dir: Path) -> None:
+    with db.reading() as session:
+        if session.scalar(select(func.count()).select_from(User)):
+            return
+    log.warning(
+        "no users yet: every operator call is refused until `knightwatch init --data %s` "
+        "creates the first admin",
+        data_dir,
+    )
