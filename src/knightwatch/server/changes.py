@@ -19,6 +19,7 @@ from knightwatch.control import views
 from knightwatch.control.changes import (
     ChangeKind,
     ChangeRules,
+    Readiness,
     change_json,
     get_change,
     mark_executed,
@@ -94,16 +95,27 @@ def submit(
         proposed = change_json(session, row)
     if needed:
         return Submitted(proposed, None)
-    result = execute(plane, change_id, who)
+    result = execute(plane, change_id, who, just_assessed=True)
     return Submitted(_change(plane, change_id), result)
 
 
-def execute(plane: ControlPlane, change_id: int, who: str) -> dict[str, Any]:
-    """Run an approved change now; refuse with every reason if it may not run."""
+def execute(
+    plane: ControlPlane, change_id: int, who: str, *, just_assessed: bool = False
+) -> dict[str, Any]:
+    """Run an approved change now; refuse with every reason if it may not run.
+
+    ``just_assessed``: the change was proposed a moment ago and needs no
+    approval, so there is nothing an assessment again could void; the action
+    still goes through the safety policy as ever.
+    """
     with _EXECUTING:
         with plane.db.session() as session:
             row = get_change(session, change_id, lock=True)
-            ready = readiness(session, row, rules_of(plane), plane.clock.now())
+            ready = (
+                Readiness([], voided=False)
+                if just_assessed
+                else readiness(session, row, rules_of(plane), plane.clock.now())
+            )
             kind, target = ChangeKind(row.kind), json.loads(row.target)
         if not ready.ready:
             raise GateRefusedError(
