@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= auto
 
-.PHONY: all venv fmt lint typecheck unit test demo bench clean
+.PHONY: all venv fmt lint typecheck unit test demo tour bench clean
 
 all: test
 
@@ -33,7 +33,12 @@ unit: venv
 
 test: lint typecheck unit
 
+# The Knightmare drill at demo speed on a real local fleet; Ctrl-C stops everything it started.
 demo: venv
+	$(BIN)/knightwatch demo
+
+# The release tour: build, verify, deploy, drift and reconcile on a 3-node fleet, step by step.
+tour: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
 bench: venv

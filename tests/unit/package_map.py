@@ -37,9 +37,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     "api": BASE | {"knightwatch", "bundle", "control", "protocol", "server", "store"},
     "localfleet": BASE | {"agent", "client", "push", "tlsca"},
     "testing": BASE | {"localfleet"},
+    # the simulator and its drill: a user of the product, through its API and a local fleet
+    "sim": BASE | {"knightwatch", "agent", "bundle", "client", "localfleet", "sdk"},
     "cli": BASE
     | {"knightwatch", "agent", "api", "bundle", "client", "localfleet", "logs", "protocol"}
-    | {"push", "server", "tlsca"},
+    | {"push", "server", "sim", "tlsca"},
     "__main__": frozenset({"cli"}),
     "__init__": BASE | {"bundle"},
 }

@@ -15,6 +15,7 @@ from knightwatch.cli import (
     bundle,
     changes,
     deploy,
+    drill,
     flags,
     fleet,
     history,
@@ -60,6 +61,7 @@ killswitch.register(app)
 history.register(app)
 policy.register(app)
 users.register(app)
+drill.register(app)
 
 
 def _print_version(asked: bool) -> None:

@@ -49,6 +49,7 @@ class LocalFleet:
         port: int | None = None,
         server_env: Mapping[str, str] | None = None,
         agent_args: Sequence[str] = (),
+        agent_env: Mapping[str, str] | None = None,
         tls: bool = True,
     ) -> None:
         self.directory = directory.resolve()
@@ -62,6 +63,7 @@ class LocalFleet:
         # trying things on a laptop is not a change board (`fleet up` says so).
         self._server_env = {"KNIGHTWATCH_APPROVALS": "solo", **(server_env or {})}
         self._agent_args = list(agent_args)
+        self._agent_env = dict(agent_env or {})  # services inherit their agent's environment
         self._service_ports = {name: free_port() for name in self.names}
         self._server: FleetProcess | None = None
         self._agents: dict[str, FleetProcess] = {}
@@ -80,6 +82,7 @@ class LocalFleet:
             port=int(options["port"]),
             server_env=options.get("server_env") or {},
             agent_args=options.get("agent_args") or [],
+            agent_env=options.get("agent_env") or {},
             tls=bool(options["tls"]),
         )
         fleet.names = list(data["nodes"])
@@ -241,7 +244,7 @@ class LocalFleet:
             args += ["--ca", str(self.ca)]
         if join:
             args += ["--join", join]
-        self._agents[name] = self._spawn(name, args, env or {})
+        self._agents[name] = self._spawn(name, args, {**self._agent_env, **(env or {})})
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int | None:
         """Stop node ``name``'s agent with ``sig`` (SIGKILL leaves its service running)."""
@@ -431,6 +434,7 @@ class LocalFleet:
                 "database_url": self._database_url,
                 "server_env": self._server_env,
                 "agent_args": self._agent_args,
+                "agent_env": self._agent_env,
                 "service_ports": self._service_ports,
             },
         }

@@ -1,0 +1,114 @@
+"""The people at the firm, through the control plane's API: one proposes, others approve.
+
+Every change the drill makes with knightwatch is a change request: the
+operator proposes it, ticks its checklist, a second person (two for a
+high-risk change) approves it, and the operator executes it. Nobody
+approves their own change — :meth:`Desk.self_approval` shows the refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from knightwatch.client import ApiClient, ServerTarget
+from knightwatch.errors import KnightwatchError
+from knightwatch.localfleet import LocalFleet
+from knightwatch.polling import wait_until
+from knightwatch.vocabulary import TERMINAL_STATES
+
+__all__ = ["Desk", "flag_body"]
+
+OPERATOR = "olivia"
+APPROVERS = ("alan", "amira")
+
+
+def flag_body(value: object, reason: str) -> dict[str, Any]:
+    """The body of a fleet-wide flag change (``value`` None: back to the default)."""
+    return {"scope": "fleet", "value": value, "reason": reason}
+
+
+class Desk:
+    """An operator and two approvers, each with their own token."""
+
+    def __init__(self, fleet: LocalFleet) -> None:
+        self._fleet = fleet
+        self.operator = self._user(OPERATOR, "operator")
+        self.approvers = [self._user(name, "approver") for name in APPROVERS]
+
+    def _user(self, name: str, role: str) -> ApiClient:
+        made = self._fleet.client.post("/users", {"name": name, "role": role})
+        ca = str(self._fleet.ca) if self._fleet.ca else None
+        return ApiClient(ServerTarget(self._fleet.url, str(made["token"]), ca), timeout=300.0)
+
+    def propose(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The operator asks for a change; the answer (pending, or already done)."""
+        answer: dict[str, Any] = self.operator.post(path, body)
+        return answer
+
+    def carry_out(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """Take a proposal through checklist, approval and execution; its result."""
+        if not answer.get("pending"):
+            return answer
+        change_id = int(answer["change"]["id"])
+        for item in answer["change"]["checklist"]:
+            if item["ticked_by"] is None:
+                self.operator.post(f"/changes/{change_id}/tick", {"item": item["item"]})
+        for approver in self.approvers:
+            if approver.post(f"/changes/{change_id}/approve", {})["state"] != "PROPOSED":
+                break
+        result: dict[str, Any] = self.operator.post(f"/changes/{change_id}/execute", {})
+        return result
+
+    def change(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Propose, approve and execute in one go."""
+        return self.carry_out(self.propose(path, body))
+
+    def flag(self, name: str, value: object, reason: str) -> dict[str, Any]:
+        """Set flag ``name`` fleet-wide through change control; the change once acknowledged."""
+        return self.acknowledged(self.propose(f"/flags/{name}/values", flag_body(value, reason)))
+
+    def acknowledged(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        """Carry out a flag proposal and wait until every node confirmed the value."""
+        done = self.carry_out(proposal)
+        change: dict[str, Any] = self.operator.get(f"/flags/changes/{done['id']}?wait_s=30")
+        return change
+
+    def self_approval(self, answer: dict[str, Any]) -> str:
+        """The operator tries to approve their own proposal: the refusal, word for word."""
+        change_id = int(answer["change"]["id"])
+        try:
+            self.operator.post(f"/changes/{change_id}/approve", {})
+        except KnightwatchError as exc:
+            return exc.message
+        raise KnightwatchError(f"change {change_id} was approved by its own author")
+
+    def deploy(self, release: str, reason: str) -> dict[str, Any]:
+        """Deploy ``release`` to the fleet through change control; the ended deployment."""
+        started = self.change("/deployments", {"release": release, "reason": reason})
+        return self.wait_deployment(int(started["id"]))
+
+    def wait_deployment(self, deployment_id: int) -> dict[str, Any]:
+        """Wait until a deployment ended; return it."""
+
+        def ended() -> dict[str, Any] | None:
+            data: dict[str, Any] = self.operator.get(f"/deployments/{deployment_id}")
+            return data if data["state"] in TERMINAL_STATES else None
+
+        return wait_until(
+            ended, timeout=300, what=f"deployment {deployment_id} to end", interval=0.1
+        )
+
+    def audit(self) -> dict[str, Any]:
+        """A fleet-wide audit, awaited: every node's verdict."""
+        started = self.operator.post("/audits", {})
+
+        def complete() -> dict[str, Any] | None:
+            report: dict[str, Any] = self.operator.get(f"/audits/{started['audit_id']}")
+            return report if report["complete"] else None
+
+        return wait_until(complete, timeout=120, what="the audit to complete", interval=0.1)
+
+    def close(self) -> None:
+        """Close every user's connection."""
+        for client in (self.operator, *self.approvers):
+            client.close()
