@@ -17,6 +17,7 @@ status the CLI exits with::
     │   ├── RequestTooLargeError              (api.errors) a request body over its limit
     │   ├── UnexpectedAnswerError             (client) the server's answer is not ours
     │   ├── UserExistsError                   (control.users) a user name is taken (HTTP 409)
+    │   ├── MarketInputError                  (sim.market) the exchange refused an order
     │   └── AgentSetupError                   (agent.errors) the agent cannot start as asked
     ├── GateRefusedError              exit 2  a safety gate refused the operation
     │   └── PolicyRefusedError                the safety policy refused it, every reason listed
@@ -28,6 +29,7 @@ status the CLI exits with::
     ├── ReportError                   exit 1  (protocol.reports) an agent report was refused
     ├── WaitTimedOutError             exit 1  (polling) a condition did not hold in time
     ├── FleetError                    exit 1  (localfleet) a local fleet did not start
+    ├── DrillError                    exit 1  (sim.drill.links) a drill could not do a step
     ├── AgentError                    exit 1  (agent.errors) the agent failed at its work
     │   ├── AgentTransportError               the control plane cannot be reached
     │   ├── ServiceError                      the service cannot be run as specified

@@ -100,7 +100,7 @@ class TestScenarioB:
 
     def test_rlp_needs_a_second_person_and_every_node(self, drill: dict[str, Any]) -> None:
         b = scenario(drill, "B")
-        assert "own" in b["facts"]["self_approval_refusal"]
+        assert "cannot approve" in b["facts"]["self_approval_refusal"]
         assert b["facts"]["rlp_acknowledged_by"] == 8
         assert b["facts"]["preopen_audit_ok"] is True
 

@@ -16,7 +16,7 @@ from knightwatch.localfleet import LocalFleet
 from knightwatch.polling import wait_until
 from knightwatch.vocabulary import TERMINAL_STATES
 
-__all__ = ["Desk", "flag_body"]
+__all__ = ["APPROVERS", "OPERATOR", "Desk", "flag_body"]
 
 OPERATOR = "olivia"
 APPROVERS = ("alan", "amira")
@@ -32,31 +32,35 @@ class Desk:
 
     def __init__(self, fleet: LocalFleet) -> None:
         self._fleet = fleet
-        self.operator = self._user(OPERATOR, "operator")
-        self.approvers = [self._user(name, "approver") for name in APPROVERS]
+        self.people = {OPERATOR: self._user(OPERATOR, "operator")}
+        self.people.update({name: self._user(name, "approver") for name in APPROVERS})
+        self.operator = self.people[OPERATOR]
 
     def _user(self, name: str, role: str) -> ApiClient:
         made = self._fleet.client.post("/users", {"name": name, "role": role})
         ca = str(self._fleet.ca) if self._fleet.ca else None
         return ApiClient(ServerTarget(self._fleet.url, str(made["token"]), ca), timeout=300.0)
 
-    def propose(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The operator asks for a change; the answer (pending, or already done)."""
-        answer: dict[str, Any] = self.operator.post(path, body)
+    def propose(self, path: str, body: dict[str, Any], by: str = OPERATOR) -> dict[str, Any]:
+        """``by`` asks for a change; the answer (pending, or already done)."""
+        answer: dict[str, Any] = self.people[by].post(path, body)
         return answer
 
     def carry_out(self, answer: dict[str, Any]) -> dict[str, Any]:
-        """Take a proposal through checklist, approval and execution; its result."""
+        """Take a proposal through checklist, approval (by others) and execution; its result."""
         if not answer.get("pending"):
             return answer
         change_id = int(answer["change"]["id"])
+        author = self.people[answer["change"]["author"]]
         for item in answer["change"]["checklist"]:
             if item["ticked_by"] is None:
-                self.operator.post(f"/changes/{change_id}/tick", {"item": item["item"]})
-        for approver in self.approvers:
-            if approver.post(f"/changes/{change_id}/approve", {})["state"] != "PROPOSED":
+                author.post(f"/changes/{change_id}/tick", {"item": item["item"]})
+        for name in APPROVERS:
+            if name == answer["change"]["author"]:
+                continue
+            if self.people[name].post(f"/changes/{change_id}/approve", {})["state"] != "PROPOSED":
                 break
-        result: dict[str, Any] = self.operator.post(f"/changes/{change_id}/execute", {})
+        result: dict[str, Any] = author.post(f"/changes/{change_id}/execute", {})
         return result
 
     def change(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -74,10 +78,10 @@ class Desk:
         return change
 
     def self_approval(self, answer: dict[str, Any]) -> str:
-        """The operator tries to approve their own proposal: the refusal, word for word."""
+        """The author (an approver) tries to approve their own proposal: the refusal."""
         change_id = int(answer["change"]["id"])
         try:
-            self.operator.post(f"/changes/{change_id}/approve", {})
+            self.people[answer["change"]["author"]].post(f"/changes/{change_id}/approve", {})
         except KnightwatchError as exc:
             return exc.message
         raise KnightwatchError(f"change {change_id} was approved by its own author")
@@ -110,5 +114,5 @@ class Desk:
 
     def close(self) -> None:
         """Close every user's connection."""
-        for client in (self.operator, *self.approvers):
+        for client in self.people.values():
             client.close()

@@ -22,7 +22,7 @@ from typing import Any
 from knightwatch.errors import KnightwatchError
 from knightwatch.localfleet import LocalFleet
 from knightwatch.polling import wait_until
-from knightwatch.sim.drill.desk import Desk, flag_body
+from knightwatch.sim.drill.desk import APPROVERS, Desk, flag_body
 from knightwatch.sim.drill.links import (
     DrillError,
     ExchangeProcess,
@@ -179,8 +179,9 @@ def scenario_b(drill: FleetDrill) -> ScenarioOutcome:
     out.facts["second_deploy"] = {"state": done["state"]}
     out.facts["nodes_on_2012.08"] = drill.nodes_on("2012.08")
     out.mark(0.0, "deploy", f"deploy of 2012.08 {done['state']} on every node")
-    drill.say("B: rlp on — proposed by the operator, approved by a second person")
-    proposal = desk.propose("/flags/rlp/values", flag_body(True, "RLP goes live at the open"))
+    drill.say("B: rlp on — proposed, refused to its author, approved by a second person")
+    rlp_on = flag_body(True, "RLP goes live at the open")
+    proposal = desk.propose("/flags/rlp/values", rlp_on, by=APPROVERS[0])
     if proposal.get("pending"):
         out.facts["self_approval_refusal"] = desk.self_approval(proposal)
     change = desk.acknowledged(proposal)

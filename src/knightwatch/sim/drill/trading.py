@@ -20,7 +20,7 @@ from knightwatch.sim.drill.outcome import Sample, ScenarioOutcome
 from knightwatch.sim.drill.settings import DrillSettings
 from knightwatch.sim.flow import ParentOrder
 
-__all__ = ["Pacer", "RunawayWatch", "TradingDay", "overfilled", "steps"]
+__all__ = ["Pacer", "RunawayWatch", "TradingDay", "steps"]
 
 OnStep = Callable[[float], bool]
 """Called after each step with the simulated time; False stops the session."""
@@ -72,8 +72,10 @@ class TradingDay:
         self.now = 0.0
         self.gone: set[str] = set()
         """Nodes whose router no longer answers (halted or stopped)."""
+        self.last_tick: dict[str, dict[str, Any]] = {}
+        """Each router's answer to its latest tick."""
         self.barrier = False
-        """After each step wait until every live router's metrics were scraped twice."""
+        """After each step wait until every live router's agent acted on what the step did."""
 
     def preopen(self) -> None:
         """08:00 to the open, a simulated minute at a time: the routers' pre-open checks."""
@@ -133,6 +135,7 @@ class TradingDay:
             if worked is None:
                 self.gone.add(node)
                 continue
+            self.last_tick[node] = worked
             self.outcome.child_orders += int(worked.get("child_orders", 0))
             self.outcome.child_shares += int(worked.get("child_shares", 0))
         if self.barrier:
@@ -151,11 +154,13 @@ class TradingDay:
         return {node: int(state.get("scrapes", 0)) for node, state in self.router_states().items()}
 
     def _wait_scraped(self, before: Mapping[str, int]) -> None:
-        """Until the agent of every live router has read its metrics twice since the step.
+        """Until the agent of every live router has acted on a scrape taken after the step.
 
-        The agent evaluates its guards on every scrape and halts before the next
-        one, so after two scrapes a tripped guard has acted: the next step sees
-        the same world whatever the machine's speed.
+        The scrape counted first after the step may have begun before it; the
+        second began after it. The agent evaluates its guards on a scrape, and
+        halts, before it scrapes again — so once a third scrape is served, a
+        guard the step tripped has acted (or the router is halted or gone):
+        the next step sees the same world whatever the machine's speed.
         """
 
         def settled() -> bool:
@@ -163,7 +168,7 @@ class TradingDay:
             return all(
                 node not in states
                 or states[node].get("halted")
-                or int(states[node].get("scrapes", 0)) >= count + 2
+                or int(states[node].get("scrapes", 0)) >= count + 3
                 for node, count in before.items()
             )
 
@@ -182,7 +187,10 @@ class TradingDay:
 
 
 class RunawayWatch:
-    """Finds the first step at which some router filled more than its parents asked for.
+    """Finds the first step after which some router had filled more than its parents asked for.
+
+    It reads the routers' answers to the step itself (never a later read, which
+    a router halted in between could no longer give).
 
     The runaway began during that step; it is dated from the step's start, so a
     time to detection or to halt counted from it is an upper bound.
@@ -196,20 +204,10 @@ class RunawayWatch:
         """Look once, after the step at simulated time ``t``."""
         if "runaway_started_s" in self._out.facts:
             return
-        for node, state in sorted(self._day.router_states().items()):
-            if overfilled(state):
+        for node, worked in sorted(self._day.last_tick.items()):
+            if int(worked.get("overfill_shares", 0)) > 0:
                 began = t - self._day.settings.tick_s  # sometime in this step: count from its start
                 self._out.facts["runaway_started_s"] = began
                 self._out.facts["runaway_node"] = node
                 self._out.mark(began, "runaway", f"{node} fills beyond its parent orders")
                 return
-
-
-def overfilled(state: dict[str, object]) -> bool:
-    """True when a router's own counters show child fills beyond its parent orders."""
-    counters = state.get("counters", state)
-    assert isinstance(counters, dict)
-    filled = int(counters.get("smars_child_shares_filled_total", 0))
-    parents = int(counters.get("smars_parent_shares_total", 0))
-    overfill = int(counters.get("smars_parent_overfill_shares", 0))
-    return filled > parents or overfill > 0

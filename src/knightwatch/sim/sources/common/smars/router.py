@@ -155,24 +155,24 @@ class Router:
             self.now = now
             if now < OPEN_S:
                 self._preopen(now)
-                return {
-                    "child_orders": 0,
-                    "child_shares": 0,
-                    "filled_shares": 0,
-                    "open_parents": len(self.book.working()),
-                }
+                return self._worked([], 0)
             children: list[Child] = []
             for _ in range(max(0, seconds)):
                 for parent in self.book.working():
                     children += strategy.children(self.book, parent, self._config, self._flags)
             filled = self._send(children)
             self.counters["smars_child_order_rate"] = len(children) / max(1, seconds)
-            return {
-                "child_orders": len(children),
-                "child_shares": sum(c.quantity for c in children),
-                "filled_shares": filled,
-                "open_parents": len(self.book.working()),
-            }
+            return self._worked(children, filled)
+
+    def _worked(self, children: list[Child], filled: int) -> dict[str, int]:
+        """What a tick did, and the parents' state after it (overfill included)."""
+        return {
+            "child_orders": len(children),
+            "child_shares": sum(c.quantity for c in children),
+            "filled_shares": filled,
+            "open_parents": len(self.book.working()),
+            "overfill_shares": self.book.overfill(),
+        }
 
     def _preopen(self, now: float) -> None:
         minute = int(now // 60)
