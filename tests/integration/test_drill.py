@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from knightwatch.localfleet.processes import kill_strays, stop_fleet
 from knightwatch.testing import wait_until
 
 SEED = "4242"
@@ -164,9 +165,17 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     try:
         yield process, report
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
+        if process.poll() is None:  # a failed test: Ctrl-C it, then make sure nothing is left
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
+        stop_fleet(report / "work" / "fleet", grace=5)
+        kill_strays(report)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_the_demo_serves_until_ctrl_c_then_stops_everything_and_repeats_the_table(

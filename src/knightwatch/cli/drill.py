@@ -42,7 +42,11 @@ ReportOpt = Annotated[
     Path, typer.Option("--report", help="Directory for report.json, timeline.png and work files")
 ]
 FastOpt = Annotated[
-    bool, typer.Option("--fast", help="Coarser simulated steps: the same day, sooner (CI)")
+    bool,
+    typer.Option(
+        "--fast/--fine",
+        help="Simulated steps of 15 s (the same day, sooner) or of 5 s (finer, slower)",
+    ),
 ]
 DEFAULT_SEED = 20120801
 
@@ -74,7 +78,7 @@ def demo(
     seed: SeedOpt = DEFAULT_SEED,
     speed: SpeedOpt = 300.0,
     report: ReportOpt = Path(".demo"),
-    fast: FastOpt = False,
+    fast: FastOpt = True,
     serve: Annotated[
         bool,
         typer.Option("--serve/--no-serve", help="Keep the control plane running until Ctrl-C"),
@@ -112,8 +116,16 @@ def _drill(
     from knightwatch.sim.drill import run_drill
     from knightwatch.sim.drill.run import STEPS
 
-    with _progress(STEPS, quiet=json_output) as say:
-        return run_drill(settings, report.resolve(), say, hold)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a kill stops the fleet, too
+    try:
+        with _progress(STEPS, quiet=json_output) as say:
+            return run_drill(settings, report.resolve(), say, hold)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager
@@ -161,6 +173,8 @@ def _show(finished: DrillReport, *, json_output: bool) -> None:
             f"  kill switch: every node halted within {measured['kill_max_time_to_halt_ms']:.0f} ms"
             " (real time)"
         )
+    if "plot" not in finished.files:
+        out.print("  plot: not drawn — matplotlib is missing (pip install 'knightwatch[drill]')")
     for name, path in finished.files.items():
         out.print(f"  {name}: {path}")
 
@@ -205,15 +219,9 @@ def _serve(fleet: LocalFleet) -> None:
     out.print(f"  export KNIGHTWATCH_TOKEN=$(cat {fleet.token_file})")
     out.print("  knightwatch status; knightwatch alerts; knightwatch audit-log")
     out.print("Press Ctrl-C to stop every process the demo started.")
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.wait(0.5):
-            pass
+        threading.Event().wait()
     except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
         err.print("stopping the demo's fleet and market …")
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from knightwatch.client import ApiClient, ServerTarget
-from knightwatch.errors import KnightwatchError
+from knightwatch.errors import GateRefusedError, KnightwatchError
 from knightwatch.localfleet import LocalFleet
 from knightwatch.polling import wait_until
 from knightwatch.vocabulary import TERMINAL_STATES
 
 __all__ = ["APPROVERS", "OPERATOR", "Desk", "flag_body"]
 
+_ATTEMPTS = 5
 OPERATOR = "olivia"
 APPROVERS = ("alan", "amira")
 
@@ -47,21 +48,43 @@ class Desk:
         return answer
 
     def carry_out(self, answer: dict[str, Any]) -> dict[str, Any]:
-        """Take a proposal through checklist, approval (by others) and execution; its result."""
+        """Take a proposal through checklist, approval (by others) and execution; its result.
+
+        When the fleet changed between approval and execution (a node's report
+        moved the assessment), the approvals are void and the change is
+        re-assessed: the approvers look again and approve what they now see.
+        """
         if not answer.get("pending"):
             return answer
-        change_id = int(answer["change"]["id"])
-        author = self.people[answer["change"]["author"]]
-        for item in answer["change"]["checklist"]:
+        change: dict[str, Any] = answer["change"]
+        author = self.people[change["author"]]
+        execute = f"/changes/{change['id']}/execute"
+        for _ in range(_ATTEMPTS - 1):
+            self._approve(change)
+            try:
+                result: dict[str, Any] = author.post(execute, {})
+                return result
+            except GateRefusedError as exc:
+                if "approv" not in exc.message:
+                    raise
+                change = author.get(f"/changes/{change['id']}")
+        self._approve(change)
+        last: dict[str, Any] = author.post(execute, {})
+        return last
+
+    def _approve(self, change: dict[str, Any]) -> None:
+        author = self.people[change["author"]]
+        for item in change["checklist"]:
             if item["ticked_by"] is None:
-                author.post(f"/changes/{change_id}/tick", {"item": item["item"]})
+                author.post(f"/changes/{change['id']}/tick", {"item": item["item"]})
         for name in APPROVERS:
-            if name == answer["change"]["author"]:
+            if name == change["author"]:
                 continue
-            if self.people[name].post(f"/changes/{change_id}/approve", {})["state"] != "PROPOSED":
+            if (
+                self.people[name].post(f"/changes/{change['id']}/approve", {})["state"]
+                != "PROPOSED"
+            ):
                 break
-        result: dict[str, Any] = author.post(f"/changes/{change_id}/execute", {})
-        return result
 
     def change(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Propose, approve and execute in one go."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -44,8 +42,7 @@ class ExchangeProcess:
             [sys.executable, "-m", "knightwatch.sim.exchange", "--port", "0", "--seed", str(seed)],
             stdout=subprocess.PIPE,
             stderr=self._log,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            stdin=subprocess.DEVNULL,  # in our process group: Ctrl-C or a kill of it stops it
         )
         assert self._process.stdout is not None
         line = self._process.stdout.readline()
@@ -84,13 +81,11 @@ class ExchangeProcess:
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL)."""
         if self._process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGTERM)
+            self._process.terminate()
             try:
                 self._process.wait(10)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.kill()
                 self._process.wait(10)
         if self._process.stdout is not None:
             self._process.stdout.close()

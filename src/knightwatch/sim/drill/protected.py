@@ -282,7 +282,7 @@ class _RunawayResponse:
         kill switch before the next simulated step.
         """
         self._runaway.watch(t)
-        halted = sorted(self._day.gone | self._halted_routers())
+        halted = self._halted_routers()
         if not halted:
             return True
         self.detected_at = t
@@ -294,8 +294,10 @@ class _RunawayResponse:
         self._kill(t)
         return False
 
-    def _halted_routers(self) -> set[str]:
-        return {n for n, state in self._day.router_states().items() if state.get("halted")}
+    def _halted_routers(self) -> list[str]:
+        """Routers halted by their hook, or gone already (the halt signal followed the hook)."""
+        states = self._day.router_states()
+        return sorted(n for n in self._day.routers if n not in states or states[n].get("halted"))
 
     def _guard_alerts(self) -> list[dict[str, Any]]:
         return [a for a in self._drill.desk.operator.get("/alerts") if _is_guard(a)]

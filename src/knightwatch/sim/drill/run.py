@@ -21,7 +21,7 @@ __all__ = ["STEPS", "Hold", "fresh_work_directory", "run_drill"]
 
 Hold = Callable[[DrillReport, LocalFleet], None]
 """Called with the finished report while the fleet still runs (``knightwatch demo`` waits)."""
-STEPS = 16
+STEPS = 15
 """How many progress lines a drill says (for a progress bar)."""
 
 
