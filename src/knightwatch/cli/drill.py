@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.box import SIMPLE_HEAD
 from rich.table import Table
 
 from knightwatch.cli.options import JsonOpt
@@ -157,9 +158,12 @@ def _show(finished: DrillReport, *, json_output: bool) -> None:
     if json_output:
         print_json(finished.to_json())
         return
-    table = Table(title=f"Knightmare drill — seed {finished.settings.seed}")
+    table = Table(title=f"Knightmare drill — seed {finished.settings.seed}", box=SIMPLE_HEAD)
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column == "scenario" else "right")
+        if column == "scenario":
+            table.add_column(column, no_wrap=True)
+        else:  # two-line headers keep the table within 100 columns
+            table.add_column(column.replace(" ", "\n", 1), justify="right", no_wrap=True)
     for row in finished.rows():
         table.add_row(*row)
     out.print(table)

@@ -24,9 +24,9 @@ COLUMNS = (
     "child orders",
     "shares traded",
     "peak position",
-    "P&L (marked)",
-    "time to detection",
-    "time to halt",
+    "P&L marked",
+    "detected after",
+    "halted after",
 )
 
 
@@ -104,7 +104,7 @@ class DrillReport:
 def _row(o: ScenarioOutcome) -> list[str]:
     detected = duration(o.detected_after_s)
     if o.key == "C":
-        detected = "before the open" if o.detected_after_s is not None else "—"
+        detected = "pre-open" if o.detected_after_s is not None else "—"
     return [
         f"{o.key}. {o.short or o.title}",
         f"{o.parent_orders:,}",
@@ -135,8 +135,11 @@ def write_plot(report: DrillReport, path: Path) -> bool:
         samples = [s for s in outcome.samples if s.t >= open_s]
         minutes = [(s.t - open_s) / 60 for s in samples]
         label = f"{outcome.key}. {outcome.title}"
-        exposure.plot(minutes, [s.gross_exposure_cents / 100e6 for s in samples], label=label)
-        orders.plot(minutes, [s.child_orders for s in samples], label=label)
+        style = "--" if outcome.key == "C" else "-"  # C trades as B does: keep B visible
+        exposure.plot(
+            minutes, [s.gross_exposure_cents / 100e6 for s in samples], style, label=label
+        )
+        orders.plot(minutes, [s.child_orders for s in samples], style, label=label)
         for mark in outcome.marks:
             if mark.kind in _MARK_STYLE and mark.t >= open_s:
                 x = (mark.t - open_s) / 60
@@ -148,6 +151,7 @@ def write_plot(report: DrillReport, path: Path) -> bool:
     exposure.set_ylabel("gross position ($M)")
     orders.set_ylabel("child orders sent")
     orders.set_yscale("symlog")
+    orders.set_ylim(bottom=0)
     orders.set_xlabel(f"minutes after the open ({clock_time(open_s)} New York)")
     exposure.set_title(f"Knightmare drill, seed {report.settings.seed}")
     exposure.legend(fontsize=8, loc="upper left")
