@@ -125,7 +125,6 @@ class TradingDay:
         self.exchange.advance(t)
         self.now = t
         arrivals = self._arrivals(t)
-        before = self._scrapes() if self.barrier else {}
         for node in sorted(self.routers, key=self._nodes.index):
             if node in self.gone:
                 continue
@@ -139,7 +138,7 @@ class TradingDay:
             self.outcome.child_orders += int(worked.get("child_orders", 0))
             self.outcome.child_shares += int(worked.get("child_shares", 0))
         if self.barrier:
-            self._wait_scraped(before)
+            self._wait_scraped(self._scrapes())
         self._sample(t)
 
     def _arrivals(self, t: float) -> dict[str, list[ParentOrder]]:
@@ -153,14 +152,17 @@ class TradingDay:
     def _scrapes(self) -> dict[str, int]:
         return {node: int(state.get("scrapes", 0)) for node, state in self.router_states().items()}
 
-    def _wait_scraped(self, before: Mapping[str, int]) -> None:
+    def _wait_scraped(self, after: Mapping[str, int]) -> None:
         """Until the agent of every live router has acted on a scrape taken after the step.
 
-        The scrape counted first after the step may have begun before it; the
-        second began after it. The agent evaluates its guards on a scrape, and
-        halts, before it scrapes again — so once a third scrape is served, a
-        guard the step tripped has acted (or the router is halted or gone):
-        the next step sees the same world whatever the machine's speed.
+        ``after`` is each router's scrape count read once every router had
+        worked the step, so any scrape counted later reads the step's effects
+        (counting them before the step was wrong: on a loaded machine several
+        scrapes fall between that read and a router's tick). The agent
+        evaluates its guards on a scrape, and halts, before it scrapes again —
+        so once the second scrape after ``after`` is served, a guard the step
+        tripped has acted (or the router is halted or gone); a third is margin.
+        The next step sees the same world whatever the machine's speed.
         """
 
         def settled() -> bool:
@@ -169,7 +171,7 @@ class TradingDay:
                 node not in states
                 or states[node].get("halted")
                 or int(states[node].get("scrapes", 0)) >= count + 3
-                for node, count in before.items()
+                for node, count in after.items()
             )
 
         wait_until(settled, timeout=_BARRIER_TIMEOUT_S, what="the agents to read the routers")
