@@ -28,6 +28,7 @@ from knightwatch.api.errors import install_error_handlers
 from knightwatch.server.background import tick_forever
 from knightwatch.server.notifier import AlertNotifier
 from knightwatch.server.plane import ControlPlane
+from knightwatch.web import routes as dashboard
 
 __all__ = ["create_app"]
 
@@ -78,6 +79,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(auditlog.router)
     app.include_router(users.router)
     app.include_router(changes.router)
+    app.include_router(dashboard.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

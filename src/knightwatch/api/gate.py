@@ -12,8 +12,10 @@ the bytes counted so far pass the limit.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -26,7 +28,7 @@ from knightwatch.errors import InvalidInputError, KnightwatchError
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.settings import ServerSettings
 
-__all__ = ["RequestGate", "body_limit"]
+__all__ = ["CSRF_HEADER", "SAFE_METHODS", "SESSION_COOKIE", "RequestGate", "body_limit", "cookies"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -39,6 +41,10 @@ AGENT_OPEN = {"/api/agent/v1/enroll"}
 """Agent routes a node calls before it has a credential (the join token is in the body)."""
 AGENT_BLOB_LIST_BYTES = 16 * 1024 * 1024
 """``POST /api/agent/v1/blobs``: up to 200 000 digests in a JSON list."""
+SESSION_COOKIE = "kw_session"
+"""The dashboard's session cookie (server/web_sessions.py)."""
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _UPLOAD_STREAM = re.compile(r"^/api/v1/uploads/[^/]+/blobs(/[^/]+)?$")
 
 
@@ -87,10 +93,38 @@ class RequestGate:
     async def _authenticate(self, scope: Message, headers: Headers) -> None:
         path = scope["path"]
         if path.startswith(OPERATOR_PREFIX):
-            user = await authorize_operator(self.plane, headers, scope["method"], path)
+            method = scope["method"]
+            presented: Mapping[str, str] = headers
+            if "authorization" not in headers and SESSION_COOKIE in cookies(headers):
+                presented = _from_session(self.plane, headers, method)
+            user = await authorize_operator(self.plane, presented, method, path)
             scope.setdefault("state", {})["user"] = user  # request.state.user in the routes
         elif path.startswith(AGENT_PREFIX) and path not in AGENT_OPEN:
             await agent_from_headers(self.plane, headers)
+
+
+def cookies(headers: Headers) -> dict[str, str]:
+    """The request's cookies by name (an unreadable Cookie header counts as none)."""
+    jar: SimpleCookie = SimpleCookie()
+    with contextlib.suppress(CookieError):
+        jar.load(headers.get("cookie", ""))
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def _from_session(plane: ControlPlane, headers: Headers, method: str) -> Mapping[str, str]:
+    """A dashboard request: the session's token stands in for the bearer token.
+
+    Reads need the session; anything else also needs its CSRF token in the
+    ``X-CSRF-Token`` header (a header another site's form cannot send).
+    """
+    session = plane.web_sessions.find(cookies(headers).get(SESSION_COOKIE))
+    if session is None:
+        raise AuthenticationError(
+            "dashboard session unknown or expired", hint="sign in again at /ui/login"
+        )
+    if method not in SAFE_METHODS:
+        session.check_csrf(headers.get(CSRF_HEADER))
+    return {"authorization": f"Bearer {session.token}"}
 
 
 def _check_declared(declared: str | None, limit: int, method: str, path: str) -> None:

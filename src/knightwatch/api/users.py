@@ -62,6 +62,7 @@ def rotate(name: str, plane: Plane, who: Operator) -> dict[str, Any]:
     with plane.db.session() as session:
         issued = rotate_token(session, name, key=plane.users_key, by=who, at=plane.clock.now())
     plane.users.forget_all()
+    plane.web_sessions.close_user(name)  # signed in with the old token: sign in again
     return _issued(issued)
 
 
@@ -71,6 +72,7 @@ def revoke(name: str, plane: Plane, who: Operator) -> dict[str, object]:
     with plane.db.session() as session:
         view = revoke_user(session, name, by=who, at=plane.clock.now())
     plane.users.forget_all()
+    plane.web_sessions.close_user(name)
     return view.to_json()
 
 

@@ -30,6 +30,7 @@ from knightwatch.server.login_failures import LoginFailures
 from knightwatch.server.settings import ServerSettings
 from knightwatch.server.signals import ChangeSignal
 from knightwatch.server.users import UserCache, adopt_operator_token, load_users_key
+from knightwatch.server.web_sessions import WebSessions
 from knightwatch.store import Database, open_database
 from knightwatch.vocabulary import HaltSource
 
@@ -68,6 +69,8 @@ class ControlPlane:
     """Recently authenticated operator tokens."""
     login_failures: LoginFailures = field(default_factory=lambda: LoginFailures(SystemClock()))
     """Refused operator credentials per address: counted, slowed, recorded."""
+    web_sessions: WebSessions = field(default_factory=lambda: WebSessions(SystemClock()))
+    """Signed-in dashboard browsers (cookie sessions, in memory only)."""
     checkpoints: CheckpointLog | None = None
     """Signed audit-log checkpoints, outside the database (None: not kept)."""
     next_checkpoint: float = 0.0
@@ -174,6 +177,7 @@ class ControlPlane:
             fleet_guards=FleetGuards(settings.guard, period_s=settings.heartbeat_s),
             documents=ReleaseDocuments(),
             login_failures=LoginFailures(clock),
+            web_sessions=WebSessions(clock),
             checkpoints=CheckpointLog(
                 settings.audit_checkpoints or settings.data_dir / "audit" / "checkpoints.jsonl",
                 settings.audit_checkpoint_key or settings.data_dir / "audit" / "checkpoint.key",

@@ -1,0 +1,318 @@
+"""The dashboard in a real browser (Playwright driving Debian's chromium) on a real fleet.
+
+One fleet of 8 agents under the standard approval policy serves every test
+here, in order: the fleet page, self-approval refused, a viewer refused, a
+forged request refused, a drifted tile appearing live, and last the kill
+switch, which halts the fleet for good.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from knightwatch.client import ApiClient, ServerTarget
+from knightwatch.localfleet import LocalFleet
+from knightwatch.testing import wait_until
+from tests.integration.conftest import SETTLE_S, Releases, add_user, make_fleet
+
+playwright = pytest.importorskip("playwright.sync_api")
+Browser = playwright.Browser
+Page = playwright.Page
+expect = playwright.expect
+
+NODES = 8
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = os.environ.get("KNIGHTWATCH_SCREENSHOTS")
+"""A directory to keep the screenshots in (the README's come from here); else the test's own."""
+WAIT_MS = 30_000  # generous: the machine is shared; the timings are printed, not asserted
+
+
+class People:
+    """The fleet's users and their tokens: admin, olivia (operator), alan and amira
+    (approvers), vera (viewer)."""
+
+    def __init__(self, fleet: LocalFleet) -> None:
+        self.fleet = fleet
+        self.token = {
+            "admin": fleet.token,
+            "olivia": add_user(fleet, "olivia", "operator"),
+            "alan": add_user(fleet, "alan", "approver"),
+            "amira": add_user(fleet, "amira", "approver"),
+            "vera": add_user(fleet, "vera", "viewer"),
+        }
+
+        self._clients: dict[str, ApiClient] = {}
+
+    def api(self, who: str) -> ApiClient:
+        """An API client acting as ``who``."""
+        if who not in self._clients:
+            ca = str(self.fleet.ca) if self.fleet.ca else None
+            target = ServerTarget(self.fleet.url, self.token[who], ca)
+            self._clients[who] = ApiClient(target, timeout=120.0)
+        return self._clients[who]
+
+    def close(self) -> None:
+        """Close every client."""
+        for client in self._clients.values():
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, releases: Releases) -> Iterator[LocalFleet]:
+    """Eight nodes under the standard approval policy."""
+    with make_fleet(
+        tmp_path_factory.mktemp("dashboard"),
+        releases,
+        nodes=NODES,
+        server_env={"KNIGHTWATCH_APPROVALS": "standard"},
+    ) as local:
+        local.push(releases.store, releases.v1.release_id)
+        local.push(releases.store, releases.v2.release_id)
+        yield local
+
+
+@pytest.fixture(scope="module")
+def people(fleet: LocalFleet, releases: Releases) -> Iterator[People]:
+    """The users, with the fleet converged on v1 through an approved change."""
+    crew = People(fleet)
+    try:
+        carry_out(crew, propose_deploy(crew, "olivia", releases.v1.release_id))
+        fleet.wait_state("CONVERGED", timeout=SETTLE_S)
+        yield crew
+    finally:
+        crew.close()
+
+
+def propose_deploy(crew: People, who: str, release: str) -> dict[str, Any]:
+    """A deploy of ``release`` proposed by ``who`` (pending: the policy wants approvals)."""
+    answer = crew.api(who).post("/deployments", {"release": release})
+    assert answer.get("pending") is True, answer
+    return dict(answer["change"])
+
+
+def carry_out(crew: People, change: dict[str, Any]) -> None:
+    """Approve (alan, amira), tick (olivia) and execute ``change``; wait for its deployment."""
+    number = change["id"]
+    for approver in ("alan", "amira")[: change["approvals_needed"]]:
+        crew.api(approver).post(f"/changes/{number}/approve", {})
+    for item in change["checklist"]:
+        crew.api("olivia").post(f"/changes/{number}/tick", {"item": item["item"]})
+    done = crew.api("olivia").post(f"/changes/{number}/execute", {})
+    deployment = done.get("deployment_id") or done.get("id")
+    if deployment is not None and isinstance(deployment, int):
+        crew.fleet.wait_deployment(deployment, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where this test's screenshots go."""
+    directory = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path / "screenshots"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def signed_in(browser: Any, fleet: LocalFleet, token: str, path: str = "/ui/fleet") -> Any:
+    """A new browser context signed in with ``token``, on ``path``."""
+    context = browser.new_context(
+        base_url=fleet.url, ignore_https_errors=True, viewport={"width": 1400, "height": 1000}
+    )
+    page = context.new_page()
+    page.goto(f"/ui/login?next={path}")
+    page.get_by_label("User token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"**{path}")
+    return page
+
+
+def post_from_page(page: Any, url: str, body: dict[str, Any], csrf: str | None) -> dict[str, Any]:
+    """A request made by script in the page, as a forged or hostile one would be."""
+    headers = {"Content-Type": "application/json"}
+    if csrf is not None:
+        headers["X-CSRF-Token"] = csrf
+    result: dict[str, Any] = page.evaluate(
+        """async ([url, body, headers]) => {
+            const r = await fetch(url, {method: "POST", headers, body: JSON.stringify(body),
+                                        credentials: "same-origin"});
+            return {status: r.status, body: await r.json()};
+        }""",
+        [url, body, headers],
+    )
+    return result
+
+
+# -- tests, in order ------------------------------------------------------------------------
+
+
+def test_without_a_session_every_page_asks_for_a_sign_in_and_a_wrong_token_is_refused(
+    browser: Any, fleet: LocalFleet, people: People
+) -> None:
+    """No cookie, no page; a wrong token gets a clear message and no session."""
+    context = browser.new_context(base_url=fleet.url, ignore_https_errors=True)
+    page = context.new_page()
+    page.goto("/ui/alerts")
+    assert "/ui/login" in page.url
+    page.get_by_label("User token").fill("not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("token")
+    assert not [c for c in context.cookies() if c["name"] == "kw_session"]
+    context.close()
+
+
+def test_the_fleet_page_shows_every_node_on_one_release(
+    browser: Any, fleet: LocalFleet, people: People, releases: Releases, shots: Path
+) -> None:
+    """8 tiles, each on v1, the banner CONVERGED; the session cookie is HttpOnly and Strict."""
+    page = signed_in(browser, fleet, people.token["olivia"])
+    tiles = page.locator("#live .tile")
+    expect(tiles).to_have_count(NODES, timeout=WAIT_MS)
+    expect(page.locator(".fleet-state")).to_contain_text("CONVERGED")
+    for i in range(NODES):
+        expect(tiles.nth(i)).to_contain_text(releases.v1.release_id)
+        expect(tiles.nth(i)).to_have_attribute("data-tile", "ok")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "kw_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["secure"] == fleet.url.startswith("https://")
+    expect(page.get_by_role("button", name="HALT FLEET")).to_be_visible()
+    page.screenshot(path=str(shots / "dashboard-fleet.png"), full_page=True)
+    page.context.close()
+
+
+def test_the_approval_page_refuses_self_approval(
+    browser: Any, fleet: LocalFleet, people: People, releases: Releases
+) -> None:
+    """alan proposes; his own Approve is refused with the API's reason; amira rejects it."""
+    change = propose_deploy(people, "alan", releases.v2.release_id)
+    number = change["id"]
+    page = signed_in(browser, fleet, people.token["alan"], "/ui/changes")
+    page.get_by_role("button", name=f"Approve #{number}").click()
+    expect(page.locator("#notice")).to_contain_text("approve", timeout=WAIT_MS)
+    expect(page.locator("#notice")).to_have_class("notice error")
+    assert people.api("admin").get(f"/changes/{number}")["state"] == "PROPOSED"
+    assert people.api("admin").get(f"/changes/{number}")["approvals"] == []
+    page.context.close()
+
+    other = signed_in(browser, fleet, people.token["amira"], "/ui/changes")
+    other.on("dialog", lambda dialog: dialog.accept("not today: this is a test"))
+    other.get_by_role("button", name=f"Reject #{number}").click()
+    expect(other.locator("#notice")).to_contain_text("rejected", timeout=WAIT_MS)
+    article = other.locator(f'[data-change="{number}"]')
+    expect(article).to_contain_text("REJECTED", timeout=WAIT_MS)  # live, without a reload
+    other.context.close()
+
+
+def test_a_viewer_has_no_buttons_and_the_server_refuses_their_requests(
+    browser: Any, fleet: LocalFleet, people: People
+) -> None:
+    """No kill switch, no approve or acknowledge; a forged POST from the session is 403."""
+    page = signed_in(browser, fleet, people.token["vera"])
+    expect(page.locator("#live .tile")).to_have_count(NODES, timeout=WAIT_MS)
+    assert page.get_by_role("button", name="HALT FLEET").count() == 0
+    page.goto("/ui/changes")
+    assert page.locator("button[data-action]").count() == 0
+    csrf = page.locator('meta[name="kw-csrf"]').get_attribute("content")
+    forged = post_from_page(page, "/api/v1/halts", {"reason": "a viewer tries"}, csrf)
+    assert forged["status"] == 403, forged
+    assert "viewer" in forged["body"]["error"]
+    assert people.api("admin").get("/halts") == []
+    page.context.close()
+
+
+def test_a_request_without_the_csrf_token_is_refused(
+    browser: Any, fleet: LocalFleet, people: People
+) -> None:
+    """An operator's session, but no (or a wrong) CSRF token: 403, and nothing halts."""
+    page = signed_in(browser, fleet, people.token["olivia"])
+    for csrf in (None, "wrong-token"):
+        forged = post_from_page(page, "/api/v1/halts", {"reason": "forged"}, csrf)
+        assert forged["status"] == 403, forged
+        assert "CSRF" in forged["body"]["error"]
+    assert people.api("admin").get("/halts") == []
+    page.context.close()
+
+
+def test_a_changed_file_turns_its_tile_drifted_without_a_reload(
+    browser: Any, fleet: LocalFleet, people: People, releases: Releases
+) -> None:
+    """A byte changed on node3: its tile says DRIFTED on the open page, which never reloads."""
+    page = signed_in(browser, fleet, people.token["olivia"])
+    tile = page.locator('#live .tile[data-node="node3"]')
+    expect(tile).to_have_attribute("data-tile", "ok", timeout=WAIT_MS)
+    page.evaluate("window.__sameDocument = true")
+    target = fleet.root("node3") / "releases" / releases.v1.digest / "config" / "routing.toml"
+    target.parent.chmod(0o755)
+    target.chmod(0o644)
+    started = time.monotonic()
+    target.write_text(target.read_text() + "\n# edited by hand\n")
+    expect(tile).to_have_attribute("data-tile", "drifted", timeout=WAIT_MS)
+    seen_after = time.monotonic() - started
+    expect(tile).to_contain_text("DRIFTED")  # said in words, not only in colour
+    assert page.evaluate("window.__sameDocument") is True
+    print(json.dumps({"drifted_tile_after_s": round(seen_after, 3)}))
+
+
+def test_the_kill_switch_halts_every_agent_and_the_page_shows_each_acknowledgement(
+    browser: Any, fleet: LocalFleet, people: People, shots: Path
+) -> None:
+    """Two steps and a reason; node8's agent is paused, so its row stands out until it acks."""
+    page = signed_in(browser, fleet, people.token["olivia"], "/ui/alerts")
+    paused = fleet.agent_pid("node8")
+    page.get_by_role("button", name="HALT FLEET").click()
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#kill-error")).to_contain_text("reason")  # a reason is required
+    page.get_by_label("Reason (recorded in the audit log)").fill("browser test: halt everything")
+    page.get_by_role("button", name="Continue").click()
+    os.kill(paused, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        page.get_by_role("button", name="Yes, halt the fleet").click()
+        page.wait_for_url("**/ui/halts?id=*")
+        waiting = page.locator('tr[data-node="node8"]')
+        expect(waiting).to_have_attribute("data-acked", "no", timeout=WAIT_MS)
+        expect(waiting).to_contain_text("NOT ACKNOWLEDGED")
+        expect(waiting).to_have_class("waiting")
+        others = page.locator('tr[data-acked="yes"]')
+        expect(others).to_have_count(NODES - 1, timeout=WAIT_MS)
+        seven = time.monotonic() - started
+        page.screenshot(path=str(shots / "dashboard-halt-waiting.png"), full_page=True)
+    finally:
+        os.kill(paused, signal.SIGCONT)
+    expect(page.locator('tr[data-acked="yes"]')).to_have_count(NODES, timeout=WAIT_MS)
+    expect(page.locator(".fleet-state")).to_contain_text("every node acknowledged")
+    page.screenshot(path=str(shots / "dashboard-halt.png"), full_page=True)
+
+    def halted() -> bool:
+        nodes = fleet.status()["nodes"]
+        return len(nodes) == NODES and all(n["halted"] for n in nodes)
+
+    wait_until(halted, timeout=SETTLE_S, what="every node to report itself halted")
+    print(json.dumps({"seven_acks_on_page_after_s": round(seven, 3)}))
+    page.context.close()
