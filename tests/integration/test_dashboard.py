@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from knightwatch.client import ApiClient, ServerTarget
@@ -259,6 +262,93 @@ def test_a_request_without_the_csrf_token_is_refused(
     page.context.close()
 
 
+def http_client(fleet: LocalFleet) -> httpx.Client:
+    """A plain HTTP client for the fleet's server (no browser: requests as a script sends them)."""
+    trust = ssl.create_default_context(cafile=str(fleet.ca)) if fleet.ca else True
+    return httpx.Client(base_url=fleet.url, verify=trust, timeout=60)
+
+
+def http_sign_in(client: httpx.Client, token: str, next_page: str = "/ui/fleet") -> httpx.Response:
+    """Sign in as the form does: its nonce from the page and the cookie, then the token."""
+    form = client.get("/ui/login")
+    nonce = re.search(r'name="nonce" value="([^"]+)"', form.text)
+    assert nonce is not None, form.text
+    return client.post(
+        "/ui/login", data={"nonce": nonce.group(1), "token": token, "next": next_page}
+    )
+
+
+def csrf_of(client: httpx.Client, page: str = "/ui/fleet") -> str:
+    """The CSRF token a signed-in page carries."""
+    found = re.search(r'name="kw-csrf" content="([^"]+)"', client.get(page).text)
+    assert found is not None
+    return found.group(1)
+
+
+def test_a_login_without_the_forms_nonce_is_refused_and_next_never_leaves_the_dashboard(
+    fleet: LocalFleet, people: People
+) -> None:
+    """Login CSRF: no nonce cookie, no session. An open redirect: ``next`` stays on /ui/."""
+    with http_client(fleet) as client:
+        forged = client.post("/ui/login", data={"nonce": "x", "token": people.token["olivia"]})
+        assert forged.status_code == 400 and "kw_session" not in forged.cookies
+        for target in ("https://evil.example/", "//evil.example/ui/", "/api/v1/halts"):
+            answer = http_sign_in(client, people.token["olivia"], target)
+            assert answer.status_code == 303
+            assert answer.headers["location"] == "/ui/fleet", target
+
+
+def test_pages_load_nothing_from_elsewhere_and_cannot_be_framed(
+    fleet: LocalFleet, people: People
+) -> None:
+    """Every page: a strict CSP, no frames, no external URL in its markup, no store of it."""
+    with http_client(fleet) as client:
+        http_sign_in(client, people.token["vera"])
+        for name in ("fleet", "deployments", "changes", "flags", "alerts", "audit", "halts"):
+            page = client.get(f"/ui/{name}")
+            assert page.status_code == 200, name
+            policy = page.headers["content-security-policy"]
+            assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+            assert page.headers["x-frame-options"] == "DENY"
+            assert page.headers["cache-control"] == "no-store"
+            assert not re.search(r'(src|href)="(https?:)?//', page.text), name
+        missing = client.get("/ui/no-such-page")
+        assert missing.status_code == 404 and "/ui/fleet" in missing.text
+
+
+def test_the_live_stream_sends_the_page_and_signing_out_ends_the_session_everywhere(
+    fleet: LocalFleet, people: People
+) -> None:
+    """The SSE stream opens with the fragment; after sign-out the cookie opens nothing."""
+    with http_client(fleet) as client:
+        http_sign_in(client, people.token["olivia"])
+        assert client.get("/api/v1/status").status_code == 200  # the cookie works on the API
+        with client.stream("GET", "/ui/fleet/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            text = ""
+            for chunk in stream.iter_text():
+                text += chunk
+                if "data-node=" in text:
+                    break
+            assert "event: fragment" in text
+        csrf = csrf_of(client)
+        client.post("/ui/logout", data={"csrf": csrf})
+        assert client.get("/api/v1/status").status_code == 401
+        assert client.get("/ui/fleet/events").status_code == 401
+        assert "/ui/login" in client.get("/ui/fleet").headers["location"]
+
+
+def test_a_revoked_user_is_signed_out_at_once(fleet: LocalFleet, people: People) -> None:
+    """Revoking a user closes their dashboard sessions: the cookie they hold is worthless."""
+    token = add_user(fleet, "tessa", "operator")
+    with http_client(fleet) as client:
+        http_sign_in(client, token)
+        assert client.get("/api/v1/status").status_code == 200
+        people.api("admin").post("/users/tessa/revoke", {})
+        assert client.get("/api/v1/status").status_code == 401
+        assert client.get("/ui/fleet").status_code == 303
+
+
 def test_a_changed_file_turns_its_tile_drifted_without_a_reload(
     browser: Any, fleet: LocalFleet, people: People, releases: Releases
 ) -> None:
@@ -277,6 +367,60 @@ def test_a_changed_file_turns_its_tile_drifted_without_a_reload(
     expect(tile).to_contain_text("DRIFTED")  # said in words, not only in colour
     assert page.evaluate("window.__sameDocument") is True
     print(json.dumps({"drifted_tile_after_s": round(seen_after, 3)}))
+
+
+def test_the_flags_page_lists_every_reason_a_change_would_be_refused_with_its_nodes(
+    browser: Any, fleet: LocalFleet, people: People, shots: Path
+) -> None:
+    """node3 drifted (the test before): a change of rlp.enabled would be refused, node3 named."""
+    page = signed_in(browser, fleet, people.token["vera"], "/ui/flags")
+    flag = page.get_by_role("article", name="Flag rlp.enabled")
+    expect(flag).to_contain_text("would be refused now", timeout=WAIT_MS)
+    refusals = flag.locator(".refusals li")
+    assert refusals.count() >= 1
+    assert "node3" in flag.locator(".refusals").inner_text()
+    checked = people.api("vera").post(
+        "/check/flag-set", {"flag": "rlp.enabled", "scope": "fleet", "value": True}
+    )
+    assert refusals.count() == len(checked["refusals"])  # every reason the policy gives
+    page.screenshot(path=str(shots / "dashboard-flags.png"), full_page=True)
+    page.context.close()
+
+
+def test_an_operator_acknowledges_the_drift_alert_and_the_row_changes_live(
+    browser: Any, fleet: LocalFleet, people: People
+) -> None:
+    """The drift alert for node3 is firing; Acknowledge turns it ACKNOWLEDGED on the same page."""
+
+    def drift_alert() -> dict[str, Any] | None:
+        firing = people.api("admin").get("/alerts?state=firing")
+        return next((a for a in firing if a["rule"] == "node-drift" and a["node"] == "node3"), None)
+
+    alert = wait_until(drift_alert, timeout=SETTLE_S, what="node3's drift alert")
+    page = signed_in(browser, fleet, people.token["olivia"], "/ui/alerts")
+    row = page.locator(f'tr[data-alert="{alert["id"]}"]')
+    expect(row).to_contain_text("FIRING", timeout=WAIT_MS)
+    page.get_by_role("button", name=f"Acknowledge #{alert['id']}").click()
+    expect(row).to_contain_text("ACKNOWLEDGED", timeout=WAIT_MS)
+    expect(row).to_contain_text("acknowledged by olivia")
+    assert people.api("admin").get(f"/alerts/{alert['id']}")["acknowledged_by"] == "olivia"
+    page.context.close()
+
+
+def test_the_deployments_page_shows_each_nodes_phases_as_a_timeline(
+    browser: Any, fleet: LocalFleet, people: People, releases: Releases
+) -> None:
+    """The deploy that converged the fleet: 8 rows, each ACTIVE, each with its recorded steps."""
+    page = signed_in(browser, fleet, people.token["vera"], "/ui/deployments")
+    timeline = page.locator("table.timeline tbody tr")
+    expect(timeline).to_have_count(NODES, timeout=WAIT_MS)
+    for i in range(NODES):
+        expect(timeline.nth(i).locator("ol.steps li").first).to_contain_text("+")
+    expect(page.locator("table.timeline")).to_contain_text("ACTIVE")
+    expect(page.get_by_role("region", name="Recent deployments")).to_contain_text(
+        releases.v1.release_id
+    )
+    page.context.close()
 
 
 def test_the_kill_switch_halts_every_agent_and_the_page_shows_each_acknowledgement(

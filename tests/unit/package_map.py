@@ -52,7 +52,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {
     "bundle": frozenset({"fastapi", "starlette", "typer", "rich", "sqlalchemy", "alembic"}),
-    "control": frozenset({"fastapi", "starlette", "typer", "rich", "uvicorn"}),
+    "control": frozenset({"fastapi", "starlette", "typer", "rich", "uvicorn", "jinja2"}),
     "protocol": frozenset({"fastapi", "starlette", "typer", "rich", "sqlalchemy"}),
     "agent": frozenset({"fastapi", "starlette", "sqlalchemy", "alembic", "typer"}),
     "store": frozenset({"fastapi", "starlette", "typer", "rich"}),

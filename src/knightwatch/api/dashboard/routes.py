@@ -26,8 +26,8 @@ from knightwatch.errors import KnightwatchError
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.users import KnownUser
 from knightwatch.server.web_sessions import WebSession
-from knightwatch.web.pages import PAGES, Page
-from knightwatch.web.render import render
+from knightwatch.api.dashboard.pages import PAGES, Page
+from knightwatch.api.dashboard.render import render
 
 __all__ = ["STATIC_DIR", "router"]
 

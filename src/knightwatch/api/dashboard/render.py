@@ -51,7 +51,7 @@ def _short(digest: str | None) -> str:
 
 
 _ENV = Environment(
-    loader=PackageLoader("knightwatch.web", "templates"),
+    loader=PackageLoader("knightwatch.api.dashboard", "templates"),
     autoescape=select_autoescape(["html"]),
     undefined=StrictUndefined,
     trim_blocks=True,
