@@ -25,7 +25,7 @@ status the CLI exits with::
     ├── StoreError                    exit 1  the disk or database failed us
     ├── AuthenticationError           exit 1  (control.enrollment) a credential was refused
     ├── PermissionDeniedError         exit 2  (control.users) the user's role does not allow it
-    │   └── CsrfRefusedError                  (server.web_sessions) a dashboard request without its CSRF token
+    │   └── CsrfRefusedError                  (server.web_sessions) no CSRF token from the dashboard
     ├── IllegalTransitionError        exit 1  (control.states) an undeclared move (a bug)
     ├── ReportError                   exit 1  (protocol.reports) an agent report was refused
     ├── WaitTimedOutError             exit 1  (polling) a condition did not hold in time

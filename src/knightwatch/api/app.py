@@ -24,11 +24,11 @@ from knightwatch.api import (
     policy,
     users,
 )
+from knightwatch.api.dashboard import routes as dashboard
 from knightwatch.api.errors import install_error_handlers
 from knightwatch.server.background import tick_forever
 from knightwatch.server.notifier import AlertNotifier
 from knightwatch.server.plane import ControlPlane
-from knightwatch.api.dashboard import routes as dashboard
 
 __all__ = ["create_app"]
 

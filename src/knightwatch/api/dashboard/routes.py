@@ -19,6 +19,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from knightwatch import __version__
 from knightwatch.api.auth import authorize_operator
+from knightwatch.api.dashboard.pages import PAGES, Page
+from knightwatch.api.dashboard.render import render
 from knightwatch.api.gate import SESSION_COOKIE, cookies
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.control.users import Role
@@ -26,8 +28,6 @@ from knightwatch.errors import KnightwatchError
 from knightwatch.server.plane import ControlPlane
 from knightwatch.server.users import KnownUser
 from knightwatch.server.web_sessions import WebSession
-from knightwatch.api.dashboard.pages import PAGES, Page
-from knightwatch.api.dashboard.render import render
 
 __all__ = ["STATIC_DIR", "router"]
 
