@@ -223,6 +223,13 @@ def test_the_approval_page_refuses_self_approval(
     assert people.api("admin").get(f"/changes/{number}")["approvals"] == []
     page.context.close()
 
+    ticker = signed_in(browser, fleet, people.token["olivia"], "/ui/changes")
+    article = ticker.locator(f'[data-change="{number}"]')
+    first_item = change["checklist"][0]["item"]
+    article.get_by_role("button", name="Tick").first.click()
+    expect(article).to_contain_text(f"{first_item} — ticked by olivia", timeout=WAIT_MS)
+    ticker.context.close()
+
     other = signed_in(browser, fleet, people.token["amira"], "/ui/changes")
     other.on("dialog", lambda dialog: dialog.accept("not today: this is a test"))
     other.get_by_role("button", name=f"Reject #{number}").click()
@@ -420,6 +427,81 @@ def test_the_deployments_page_shows_each_nodes_phases_as_a_timeline(
     expect(page.get_by_role("region", name="Recent deployments")).to_contain_text(
         releases.v1.release_id
     )
+    page.context.close()
+
+
+CONTRAST_JS = """
+(selectors) => {
+  const rgb = (text) => text.match(/[\\d.]+/g).map(Number);
+  const lum = ([r, g, b]) => {
+    const c = [r, g, b].map((v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  };
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const parts = rgb(getComputedStyle(el).backgroundColor);
+      if (parts.length < 4 || parts[3] > 0) return parts.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const out = {};
+  for (const selector of selectors) {
+    const el = document.querySelector(selector);
+    if (!el) { out[selector] = null; continue; }
+    const a = lum(rgb(getComputedStyle(el).color).slice(0, 3)), b = lum(background(el));
+    out[selector] = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  }
+  return out;
+}
+"""
+UNLABELLED_JS = """
+() => [...document.querySelectorAll("button, input:not([type=hidden]), select, textarea")]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+                  && !(el.tagName === "BUTTON" && el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))
+"""
+
+
+def test_the_pages_are_keyboard_usable_labelled_and_readable(
+    browser: Any, fleet: LocalFleet, people: People
+) -> None:
+    """Tab reaches the kill switch and Enter opens it (Escape closes it); every control has
+    a name; text meets WCAG AA contrast (4.5:1) on its own background."""
+    page = signed_in(browser, fleet, people.token["olivia"])
+    expect(page.locator("#live .tile")).to_have_count(NODES, timeout=WAIT_MS)
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "kill":
+            break
+    assert page.evaluate("document.activeElement.id") == "kill"
+    page.keyboard.press("Enter")
+    expect(page.locator("#kill-dialog")).to_have_attribute("open", "")
+    assert page.evaluate("document.activeElement.id") == "kill-reason"
+    page.keyboard.press("Escape")
+    expect(page.locator("#kill-dialog")).not_to_have_attribute("open", "")
+    assert people.api("admin").get("/halts") == []
+    for name in ("fleet", "changes", "flags", "alerts", "audit"):
+        page.goto(f"/ui/{name}")
+        assert page.evaluate(UNLABELLED_JS) == [], name
+    page.goto("/ui/fleet")
+    selectors = [
+        "body",
+        ".muted",
+        ".tile .name",
+        ".tile dd",
+        ".badge",
+        "button.kill",
+        ".top nav a",
+        ".live-state",
+        ".fleet-state",
+        ".count",
+    ]
+    ratios = page.evaluate(CONTRAST_JS, selectors)
+    low = {k: round(v, 2) for k, v in ratios.items() if v is not None and v < 4.5}
+    assert not low, low
     page.context.close()
 
 

@@ -222,6 +222,7 @@ def _serve(fleet: LocalFleet) -> None:
     out.print(f"  export KNIGHTWATCH_SERVER={fleet.url}")
     out.print(f"  export KNIGHTWATCH_TOKEN=$(cat {fleet.token_file})")
     out.print("  knightwatch status; knightwatch alerts; knightwatch audit-log")
+    out.print(f"or open the dashboard at {fleet.url}/ui/ and sign in with that token.")
     out.print("Press Ctrl-C to stop every process the demo started.")
     try:
         threading.Event().wait()

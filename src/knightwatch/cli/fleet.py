@@ -153,6 +153,11 @@ def up(
         "add a user per person with `knightwatch user add NAME --role ROLE`",
         soft_wrap=True,
     )
+    ca_hint = f"; import {shown(fleet.ca)} into the browser to trust it" if fleet.ca else ""
+    out.print(
+        f"dashboard: [bold]{shown(fleet.url)}/ui/[/] (sign in with that token{ca_hint})",
+        soft_wrap=True,
+    )
     if directory == DEFAULT_DIR:
         out.print(f"commands run from this directory find it through {shown(directory)}/fleet.json")
     else:

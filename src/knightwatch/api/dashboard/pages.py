@@ -21,13 +21,13 @@ from knightwatch.control.auditlog import entry_json, verify_chain
 from knightwatch.control.changes.model import ChangeState
 from knightwatch.control.changes.requests import list_changes
 from knightwatch.control.flags.values import dry_run_flag_set
-from knightwatch.control.flags.views import flag_history, list_flag_rows
+from knightwatch.control.flags.views import flag_history, flag_json
 from knightwatch.control.fleet_status import fleet_status
 from knightwatch.control.halt_views import halt_report, list_halts
 from knightwatch.errors import KnightwatchError
 from knightwatch.server.checkpoints import checkpoint_problems
 from knightwatch.server.plane import ControlPlane
-from knightwatch.store import AuditLogEntry
+from knightwatch.store import AuditLogEntry, Flag
 from knightwatch.vocabulary import DriftState, ServiceState
 
 __all__ = ["PAGES", "Page", "tile_state"]
@@ -136,7 +136,10 @@ def _changes(plane: ControlPlane, params: Params) -> dict[str, Any]:
 
 def _flags(plane: ControlPlane, _params: Params) -> dict[str, Any]:
     with plane.db.reading() as session:
-        flags = list_flag_rows(session)
+        flags = [
+            flag_json(session, row, detail=True)
+            for row in session.scalars(select(Flag).order_by(Flag.name))
+        ]
         for flag in flags:
             flag["check"] = _flag_check(session, flag)
         recent = flag_history(session, None, limit=30)

@@ -10,24 +10,24 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 __all__ = ["render"]
 
 
+def _utc(value: Any) -> datetime | None:
+    """A stored time (a datetime or ISO 8601 text, naive meaning UTC) in UTC; None if absent."""
+    if value is None or value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def _moment(value: Any) -> str:
     """A stored time as ``2026-12-05 10:46:38 UTC`` (empty when there is none)."""
-    if value is None or value == "":
-        return ""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    moment = _utc(value)
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _iso(value: Any) -> str:
     """A stored time in ISO 8601 with its zone (for the script to count ages from)."""
-    if value is None or value == "":
-        return ""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat()
+    moment = _utc(value)
+    return "" if moment is None else moment.isoformat()
 
 
 def _age(seconds: float | None) -> str:

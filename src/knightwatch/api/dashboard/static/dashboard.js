@@ -119,7 +119,7 @@
   document.addEventListener("click", async (event) => {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
-    const payload = {};
+    const payload = button.dataset.body ? JSON.parse(button.dataset.body) : {};
     if (button.dataset.ask) {
       const answer = window.prompt(button.dataset.ask, "");
       if (answer === null) return;
