@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -22,7 +21,7 @@ from knightwatch.api.plane import Plane
 from knightwatch.bundle.blobstore import BlobStore, is_digest
 from knightwatch.control.enrollment import enroll
 from knightwatch.control.fleet import mark_connected, mark_disconnected
-from knightwatch.control.ingest import ingest_agent_report
+from knightwatch.control.ingest import Ingested
 from knightwatch.control.killswitch import dead_man_seconds
 from knightwatch.errors import (
     BlobNotFoundError,
@@ -211,7 +210,7 @@ class _Session:
                 await self.socket.send_text(Refused(reason=exc.message).model_dump_json())
                 await self.socket.close(code=1008, reason=exc.message[:120])
                 return
-            await self.plane.in_store(functools.partial(self._ingest, report))
+            await self.plane.reports.store(self, report)
 
     def _check(self, text: str) -> Report:
         if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
@@ -235,11 +234,8 @@ class _Session:
             raise ReportError("the session has not started: no key to check the report with")
         return self.public_key
 
-    def _ingest(self, report: Report) -> None:
-        with self.plane.db.session() as session:
-            ingested = ingest_agent_report(
-                session, self.node, report, self.plane.clock.now(), first=not self.greeted
-            )
+    def after_commit(self, report: Report, ingested: Ingested) -> None:
+        """Act on a report once it is stored (the batcher calls it on the store thread)."""
         if report.halt is not None:
             self.plane.halt_acks.bump()  # committed: wake whoever waits for this halt
         if ingested.flags_acked:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from knightwatch.control import auditlog
@@ -59,6 +59,10 @@ _HALTABLE = (
     NodeStatus.ENROLLED,
     NodeStatus.DRAINED,
 )  # a drained node takes no deployments, but it still halts
+
+
+_CHUNK = 900
+"""Names per ``IN (…)``: under every database's limit on bound parameters."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +104,18 @@ def issue_halt(
     halt = Halt(selector=selector or None, reason=reason, requested_by=requested_by, issued_at=now)
     session.add(halt)
     session.flush()
-    for node in nodes:
-        session.add(HaltNode(halt_id=halt.id, node_name=node.name, detail=""))
-        if not node.halted:
-            node.halted, node.halt_source, node.halted_since = True, source, now
-            node.halt_reason = reason
+    if nodes:  # one INSERT for every node's row, one UPDATE for the nodes not yet halted
+        session.execute(
+            insert(HaltNode),
+            [{"halt_id": halt.id, "node_name": n.name, "detail": ""} for n in nodes],
+        )
+    running = [n.name for n in nodes if not n.halted]
+    for start in range(0, len(running), _CHUNK):
+        session.execute(
+            update(Node)
+            .where(Node.name.in_(running[start : start + _CHUNK]))
+            .values(halted=True, halt_source=source, halted_since=now, halt_reason=reason)
+        )
     message = HaltMessage(halt_id=halt.id, reason=reason, issued_at=now, source=source)
     online = [n.name for n in nodes if n.connected]
     auditlog.append(

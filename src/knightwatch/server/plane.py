@@ -27,6 +27,7 @@ from knightwatch.server.credentials import CredentialCache
 from knightwatch.server.documents import ReleaseDocuments
 from knightwatch.server.hub import AgentHub
 from knightwatch.server.login_failures import LoginFailures
+from knightwatch.server.report_batch import ReportBatcher, report_commit_fault
 from knightwatch.server.settings import ServerSettings
 from knightwatch.server.signals import ChangeSignal
 from knightwatch.server.users import UserCache, adopt_operator_token, load_users_key
@@ -71,6 +72,8 @@ class ControlPlane:
     """Refused operator credentials per address: counted, slowed, recorded."""
     web_sessions: WebSessions = field(default_factory=lambda: WebSessions(SystemClock()))
     """Signed-in dashboard browsers (cookie sessions, in memory only)."""
+    reports: ReportBatcher = field(init=False)
+    """Agent reports, stored in batches on the store thread (group commit)."""
     checkpoints: CheckpointLog | None = None
     """Signed audit-log checkpoints, outside the database (None: not kept)."""
     next_checkpoint: float = 0.0
@@ -78,6 +81,11 @@ class ControlPlane:
     checkpointed_seq: int = -1
     next_upload_sweep: float = 0.0
     """When (``clock.monotonic``) the tick next deletes abandoned uploads."""
+
+    def __post_init__(self) -> None:
+        self.reports = ReportBatcher(
+            self.db, self.store_worker, self.clock.now, before_commit=report_commit_fault()
+        )
 
     async def in_store(self, work: Callable[[], T]) -> T:
         """Run ``work`` (store transactions) on the store thread, keeping the event loop free.

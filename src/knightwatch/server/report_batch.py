@@ -1,0 +1,177 @@
+"""Group commit of agent reports: those that arrive together are stored in one transaction.
+
+A fleet's reports come in bursts — every agent acknowledges a halt, a
+PREPARE or a flag change within milliseconds of the others — and on the
+store's single thread one transaction (and one fsync) per report is what
+made a 256-agent kill wait. Each report is queued with a future; the store
+thread takes everything queued so far and stores it in one transaction, one
+savepoint per report, so a report that fails is rolled back alone and only
+its sender hears of it. Effects (messages to agents, waking waiters, the
+orchestrator) run only after the commit, in arrival order: nothing is sent
+on the strength of a report that could still be lost.
+
+If the control plane dies before the commit, nothing of the batch is stored
+and nothing was acted on; each agent reconnects and greets with its whole
+state (its halt latch included), which the new process stores once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from knightwatch.control.ingest import Ingested, ingest_agent_report
+from knightwatch.protocol import Report
+from knightwatch.store import Database
+
+__all__ = ["PAUSE_ENV", "ReportBatcher", "ReportSender", "report_commit_fault"]
+
+log = logging.getLogger("knightwatch.server")
+
+PAUSE_ENV = "KNIGHTWATCH_FAULT_PAUSE_IN"
+"""Fault tests: ``halt-ack-commit`` stalls the store thread before committing a batch
+that holds a halt acknowledgement, so a test can kill the server exactly there."""
+PAUSE_S = 600.0
+MAX_BATCH = 2000
+"""Reports stored in one transaction at most (a larger backlog takes several)."""
+
+
+class ReportSender(Protocol):
+    """The connection a report came on, as the batcher needs it."""
+
+    node: str
+    greeted: bool
+
+    def after_commit(self, report: Report, ingested: Ingested) -> None:
+        """Act on a stored report (on the store thread, after its transaction committed)."""
+
+
+@dataclass
+class _Queued:
+    sender: ReportSender
+    report: Report
+    done: asyncio.Future[None]
+
+
+class ReportBatcher:
+    """Stores queued reports in batches on the store thread."""
+
+    def __init__(
+        self,
+        db: Database,
+        worker: Executor,
+        now: Callable[[], datetime],
+        before_commit: Callable[[list[Report]], None] | None = None,
+    ) -> None:
+        self._db = db
+        self._worker = worker
+        self._now = now
+        self._before_commit = before_commit
+        """A fault test's hook: called with the batch's reports, stored but not committed."""
+        self._lock = threading.Lock()
+        self._queued: list[_Queued] = []
+        self._draining = False
+        self.batches = 0
+        self.largest = 0
+
+    async def store(self, sender: ReportSender, report: Report) -> None:
+        """Store ``report`` (with whatever else is queued) and act on it; raise if it failed."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._queued.append(_Queued(sender, report, done))
+            start = not self._draining
+            self._draining = True
+        if start:
+            loop.run_in_executor(self._worker, self._drain, loop)
+        await done
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            with self._lock:
+                batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+                if not batch:
+                    self._draining = False
+                    return
+            try:
+                self._store(batch, loop)
+            except Exception as exc:  # a bug here must not leave every sender waiting
+                log.exception("the report batch failed")
+                for item in batch:
+                    _settle(loop, item.done, exc)
+
+    def _store(self, batch: list[_Queued], loop: asyncio.AbstractEventLoop) -> None:
+        outcomes: list[Ingested | BaseException] = []
+        try:
+            with self._db.session() as session:
+                greeted: set[int] = set()
+                for item in batch:
+                    outcomes.append(self._one(session, item, greeted))
+                if self._before_commit is not None:
+                    self._before_commit([item.report for item in batch])
+        except Exception as exc:  # the commit itself failed: every report of the batch did
+            log.exception("storing %d agent reports failed", len(batch))
+            outcomes = [exc] * len(batch)
+        self.batches += 1
+        self.largest = max(self.largest, len(batch))
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                _settle(loop, item.done, outcome)
+                continue
+            try:
+                item.sender.after_commit(item.report, outcome)
+            except Exception as exc:  # one connection's trouble is not the batch's
+                log.exception("acting on a report from %s failed", item.sender.node)
+                _settle(loop, item.done, exc)
+                continue
+            _settle(loop, item.done, None)
+
+    def _one(self, session: Session, item: _Queued, greeted: set[int]) -> Ingested | Exception:
+        sender = item.sender
+        first = not sender.greeted and id(sender) not in greeted
+        try:
+            with session.begin_nested():
+                ingested = ingest_agent_report(
+                    session, sender.node, item.report, self._now(), first=first
+                )
+        except Exception as exc:  # rolled back to the savepoint: the others stand
+            return exc
+        greeted.add(id(sender))
+        return ingested
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], outcome: BaseException | None
+) -> None:
+    def settle() -> None:
+        if done.done():
+            return
+        if outcome is None:
+            done.set_result(None)
+        else:
+            done.set_exception(outcome)
+
+    loop.call_soon_threadsafe(settle)
+
+
+def report_commit_fault() -> Callable[[list[Report]], None] | None:
+    """The pause before a halt acknowledgement's commit, if the fault variable asks for it."""
+    if os.environ.get(PAUSE_ENV) != "halt-ack-commit":
+        return None
+
+    def pause(reports: list[Report]) -> None:
+        if any(report.halt is not None for report in reports):
+            log.warning("fault-pause: halt-ack-commit for %.0f s", PAUSE_S)
+            time.sleep(PAUSE_S)
+
+    return pause
