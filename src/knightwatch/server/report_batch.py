@@ -42,8 +42,11 @@ PAUSE_ENV = "KNIGHTWATCH_FAULT_PAUSE_IN"
 """Fault tests: ``halt-ack-commit`` stalls the store thread before committing a batch
 that holds a halt acknowledgement, so a test can kill the server exactly there."""
 PAUSE_S = 600.0
-MAX_BATCH = 2000
+MAX_BATCH = 500
 """Reports stored in one transaction at most (a larger backlog takes several)."""
+MAX_BATCH_S = 0.25
+"""A batch is committed once storing it took this long, so that other writers (an
+operator's halt among them) never wait on SQLite's write lock for long."""
 
 
 class ReportSender(Protocol):
@@ -99,7 +102,7 @@ class ReportBatcher:
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             with self._lock:
-                batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+                batch, self._queued = self._queued, []
                 if not batch:
                     self._draining = False
                     return
@@ -110,17 +113,27 @@ class ReportBatcher:
                 for item in batch:
                     _settle(loop, item.done, exc)
 
-    def _store(self, batch: list[_Queued], loop: asyncio.AbstractEventLoop) -> None:
+    def _store(self, queued: list[_Queued], loop: asyncio.AbstractEventLoop) -> None:
         outcomes: list[Ingested | BaseException] = []
+        batch: list[_Queued] = []
+        requeued = False
         try:
             with self._db.session() as session:
                 greeted: set[int] = set()
-                for item in batch:
+                deadline = time.monotonic() + MAX_BATCH_S
+                for item in queued:
+                    if batch and (len(batch) >= MAX_BATCH or time.monotonic() > deadline):
+                        break
+                    batch.append(item)
                     outcomes.append(self._one(session, item, greeted))
+                self._requeue(queued[len(batch) :])
+                requeued = True
                 if self._before_commit is not None:
                     self._before_commit([item.report for item in batch])
         except Exception as exc:  # the commit itself failed: every report of the batch did
             log.exception("storing %d agent reports failed", len(batch))
+            if not requeued:
+                self._requeue(queued[len(batch) :])
             outcomes = [exc] * len(batch)
         self.batches += 1
         self.largest = max(self.largest, len(batch))
@@ -135,6 +148,12 @@ class ReportBatcher:
                 _settle(loop, item.done, exc)
                 continue
             _settle(loop, item.done, None)
+
+    def _requeue(self, rest: list[_Queued]) -> None:
+        """Put back, first in line, what did not fit in this batch."""
+        if rest:
+            with self._lock:
+                self._queued[:0] = rest
 
     def _one(self, session: Session, item: _Queued, greeted: set[int]) -> Ingested | Exception:
         sender = item.sender

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -59,6 +60,7 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._turns = WriteTurns() if engine.dialect.name == "sqlite" else None
 
     @property
     def engine(self) -> Engine:
@@ -83,7 +85,8 @@ class Database:
         commit). Database errors, integrity violations included, are raised
         as :class:`StoreError`; other exceptions pass through after rollback.
         """
-        with using(self._engine.url), self._sessions() as session, session.begin():
+        turn = self._turns if self._turns is not None else contextlib.nullcontext()
+        with turn, using(self._engine.url), self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
@@ -192,6 +195,45 @@ def _postgresql_engine(url: URL) -> Engine:
     if "application_name" not in url.query:
         connect_args["application_name"] = "knightwatch"
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True)
+
+
+class WriteTurns:
+    """SQLite's writers of this process, served in the order they asked (a ticket lock).
+
+    SQLite's own lock is not fair: a writer waiting in its busy handler polls,
+    and a thread that commits and begins again at once (the store thread
+    draining a backlog of agent reports) can win every time, until the
+    waiter's ``busy_timeout`` runs out. Taking a turn first makes an
+    operator's halt wait for at most the transaction in progress. A thread
+    that already holds the turn may open another session inside it.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        with self._changed:
+            if self._owner == me:
+                self._depth += 1
+                return
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket:
+                self._changed.wait()
+            self._owner, self._depth = me, 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._changed:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._changed.notify_all()
 
 
 def _sqlite_engine(url: URL) -> Engine:
