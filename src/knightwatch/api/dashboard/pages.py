@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from knightwatch.control import views
 from knightwatch.control.alerts import ALERT_STATES, alert_json, list_alerts
@@ -146,7 +147,7 @@ def _flags(plane: ControlPlane, _params: Params) -> dict[str, Any]:
     return {"flags": flags, "recent": recent}
 
 
-def _flag_check(session: Any, flag: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+def _flag_check(session: Session, flag: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     """What the safety policy would refuse if the flag's fleet value changed now.
 
     A boolean flag is checked for the value it does not have; other types
