@@ -132,6 +132,17 @@ def make_fleet(
     )
 
 
+@contextlib.contextmanager
+def approvals_fleet(directory: Path, releases: Releases, *, nodes: int) -> Iterator[LocalFleet]:
+    """A started fleet under the standard approval policy, v1 and v2 pushed, nothing deployed."""
+    with make_fleet(
+        directory, releases, nodes=nodes, server_env={"KNIGHTWATCH_APPROVALS": "standard"}
+    ) as local:
+        local.push(releases.store, releases.v1.release_id)
+        local.push(releases.store, releases.v2.release_id)
+        yield local
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """None (SQLite in the server's data directory), then a fresh PostgreSQL schema URL."""

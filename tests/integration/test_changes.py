@@ -16,7 +16,7 @@ import pytest
 
 from knightwatch.localfleet import LocalFleet
 from knightwatch.polling import wait_until
-from tests.integration.conftest import SETTLE_S, Releases, add_user, kw, make_fleet
+from tests.integration.conftest import SETTLE_S, Releases, add_user, approvals_fleet, kw
 
 PENDING = 3
 
@@ -42,14 +42,7 @@ class People:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, releases: Releases) -> Iterator[LocalFleet]:
     """Two nodes, the standard approval policy, v1 and v2 pushed (nothing deployed yet)."""
-    with make_fleet(
-        tmp_path_factory.mktemp("changes"),
-        releases,
-        nodes=2,
-        server_env={"KNIGHTWATCH_APPROVALS": "standard"},
-    ) as local:
-        local.push(releases.store, releases.v1.release_id)
-        local.push(releases.store, releases.v2.release_id)
+    with approvals_fleet(tmp_path_factory.mktemp("changes"), releases, nodes=2) as local:
         yield local
 
 

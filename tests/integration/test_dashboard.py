@@ -25,7 +25,7 @@ import pytest
 from knightwatch.client import ApiClient, ServerTarget
 from knightwatch.localfleet import LocalFleet
 from knightwatch.testing import wait_until
-from tests.integration.conftest import SETTLE_S, Releases, add_user, make_fleet
+from tests.integration.conftest import SETTLE_S, Releases, add_user, approvals_fleet
 
 playwright = pytest.importorskip("playwright.sync_api")
 Browser = playwright.Browser
@@ -78,14 +78,7 @@ class People:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, releases: Releases) -> Iterator[LocalFleet]:
     """Eight nodes under the standard approval policy."""
-    with make_fleet(
-        tmp_path_factory.mktemp("dashboard"),
-        releases,
-        nodes=NODES,
-        server_env={"KNIGHTWATCH_APPROVALS": "standard"},
-    ) as local:
-        local.push(releases.store, releases.v1.release_id)
-        local.push(releases.store, releases.v2.release_id)
+    with approvals_fleet(tmp_path_factory.mktemp("dashboard"), releases, nodes=NODES) as local:
         yield local
 
 

@@ -95,8 +95,9 @@ class RequestGate:
         if path.startswith(OPERATOR_PREFIX):
             method = scope["method"]
             presented: Mapping[str, str] = headers
-            if "authorization" not in headers and SESSION_COOKIE in cookies(headers):
-                presented = _from_session(self.plane, headers, method)
+            sid = None if "authorization" in headers else cookies(headers).get(SESSION_COOKIE)
+            if sid is not None:
+                presented = _from_session(self.plane, sid, headers, method)
             user = await authorize_operator(self.plane, presented, method, path)
             scope.setdefault("state", {})["user"] = user  # request.state.user in the routes
         elif path.startswith(AGENT_PREFIX) and path not in AGENT_OPEN:
@@ -111,13 +112,15 @@ def cookies(headers: Headers) -> dict[str, str]:
     return {name: morsel.value for name, morsel in jar.items()}
 
 
-def _from_session(plane: ControlPlane, headers: Headers, method: str) -> Mapping[str, str]:
+def _from_session(
+    plane: ControlPlane, sid: str, headers: Headers, method: str
+) -> Mapping[str, str]:
     """A dashboard request: the session's token stands in for the bearer token.
 
     Reads need the session; anything else also needs its CSRF token in the
     ``X-CSRF-Token`` header (a header another site's form cannot send).
     """
-    session = plane.web_sessions.find(cookies(headers).get(SESSION_COOKIE))
+    session = plane.web_sessions.find(sid)
     if session is None:
         raise AuthenticationError(
             "dashboard session unknown or expired", hint="sign in again at /ui/login"

@@ -39,6 +39,9 @@ DialectName = Literal["sqlite", "postgresql"]
 
 _URL_HINT = "use postgresql+psycopg://user:password@host:5432/dbname or leave it unset for SQLite"
 
+BUSY_TIMEOUT_MS = 5000
+"""How long a SQLite writer waits for the write lock (and for its turn) before failing."""
+
 # Set on every new SQLite connection. busy_timeout comes first so that the switch
 # to WAL waits for other connections instead of failing.
 #
@@ -47,7 +50,7 @@ _URL_HINT = "use postgresql+psycopg://user:password@host:5432/dbname or leave it
 # that had switched the fleet, say) can vanish on power loss. FULL fsyncs the log
 # at every commit, so what the control plane told an operator is done stays done.
 SQLITE_PRAGMAS = (
-    "PRAGMA busy_timeout = 5000",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
     "PRAGMA journal_mode = WAL",
     "PRAGMA foreign_keys = ON",
     "PRAGMA synchronous = FULL",
@@ -205,13 +208,17 @@ class WriteTurns:
     draining a backlog of agent reports) can win every time, until the
     waiter's ``busy_timeout`` runs out. Taking a turn first makes an
     operator's halt wait for at most the transaction in progress. A thread
-    that already holds the turn may open another session inside it.
+    that already holds the turn may open another session inside it. A writer
+    that waits longer than ``busy_timeout`` gives up with the error SQLite
+    would have given, and its turn is skipped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
+        self._timeout_s = timeout_s
         self._changed = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
+        self._abandoned: set[int] = set()
         self._owner: int | None = None
         self._depth = 0
 
@@ -223,8 +230,12 @@ class WriteTurns:
                 return
             ticket = self._next_ticket
             self._next_ticket += 1
-            while self._serving != ticket:
-                self._changed.wait()
+            if not self._changed.wait_for(lambda: self._serving == ticket, self._timeout_s):
+                self._abandoned.add(ticket)
+                raise StoreError(
+                    f"the database is busy: no other writer let go of it in {self._timeout_s:g} s",
+                    hint="a transaction is stuck; see the control plane's log",
+                )
             self._owner, self._depth = me, 1
 
     def __exit__(self, *_exc: object) -> None:
@@ -233,6 +244,9 @@ class WriteTurns:
             if self._depth == 0:
                 self._owner = None
                 self._serving += 1
+                while self._serving in self._abandoned:
+                    self._abandoned.discard(self._serving)
+                    self._serving += 1
                 self._changed.notify_all()
 
 
