@@ -169,6 +169,7 @@ class CommandRunner:
             release=staged.manifest.release_id,
             reused=staged.reused,
             blobs_fetched=staged.blobs_fetched,
+            files_hashed=staged.files_hashed,
         )
         return _ack(command, AckPhase.PREPARED)
 
