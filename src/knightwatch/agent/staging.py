@@ -40,10 +40,13 @@ from knightwatch.agent.verification import (
 from knightwatch.bundle.blobstore import fsync_directory, sync_filesystem
 from knightwatch.bundle.manifest import FileEntry, Manifest
 from knightwatch.bundle.signing import TrustedKey
+from knightwatch.canonical import sha256_hex
 
 __all__ = ["StagedRelease", "Stager", "data_links"]
 
 _LINK_FALLBACK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES)
+_PARSED_KEPT = 4
+"""Parsed manifests kept in memory (current, previous and what is being staged)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Stager:
         self.trusted = trusted
         self.workers = workers
         self.cancel = cancel or threading.Event()
+        self._parsed: dict[str, Manifest] = {}
         self.proofs = HashProofs()
         """Inodes this agent hashed, shared with the continuous audit."""
 
@@ -155,6 +159,7 @@ class Stager:
         where = source.describe()
         manifest_bytes = source.manifest(digest)
         manifest = parse_manifest(manifest_bytes, digest, where=where)
+        self._remember(manifest)
         if release_id is not None and manifest.release_id != release_id:
             raise StagingError(
                 f"the command names {release_id}, the manifest is {manifest.release_id}",
@@ -187,7 +192,18 @@ class Stager:
                 f"release {digest[:12]}… is not staged here ({path}: {exc.strerror})",
                 digest=digest,
             ) from exc
-        return parse_manifest(data, digest, where=os.fspath(path))
+        cached = self._parsed.get(digest)
+        if cached is not None and sha256_hex(data) == digest:
+            return cached  # the same bytes: skip parsing and validating thousands of entries
+        manifest = parse_manifest(data, digest, where=os.fspath(path))
+        self._remember(manifest)
+        return manifest
+
+    def _remember(self, manifest: Manifest) -> None:
+        self._parsed.pop(manifest.digest, None)
+        self._parsed[manifest.digest] = manifest
+        while len(self._parsed) > _PARSED_KEPT:
+            del self._parsed[next(iter(self._parsed))]
 
     # --- building the tree -----------------------------------------------------------------
 
@@ -238,19 +254,22 @@ class Stager:
 
     def _materialise(self, staging: Path, manifest: Manifest) -> None:
         symlinks = {f.path for f in manifest.files if f.symlink is not None}
-        made: set[Path] = set()
+        root = os.fspath(staging)
+        made: set[str] = set()
         for entry in manifest.files:
-            _refuse_through_symlink(entry.path, symlinks, manifest.digest)
-            target = staging / entry.path
-            if target.parent not in made:  # one mkdir per directory, not per file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
+            if symlinks:
+                _refuse_through_symlink(entry.path, symlinks, manifest.digest)
+            target = f"{root}/{entry.path}"
+            parent = target.rpartition("/")[0]
+            if parent not in made:  # one mkdir per directory, not per file
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             if entry.symlink is not None:
                 _refuse_escaping_link(entry, manifest.digest)
                 os.symlink(entry.symlink, target)
             else:
                 assert entry.digest is not None
-                self._place_file(self.layout.blobs.path_of(entry.digest), target, entry)
+                self._place_file(self.layout.blobs.path_text(entry.digest), target, entry)
         paths = {f.path for f in manifest.files}
         for rel, link in data_links(self.layout, manifest).items():
             if (
@@ -266,7 +285,7 @@ class Stager:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(link, staging / rel)
 
-    def _place_file(self, blob: Path, target: Path, entry: FileEntry) -> None:
+    def _place_file(self, blob: str, target: str, entry: FileEntry) -> None:
         """Hard-link the cached blob (a copy for executables), carrying its hash proof."""
         before = os.lstat(blob)
         if not entry.executable:
@@ -280,7 +299,7 @@ class Stager:
                 return
         shutil.copyfile(blob, target)
         os.chmod(target, 0o555 if entry.executable else 0o444)
-        self.proofs.copied(before, os.lstat(blob), os.fspath(target))
+        self.proofs.copied(before, os.lstat(blob), target)
 
     def _publish(self, staging: Path, final: Path) -> None:
         for directory, subdirs, _files in os.walk(staging, topdown=False):

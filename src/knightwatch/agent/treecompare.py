@@ -67,8 +67,9 @@ def inspect_paths(
     inspection = Inspection()
     candidates = _candidates(tree, index, paths)
     to_hash: list[tuple[str, FileEntry]] = []
+    top = os.fspath(tree)
     for rel in sorted(candidates):
-        st = _lstat(tree / rel)
+        st = _lstat(f"{top}/{rel}" if rel else top)
         inspection.checked.add(rel)
         if st is None:
             _check_absent(rel, index, inspection)
@@ -116,7 +117,7 @@ def _walk(tree: Path, top: Path) -> list[str]:
     return found
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _lstat(path: str | Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
