@@ -3,9 +3,8 @@
 One HTTP request per small blob costs more than the blob, so the agent first
 asks its source for every missing blob in one stream. Each blob is written
 to its ``.partial`` file and hashed as it arrives; a blob whose size or
-SHA-256 is wrong is deleted and refused by name. Each blob's writeback starts
-as soon as it is complete; verified blobs are flushed with one ``syncfs`` and
-then published. If the stream breaks, whatever blob
+SHA-256 is wrong is deleted and refused by name. Verified blobs are flushed
+with one ``syncfs`` and then published. If the stream breaks, whatever blob
 was arriving keeps its partial file, and the per-blob path resumes it with
 ``Range``.
 """
@@ -21,7 +20,7 @@ from typing import BinaryIO
 from knightwatch.agent.errors import AgentTransportError, StagingError
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.source import ReleaseSource
-from knightwatch.bundle.blobstore import start_writeback, sync_filesystem
+from knightwatch.bundle.blobstore import sync_filesystem
 from knightwatch.protocol.blobstream import BlobStart, BlobStreamError, BlobStreamWriter
 
 __all__ = ["BATCH", "fetch_bulk"]
@@ -44,8 +43,6 @@ class _Arrival:
         self.handle.write(data)
 
     def finish(self) -> None:
-        self.handle.flush()
-        start_writeback(self.handle.fileno())  # the batch's syncfs then has little left to do
         self.handle.close()
         partial = self.layout.partial_dir / self.digest
         actual = self.hasher.hexdigest()
