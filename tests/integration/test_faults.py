@@ -250,7 +250,6 @@ class TestCorruptBlob:
         assert_nobody_switched(fleet, releases.v1)
         assert not any(cached(fleet, name, digest) for name in fleet.names)
 
-
     def test_a_cached_blob_changed_behind_the_audits_back_never_reaches_a_tree(
         self, fleet: LocalFleet, releases: Releases
     ) -> None:
