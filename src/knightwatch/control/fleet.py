@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from knightwatch.canonical import canonical_json
 from knightwatch.control.fleet_conditions import (
-    is_current,
     live_nodes,
     lock_fleet,
     mixed_reasons,
@@ -44,9 +43,12 @@ __all__ = ["ingest_report", "mark_connected", "mark_disconnected", "record_fleet
 def ingest_report(session: Session, node: Node, report: Report, now: datetime) -> None:
     """Copy a verified report's facts onto the node's row (and record a MIXED change)."""
     state = report.state
-    first = not is_current(node)  # this session's first report
-    changes_fleet = first or node.active_digest != state.active_digest
-    if changes_fleet:  # only these can change whether the fleet is mixed
+    # Only a new active release can make the fleet mixed at once. A session's first
+    # report with the release the row already holds turns a last-known fact into a
+    # current one; the background tick records that within a second, so a reconnect
+    # storm of 10,000 agents does not recompute the fleet 10,000 times.
+    changes_fleet = node.active_digest != state.active_digest
+    if changes_fleet:
         lock_fleet(session, now)
     node.active_digest = state.active_digest
     node.previous_digest = state.previous_digest
@@ -97,7 +99,7 @@ def record_fleet_conditions(session: Session, now: datetime) -> None:
     are ingested.)
     """
     fleet = lock_fleet(session, now)
-    nodes = live_nodes(session)
+    nodes = live_nodes(session, for_conditions=True)
     names = release_names(session)
     mixed = bool(mixed_reasons(nodes, names, unconfirmed_switches(session, nodes), None))
     if mixed and fleet.mixed_since is None:

@@ -155,6 +155,13 @@ class LocalFleet:
         self._server = self._spawn("server", args, merged)
         wait_until(self._healthy, timeout=timeout, what="the control plane to answer")
 
+    @property
+    def server_pid(self) -> int:
+        """The running server's process id (FleetError if it is not running)."""
+        if self._server is None or self._server.process.poll() is not None:
+            raise FleetError("the control plane of this fleet is not running")
+        return self._server.process.pid
+
     def stop_server(self, sig: int = signal.SIGTERM) -> int | None:
         """Stop the server with ``sig`` (SIGKILL simulates a crash); return its exit status."""
         if self._server is None:

@@ -1,0 +1,373 @@
+"""Scale benchmark: one control plane under 1,000 and 10,000 hollow agents, SQLite and PostgreSQL.
+
+For each store and fleet size it starts a real control plane (``knightwatch
+server``, TLS, no real agent) and a ``knightwatch swarm`` process of hollow
+agents — each enrolled like a real node, with its own WebSocket and key,
+sending signed heartbeats and acknowledging every command — and measures:
+
+1. **connect**: time until every hollow agent is connected, from the swarm's
+   start, then again after a server restart (the reconnect storm, met by the
+   agents' jittered back-off);
+2. **idle**: the server's CPU (share of one core) and resident memory, per
+   agent, over ``--idle-s`` seconds; the same for the swarm process (what one
+   hollow agent costs);
+3. **kill fan-out**: a fleet halt, from the command to each node's
+   acknowledgement recorded by the server (``acked_at − issued_at``): p50,
+   p99, max;
+4. **deploy round**: a one-file release, propose → every node PREPARED →
+   every node ACTIVE (the deployment SUCCEEDED);
+5. **API latency**: ``GET /status`` and ``GET /deployments``, p50/p99/max,
+   sampled while the fleet is idle and while the kill and the deploy run.
+
+Goals (issue 16): 10,000 agents on one control plane on this 2-core
+machine; kill fully acknowledged p99 ≤ 2 s; a deploy round ≤ 10 s; API calls
+p99 ≤ 1 s. Figures only: it never passes or fails on time.
+
+    python bench/scale.py                                # 1,000 and 10,000 × SQLite and PostgreSQL
+    python bench/scale.py --counts 1000 --databases sqlite --idle-s 10
+    python bench/scale.py --heartbeat 30                 # the servers' heartbeat period
+
+The server's heartbeat period (``--heartbeat``, default 10 s) is what a
+large fleet would set; at the 1 s default every agent reports every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import psycopg  # noqa: E402
+
+from bench.deploy import machine as host_machine  # noqa: E402
+from knightwatch.bundle import build_release, generate_keypair, load_signing_key  # noqa: E402
+from knightwatch.localfleet import LocalFleet  # noqa: E402
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+SPEC = """\
+[release]
+name = "scale"
+version = "{version}"
+
+[[component]]
+name = "all"
+version = "1.0.0"
+paths = ["**"]
+"""
+CONNECTED = re.compile(r"^(\d+)/(\d+) connected")
+
+
+@dataclass
+class SwarmProcess:
+    """``knightwatch swarm`` as a child process; its stderr says how many are connected."""
+
+    process: subprocess.Popen[str]
+    connected: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    def follow(self) -> None:
+        """Read the swarm's status lines (in a thread)."""
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip())
+            match = CONNECTED.match(line)
+            if match:
+                self.connected = int(match.group(1))
+
+    def wait_connected(self, count: int, timeout: float) -> float:
+        """Seconds until ``count`` agents are connected (SystemExit on timeout)."""
+        started = time.monotonic()
+        while self.connected < count:
+            if time.monotonic() - started > timeout or self.process.poll() is not None:
+                tail = "\n".join(self.lines[-10:])
+                raise SystemExit(f"only {self.connected}/{count} connected:\n{tail}")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p99 and max of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+    return {"p50": rank(0.50), "p99": rank(0.99), "max": ordered[-1]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def build_releases(work: Path) -> tuple[Path, Path, list[str]]:
+    """Two one-file releases in a store; their release ids."""
+    keys = work / "keys"
+    generate_keypair(keys)
+    key = load_signing_key(keys / "release.key")
+    ids = []
+    for version in ("1.0.0", "1.0.1"):
+        source = work / f"src-{version}"
+        source.mkdir(parents=True)
+        (source / "knightwatch.toml").write_text(SPEC.format(version=version))
+        (source / "app.txt").write_text(f"scale {version}\n")
+        ids.append(build_release(source, work / "store", key).release_id)
+    return work / "store", keys / "release.pub", ids
+
+
+def fresh_postgres(name: str) -> str:
+    """A new, empty PostgreSQL database; its SQLAlchemy URL."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_URL.format(db=name)
+
+
+def sample_api(
+    fleet: LocalFleet, samples: list[float], paths: list[str], stop: threading.Event
+) -> None:
+    """Call the operator API's read endpoints in a loop, recording each call's seconds."""
+    client = fleet.client
+    while not stop.is_set():
+        for path in paths:
+            started = time.perf_counter()
+            client.get(path)
+            samples.append(time.perf_counter() - started)
+        stop.wait(0.2)
+
+
+class ApiSampler:
+    """API latency sampled in a background thread while something else runs."""
+
+    def __init__(self, fleet: LocalFleet) -> None:
+        self.samples: dict[str, list[float]] = {"/status": [], "/deployments": []}
+        self._fleet = fleet
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=sample_api, args=(fleet, values, [path], self._stop))
+            for path, values in self.samples.items()
+        ]
+
+    def __enter__(self) -> ApiSampler:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def kill_fanout(fleet: LocalFleet, timeout: float) -> dict[str, Any]:
+    """Halt the fleet; per-node seconds from the command to its ack recorded; re-arm."""
+    client = fleet.client
+    sent = time.monotonic()
+    report = client.post("/halts", {"reason": "scale benchmark"})
+    path = f"/halts/{report['halt_id']}"
+    while not report["complete"]:
+        if time.monotonic() - sent > timeout:
+            raise SystemExit(f"{len(report['unacknowledged'])} nodes never acknowledged the halt")
+        report = client.get(f"{path}?wait_s=10")
+    issued = datetime.fromisoformat(report["issued_at"])
+    fanout = [
+        (datetime.fromisoformat(node["acked_at"]) - issued).total_seconds()
+        for node in report["nodes"]
+    ]
+    client.post("/rearm", {"reason": "scale benchmark done"})
+    return {"nodes": len(fanout), **percentiles(fanout)}
+
+
+def deploy_round(fleet: LocalFleet, release: str, timeout: float) -> float:
+    """Seconds from proposing ``release`` to the deployment SUCCEEDED (every node ACTIVE)."""
+    started = time.monotonic()
+    done = fleet.deploy(release, timeout=timeout)
+    if done["state"] != "SUCCEEDED":
+        raise SystemExit(f"the deploy round ended {done['state']}: {done['reason']}")
+    return time.monotonic() - started
+
+
+def start_swarm(fleet: LocalFleet, count: int, ramp_s: float) -> SwarmProcess:
+    """Start ``knightwatch swarm`` against the fleet's control plane."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KNIGHTWATCH_")}
+    env |= {"KNIGHTWATCH_SERVER": fleet.url, "KNIGHTWATCH_TOKEN": fleet.token}
+    if fleet.ca:
+        env["KNIGHTWATCH_CA"] = str(fleet.ca)
+    argv = [sys.executable, "-m", "knightwatch", "swarm", "--count", str(count)]
+    argv += ["--prefix", "scale", "--group", "scale", "--ramp", str(ramp_s)]
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    swarm = SwarmProcess(process)
+    threading.Thread(target=swarm.follow, daemon=True).start()
+    return swarm
+
+
+def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure for one store and one fleet size."""
+    store, public_key, releases = build_releases(work / "releases")
+    url = fresh_postgres(f"kw_scale_{count}") if database == "postgresql" else None
+    timeout = max(120.0, count / 20)
+    env = {"KNIGHTWATCH_HEARTBEAT_S": str(args.heartbeat)}
+    figures: dict[str, Any] = {"agents": count, "database": database}
+    with LocalFleet(
+        work / "fleet", 0, trust=[public_key], database_url=url, server_env=env
+    ) as fleet:
+        for release in releases:
+            fleet.push(store, release)
+        print(f"… {database} × {count}: enrolling and connecting the swarm", file=sys.stderr)
+        swarm = start_swarm(fleet, count, ramp_s=args.ramp)
+        try:
+            figures["first_connect_s"] = swarm.wait_connected(count, timeout * 4)
+            time.sleep(args.heartbeat)  # every agent has reported at least once more
+            server = fleet.server_pid
+            cpu0, swarm_cpu0, t0 = (
+                cpu_seconds(server),
+                cpu_seconds(swarm.process.pid),
+                time.monotonic(),
+            )
+            with ApiSampler(fleet) as idle_api:
+                time.sleep(args.idle_s)
+            elapsed = time.monotonic() - t0
+            figures["idle"] = {
+                "server_cpu_share": (cpu_seconds(server) - cpu0) / elapsed,
+                "server_rss_bytes": rss_bytes(server),
+                "swarm_cpu_share": (cpu_seconds(swarm.process.pid) - swarm_cpu0) / elapsed,
+                "swarm_rss_bytes": rss_bytes(swarm.process.pid),
+            }
+            figures["api_idle"] = {p: percentiles(v) for p, v in idle_api.samples.items()}
+            print(f"… {database} × {count}: kill fan-out", file=sys.stderr)
+            with ApiSampler(fleet) as busy_api:
+                figures["kill"] = kill_fanout(fleet, timeout)
+                time.sleep(args.heartbeat)  # the re-arm settles
+                print(f"… {database} × {count}: deploy round", file=sys.stderr)
+                figures["deploy_round_s"] = deploy_round(fleet, releases[0], timeout)
+            figures["api_busy"] = {p: percentiles(v) for p, v in busy_api.samples.items()}
+            print(f"… {database} × {count}: server restart (reconnect storm)", file=sys.stderr)
+            fleet.stop_server()
+            stopped = time.monotonic()
+            while swarm.connected > 0 and time.monotonic() - stopped < 60:
+                time.sleep(0.05)
+            fleet.start_server(timeout=timeout)
+            figures["reconnect_s"] = swarm.wait_connected(count, timeout * 4)
+        finally:
+            swarm.process.send_signal(signal.SIGINT)
+            with suppress(subprocess.TimeoutExpired):
+                swarm.process.wait(timeout=60)
+            if swarm.process.poll() is None:
+                swarm.process.kill()
+    return figures
+
+
+def report(results: list[dict[str, Any]], machine: dict[str, str], heartbeat: float) -> None:
+    """Print every figure, one column per run, the goals beside them."""
+    print(
+        f"\nscale benchmark · {machine['cpus']} CPUs {machine['cpu']} · Python {machine['python']}"
+        f" · server heartbeat {heartbeat:g} s"
+    )
+    header = f"{'':38}" + "".join(
+        f"{r['database'][:6]} × {r['agents']:>6,}".rjust(20) for r in results
+    )
+    print(header)
+
+    def row(label: str, values: list[str], goal: str = "") -> None:
+        print(f"{label:38}" + "".join(v.rjust(20) for v in values) + (f"   {goal}" if goal else ""))
+
+    row("first connect, all agents (s)", [f"{r['first_connect_s']:.1f}" for r in results])
+    row("reconnect after restart (s)", [f"{r['reconnect_s']:.1f}" for r in results])
+    row(
+        "server idle CPU per agent (% core)",
+        [f"{100 * r['idle']['server_cpu_share'] / r['agents']:.4f}" for r in results],
+    )
+    row(
+        "server RSS per agent (KiB)",
+        [f"{r['idle']['server_rss_bytes'] / r['agents'] / 1024:.0f}" for r in results],
+    )
+    row(
+        "hollow agent CPU (% core)",
+        [f"{100 * r['idle']['swarm_cpu_share'] / r['agents']:.4f}" for r in results],
+        "aim ≪ 0.1 %",
+    )
+    row(
+        "hollow agent RSS (KiB)",
+        [f"{r['idle']['swarm_rss_bytes'] / r['agents'] / 1024:.0f}" for r in results],
+        "aim: a few hundred",
+    )
+    for q in ("p50", "p99", "max"):
+        row(
+            f"kill fan-out {q} (s)",
+            [f"{r['kill'][q]:.2f}" for r in results],
+            "goal p99 ≤ 2 s at 10,000" if q == "p99" else "",
+        )
+    row(
+        "deploy round (s)", [f"{r['deploy_round_s']:.1f}" for r in results], "goal ≤ 10 s at 10,000"
+    )
+    for phase in ("api_idle", "api_busy"):
+        for path in ("/status", "/deployments"):
+            row(
+                f"{path} p99 ({phase[4:]}) (s)",
+                [f"{r[phase][path]['p99']:.2f}" for r in results],
+                "goal ≤ 1 s",
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", default="1000,10000")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--heartbeat", type=float, default=10.0)
+    parser.add_argument("--idle-s", type=float, default=30.0)
+    parser.add_argument("--ramp", type=float, default=10.0, help="spread of the first connects (s)")
+    parser.add_argument("--dir", type=Path, default=REPO / ".bench" / "scale")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    machine = host_machine()
+    results = []
+    for database in [d for d in args.databases.split(",") if d]:
+        for count in [int(c) for c in args.counts.split(",") if c]:
+            work = args.dir / f"{database}-{count}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            results.append(measure(work, database, count, args))
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(
+            json.dumps(
+                {"machine": machine, "heartbeat_s": args.heartbeat, "runs": results}, indent=2
+            )
+        )
+    else:
+        report(results, machine, args.heartbeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
