@@ -201,8 +201,14 @@ def kill_fanout(fleet: LocalFleet, timeout: float) -> dict[str, Any]:
         (datetime.fromisoformat(node["acked_at"]) - issued).total_seconds()
         for node in report["nodes"]
     ]
+    rearm_sent = time.monotonic()
     client.post("/rearm", {"reason": "scale benchmark done"})
-    return {"nodes": len(fanout), **percentiles(fanout)}
+    while any(node["rearmed_at"] is None for node in client.get(path)["nodes"]):
+        if time.monotonic() - rearm_sent > timeout:
+            raise SystemExit("not every node acknowledged the re-arm")
+        time.sleep(0.5)
+    rearm_s = time.monotonic() - rearm_sent
+    return {"nodes": len(fanout), **percentiles(fanout), "rearm_s": rearm_s}
 
 
 def deploy_round(fleet: LocalFleet, release: str, timeout: float) -> float:
@@ -266,7 +272,6 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
             print(f"… {database} × {count}: kill fan-out", file=sys.stderr)
             with ApiSampler(fleet) as busy_api:
                 figures["kill"] = kill_fanout(fleet, timeout)
-                time.sleep(args.heartbeat)  # the re-arm settles
                 print(f"… {database} × {count}: deploy round", file=sys.stderr)
                 figures["deploy_round_s"] = deploy_round(fleet, releases[0], timeout)
             figures["api_busy"] = {p: percentiles(v) for p, v in busy_api.samples.items()}

@@ -157,38 +157,43 @@ class Orchestrator:
     ) -> list[Exception | None]:
         """Record acknowledgements that arrived together: one transaction, a savepoint each.
 
-        A fleet's acks come in bursts; one commit for all of them instead of
-        one each is what keeps a large deployment's rounds short. An ack that
-        fails is rolled back alone and its failure returned in its place;
-        commands go out only after the commit.
+        A fleet's acks come in bursts; one commit for all of them, and one
+        decision per deployment once they are all recorded (deciding after each
+        ack reads every target row each time: quadratic at 10,000 nodes), is
+        what keeps a large deployment's rounds short. An ack that fails is
+        rolled back alone and its failure returned in its place; commands go
+        out only after the commit.
         """
-        steps: list[Step] = []
+        step = Step()
         failures: list[Exception | None] = []
+        moved: dict[int, Deployment] = {}
         with self._db.session() as session:
             self._lock(session)
             for node, ack, service in acks:
-                step = Step()
                 try:
                     with session.begin_nested():
-                        self._record_ack(session, node, ack, service, step)
+                        deployment = self._record_ack(session, node, ack, service, step)
                 except Exception as exc:  # rolled back to the savepoint: the others stand
                     log.exception("the ack of %s from %s failed", ack.phase, node)
                     failures.append(exc)
                     continue
-                steps.append(step)
+                if deployment is not None:
+                    moved[deployment.id] = deployment
                 failures.append(None)
-        for step in steps:
-            self._finish(step)
+            for deployment in moved.values():  # once per deployment, not once per ack
+                self._record.advance(session, deployment, step)
+        self._finish(step)
         return failures
 
     def _record_ack(
         self, session: Session, node: str, ack: Ack, service: ServiceFacts | None, step: Step
-    ) -> None:
+    ) -> Deployment | None:
+        """Record one ack on its node's row; the deployment to advance, if it may move."""
         row = session.get(DeploymentNode, (ack.deployment_id, node))
         deployment = session.get(Deployment, ack.deployment_id)
         if row is None or deployment is None:
             log.warning("ack for unknown deployment %s from %s", ack.deployment_id, node)
-            return
+            return None
         if service is not None and deployment.state not in TERMINAL_STATES:
             row.pid, row.started_at, row.version = service
         phase = _ACK_PHASE[ack.phase]
@@ -196,10 +201,10 @@ class Orchestrator:
             P(row.phase), frozenset()
         ):
             self._late_ack(session, deployment, row, phase, ack.reason, step)
-            return
+            return None
         self._record.set_phase(session, row, phase, ack.reason)
         step.transitions.append(f"node:{phase}")
-        self._record.advance(session, deployment, step)
+        return deployment
 
     def _late_ack(
         self,
