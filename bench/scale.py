@@ -207,6 +207,10 @@ def kill_fanout(fleet: LocalFleet, timeout: float) -> dict[str, Any]:
         if time.monotonic() - rearm_sent > timeout:
             raise SystemExit("not every node acknowledged the re-arm")
         time.sleep(0.5)
+    while any(node["halted"] for node in client.get("/status")["nodes"]):
+        if time.monotonic() - rearm_sent > timeout:
+            raise SystemExit("a node still reports itself halted after the re-arm")
+        time.sleep(0.5)
     rearm_s = time.monotonic() - rearm_sent
     return {"nodes": len(fanout), **percentiles(fanout), "rearm_s": rearm_s}
 

@@ -20,6 +20,7 @@ from knightwatch.control.halt_reports import (
     messages_on_connect,
     record_halt_ack,
     record_rearm_ack,
+    stale_latch_rearm,
 )
 from knightwatch.control.halt_views import halt_report, list_halts
 from knightwatch.control.killswitch import HaltPlan, dead_man_seconds, issue_halt, lift_halts
@@ -216,6 +217,39 @@ class TestLatch:
             assert messages_on_connect(session, n2, halted) == [
                 Rearm(halt_id=plan.halt_id, reason="fixed")
             ]
+
+    def test_a_node_that_latched_a_halt_after_its_lift_is_rearmed_by_its_next_report(
+        self, db: Database, clock: VirtualClock
+    ) -> None:
+        """A halt re-sent on connect can cross its lift: any report of the stale latch re-arms.
+
+        Seen at 1,000 hollow agents: nodes re-halted by a halt already lifted
+        stayed halted until they reconnected, and every deployment was refused.
+        """
+        plan = issue(db, clock)
+        with db.session() as session:
+            lift_halts(session, None, "fixed", "bob", clock.now())
+        with db.session() as session:
+            n1 = session.get(Node, "n1")
+            assert n1 is not None
+            stale = HaltState(halted=True, source="kill", halt_id=plan.halt_id)
+            assert stale_latch_rearm(session, n1, stale) == [
+                Rearm(halt_id=plan.halt_id, reason="fixed")
+            ]
+            assert stale_latch_rearm(session, n1, HaltState()) == []
+            own = HaltState(halted=True, source="guard", halt_id=None)
+            assert stale_latch_rearm(session, n1, own) == []  # a guard's halt is not ours to lift
+
+    def test_a_halt_still_held_is_not_rearmed_by_a_report(
+        self, db: Database, clock: VirtualClock
+    ) -> None:
+        """While the halt holds, a node reporting it latched gets nothing."""
+        plan = issue(db, clock)
+        with db.session() as session:
+            n1 = session.get(Node, "n1")
+            assert n1 is not None
+            held = HaltState(halted=True, source="kill", halt_id=plan.halt_id)
+            assert stale_latch_rearm(session, n1, held) == []
 
 
 class TestRearm:

@@ -30,6 +30,7 @@ __all__ = [
     "messages_on_connect",
     "record_halt_ack",
     "record_rearm_ack",
+    "stale_latch_rearm",
 ]
 
 Message = HaltMessage | Rearm
@@ -44,7 +45,25 @@ def ingest_safety(
         record_halt_ack(session, node.name, report.halt, now)
     if report.rearm is not None:
         record_rearm_ack(session, node.name, report.rearm, now)
-    return messages_on_connect(session, node, report.state.halt) if greeting else []
+    if greeting:
+        return messages_on_connect(session, node, report.state.halt)
+    return stale_latch_rearm(session, node, report.state.halt)
+
+
+def stale_latch_rearm(session: Session, node: Node, reported: HaltState) -> list[Message]:
+    """Re-arm a node still latched on a halt that was lifted (it saw the halt after the lift).
+
+    A halt re-sent to a reconnecting node can cross its lift on the wire; the
+    node then latches a halt nobody holds any more. Every report says which
+    halt holds it, so the first one after that gets the re-arm it missed.
+    """
+    if not reported.halted or reported.halt_id is None:
+        return []
+    halt = session.get(Halt, reported.halt_id)
+    if halt is None or halt.lifted_at is None or list(active_halt_rows(session, {node.name})):
+        return []
+    reason = halt.lift_reason or _detail_rearm_reason(session, node.name, halt.id)
+    return [Rearm(halt_id=halt.id, reason=reason)]
 
 
 def ingest_halt_state(session: Session, node: Node, state: HaltState, now: datetime) -> None:
