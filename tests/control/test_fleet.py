@@ -119,7 +119,8 @@ def report(
     with db.session() as session:
         node = session.get(Node, name)
         assert node is not None
-        ingest_report(session, node, message, clock.now())
+        if ingest_report(session, node, message, clock.now()):
+            record_fleet_conditions(session, clock.now())  # as the report batcher does
 
 
 def connect(db: Database, clock: VirtualClock, name: str) -> None:

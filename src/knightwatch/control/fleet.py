@@ -40,8 +40,13 @@ from knightwatch.store import Node
 __all__ = ["ingest_report", "mark_connected", "mark_disconnected", "record_fleet_conditions"]
 
 
-def ingest_report(session: Session, node: Node, report: Report, now: datetime) -> None:
-    """Copy a verified report's facts onto the node's row (and record a MIXED change)."""
+def ingest_report(session: Session, node: Node, report: Report, now: datetime) -> bool:
+    """Copy a verified report's facts onto the node's row; True if the fleet may have changed.
+
+    The caller records the fleet's conditions (:func:`record_fleet_conditions`)
+    once for all the reports it stores together: a deployment changes every
+    node's release, and recording them per report is quadratic in the fleet.
+    """
     state = report.state
     # Only a new active release can make the fleet mixed at once. A session's first
     # report with the release the row already holds turns a last-known fact into a
@@ -62,8 +67,7 @@ def ingest_report(session: Session, node: Node, report: Report, now: datetime) -
     node.last_report = canonical_json(report.model_dump(mode="json")).decode("utf-8")
     node.last_report_at = now
     node.last_seq = report.seq
-    if changes_fleet:
-        record_fleet_conditions(session, now)
+    return changes_fleet
 
 
 def mark_connected(session: Session, name: str, *, nonce: str, now: datetime) -> Node:

@@ -44,6 +44,8 @@ class Ingested:
     """On a greeting: the flag values in force for the node, to send at once."""
     flags_acked: bool = False
     """The node's flags.json moved to another version (wake whoever waits for acks)."""
+    fleet_changed: bool = False
+    """The node's release changed: the fleet's conditions must be recorded before the commit."""
 
 
 def ingest_agent_report(
@@ -53,11 +55,13 @@ def ingest_agent_report(
 
     ``first`` is the session's first report (the greeting): it is answered
     with the node's latched halts and the retire commands it still owes.
+    When ``fleet_changed`` comes back set, the caller records the fleet's
+    conditions (once for every report it stores in the same transaction).
     """
     node = session.get(Node, node_name)
     if node is None:
         raise NotFoundError(f"no node {node_name!r}")
-    ingest_report(session, node, report, now)
+    fleet_changed = ingest_report(session, node, report, now)
     change = ingest_audit_status(session, node, report.state.audit, now)
     if report.audit is not None:
         record_audit_result(session, node_name, report.audit, now)
@@ -68,4 +72,4 @@ def ingest_agent_report(
     retires = pending_retires(session, node_name) if first else []
     flags_acked = ingest_flag_state(session, node, report.state, now)
     flags = values_for_node(session, node) if first else None
-    return Ingested(latched, fleet_halts, change, retires, flags, flags_acked)
+    return Ingested(latched, fleet_halts, change, retires, flags, flags_acked, fleet_changed)

@@ -96,7 +96,7 @@ class AuditStatus(_Message):
     """True while the file watcher (inotify) runs on the active tree."""
     files: Annotated[int, Field(ge=0, le=MAX_INT)] = 0
     last_sweep_at: datetime | None = None
-    """When every file of the active tree was last re-hashed."""
+    """When every file of the active tree was last checked (hashed, or its hash proof held)."""
     last_process_check_at: datetime | None = None
     last_functional_check_at: datetime | None = None
     findings: Annotated[list[Finding], Field(max_length=MAX_FINDINGS_IN_HEARTBEAT)] = []

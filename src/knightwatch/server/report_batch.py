@@ -31,6 +31,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from knightwatch.control.deploy import ServiceFacts
+from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.control.ingest import Ingested, ingest_agent_report
 from knightwatch.protocol import Ack, Report
 from knightwatch.store import Database
@@ -136,6 +137,8 @@ class ReportBatcher:
                     outcomes.append(self._one(session, item, greeted))
                 self._requeue(queued[len(batch) :])
                 requeued = True
+                if any(isinstance(o, Ingested) and o.fleet_changed for o in outcomes):
+                    record_fleet_conditions(session, self._now())  # once for the batch
                 if self._before_commit is not None:
                     self._before_commit([item.report for item in batch])
         except Exception as exc:  # the commit itself failed: every report of the batch did
