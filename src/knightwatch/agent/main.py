@@ -26,11 +26,14 @@ import asyncio
 import contextlib
 import signal
 from datetime import datetime
+from pathlib import Path
 
 from knightwatch.agent.auditor import Auditor
+from knightwatch.agent.cgroup import CgroupHost, probe_cgroups
 from knightwatch.agent.commands import CommandRunner
 from knightwatch.agent.connection import Connection
 from knightwatch.agent.enroll import Credential
+from knightwatch.agent.errors import CgroupUnavailableError
 from knightwatch.agent.events import event, logger
 from knightwatch.agent.flagfile import NodeFlags
 from knightwatch.agent.guards import RuntimeGuards
@@ -45,7 +48,7 @@ from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.source import ReleaseSource
 from knightwatch.agent.staging import Stager
 from knightwatch.agent.startup import set_up_node
-from knightwatch.agent.supervisor import RestartPolicy, Supervisor
+from knightwatch.agent.supervisor import BEST_EFFORT, RestartPolicy, Supervisor
 from knightwatch.bundle.signing import TrustedKey
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.logs import configure_logging
@@ -161,7 +164,11 @@ class Agent:
     def _wire(self, commands: asyncio.Queue[ReleaseCommand]) -> None:
         assert self.key is not None and self.credential is not None, "call setup() first"
         self.supervisor = Supervisor(
-            ServiceLog(self.layout.service_log), clock=self.clock, policy=self.policy
+            ServiceLog(self.layout.service_log),
+            clock=self.clock,
+            policy=self.policy,
+            cgroups=_cgroups(self.settings.cgroup_mount),
+            node=self.settings.name,
         )
         stager = Stager(self.layout, self.trusted)
         self.service = ServiceController(
@@ -379,6 +386,17 @@ def _failed(command: ReleaseCommand, reason: str) -> Ack | RetireResult:
         phase=phase,
         reason=reason[:4096],
     )
+
+
+def _cgroups(mount: Path) -> CgroupHost | None:
+    """Where the service's cgroups go; None (and why, logged) when none can be created."""
+    try:
+        host = probe_cgroups(mount)
+    except CgroupUnavailableError as exc:
+        event("cgroup-unavailable", accounting=BEST_EFFORT, reason=exc.message)
+        return None
+    event("cgroup-layout", version=host.version, parents=" ".join(map(str, host.parents.values())))
+    return host
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
