@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +19,15 @@ from pydantic import ValidationError
 
 from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group, probe_cgroups
 from knightwatch.agent.errors import CgroupUnavailableError
+from knightwatch.agent.procaudit import audit_processes
 from knightwatch.agent.process import read_stat
+from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.supervisor import BEST_EFFORT, Supervisor
+from knightwatch.agent.termination import stop_strays
 from knightwatch.bundle.spec import LimitsSpec, ServiceSpec
 from tests.agent.conftest import run
-from tests.agent.test_supervisor import FAST, SLEEPER, launch, until
+from tests.agent.test_supervisor import DIGEST, FAST, SLEEPER, launch, until
 
 
 def _host() -> CgroupHost | None:
@@ -273,3 +278,52 @@ def test_signal_is_not_sent_outside_the_group() -> None:
     group = ServiceCgroup("v2", {"unified": Path("/nonexistent/knightwatch/x")})
     assert group.members() == []
     group.signal(signal.SIGKILL)  # no member: nothing happens
+
+
+@needs_cgroups
+class TestOnePredicate:
+    def test_a_process_started_by_hand_is_a_stranger_and_reconcile_stops_it(
+        self, tmp_path: Path, groups: list[ServiceCgroup]
+    ) -> None:
+        """Members (daemons too) are the service; a hand-started release process is not."""
+        root = tmp_path / "root"
+        release = root / "releases" / DIGEST
+        release.mkdir(parents=True)
+        (release / "svc.py").write_text(DOUBLE_FORK)
+        (release / "by_hand.py").write_text(SLEEPER)
+        spec = ServiceSpec.model_validate({"command": [sys.executable, "svc.py"]})
+        service = ServiceLaunch(DIGEST, "svc@1.0", release, spec, {})
+
+        async def scenario() -> None:
+            sup = _supervisor(tmp_path, HOST)
+            await sup.start(service)
+            group = sup.group
+            assert group is not None
+            groups.append(group)
+            await until(lambda: len(group.members()) >= 2)
+            out = subprocess.run(
+                ["sh", "-c", f"setsid {sys.executable} by_hand.py >/dev/null 2>&1 & echo $!"],
+                cwd=release,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            stranger = int(out.stdout)
+            try:
+                found = audit_processes(root, DIGEST, sup.identity(), None)
+                flagged = {f.pid for f in found}
+                assert stranger in flagged
+                assert not flagged & set(group.members()), "a member counted as a stranger"
+                stopped = await stop_strays(root, DIGEST, service=sup.identity())
+                assert stranger in {f.pid for f in stopped}
+                assert not flagged & set(group.members())
+                await until(lambda: not _alive(stranger))
+                assert sup.running, "the service itself was left alone"
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stranger, signal.SIGKILL)
+            await sup.stop()
+            leftovers = audit_processes(root, DIGEST, None, None)
+            assert not leftovers, leftovers
+
+        run(scenario())

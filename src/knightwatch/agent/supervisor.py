@@ -31,6 +31,7 @@ from knightwatch.agent.checks import wait_healthy
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import ServiceRecord
+from knightwatch.agent.procaudit import ServiceIdentity
 from knightwatch.agent.process import ProcessIdentity, descendants, escaped_groups, identify
 from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.agent.servicelog import ServiceLog
@@ -160,6 +161,14 @@ class Supervisor:
             oom_kills=usage.oom_kills,
             pids_limit_hits=usage.pids_limit_hits,
         )
+
+    def identity(self) -> ServiceIdentity | None:
+        """The running service for the process audit: its group, release and cgroup members."""
+        record = self.record()
+        if record is None:
+            return None
+        members = frozenset(self._group.members()) if self._group is not None else None
+        return ServiceIdentity(pgid=record.pid, digest=record.digest, members=members)
 
     def record(self) -> ServiceRecord | None:
         """Return the journal record naming the running process, if any."""

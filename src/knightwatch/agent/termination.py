@@ -21,7 +21,7 @@ from pathlib import Path
 from knightwatch.agent.cgroup import ServiceCgroup
 from knightwatch.agent.checks import run_command
 from knightwatch.agent.events import event
-from knightwatch.agent.procaudit import ProcessFinding, audit_processes
+from knightwatch.agent.procaudit import ProcessFinding, ServiceIdentity, audit_processes
 from knightwatch.agent.process import group_alive, read_stat, signal_group, signal_number
 from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.bundle.spec import HaltSpec
@@ -126,11 +126,12 @@ async def stop_strays(
     current: str | None,
     *,
     only: Callable[[ProcessFinding], bool] | None = None,
+    service: ServiceIdentity | None = None,
 ) -> list[ProcessFinding]:
     """Stop every process the process audit flags under ``root`` (those ``only`` accepts).
 
-    The predicate is the audit's own (:func:`audit_processes`, with no
-    supervised service: call this once the service is stopped), so whatever
+    The predicate is the audit's own (:func:`audit_processes`, with the
+    same ``service`` — its cgroup members are never strays), so whatever
     the audit calls an unmanaged process — running from ROOT, mapping a
     release's code, or an interpreter started on a release script from
     anywhere — is stopped, and nothing else: each flagged process by its
@@ -140,7 +141,7 @@ async def stop_strays(
     """
     stopped: list[ProcessFinding] = []
     for _ in range(_STRAY_ROUNDS):
-        found = await asyncio.to_thread(audit_processes, root, current, None, None)
+        found = await asyncio.to_thread(audit_processes, root, current, service, None)
         found = [f for f in found if only is None or only(f)]
         if not found:
             break
