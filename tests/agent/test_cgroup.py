@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group, probe_cgroups
 from knightwatch.agent.errors import CgroupUnavailableError
+from knightwatch.agent.limitwatch import OOM_RULE, PIDS_RULE, LimitWatch, Usage
 from knightwatch.agent.procaudit import audit_processes
 from knightwatch.agent.process import read_stat
 from knightwatch.agent.runenv import ServiceLaunch
@@ -26,6 +27,8 @@ from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.supervisor import BEST_EFFORT, Supervisor
 from knightwatch.agent.termination import stop_strays
 from knightwatch.bundle.spec import LimitsSpec, ServiceSpec
+from knightwatch.clock import SystemClock
+from knightwatch.protocol.messages import CgroupStatus
 from tests.agent.conftest import run
 from tests.agent.test_supervisor import DIGEST, FAST, SLEEPER, launch, until
 
@@ -109,6 +112,16 @@ def _alive(pid: int) -> bool:
     return stat is not None and not stat.dead
 
 
+def _watch(sup: Supervisor) -> LimitWatch:
+    """A limit watch over ``sup``'s cgroup, as the agent runs it."""
+
+    def usage() -> Usage | None:
+        group = sup.cgroup_status()
+        return Usage("svc@1.0", group) if group is not None else None
+
+    return LimitWatch(usage, lambda alerts: None, clock=SystemClock())
+
+
 def _supervisor(tmp_path: Path, host: CgroupHost | None) -> Supervisor:
     return Supervisor(ServiceLog(tmp_path / "service.log"), policy=FAST, cgroups=host, node="n1")
 
@@ -180,6 +193,9 @@ class TestLimits:
             assert len(group.members()) == 20
             status = sup.status()
             assert status.cgroup is not None and status.cgroup.pids_limit_hits > 0
+            alerts = _watch(sup).check()
+            assert [a.rule for a in alerts] == [PIDS_RULE]
+            assert str(group.path) in alerts[0].detail
             await sup.stop()
             assert not group.members()
 
@@ -202,6 +218,9 @@ class TestLimits:
                 return status is not None and status.oom_kills > 0
 
             await until(killed)
+            alerts = _watch(sup).check()
+            assert OOM_RULE in [a.rule for a in alerts]
+            assert "oom_kill" in next(a.detail for a in alerts if a.rule == OOM_RULE)
             await sup.stop()
 
         run(scenario())
@@ -327,3 +346,19 @@ class TestOnePredicate:
             assert not leftovers, leftovers
 
         run(scenario())
+
+
+class TestLimitWatch:
+    def test_one_alert_per_rise_of_a_counter(self) -> None:
+        """A counter that rises alerts once; unchanged it stays quiet; a new group starts at 0."""
+        samples = [
+            CgroupStatus(path="/g1", members=3, oom_kills=0, pids_limit_hits=0),
+            CgroupStatus(path="/g1", members=3, oom_kills=1, pids_limit_hits=0),
+            CgroupStatus(path="/g1", members=3, oom_kills=1, pids_limit_hits=0),
+            CgroupStatus(path="/g1", members=20, oom_kills=1, pids_limit_hits=7),
+            CgroupStatus(path="/g2", members=1, oom_kills=1, pids_limit_hits=0),
+        ]
+        it = iter(samples)
+        watch = LimitWatch(lambda: Usage("svc@1", next(it)), lambda a: None, clock=SystemClock())
+        rules = [[a.rule for a in watch.check()] for _ in samples]
+        assert rules == [[], [OOM_RULE], [], [PIDS_RULE], [OOM_RULE]]

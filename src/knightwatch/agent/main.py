@@ -41,6 +41,7 @@ from knightwatch.agent.httpsource import HttpReleaseSource
 from knightwatch.agent.journal import Journal
 from knightwatch.agent.killswitch import HaltResult, KillSwitch
 from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.limitwatch import LimitWatch, Usage
 from knightwatch.agent.reporting import node_state
 from knightwatch.agent.service import ServiceController
 from knightwatch.agent.servicelog import ServiceLog
@@ -139,6 +140,7 @@ class Agent:
         worker = asyncio.create_task(self._work(commands))
         audit = asyncio.create_task(self._audit_forever())
         guards = asyncio.create_task(self.guards.run())
+        limits = asyncio.create_task(self.limits.run())
         link = asyncio.create_task(self.connection.run())
         dead_man = asyncio.create_task(
             self.killswitch.watch_link(
@@ -153,6 +155,7 @@ class Agent:
             await _cancel(worker)
             await _cancel(audit)
             await _cancel(guards)
+            await _cancel(limits)
             await _cancel(dead_man)
             await self.service.shutdown()
             await _cancel(link)
@@ -225,6 +228,7 @@ class Agent:
             clock=self.clock,
         )
         self.supervisor.listen(self.guards.follow)
+        self.limits = LimitWatch(self._usage, self.connection.send_alerts, clock=self.clock)
         self.killswitch = KillSwitch(
             journal=self.journal,
             service=self.service,
@@ -232,6 +236,13 @@ class Agent:
             start_service=self.runner.start_current,
             on_change=self._drift_changed,
         )
+
+    def _usage(self) -> Usage | None:
+        """The running release's cgroup counters, for the limit alerts."""
+        launch, group = self.supervisor.launch, self.supervisor.cgroup_status()
+        if launch is None or group is None:
+            return None
+        return Usage(launch.release_id, group)
 
     def _drift_changed(self) -> None:
         connection: Connection | None = getattr(self, "connection", None)
