@@ -362,3 +362,62 @@ class TestLimitWatch:
         watch = LimitWatch(lambda: Usage("svc@1", next(it)), lambda a: None, clock=SystemClock())
         rules = [[a.rule for a in watch.check()] for _ in samples]
         assert rules == [[], [OOM_RULE], [], [PIDS_RULE], [OOM_RULE]]
+
+
+def _v2_root() -> Path | None:
+    """A v2 hierarchy this test may create groups in (controllers not needed), or None."""
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+        if (root / "cgroup.controllers").exists() and os.access(root, os.W_OK):
+            return root
+    return None
+
+
+V2 = _v2_root()
+
+
+@pytest.mark.skipif(V2 is None, reason="no writable cgroup v2 hierarchy here")
+class TestV2Group:
+    def test_membership_freeze_and_kill_on_the_unified_hierarchy(self, tmp_path: Path) -> None:
+        """A v2 group holds a double-forked daemon, freezes it, and cgroup.kill empties it."""
+        assert V2 is not None
+        directory = V2 / f"knightwatch-test-{os.getpid()}"
+        directory.mkdir()
+        group = ServiceCgroup("v2", {"unified": directory})
+        try:
+            script = tmp_path / "svc.py"
+            script.write_text(DOUBLE_FORK)
+            leader = subprocess.Popen(
+                [sys.executable, str(script)],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                preexec_fn=group.join(),  # noqa: PLW1509  the agent's own way in
+                start_new_session=True,
+            )
+            deadline = 200
+            while len(group.members()) < 2 and deadline:
+                deadline -= 1
+                subprocess.run(["sleep", "0.05"], check=True)
+            members = group.members()
+            assert leader.pid in members and len(members) >= 2
+            group.freeze()
+            for _ in range(200):  # freezing completes asynchronously
+                if "frozen 1" in (directory / "cgroup.events").read_text():
+                    break
+                subprocess.run(["sleep", "0.05"], check=True)
+            assert "frozen 1" in (directory / "cgroup.events").read_text()
+            assert all(read_stat(pid).state in "DST" for pid in members)  # type: ignore[union-attr]
+            group.kill()
+            leader.wait(timeout=30)
+            for _ in range(200):
+                if not group.members():
+                    break
+                subprocess.run(["sleep", "0.05"], check=True)
+            assert not group.members()
+            assert not [pid for pid in members if _alive(pid)]
+        finally:
+            with contextlib.suppress(OSError):
+                group.kill()
+            for _ in range(100):
+                if group.remove():
+                    break
+                subprocess.run(["sleep", "0.05"], check=True)
