@@ -30,6 +30,7 @@ __all__ = ["stop_strays", "terminate_cgroup", "terminate_group", "terminate_proc
 
 _POLL_S = 0.05
 _KILL_WAIT_S = 10.0
+_KILL_AGAIN_S = 0.2
 _STRAY_ROUNDS = 3
 
 
@@ -72,8 +73,12 @@ async def terminate_cgroup(group: ServiceCgroup, halt: HaltSpec, launch: Service
     if await _wait_empty(group, halt.grace_s):
         return True
     event("service-kill", cgroup=str(group.path), grace_s=halt.grace_s)
-    group.kill()
-    return await _wait_empty(group, _KILL_WAIT_S)
+    deadline = asyncio.get_running_loop().time() + _KILL_WAIT_S
+    while asyncio.get_running_loop().time() < deadline:
+        group.kill()  # again: on v1 a fork racing the freeze may add a member after the read
+        if await _wait_empty(group, _KILL_AGAIN_S):
+            return True
+    return False
 
 
 async def _run_hook(halt: HaltSpec, launch: ServiceLaunch | None) -> None:
