@@ -31,6 +31,7 @@ status the CLI exits with::
     ├── WaitTimedOutError             exit 1  (polling) a condition did not hold in time
     ├── FleetError                    exit 1  (localfleet) a local fleet did not start
     ├── DrillError                    exit 1  (sim.drill.links) a drill could not do a step
+    ├── SwarmError                    exit 1  (swarm.swarm) hollow agents could not be enrolled
     ├── AgentError                    exit 1  (agent.errors) the agent failed at its work
     │   ├── AgentTransportError               the control plane cannot be reached
     │   ├── ServiceError                      the service cannot be run as specified

@@ -72,7 +72,9 @@ class Node:
     async def commit(self, built: BuildResult) -> Ack:
         """Send Commit for a built release (same deployment as the last prepare)."""
         ids = {"deployment_id": self._deployment, "digest": built.digest}
-        return await self.runner.run(Commit(**ids, release_id=built.release_id))
+        ack = await self.runner.run(Commit(**ids, release_id=built.release_id))
+        await self.runner.collect_garbage()  # as the agent's command worker does, after the ack
+        return ack
 
     async def deploy(self, built: BuildResult) -> Ack:
         """Prepare then commit."""

@@ -12,6 +12,7 @@ point of the command until it is killed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -248,6 +249,44 @@ class TestCorruptBlob:
         assert "PREPARE_FAILED" in {r["phase"] for r in done["nodes"]}, done["nodes"]
         assert_nobody_switched(fleet, releases.v1)
         assert not any(cached(fleet, name, digest) for name in fleet.names)
+
+    def test_a_cached_blob_changed_behind_the_audits_back_never_reaches_a_tree(
+        self, fleet: LocalFleet, releases: Releases
+    ) -> None:
+        """Same size, mtime put back, written through the blob cache (no watch sees it).
+
+        The next deployment that uses the blob must not take the agent's hash
+        proof for it: the node refuses to switch, evicts the blob, and the
+        deployment after that brings the release with its true bytes.
+        """
+        first = fleet.deploy(releases.v1.release_id, timeout=180)
+        assert first["state"] == "SUCCEEDED", first
+        shared = set(release_blobs(releases, releases.v1)) & set(
+            release_blobs(releases, releases.v2)
+        )
+        digest = max(shared, key=lambda d: release_blobs(releases, releases.v1)[d])
+        blob = fleet.root(VICTIM) / "blobs" / "sha256" / digest[:2] / digest[2:]
+        before = blob.stat()
+        blob.chmod(0o644)
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        blob.write_bytes(bytes(data))
+        blob.chmod(0o444)
+        os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+        done = fleet.deploy(releases.v2.release_id, timeout=180)
+        assert done["state"] == "FAILED", done
+        assert f"{VICTIM}:" in done["reason"] and "content differs" in done["reason"], done
+        assert not (fleet.root(VICTIM) / "releases" / releases.v2.digest).exists()
+        assert not cached(fleet, VICTIM, digest)
+
+        again = fleet.deploy(releases.v2.release_id, timeout=180)
+        assert again["state"] == "SUCCEEDED", again
+        for path in (fleet.root(VICTIM) / "releases" / releases.v2.digest).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert hashlib.sha256(path.read_bytes()).hexdigest() in release_blobs(
+                    releases, releases.v2
+                ), path
 
 
 class TestRollbackLimits:

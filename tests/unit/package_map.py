@@ -37,11 +37,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     "api": BASE | {"knightwatch", "bundle", "control", "protocol", "server", "store"},
     "localfleet": BASE | {"agent", "client", "push", "tlsca"},
     "testing": BASE | {"localfleet"},
+    # hollow agents: the agent's protocol side without its node, for scale measurements
+    "swarm": BASE | {"agent", "client", "protocol", "tlsca"},
     # the simulator and its drill: a user of the product, through its API and a local fleet
     "sim": BASE | {"knightwatch", "agent", "bundle", "client", "localfleet", "sdk"},
     "cli": BASE
     | {"knightwatch", "agent", "api", "bundle", "client", "localfleet", "logs", "protocol"}
-    | {"push", "server", "sim", "tlsca"},
+    | {"push", "server", "sim", "swarm", "tlsca"},
     "__main__": frozenset({"cli"}),
     "__init__": BASE | {"bundle"},
 }

@@ -210,6 +210,7 @@ class Auditor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the watcher died: events may be lost
+            self.tree.forget_proofs()
             event("watcher-failed", tree=str(tree), detail=str(exc)[:200])
             await asyncio.sleep(1.0)
             self._resync.set()
@@ -218,6 +219,7 @@ class Auditor:
 
     async def _on_batch(self, batch: WatchBatch) -> None:
         if batch.lost:
+            self.tree.forget_proofs()
             event("watch-events-lost", paths=len(batch.paths), action="full re-hash")
             await self._full_sweep()
             return

@@ -106,6 +106,8 @@ class CommandRunner:
         self.source = source
         self.held: int | None = None
         """The deployment whose outcome the service waits for (set by resume, None once told)."""
+        self.garbage_after: int | None = None
+        """The deployment whose commit left garbage to collect (see :meth:`collect_garbage`)."""
 
     async def run(self, command: ReleaseCommand) -> Ack | RetireResult:
         """Carry out ``command`` and return its answer (never raises for failures)."""
@@ -120,6 +122,18 @@ class CommandRunner:
             answer = await self._run_switch(command)
         self.held = None  # the control plane has spoken: the service is what the command made
         return answer
+
+    async def collect_garbage(self) -> None:
+        """Remove what the last commit made unused: after its ack went out, before the next command.
+
+        Collecting before the ack made every commit wait for a walk of the blob
+        cache; collecting concurrently with the next command could remove the
+        blobs a Prepare has just fetched, so the command worker runs this
+        between the two.
+        """
+        owed, self.garbage_after = self.garbage_after, None
+        if owed is not None:
+            await collect_garbage(self.layout, self.journal, self.stager, owed)
 
     async def _run_switch(self, command: Commit | Rollback) -> Ack:
         if (halted := halted_reason(self.journal.state)) is not None:
@@ -169,6 +183,7 @@ class CommandRunner:
             release=staged.manifest.release_id,
             reused=staged.reused,
             blobs_fetched=staged.blobs_fetched,
+            files_hashed=staged.files_hashed,
         )
         return _ack(command, AckPhase.PREPARED)
 
@@ -390,7 +405,7 @@ class CommandRunner:
         await pause_point_async(how.op)
         reason = await self.service.start(digest, smoke=True)
         if reason is None and how is _COMMIT:
-            await collect_garbage(self.layout, self.journal, self.stager, command.deployment_id)
+            self.garbage_after = command.deployment_id  # collected once the ack is out
         return _ack(command, how.failed if reason else how.ok, reason)
 
     # --- helpers --------------------------------------------------------------------------

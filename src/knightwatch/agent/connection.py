@@ -14,8 +14,9 @@ pong), which the dead man's switch counts from; a ping unanswered for T
 (20 s when not armed) ends the session, so a link that died silently (no
 FIN, no RST) is noticed as quickly as a closed one.
 Any disconnect is followed by a reconnect after an exponential back-off with
-jitter (0.2 s doubling to 10 s, reset by every ``Hello``); the service keeps
-running meanwhile. Acknowledgements not yet sent survive the disconnect and
+full jitter (a uniform draw below 1 s, then 2, 4, … up to 10 s; reset by
+every ``Hello``), so a restarted control plane is not met by every agent at
+once; the service keeps running meanwhile. Acknowledgements not yet sent survive the disconnect and
 go out first on the next session; so do alert events (guards, scrapes, log
 patterns), sent in ``alert`` reports of up to 100 events each.
 """
@@ -100,20 +101,28 @@ def keepalive_timing(dead_man_s: float | None) -> tuple[float, float]:
 
 @dataclass
 class Backoff:
-    """Exponential back-off with jitter between reconnects."""
+    """Exponential back-off with full jitter between reconnects.
 
-    initial_s: float = 0.2
+    The n-th delay is drawn uniformly from [``floor_s``, min(``cap_s``,
+    ``initial_s`` * 2**n)]: a control plane that restarts under thousands of
+    agents sees their reconnects spread over a second, then two, then four,
+    instead of all at once each time (a thundering herd).
+    """
+
+    initial_s: float = 1.0
     cap_s: float = 10.0
-    _next: float = 0.0
+    floor_s: float = 0.05
+    _attempt: int = 0
 
     def reset(self) -> None:
-        """Start again from the initial delay (after a successful handshake)."""
-        self._next = 0.0
+        """Start again from the first delay (after a successful handshake)."""
+        self._attempt = 0
 
     def next_delay(self) -> float:
-        """Return the next delay to sleep: doubled each time, capped, ±20 % jitter."""
-        self._next = self.initial_s if self._next == 0.0 else min(self._next * 2, self.cap_s)
-        return self._next * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not a secret
+        """Return the next delay to sleep: a uniform draw below a doubling, capped ceiling."""
+        ceiling = min(self.cap_s, self.initial_s * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        return random.uniform(min(self.floor_s, ceiling), ceiling)  # noqa: S311 - jitter
 
 
 class Connection:

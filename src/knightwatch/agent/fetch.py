@@ -54,7 +54,8 @@ class BlobFetcher:
 
     def missing(self, wanted: Mapping[str, int]) -> dict[str, int]:
         """Return the blobs of ``wanted`` (digest → size) that are not in the cache."""
-        return {d: n for d, n in wanted.items() if not self.layout.blobs.has(d)}
+        blobs = self.layout.blobs
+        return {d: n for d, n in wanted.items() if not os.path.isfile(blobs.path_text(d))}
 
     def ensure_all(self, wanted: Mapping[str, int]) -> int:
         """Fetch every missing blob of ``wanted`` (digest → size); return how many were fetched."""

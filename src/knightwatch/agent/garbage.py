@@ -10,6 +10,8 @@ too — unless a manifest cannot be read, and then none does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import Journal
@@ -52,9 +54,11 @@ def remove_unused_blobs(layout: NodeLayout, stager: Stager) -> int:
             return 0  # cannot tell what is in use: remove nothing
         used.update(f.digest for f in manifest.files if f.digest is not None)
     removed = 0
-    for prefix in layout.blobs.blobs_dir.iterdir():
-        for blob in prefix.iterdir():
-            if prefix.name + blob.name not in used:
-                blob.unlink(missing_ok=True)
-                removed += 1
+    with os.scandir(layout.blobs.blobs_dir) as prefixes:
+        for prefix in prefixes:
+            for name in os.listdir(prefix.path):
+                if prefix.name + name not in used:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{prefix.path}/{name}")
+                    removed += 1
     return removed

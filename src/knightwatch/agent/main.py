@@ -373,6 +373,7 @@ class Agent:
                 seconds=loop.time() - started,
             )
             self.connection.send_ack(answer)
+            await self.runner.collect_garbage()
 
 
 _FAILED = {

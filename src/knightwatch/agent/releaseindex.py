@@ -76,6 +76,8 @@ class Inspection:
     """Digests of blobs whose bytes were seen wrong (a cached blob may share the inode)."""
     files_hashed: int = 0
     bytes_hashed: int = 0
+    verified: list[tuple[StatKey, str]] = field(default_factory=list)
+    """(stat key before hashing, digest) of every file hashed and found right: hash proofs."""
 
     def all_findings(self) -> list[Finding]:
         """Every finding, sorted by path."""

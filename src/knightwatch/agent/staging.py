@@ -5,9 +5,12 @@ signature are checked before anything is written; the tree is built in
 ``releases/.staging-<digest>-<rand>/`` (regular files hard-linked from the
 blob cache, executables copied with mode 0555, the manifest's symlinks, and
 a link for each ``data_dirs`` entry into ``ROOT/data``); every file is then
-re-hashed against the manifest, the tree made read-only, flushed to disk,
-and only then renamed to ``releases/<digest>``. Any failure deletes the
-staging directory and raises :class:`StagingError` with a one-line reason.
+checked against the manifest — hashed, unless the agent holds a hash proof
+for its inode that its stat still matches (:mod:`knightwatch.agent.proofs`:
+a blob hashed as it arrived, or a file the agent hashed before) — the tree
+made read-only, flushed to disk with one ``syncfs``, and only then renamed to
+``releases/<digest>``. Any failure deletes the staging directory and raises
+:class:`StagingError` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from knightwatch.agent.events import event
 from knightwatch.agent.faults import pause_point
 from knightwatch.agent.fetch import BlobFetcher, StagingCancelledError
 from knightwatch.agent.layout import NodeLayout, atomic_write, remove_tree
+from knightwatch.agent.proofs import HashProofs
 from knightwatch.agent.source import ReleaseSource
 from knightwatch.agent.verification import (
     TreeReport,
@@ -36,10 +40,13 @@ from knightwatch.agent.verification import (
 from knightwatch.bundle.blobstore import fsync_directory, sync_filesystem
 from knightwatch.bundle.manifest import FileEntry, Manifest
 from knightwatch.bundle.signing import TrustedKey
+from knightwatch.canonical import sha256_hex
 
 __all__ = ["StagedRelease", "Stager", "data_links"]
 
 _LINK_FALLBACK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES)
+_PARSED_KEPT = 4
+"""Parsed manifests kept in memory (current, previous and what is being staged)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class StagedRelease:
     reused: bool
     blobs_fetched: int
     signed_by: list[str]
+    files_hashed: int = 0
+    """Files whose bytes staging hashed (the rest arrived hashed, or held a hash proof)."""
 
     @property
     def digest(self) -> str:
@@ -86,6 +95,9 @@ class Stager:
         self.trusted = trusted
         self.workers = workers
         self.cancel = cancel or threading.Event()
+        self._parsed: dict[str, Manifest] = {}
+        self.proofs = HashProofs()
+        """Inodes this agent hashed, shared with the continuous audit."""
 
     def prepare(
         self,
@@ -107,7 +119,7 @@ class Stager:
             report = self.verify(manifest, final)
             if report.ok:
                 self._save_manifest(digest, manifest_bytes)
-                return StagedRelease(manifest, final, True, 0, signed_by)
+                return StagedRelease(manifest, final, True, 0, signed_by, report.files_hashed)
             if digest in protected:
                 raise StagingError(
                     f"the active tree {final} differs from its manifest: {report.summary()}",
@@ -115,8 +127,8 @@ class Stager:
                 )
             event("release-damaged", digest=digest, problem=report.summary(), action="restage")
             self.layout.remove_release(digest)
-        fetched = self._stage(source, manifest, manifest_bytes, final)
-        return StagedRelease(manifest, final, False, fetched, signed_by)
+        fetched, hashed = self._stage(source, manifest, manifest_bytes, final)
+        return StagedRelease(manifest, final, False, fetched, signed_by, hashed)
 
     def restage(
         self, source: ReleaseSource, digest: str, *, release_id: str | None = None
@@ -125,7 +137,8 @@ class Stager:
 
         The live tree may have been tampered with, and its files share inodes
         with the blob cache, so every cached blob is re-hashed as the new tree
-        is verified: a damaged one is evicted and fetched again (one retry).
+        is verified, hash proofs or not: a damaged one is evicted and fetched
+        again (one retry).
         The fresh tree waits in :meth:`NodeLayout.restaged_dir` for the commit.
         """
         manifest, manifest_bytes, signed_by = self._checked_manifest(source, digest, release_id)
@@ -133,11 +146,11 @@ class Stager:
         if final.exists():
             remove_tree(final)
         try:
-            fetched = self._stage(source, manifest, manifest_bytes, final)
+            fetched, hashed = self._stage(source, manifest, manifest_bytes, final, trust=False)
         except StagingError as exc:
             event("restage-retry", digest=digest, problem=exc.message)
-            fetched = self._stage(source, manifest, manifest_bytes, final)
-        return StagedRelease(manifest, final, False, fetched, signed_by)
+            fetched, hashed = self._stage(source, manifest, manifest_bytes, final, trust=False)
+        return StagedRelease(manifest, final, False, fetched, signed_by, hashed)
 
     def _checked_manifest(
         self, source: ReleaseSource, digest: str, release_id: str | None
@@ -146,6 +159,7 @@ class Stager:
         where = source.describe()
         manifest_bytes = source.manifest(digest)
         manifest = parse_manifest(manifest_bytes, digest, where=where)
+        self._remember(manifest)
         if release_id is not None and manifest.release_id != release_id:
             raise StagingError(
                 f"the command names {release_id}, the manifest is {manifest.release_id}",
@@ -154,28 +168,19 @@ class Stager:
         signed_by = check_signature(source.envelope(digest), manifest, self.trusted)
         return manifest, manifest_bytes, signed_by
 
-    def verify(
-        self, manifest: Manifest, tree: Path, hashed: frozenset[tuple[int, int]] = frozenset()
-    ) -> TreeReport:
-        """Re-hash ``tree`` against ``manifest``.
+    def verify(self, manifest: Manifest, tree: Path, *, trust: bool = True) -> TreeReport:
+        """Check ``tree`` against ``manifest``, hashing every file without a hash proof.
 
-        ``hashed`` holds (device, inode) of blobs this prepare hashed as they
-        arrived: a tree file that is the same inode holds those very bytes.
-        Data links are relative, and a tree staged beside ``releases/<digest>``
-        sits at the same depth, so they are the same wherever it is staged.
+        ``trust=False`` hashes every file. What is hashed and right becomes a
+        proof. Data links are relative, and a tree staged beside
+        ``releases/<digest>`` sits at the same depth, so they are the same
+        wherever it is staged.
         """
         links = data_links(self.layout, manifest)
-        return verify_tree(tree, manifest, links, workers=self.workers, hashed=hashed)
-
-    def _inodes(self, digests: set[str]) -> frozenset[tuple[int, int]]:
-        inodes = set()
-        for digest in digests:
-            try:
-                st = os.stat(self.layout.blobs.path_of(digest))
-            except OSError:
-                continue
-            inodes.add((st.st_dev, st.st_ino))
-        return frozenset(inodes)
+        proven = self.proofs.snapshot() if trust else None
+        report = verify_tree(tree, manifest, links, workers=self.workers, proven=proven)
+        self.proofs.record(report.verified)
+        return report
 
     def load_manifest(self, digest: str) -> Manifest:
         """Return the verified manifest kept for a staged release."""
@@ -187,13 +192,31 @@ class Stager:
                 f"release {digest[:12]}… is not staged here ({path}: {exc.strerror})",
                 digest=digest,
             ) from exc
-        return parse_manifest(data, digest, where=os.fspath(path))
+        cached = self._parsed.get(digest)
+        if cached is not None and sha256_hex(data) == digest:
+            return cached  # the same bytes: skip parsing and validating thousands of entries
+        manifest = parse_manifest(data, digest, where=os.fspath(path))
+        self._remember(manifest)
+        return manifest
+
+    def _remember(self, manifest: Manifest) -> None:
+        self._parsed.pop(manifest.digest, None)
+        self._parsed[manifest.digest] = manifest
+        while len(self._parsed) > _PARSED_KEPT:
+            del self._parsed[next(iter(self._parsed))]
 
     # --- building the tree -----------------------------------------------------------------
 
     def _stage(
-        self, source: ReleaseSource, manifest: Manifest, manifest_bytes: bytes, final: Path
-    ) -> int:
+        self,
+        source: ReleaseSource,
+        manifest: Manifest,
+        manifest_bytes: bytes,
+        final: Path,
+        *,
+        trust: bool = True,
+    ) -> tuple[int, int]:
+        """Build, verify and publish the tree; return (blobs fetched, files hashed)."""
         digest = manifest.digest
         staging = self.layout.staging_dir(digest)
         try:
@@ -206,10 +229,12 @@ class Stager:
             wanted = {f.digest: f.size for f in manifest.files if f.digest is not None}
             fetcher = BlobFetcher(self.layout, source, cancel=self.cancel)
             fetched = fetcher.ensure_all(wanted)
+            blobs = self.layout.blobs
+            self.proofs.record_files((blobs.path_of(d), d) for d in fetcher.hashed_now)
             self._check_cancel(digest)
             self._materialise(staging, manifest)
             pause_point("prepare", self.cancel)
-            report = self.verify(manifest, staging, hashed=self._inodes(fetcher.hashed_now))
+            report = self.verify(manifest, staging, trust=trust)
             if not report.ok:
                 self._evict(report.corrupt)
                 raise StagingError(
@@ -225,23 +250,26 @@ class Stager:
         except BaseException:
             remove_tree(staging)
             raise
-        return fetched
+        return fetched, report.files_hashed
 
     def _materialise(self, staging: Path, manifest: Manifest) -> None:
         symlinks = {f.path for f in manifest.files if f.symlink is not None}
-        made: set[Path] = set()
+        root = os.fspath(staging)
+        made: set[str] = set()
         for entry in manifest.files:
-            _refuse_through_symlink(entry.path, symlinks, manifest.digest)
-            target = staging / entry.path
-            if target.parent not in made:  # one mkdir per directory, not per file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
+            if symlinks:
+                _refuse_through_symlink(entry.path, symlinks, manifest.digest)
+            target = f"{root}/{entry.path}"
+            parent = target.rpartition("/")[0]
+            if parent not in made:  # one mkdir per directory, not per file
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
             if entry.symlink is not None:
                 _refuse_escaping_link(entry, manifest.digest)
                 os.symlink(entry.symlink, target)
             else:
                 assert entry.digest is not None
-                self._place_file(self.layout.blobs.path_of(entry.digest), target, entry)
+                self._place_file(self.layout.blobs.path_text(entry.digest), target, entry)
         paths = {f.path for f in manifest.files}
         for rel, link in data_links(self.layout, manifest).items():
             if (
@@ -257,17 +285,21 @@ class Stager:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(link, staging / rel)
 
-    @staticmethod
-    def _place_file(blob: Path, target: Path, entry: FileEntry) -> None:
+    def _place_file(self, blob: str, target: str, entry: FileEntry) -> None:
+        """Hard-link the cached blob (a copy for executables), carrying its hash proof."""
+        before = os.lstat(blob)
         if not entry.executable:
             try:
                 os.link(blob, target)
-                return
             except OSError as exc:
                 if exc.errno not in _LINK_FALLBACK:
                     raise
+            else:
+                self.proofs.carry(before, os.lstat(target))
+                return
         shutil.copyfile(blob, target)
         os.chmod(target, 0o555 if entry.executable else 0o444)
+        self.proofs.copied(before, os.lstat(blob), target)
 
     def _publish(self, staging: Path, final: Path) -> None:
         for directory, subdirs, _files in os.walk(staging, topdown=False):

@@ -5,11 +5,16 @@ must hold (a :class:`~knightwatch.agent.releaseindex.ReleaseIndex`), the
 findings of every path it looked at and each path's stat key, and looks
 again in three ways:
 
-- :meth:`TreeAudit.recheck` — the paths a file watcher named, and below;
+- :meth:`TreeAudit.recheck` — the paths a file watcher named, and below,
+  hashed whatever the hash proofs say;
 - :meth:`TreeAudit.sweep_changed` — every path whose stat key changed since
-  it was last looked at (:func:`changed_paths`: what inotify lost);
-- :meth:`TreeAudit.sweep` — the whole tree re-hashed (on a schedule, after
-  lost events, and for an operator's audit).
+  it was last looked at (:func:`changed_paths`: what inotify lost), hashed
+  unless a hash proof still holds (a ctime moved by the agent's own link);
+- :meth:`TreeAudit.sweep` — the whole tree re-hashed, no proof trusted (on a
+  schedule, after lost events, and for an operator's audit).
+
+A newly followed release is checked in full with the hash proofs staging left
+(:mod:`knightwatch.agent.proofs`), so a deploy does not hash its tree twice.
 
 It holds no lock of its own: the :class:`~knightwatch.agent.auditor.Auditor`
 serialises the calls (and holds them while a command switches releases).
@@ -47,7 +52,7 @@ class TreeAudit:
         self.index: ReleaseIndex | None = None
         """What the followed release's tree must hold (None: no release, or no manifest)."""
         self.last_sweep: datetime | None = None
-        """When the whole tree was last re-hashed."""
+        """When every file of the tree was last checked (hashed, or its hash proof held)."""
         self.load_error: Finding | None = None
         """Why the followed release's manifest could not be read (cleared by the next load)."""
         self._tree_id: tuple[int, int] | None = None
@@ -81,15 +86,26 @@ class TreeAudit:
         self._tree_id = _tree_id(self._layout.release_dir(digest)) if digest else None
         self.index = self._load_index(digest) if digest else None
         if self.index is not None:
-            await self.recheck([""])
+            await self.recheck([""], trust=True)
             self.last_sweep = self._clock.now()
 
-    async def recheck(self, paths: Iterable[str]) -> Inspection | None:
-        """Re-inspect ``paths`` (and below) and replace their findings; None if no tree."""
+    async def recheck(self, paths: Iterable[str], *, trust: bool = False) -> Inspection | None:
+        """Re-inspect ``paths`` (and below) and replace their findings; None if no tree.
+
+        Every file is hashed unless ``trust`` is set and its hash proof holds;
+        what is hashed replaces the proofs of those inodes.
+        """
         if self.index is None:
             return None
         tree = self._layout.release_dir(self.index.digest)
-        inspection = await asyncio.to_thread(inspect_paths, tree, self.index, list(paths))
+        proofs = self._stager.proofs
+        proven = proofs.snapshot() if trust else None
+        inspection = await asyncio.to_thread(
+            inspect_paths, tree, self.index, list(paths), proven=proven
+        )
+        if not trust:
+            proofs.forget((key[2], key[3]) for key in inspection.stats.values())
+        proofs.record(inspection.verified)
         for rel in inspection.checked:
             self._files.pop(rel, None)
             self._stats.pop(rel, None)
@@ -117,8 +133,12 @@ class TreeAudit:
         changed = await asyncio.to_thread(changed_paths, tree, self._stats)
         if changed:
             event("audit-stat-changes", paths=len(changed))
-            await self.recheck(changed)
+            await self.recheck(changed, trust=True)
         return changed
+
+    def forget_proofs(self) -> None:
+        """Trust no hash proof from now on (the watch lost events or failed)."""
+        self._stager.proofs.forget_all()
 
     def retired_present(self, absent: list[AbsentPath]) -> list[Finding]:
         """A finding for each path of a retired component still present in the tree."""

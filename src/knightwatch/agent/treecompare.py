@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from knightwatch.agent.proofs import Inode, Proof
 from knightwatch.agent.releaseindex import Inspection, ReleaseIndex, stat_key
 from knightwatch.bundle.hashing import HashTask, digest_files
 from knightwatch.bundle.manifest import FileEntry
@@ -39,14 +40,14 @@ def inspect_tree(
     index: ReleaseIndex,
     *,
     workers: int | None = None,
-    hashed: frozenset[tuple[int, int]] = frozenset(),
+    proven: Mapping[Inode, Proof] | None = None,
 ) -> Inspection:
     """Compare every path of ``tree`` with the release, hashing every file's bytes.
 
-    A file that is the very inode (device, inode in ``hashed``) of a blob the
-    caller hashed moments ago is not hashed again.
+    A file with a hash proof (:mod:`knightwatch.agent.proofs`) for the very
+    digest the manifest wants, whose stat has not moved since, is not hashed again.
     """
-    return inspect_paths(tree, index, [""], workers=workers, hashed=hashed)
+    return inspect_paths(tree, index, [""], workers=workers, proven=proven)
 
 
 def inspect_paths(
@@ -55,27 +56,38 @@ def inspect_paths(
     paths: Iterable[str],
     *,
     workers: int | None = None,
-    hashed: frozenset[tuple[int, int]] = frozenset(),
+    proven: Mapping[Inode, Proof] | None = None,
 ) -> Inspection:
     """Compare the given relative paths, and everything below them, with the release.
 
     ``""`` names the whole tree. Paths below a data_dirs link are skipped.
+    Files whose hash proof in ``proven`` still holds are not hashed; every
+    file hashed and found right is returned in ``Inspection.verified``.
     """
     inspection = Inspection()
     candidates = _candidates(tree, index, paths)
     to_hash: list[tuple[str, FileEntry]] = []
+    top = os.fspath(tree)
     for rel in sorted(candidates):
-        st = _lstat(tree / rel)
+        st = _lstat(f"{top}/{rel}" if rel else top)
         inspection.checked.add(rel)
         if st is None:
             _check_absent(rel, index, inspection)
             continue
         inspection.stats[rel] = stat_key(st)
         entry = _check_present(tree, rel, st, index, inspection)
-        if entry is not None and (st.st_dev, st.st_ino) not in hashed:
+        if entry is not None and not _still_proven(st, entry, proven):
             to_hash.append((rel, entry))
     _check_contents(tree, to_hash, inspection, workers)
     return inspection
+
+
+def _still_proven(
+    st: os.stat_result, entry: FileEntry, proven: Mapping[Inode, Proof] | None
+) -> bool:
+    if not proven:
+        return False
+    return proven.get((st.st_dev, st.st_ino)) == (stat_key(st), entry.digest)
 
 
 def _candidates(tree: Path, index: ReleaseIndex, paths: Iterable[str]) -> set[str]:
@@ -105,7 +117,7 @@ def _walk(tree: Path, top: Path) -> list[str]:
     return found
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _lstat(path: str | Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -331,7 +343,9 @@ def _check_contents(
             continue
         inspection.files_hashed += 1
         inspection.bytes_hashed += entry.size
-        if result.digest != entry.digest:
+        if result.digest == entry.digest:
+            inspection.verified.append((inspection.stats[rel], entry.digest))
+        else:
             inspection.corrupt.add(entry.digest)
             inspection.flag(
                 rel,

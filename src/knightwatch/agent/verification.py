@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from knightwatch.agent.errors import StagingError
+from knightwatch.agent.proofs import Inode, Proof
 from knightwatch.agent.releaseindex import ReleaseIndex
 from knightwatch.agent.treecompare import inspect_tree
 from knightwatch.bundle.manifest import Manifest
@@ -62,6 +63,8 @@ class TreeReport:
 
     problems: list[str] = field(default_factory=list)
     corrupt: set[str] = field(default_factory=set)
+    verified: list[Proof] = field(default_factory=list)
+    files_hashed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -80,14 +83,19 @@ def verify_tree(
     data_links: Mapping[str, str],
     *,
     workers: int | None = None,
-    hashed: frozenset[tuple[int, int]] = frozenset(),
+    proven: Mapping[Inode, Proof] | None = None,
 ) -> TreeReport:
     """Compare every path under ``tree`` with ``manifest`` (plus the expected data links).
 
-    Every file's bytes are hashed, except a file that is the very inode
-    (device, inode in ``hashed``) of a blob the caller hashed moments ago.
+    Every file's bytes are hashed, except a file whose hash proof in
+    ``proven`` still holds (:mod:`knightwatch.agent.proofs`).
     """
     index = ReleaseIndex(manifest, data_links)
-    inspection = inspect_tree(tree, index, workers=workers, hashed=hashed)
+    inspection = inspect_tree(tree, index, workers=workers, proven=proven)
     problems = [finding.detail for finding in inspection.all_findings()]
-    return TreeReport(problems=problems, corrupt=inspection.corrupt)
+    return TreeReport(
+        problems=problems,
+        corrupt=inspection.corrupt,
+        verified=inspection.verified,
+        files_hashed=inspection.files_hashed,
+    )

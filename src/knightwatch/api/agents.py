@@ -257,16 +257,6 @@ class _Session:
             self.plane.orchestrator.on_connect(self.node)
             for command in ingested.retires:
                 self.plane.hub.send(self.node, command)
-        if report.ack is not None:
-            service = report.state.service
-            self.plane.orchestrator.on_ack_details(
-                self.node,
-                report.ack.deployment_id,
-                service.pid,
-                service.started_at,
-                service.version,
-            )
-            self.plane.orchestrator.on_ack(self.node, report.ack)
 
     def _mark_connected(self) -> None:
         with self.plane.db.session() as session:

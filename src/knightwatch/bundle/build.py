@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from knightwatch.bundle.blobstore import StagingArea, sync_filesystem
+from knightwatch.bundle.hashcache import SourceHashCache, SourceStat
 from knightwatch.bundle.hashing import FileDigest, HashTask, digest_files, hash_task
 from knightwatch.bundle.identity import identity_bytes, source_info
 from knightwatch.bundle.manifest import FileEntry, Manifest, SourceInfo
@@ -91,15 +92,25 @@ def build_release(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     plan: BuildPlan | None = None,
+    rehash: bool = False,
 ) -> BuildResult:
-    """Build, sign and publish the release in ``source`` into the store at ``store_root``."""
+    """Build, sign and publish the release in ``source`` into the store at ``store_root``.
+
+    Files whose stat is unchanged since the store's last build of ``source``
+    keep their digest (:mod:`knightwatch.bundle.hashcache`); ``rehash`` hashes
+    every file.
+    """
     started = time.perf_counter()
+    started_ns = time.time_ns()
     plan = plan or plan_build(source, environ)
     store = ReleaseStore(store_root)
+    cache = SourceHashCache(store_root, source)
+    if not rehash:
+        cache.load()
     with StagingArea(store_root, "build") as staging:
         blob_stage = staging.path / "blobs"
         blob_stage.mkdir()
-        digests = _hash_sources(plan, store, blob_stage, workers, on_progress)
+        digests = _hash_sources(plan, store, blob_stage, workers, on_progress, cache)
         identity = _stage_identity(plan, store, blob_stage)
         manifest = _manifest(plan, digests, identity)
         existing = store.releases_dir / manifest.digest
@@ -117,6 +128,7 @@ def build_release(
             (release_dir / ENVELOPE_FILE).write_bytes(canonical_json(envelope))
             written, written_bytes = _publish_blobs(store, blob_stage)
             created = store.publish(release_dir, manifest.digest)
+    cache.save(_cache_rows(plan, digests), started_ns)
     return BuildResult(
         release_id=manifest.release_id,
         digest=manifest.digest,
@@ -172,11 +184,22 @@ def _hash_sources(
     blob_stage: Path,
     workers: int | None,
     on_progress: Callable[[int], None] | None,
+    cache: SourceHashCache,
 ) -> dict[str, FileDigest]:
     regular = [e for e in plan.entries if e.symlink_target is None]
+    by_path: dict[str, FileDigest] = {}
+    to_hash: list[SourceEntry] = []
+    for entry in regular:
+        known = cache.digest(entry.path, entry.stat) if entry.stat is not None else None
+        if known is not None and os.path.exists(store.blobs.path_text(known)):
+            by_path[entry.path] = FileDigest(os.fspath(entry.absolute), known, entry.size)
+            if on_progress is not None:
+                on_progress(entry.size)
+        else:
+            to_hash.append(entry)
     tasks = [
         HashTask(os.fspath(e.absolute), os.fspath(store.blobs.blobs_dir), os.fspath(blob_stage))
-        for e in regular
+        for e in to_hash
     ]
 
     def done(result: FileDigest) -> None:
@@ -184,8 +207,7 @@ def _hash_sources(
             on_progress(result.size)
 
     results = digest_files(tasks, workers=workers, on_done=done)
-    by_path: dict[str, FileDigest] = {}
-    for entry, result in zip(regular, results, strict=True):
+    for entry, result in zip(to_hash, results, strict=True):
         if result.error is not None:
             raise SourceTreeError(
                 entry.path,
@@ -196,6 +218,15 @@ def _hash_sources(
             raise SourceTreeError(entry.path, "changed size while the build ran")
         by_path[entry.path] = result
     return by_path
+
+
+def _cache_rows(
+    plan: BuildPlan, digests: Mapping[str, FileDigest]
+) -> Iterator[tuple[str, SourceStat, str]]:
+    for entry in plan.entries:
+        result = digests.get(entry.path)
+        if entry.stat is not None and result is not None and result.digest is not None:
+            yield entry.path, entry.stat, result.digest
 
 
 def _stage_identity(plan: BuildPlan, store: ReleaseStore, blob_stage: Path) -> FileEntry:

@@ -172,8 +172,9 @@ def scan_tree(
         raise InvalidInputError(f"{visible(str(root))}: not a directory, nothing to scan for flags")
     rels = _walk(root_real) if files is None else sorted(set(files))
     reads: set[FlagRead] = set()
+    parents: dict[str, str | None] = {}
     for rel in rels:
-        data = _read_candidate(root_real, rel)
+        data = _read_candidate(root_real, rel, parents)
         if data is not None:
             text = data.decode("utf-8", errors="replace")
             reads.update(_scan_text(text, rel, defaults, user, python=include_defaults))
@@ -218,27 +219,54 @@ def _is_utf8(rel: str) -> bool:
     return True
 
 
-def _read_candidate(root: str, rel: str) -> bytes | None:
-    """The bytes of a text file inside ``root``, or None if the scan skips it."""
-    path = os.path.join(root, rel)
-    real = os.path.realpath(path)
-    if os.path.commonpath([root, real]) != root:
-        return None
+def _read_candidate(root: str, rel: str, parents: dict[str, str | None]) -> bytes | None:
+    """The bytes of a text file inside ``root``, or None if the scan skips it.
+
+    ``parents`` caches each directory's real path (None: outside ``root``), so
+    a tree of thousands of files costs one ``realpath`` per directory, not per
+    file; only a file that is itself a symlink is resolved on its own.
+    """
     try:
-        st = os.stat(real)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SCAN_BYTES:
+        path = _regular_file_inside(root, rel, parents)
+        if path is None:
             return None
-        with open(real, "rb") as handle:
-            data = handle.read(MAX_SCAN_BYTES + 1)
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+            if b"\0" in head:
+                return None  # binary: not read any further
+            data = head + handle.read(MAX_SCAN_BYTES + 1 - len(head))
     except FileNotFoundError:
-        if os.path.islink(path):
+        if os.path.islink(os.path.join(root, rel)):
             return None
         raise SourceTreeError(rel, "is listed for the flag scan but does not exist") from None
     except OSError as exc:
         raise SourceTreeError(rel, f"cannot be read for the flag scan: {exc.strerror}") from None
-    if len(data) > MAX_SCAN_BYTES or b"\0" in data[:_SNIFF_BYTES]:
+    return data if len(data) <= MAX_SCAN_BYTES else None
+
+
+def _regular_file_inside(root: str, rel: str, parents: dict[str, str | None]) -> str | None:
+    """The real path of ``rel`` if it is a regular file inside ``root`` small enough to scan."""
+    parent, _, name = rel.rpartition("/")
+    if parent not in parents:
+        resolved = os.path.realpath(os.path.join(root, parent))
+        parents[parent] = resolved if _inside(root, resolved) else None
+    real_parent = parents[parent]
+    if real_parent is None:
         return None
-    return data
+    path = os.path.join(real_parent, name)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        path = os.path.realpath(path)
+        if not _inside(root, path):
+            return None
+        st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SCAN_BYTES:
+        return None
+    return path
+
+
+def _inside(root: str, real: str) -> bool:
+    return os.path.commonpath([root, real]) == root
 
 
 def _scan_text(

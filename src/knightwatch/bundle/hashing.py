@@ -19,6 +19,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from knightwatch.bundle.blobstore import start_writeback
+
 __all__ = ["FileDigest", "HashTask", "digest_files", "worker_count"]
 
 _SMALL = 16 * 1024 * 1024
@@ -173,6 +175,8 @@ def _write_staged(stage_dir: Path, digest: str, chunks: Iterable[bytes]) -> bool
     with temp.open("wb") as out:
         for chunk in chunks:
             out.write(chunk)
+        out.flush()
+        start_writeback(out.fileno())
     os.chmod(temp, 0o444)
     try:
         os.link(temp, final)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knightwatch.bundle.globs import glob_matches
+from knightwatch.bundle.hashcache import SourceStat, source_stat
 from knightwatch.bundle.spec import SPEC_FILENAME, ReleaseSpec
 from knightwatch.errors import SourceTreeError
 
@@ -40,6 +41,8 @@ class SourceEntry:
     component: str
     symlink_target: str | None = None
     mtime: float = 0.0
+    stat: SourceStat | None = None
+    """The stat key the build's hash cache compares (regular files)."""
 
 
 def scan_source(source: Path, spec: ReleaseSpec) -> list[SourceEntry]:
@@ -138,6 +141,7 @@ def _entry(
         executable=target is None and bool(st.st_mode & 0o111),
         component=component,
         symlink_target=target if isinstance(target, str) else None,
+        stat=source_stat(st) if target is None else None,
     )
 
 

@@ -29,6 +29,14 @@ def build(
     store: StoreOpt,
     key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM) to sign with")],
     workers: Annotated[int | None, typer.Option(help="Hashing processes (default: CPUs)")] = None,
+    rehash: Annotated[
+        bool,
+        typer.Option(
+            "--rehash",
+            help="Hash every file; by default a file whose stat (size, inode, mtime, ctime) "
+            "is unchanged since this store's last build of SOURCE keeps its digest",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Hash, store, describe (SBOM) and sign the release in SOURCE."""
@@ -43,7 +51,13 @@ def build(
     refuse_errors(scan)  # a flag read but not declared, or a retired one: nothing is built
     with progress_bar("hashing", plan.total_bytes, enabled=not json_output) as advance:
         result = build_release(
-            source, store, signing_key, workers=workers, on_progress=advance, plan=plan
+            source,
+            store,
+            signing_key,
+            workers=workers,
+            on_progress=advance,
+            plan=plan,
+            rehash=rehash,
         )
     if json_output:
         print_json(result.to_json())

@@ -26,6 +26,7 @@ from knightwatch.cli import (
     release,
     server,
     status,
+    swarm,
     users,
 )
 from knightwatch.cli.output import err, fail_json, out, report_failure, shown, wants_json
@@ -62,6 +63,7 @@ history.register(app)
 policy.register(app)
 users.register(app)
 drill.register(app)
+swarm.register(app)
 
 
 def _print_version(asked: bool) -> None:

@@ -26,6 +26,7 @@ a release it staged in vain, Rollback for one it may have switched to, Commit
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -63,7 +64,10 @@ from knightwatch.vocabulary import (
     NodePhase,
 )
 
-__all__ = ["CommandSink", "Orchestrator"]
+ServiceFacts = tuple[int | None, float | None, str | None]
+"""(pid, started_at, version) of a node's service, as its report gave them."""
+
+__all__ = ["CommandSink", "Orchestrator", "ServiceFacts"]
 
 log = logging.getLogger("knightwatch.deploy")
 S, P = DeploymentState, NodePhase
@@ -138,26 +142,64 @@ class Orchestrator:
 
     # -- events from agents -----------------------------------------------
 
-    def on_ack(self, node: str, ack: Ack) -> None:
-        """Record an agent's acknowledgement and advance the deployment."""
-        step = Step()
+    def on_ack(self, node: str, ack: Ack, service: ServiceFacts | None = None) -> None:
+        """Record an agent's acknowledgement and advance the deployment (raise if it failed).
+
+        ``service`` is what the node's report said of its service (pid, start,
+        version), recorded on the node's row while the deployment runs.
+        """
+        [failure] = self.on_acks([(node, ack, service)])
+        if failure is not None:
+            raise failure
+
+    def on_acks(
+        self, acks: Sequence[tuple[str, Ack, ServiceFacts | None]]
+    ) -> list[Exception | None]:
+        """Record acknowledgements that arrived together: one transaction, a savepoint each.
+
+        A fleet's acks come in bursts; one commit for all of them instead of
+        one each is what keeps a large deployment's rounds short. An ack that
+        fails is rolled back alone and its failure returned in its place;
+        commands go out only after the commit.
+        """
+        steps: list[Step] = []
+        failures: list[Exception | None] = []
         with self._db.session() as session:
             self._lock(session)
-            row = session.get(DeploymentNode, (ack.deployment_id, node))
-            deployment = session.get(Deployment, ack.deployment_id)
-            if row is None or deployment is None:
-                log.warning("ack for unknown deployment %s from %s", ack.deployment_id, node)
-                return
-            phase = _ACK_PHASE[ack.phase]
-            if deployment.state in TERMINAL_STATES or phase not in EXPECTED_ACKS.get(
-                P(row.phase), frozenset()
-            ):
-                self._late_ack(session, deployment, row, phase, ack.reason, step)
-                return
-            self._record.set_phase(session, row, phase, ack.reason)
-            step.transitions.append(f"node:{phase}")
-            self._record.advance(session, deployment, step)
-        self._finish(step)
+            for node, ack, service in acks:
+                step = Step()
+                try:
+                    with session.begin_nested():
+                        self._record_ack(session, node, ack, service, step)
+                except Exception as exc:  # rolled back to the savepoint: the others stand
+                    log.exception("the ack of %s from %s failed", ack.phase, node)
+                    failures.append(exc)
+                    continue
+                steps.append(step)
+                failures.append(None)
+        for step in steps:
+            self._finish(step)
+        return failures
+
+    def _record_ack(
+        self, session: Session, node: str, ack: Ack, service: ServiceFacts | None, step: Step
+    ) -> None:
+        row = session.get(DeploymentNode, (ack.deployment_id, node))
+        deployment = session.get(Deployment, ack.deployment_id)
+        if row is None or deployment is None:
+            log.warning("ack for unknown deployment %s from %s", ack.deployment_id, node)
+            return
+        if service is not None and deployment.state not in TERMINAL_STATES:
+            row.pid, row.started_at, row.version = service
+        phase = _ACK_PHASE[ack.phase]
+        if deployment.state in TERMINAL_STATES or phase not in EXPECTED_ACKS.get(
+            P(row.phase), frozenset()
+        ):
+            self._late_ack(session, deployment, row, phase, ack.reason, step)
+            return
+        self._record.set_phase(session, row, phase, ack.reason)
+        step.transitions.append(f"node:{phase}")
+        self._record.advance(session, deployment, step)
 
     def _late_ack(
         self,
@@ -185,26 +227,6 @@ class Orchestrator:
             self._record.set_phase(session, row, phase, f"rolled back after {when} ({row.reason})")
             if deployment.state not in TERMINAL_STATES:
                 self._record.advance(session, deployment, step)
-
-    def on_ack_details(
-        self,
-        node: str,
-        deployment_id: int,
-        pid: int | None,
-        started_at: float | None,
-        version: str | None,
-    ) -> None:
-        """Record the service facts an ACTIVE node reported (pid, start, version)."""
-        with self._db.session() as session:
-            self._lock(session)
-            row = session.get(DeploymentNode, (deployment_id, node))
-            deployment = session.get(Deployment, deployment_id)
-            if (
-                row is not None
-                and deployment is not None
-                and deployment.state not in TERMINAL_STATES
-            ):
-                row.pid, row.started_at, row.version = pid, started_at, version
 
     def on_connect(self, node: str) -> None:
         """Tell a (re)connected node how its past deployments ended, then re-send what it owes.

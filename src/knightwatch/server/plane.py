@@ -84,7 +84,11 @@ class ControlPlane:
 
     def __post_init__(self) -> None:
         self.reports = ReportBatcher(
-            self.db, self.store_worker, self.clock.now, before_commit=report_commit_fault()
+            self.db,
+            self.store_worker,
+            self.clock.now,
+            before_commit=report_commit_fault(),
+            on_acks=self.orchestrator.on_acks,
         )
 
     async def in_store(self, work: Callable[[], T]) -> T:

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,8 +30,9 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from knightwatch.control.deploy import ServiceFacts
 from knightwatch.control.ingest import Ingested, ingest_agent_report
-from knightwatch.protocol import Report
+from knightwatch.protocol import Ack, Report
 from knightwatch.store import Database
 
 __all__ = ["PAUSE_ENV", "ReportBatcher", "ReportSender", "report_commit_fault"]
@@ -47,6 +48,10 @@ MAX_BATCH = 500
 MAX_BATCH_S = 0.25
 """A batch is committed once storing it took this long, so that other writers (an
 operator's halt among them) never wait on SQLite's write lock for long."""
+
+
+AckSink = Callable[[Sequence[tuple[str, Ack, ServiceFacts | None]]], list[Exception | None]]
+"""Records deployment acks that arrived together (``Orchestrator.on_acks``)."""
 
 
 class ReportSender(Protocol):
@@ -75,8 +80,11 @@ class ReportBatcher:
         worker: Executor,
         now: Callable[[], datetime],
         before_commit: Callable[[list[Report]], None] | None = None,
+        on_acks: AckSink | None = None,
     ) -> None:
         self._db = db
+        self._on_acks = on_acks
+        """Where the batch's deployment acks go, together, once every report's effects ran."""
         self._worker = worker
         self._now = now
         self._before_commit = before_commit
@@ -137,6 +145,7 @@ class ReportBatcher:
             outcomes = [exc] * len(batch)
         self.batches += 1
         self.largest = max(self.largest, len(batch))
+        acted: list[_Queued] = []
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 _settle(loop, item.done, outcome)
@@ -147,7 +156,23 @@ class ReportBatcher:
                 log.exception("acting on a report from %s failed", item.sender.node)
                 _settle(loop, item.done, exc)
                 continue
-            _settle(loop, item.done, None)
+            acted.append(item)
+        for item, failure in zip(acted, self._acks(acted), strict=True):
+            _settle(loop, item.done, failure)
+
+    def _acks(self, acted: list[_Queued]) -> list[Exception | None]:
+        """Hand the deployment acks of the stored reports over in one call; each one's failure."""
+        with_ack = [(item, item.report.ack) for item in acted if item.report.ack is not None]
+        if not with_ack or self._on_acks is None:
+            return [None] * len(acted)
+        acks = [(item.sender.node, ack, _service_facts(item.report)) for item, ack in with_ack]
+        try:
+            results = zip(with_ack, self._on_acks(acks), strict=True)
+            failures = {id(item): failure for (item, _), failure in results}
+        except Exception as exc:  # the acks' transaction failed: each sender hears of it
+            log.exception("recording %d deployment acks failed", len(acks))
+            failures = {id(item): exc for item, _ in with_ack}
+        return [failures.get(id(item)) for item in acted]
 
     def _requeue(self, rest: list[_Queued]) -> None:
         """Put back, first in line, what did not fit in this batch."""
@@ -167,6 +192,11 @@ class ReportBatcher:
             return exc
         greeted.add(id(sender))
         return ingested
+
+
+def _service_facts(report: Report) -> ServiceFacts:
+    service = report.state.service
+    return (service.pid, service.started_at, service.version)
 
 
 def _settle(
