@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group, probe_cgroups
 from knightwatch.agent.errors import CgroupUnavailableError
@@ -26,8 +26,9 @@ from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.supervisor import BEST_EFFORT, Supervisor
 from knightwatch.agent.termination import stop_strays
-from knightwatch.bundle.spec import LimitsSpec, ServiceSpec
+from knightwatch.bundle.spec import LimitsSpec, ServiceSpec, parse_spec
 from knightwatch.clock import SystemClock
+from knightwatch.errors import SpecError
 from knightwatch.protocol.messages import CgroupStatus
 from tests.agent.conftest import run
 from tests.agent.test_supervisor import DIGEST, FAST, SLEEPER, launch, until
@@ -272,13 +273,40 @@ class TestFallback:
 
 class TestLimitsSpec:
     @pytest.mark.parametrize(
-        ("field", "value"),
-        [("memory", 1024), ("pids", 0), ("cpu", -1), ("cpu_weight", 0), ("memroy", 1)],
+        ("line", "key"),
+        [
+            ("memory = 1024", "service.limits.memory"),
+            ("pids = 0", "service.limits.pids"),
+            ("cpu = -1", "service.limits.cpu"),
+            ('cpu = "lots"', "service.limits.cpu"),
+            ("cpu_weight = 0", "service.limits.cpu_weight"),
+            ("memroy = 5", "service.limits.memroy"),
+        ],
     )
-    def test_bad_values_name_the_field(self, field: str, value: object) -> None:
-        """A bad [service.limits] value is refused at build, the error naming the field."""
-        with pytest.raises(ValidationError, match=field):
-            ServiceSpec.model_validate({"command": ["x"], "limits": {field: value}})
+    def test_bad_values_name_the_key(self, line: str, key: str) -> None:
+        """A bad [service.limits] value is refused at build, the error naming file and key."""
+        text = SPEC + "[service.limits]\n" + line + "\n"
+        with pytest.raises(SpecError, match=rf"knightwatch.toml: {re.escape(key)}:"):
+            parse_spec(text)
+
+    def test_good_limits_parse(self) -> None:
+        """Every limit set: the spec carries them as written."""
+        spec = parse_spec(SPEC + "[service.limits]\nmemory = 8388608\ncpu = 0.5\npids = 20\n")
+        assert spec.service is not None
+        assert spec.service.limits == LimitsSpec(memory=8388608, cpu=0.5, pids=20)
+
+
+SPEC = """\
+[release]
+name = "a"
+version = "1.0"
+[[component]]
+name = "c"
+version = "1"
+paths = ["*"]
+[service]
+command = ["x"]
+"""
 
 
 def _python_processes_under(directory: Path) -> list[int]:
