@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group, probe_cgroups
+from knightwatch.agent.cgroup import (
+    CgroupHost,
+    ServiceCgroup,
+    create_group,
+    probe_cgroups,
+    remove_empty_groups,
+)
 from knightwatch.agent.errors import CgroupUnavailableError
 from knightwatch.agent.limitwatch import OOM_RULE, PIDS_RULE, LimitWatch, Usage
 from knightwatch.agent.procaudit import audit_processes
@@ -449,3 +455,23 @@ class TestV2Group:
                 if group.remove():
                     break
                 subprocess.run(["sleep", "0.05"], check=True)
+
+
+@needs_cgroups
+def test_empty_groups_of_an_earlier_run_are_removed_and_only_those(
+    groups: list[ServiceCgroup],
+) -> None:
+    """The node's empty groups go; a group with members and another node's group stay."""
+    assert HOST is not None
+    mine = f"sweep{os.getpid()}."
+    empty = create_group(HOST, mine + "old", None)
+    other = create_group(HOST, f"other{os.getpid()}.old", None)
+    busy = create_group(HOST, mine + "busy", None)
+    groups.extend([empty, other, busy])
+    sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=busy.join())  # noqa: PLW1509
+    try:
+        assert remove_empty_groups(HOST, mine) == [mine + "old"]
+        assert not empty.path.exists() and other.path.exists() and busy.path.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -33,7 +33,14 @@ from typing import Literal
 from knightwatch.agent.errors import CgroupUnavailableError
 from knightwatch.bundle.spec import LimitsSpec
 
-__all__ = ["CgroupHost", "CgroupUsage", "ServiceCgroup", "create_group", "probe_cgroups"]
+__all__ = [
+    "CgroupHost",
+    "CgroupUsage",
+    "ServiceCgroup",
+    "create_group",
+    "probe_cgroups",
+    "remove_empty_groups",
+]
 
 MOUNT = Path("/sys/fs/cgroup")
 PARENT = "knightwatch"
@@ -190,6 +197,26 @@ def create_group(host: CgroupHost, name: str, limits: LimitsSpec | None) -> Serv
         group.remove()
         raise
     return group
+
+
+def remove_empty_groups(host: CgroupHost, prefix: str) -> list[str]:
+    """Remove the empty groups whose name starts with ``prefix`` (left by an earlier agent run).
+
+    A group with members is left alone. Return the names removed.
+    """
+    membership = "unified" if host.version == "v2" else "freezer"
+    removed: list[str] = []
+    try:
+        names = sorted(p.name for p in host.parents[membership].iterdir() if p.is_dir())
+    except OSError:
+        return []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        group = ServiceCgroup(host.version, {c: p / name for c, p in host.parents.items()})
+        if not group.members() and group.remove():
+            removed.append(name)
+    return removed
 
 
 def _probe_v2(root: Path, parent: str) -> CgroupHost:

@@ -173,6 +173,7 @@ class Agent:
             cgroups=_cgroups(self.settings.cgroup_mount),
             node=self.settings.name,
         )
+        self.supervisor.remove_stale_groups()
         stager = Stager(self.layout, self.trusted)
         self.service = ServiceController(
             node=self.settings.name,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group
+from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group, remove_empty_groups
 from knightwatch.agent.checks import wait_healthy
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
@@ -280,7 +280,15 @@ class Supervisor:
         halt = launch.spec.halt if launch is not None else HaltSpec()
         event("service-adopted", pid=record.pid, digest=record.digest, action="stop")
         await terminate_group(record.pid, halt, launch)
+        self.remove_stale_groups()
         return True
+
+    def remove_stale_groups(self) -> None:
+        """Remove this node's empty cgroups left by an earlier agent run (not the current one)."""
+        if self.cgroups is None:
+            return
+        for name in remove_empty_groups(self.cgroups, f"{self._node}."):
+            event("cgroup-removed", group=name)
 
     async def close(self) -> None:
         """Cancel the supervisor's background tasks (the service keeps running)."""
