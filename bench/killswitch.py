@@ -42,6 +42,10 @@ machine; the kill path and the guard path themselves are the production ones.
     python bench/killswitch.py --sizes "" --guard-reps 50   # the guard figure only
     python bench/killswitch.py --sizes 8 --reps 20 --no-guard --cli-launch
 
+The halt of one service of 50 workers (some double-forked) with its cgroup
+against the /proc fallback, and the agent's idle CPU with both, is measured
+by ``bench/cgroup_halt.py``.
+
 ``--cli-launch`` also runs the real ``knightwatch kill --json`` as a
 subprocess at every repetition (after the HTTP kill and its re-arm) and
 records the time from launching the process to every service gone — what

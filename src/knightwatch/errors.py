@@ -37,7 +37,8 @@ status the CLI exits with::
     │   ├── ServiceError                      the service cannot be run as specified
     │   ├── StagingError                      a release cannot be staged or verified
     │   │   └── StagingCancelledError         (agent.fetch) staging was cancelled
-    │   └── SwitchError                       `current` cannot be switched
+    │   ├── SwitchError                       `current` cannot be switched
+    │   └── CgroupUnavailableError            no cgroup can be created for the service
     ├── AuditFailedError              exit 1  (cli.audit) an audit found problems
     ├── AuditLogBrokenError           exit 1  (cli.auditlog) the audit log does not verify
     ├── DeploymentFailedError         exit 1  (cli.deploy) a deployment did not succeed

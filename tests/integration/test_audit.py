@@ -9,6 +9,7 @@ node is clean again and the next tamper starts from a clean node.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from tests.integration.conftest import (
     kw,
     make_fleet,
     pid_alive,
+    processes_under,
     smars_variant,
 )
 
@@ -302,13 +304,48 @@ def test_process_started_from_old_release(fleet: LocalFleet, releases: Releases)
             process.wait()
 
 
-def test_old_service_process_left_running_after_switch(
+@contextlib.contextmanager
+def without_cgroups(fleet: LocalFleet, directory: Path) -> Iterator[None]:
+    """Run the node's agent where no cgroup can be created (the /proc fallback), then restore."""
+    (directory / "no-cgroups").mkdir(exist_ok=True)
+    fleet.stop_agent(NODE)
+    fleet.start_agent(NODE, extra=["--cgroup-mount", str(directory / "no-cgroups")])
+    fleet.wait_connected([NODE], timeout=SETTLE_S)
+    try:
+        yield
+    finally:
+        fleet.stop_agent(NODE)
+        fleet.start_agent(NODE)
+        fleet.wait_connected([NODE], timeout=SETTLE_S)
+
+
+def test_a_detached_worker_dies_with_its_cgroup_at_the_switch(
     fleet: LocalFleet, releases: Releases, leaky: BuildResult
 ) -> None:
-    """A worker of the old release that survived the switch (old code in memory) is drift."""
+    """In a cgroup, the worker leaky daemonizes on SIGTERM is a member: the switch stops it too."""
+    if "exact" not in str(node_status(fleet).get("processes")):
+        pytest.skip("the agent runs without cgroups here")
     fleet.push(releases.store, leaky.release_id)
     deploy_ok(fleet, leaky)
-    deploy_ok(fleet, releases.v2)  # the switch stops leaky's service, not the worker it left
+    old = fleet.root(NODE) / "releases" / leaky.digest.removeprefix("sha256:")
+    assert processes_under(old), "leaky's service runs from its tree"
+    deploy_ok(fleet, releases.v2)  # the halt signal makes leaky daemonize its worker
+    assert processes_under(old) == [], "nothing of the old release outlived the switch"
+    wait_clean(fleet)
+
+
+def test_old_service_process_left_running_after_switch(
+    fleet: LocalFleet, releases: Releases, leaky: BuildResult, tmp_path: Path
+) -> None:
+    """Without cgroups, a worker that survived the switch (old code in memory) is drift."""
+    with without_cgroups(fleet, tmp_path):
+        fleet.push(releases.store, leaky.release_id)
+        deploy_ok(fleet, leaky)
+        deploy_ok(fleet, releases.v2)  # the switch stops leaky's service, not its worker
+        _leaked_worker_is_found_and_reconciled(fleet, leaky)
+
+
+def _leaked_worker_is_found_and_reconciled(fleet: LocalFleet, leaky: BuildResult) -> None:
     finding = wait_finding(
         fleet,
         lambda f: (

@@ -27,7 +27,7 @@ from knightwatch.agent.events import event, logger
 from knightwatch.agent.functional import functional_checks
 from knightwatch.agent.journal import Journal
 from knightwatch.agent.layout import NodeLayout
-from knightwatch.agent.procaudit import ServiceIdentity, audit_processes
+from knightwatch.agent.procaudit import audit_processes
 from knightwatch.agent.settings import AuditSettings
 from knightwatch.agent.staging import Stager
 from knightwatch.agent.supervisor import Supervisor
@@ -294,8 +294,7 @@ class Auditor:
     # --- processes -------------------------------------------------------------------------
 
     async def _check_processes(self) -> int:
-        record = self.supervisor.record()
-        service = ServiceIdentity(pgid=record.pid, digest=record.digest) if record else None
+        service = self.supervisor.identity()
         state = self.journal.state
         found = await asyncio.to_thread(
             audit_processes,

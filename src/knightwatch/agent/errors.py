@@ -7,7 +7,8 @@
         ├── AgentTransportError                 the control plane could not be reached
         ├── StagingError                        a release could not be fetched or staged
         ├── SwitchError                         ``current`` could not be switched
-        └── ServiceError                        the service could not be started or checked
+        ├── ServiceError                        the service could not be started or checked
+        └── CgroupUnavailableError              (agent.cgroup) no cgroup can be created here
 
 Each message is one line naming the cause; it travels as the ``reason`` of
 an acknowledgement, so the operator reads it on the dashboard.
@@ -21,6 +22,7 @@ __all__ = [
     "AgentError",
     "AgentSetupError",
     "AgentTransportError",
+    "CgroupUnavailableError",
     "ServiceError",
     "StagingError",
     "SwitchError",
@@ -53,3 +55,7 @@ class SwitchError(AgentError):
 
 class ServiceError(AgentError):
     """The service could not be started, or failed its health or smoke checks."""
+
+
+class CgroupUnavailableError(AgentError):
+    """No cgroup can be created for the service here (not mounted, no permission)."""

@@ -26,11 +26,14 @@ import asyncio
 import contextlib
 import signal
 from datetime import datetime
+from pathlib import Path
 
 from knightwatch.agent.auditor import Auditor
+from knightwatch.agent.cgroup import CgroupHost, probe_cgroups
 from knightwatch.agent.commands import CommandRunner
 from knightwatch.agent.connection import Connection
 from knightwatch.agent.enroll import Credential
+from knightwatch.agent.errors import CgroupUnavailableError
 from knightwatch.agent.events import event, logger
 from knightwatch.agent.flagfile import NodeFlags
 from knightwatch.agent.guards import RuntimeGuards
@@ -38,6 +41,7 @@ from knightwatch.agent.httpsource import HttpReleaseSource
 from knightwatch.agent.journal import Journal
 from knightwatch.agent.killswitch import HaltResult, KillSwitch
 from knightwatch.agent.layout import NodeLayout
+from knightwatch.agent.limitwatch import LimitWatch, Usage
 from knightwatch.agent.reporting import node_state
 from knightwatch.agent.service import ServiceController
 from knightwatch.agent.servicelog import ServiceLog
@@ -45,7 +49,7 @@ from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.source import ReleaseSource
 from knightwatch.agent.staging import Stager
 from knightwatch.agent.startup import set_up_node
-from knightwatch.agent.supervisor import RestartPolicy, Supervisor
+from knightwatch.agent.supervisor import BEST_EFFORT, RestartPolicy, Supervisor
 from knightwatch.bundle.signing import TrustedKey
 from knightwatch.clock import Clock, SystemClock
 from knightwatch.logs import configure_logging
@@ -136,6 +140,7 @@ class Agent:
         worker = asyncio.create_task(self._work(commands))
         audit = asyncio.create_task(self._audit_forever())
         guards = asyncio.create_task(self.guards.run())
+        limits = asyncio.create_task(self.limits.run())
         link = asyncio.create_task(self.connection.run())
         dead_man = asyncio.create_task(
             self.killswitch.watch_link(
@@ -150,6 +155,7 @@ class Agent:
             await _cancel(worker)
             await _cancel(audit)
             await _cancel(guards)
+            await _cancel(limits)
             await _cancel(dead_man)
             await self.service.shutdown()
             await _cancel(link)
@@ -161,8 +167,13 @@ class Agent:
     def _wire(self, commands: asyncio.Queue[ReleaseCommand]) -> None:
         assert self.key is not None and self.credential is not None, "call setup() first"
         self.supervisor = Supervisor(
-            ServiceLog(self.layout.service_log), clock=self.clock, policy=self.policy
+            ServiceLog(self.layout.service_log),
+            clock=self.clock,
+            policy=self.policy,
+            cgroups=_cgroups(self.settings.cgroup_mount),
+            node=self.settings.name,
         )
+        self.supervisor.remove_stale_groups()
         stager = Stager(self.layout, self.trusted)
         self.service = ServiceController(
             node=self.settings.name,
@@ -218,6 +229,7 @@ class Agent:
             clock=self.clock,
         )
         self.supervisor.listen(self.guards.follow)
+        self.limits = LimitWatch(self._usage, self.connection.send_alerts, clock=self.clock)
         self.killswitch = KillSwitch(
             journal=self.journal,
             service=self.service,
@@ -225,6 +237,13 @@ class Agent:
             start_service=self.runner.start_current,
             on_change=self._drift_changed,
         )
+
+    def _usage(self) -> Usage | None:
+        """The running release's cgroup counters, for the limit alerts."""
+        launch, group = self.supervisor.launch, self.supervisor.cgroup_status()
+        if launch is None or group is None:
+            return None
+        return Usage(launch.release_id, group)
 
     def _drift_changed(self) -> None:
         connection: Connection | None = getattr(self, "connection", None)
@@ -380,6 +399,17 @@ def _failed(command: ReleaseCommand, reason: str) -> Ack | RetireResult:
         phase=phase,
         reason=reason[:4096],
     )
+
+
+def _cgroups(mount: Path) -> CgroupHost | None:
+    """Where the service's cgroups go; None (and why, logged) when none can be created."""
+    try:
+        host = probe_cgroups(mount)
+    except CgroupUnavailableError as exc:
+        event("cgroup-unavailable", accounting=BEST_EFFORT, reason=exc.message)
+        return None
+    event("cgroup-layout", version=host.version, parents=" ".join(map(str, host.parents.values())))
+    return host
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -7,7 +7,8 @@ an old ``releases/<digest>`` tree. On 1 August 2012 the eighth SMARS server
 did exactly that, and nothing looked. The tree check proves the files; this
 module proves the processes, from /proc alone, once a second:
 
-* every process of the supervised service's group (and anything it forked)
+* every process of the supervised service — the members of its cgroup
+  when it has one, else its process group and anything that group forked —
   must have started after the last switch of ``current``, work inside the
   current release, and hold nothing open or mapped from another release —
   otherwise it is a ``stale-process``;
@@ -78,10 +79,17 @@ class ProcessFinding:
 
 @dataclass(frozen=True)
 class ServiceIdentity:
-    """The service process group the agent supervises, and the release it started it from."""
+    """The service process group the agent supervises, and the release it started it from.
+
+    ``members`` is the service's cgroup membership when it has one: then a
+    process is the service's exactly when it is a member (a double-forked
+    daemon included, a process started by hand from the release tree not),
+    and the process group and parent links are not consulted.
+    """
 
     pgid: int
     digest: str
+    members: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -203,10 +211,13 @@ class _Roles:
         self._table = table
         self._agent = agent_pid
         self._pgid = service.pgid if service is not None else None
+        self._members = service.members if service is not None else None
         self._known: dict[int, Role] = {}
 
     def of(self, pid: int) -> Role:
         """Return "agent", "service" or "other" for ``pid``."""
+        if self._members is not None and pid in self._members:
+            return "service"  # the kernel's membership: exact, whatever the process did
         chain: list[int] = []
         role: Role = "other"
         while pid in self._table and pid not in chain:
@@ -218,7 +229,7 @@ class _Roles:
             if pid == self._agent:
                 role = "agent"
                 break
-            if stat.pgid == self._pgid:
+            if self._members is None and stat.pgid == self._pgid:
                 role = "service"
                 break
             pid = stat.ppid

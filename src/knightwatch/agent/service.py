@@ -205,7 +205,8 @@ class ServiceController:
         self, current: str | None, *, only: Callable[[ProcessFinding], bool] | None = None
     ) -> list[ProcessFinding]:
         """Stop what the process audit flags under the root (see :func:`stop_strays`)."""
-        return await stop_strays(self._layout.root, current, only=only)
+        service = self.supervisor.identity()
+        return await stop_strays(self._layout.root, current, only=only, service=service)
 
     # --- the latch -------------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ class AgentSettings:
     service_port: int | None = None
     heartbeat_s: float | None = None
     health_timeout_s: float = 30.0
+    cgroup_mount: Path = Path("/sys/fs/cgroup")
+    """Where the cgroup hierarchies are mounted; a service gets a group of its own there."""
     audit: AuditSettings = field(default_factory=AuditSettings)
 
     def __post_init__(self) -> None:

@@ -26,19 +26,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group, remove_empty_groups
 from knightwatch.agent.checks import wait_healthy
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import ServiceRecord
+from knightwatch.agent.procaudit import ServiceIdentity
 from knightwatch.agent.process import ProcessIdentity, descendants, escaped_groups, identify
 from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.agent.servicelog import ServiceLog
-from knightwatch.agent.termination import terminate_group
+from knightwatch.agent.termination import terminate_cgroup, terminate_group
 from knightwatch.bundle.spec import HaltSpec
 from knightwatch.clock import Clock, SystemClock
-from knightwatch.protocol.messages import ServiceState, ServiceStatus
+from knightwatch.protocol.messages import CgroupStatus, ServiceState, ServiceStatus
 
-__all__ = ["RestartPolicy", "Stopped", "Supervisor", "describe_exit"]
+__all__ = ["BEST_EFFORT", "RestartPolicy", "Stopped", "Supervisor", "describe_exit"]
+
+
+BEST_EFFORT = "best effort (no cgroup)"
+"""The process accounting of a node whose service cannot have a cgroup."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,14 @@ class Supervisor:
         *,
         clock: Clock | None = None,
         policy: RestartPolicy | None = None,
+        cgroups: CgroupHost | None = None,
+        node: str = "node",
     ) -> None:
+        """``cgroups``: where each service start gets a group of its own (None: /proc only)."""
         self.log = log
+        self.cgroups = cgroups
+        self._node = node
+        self._group: ServiceCgroup | None = None
         self.policy = policy or RestartPolicy()
         self._clock = clock or SystemClock()
         self._listeners: list[Callable[[], None]] = []
@@ -122,6 +134,8 @@ class Supervisor:
             )
         identity = self._identity if self.running else None
         return ServiceStatus(
+            accounting=self.cgroups.accounting if self.cgroups else BEST_EFFORT,
+            cgroup=self.cgroup_status(),
             state=state,
             pid=identity.pid if identity else None,
             started_at=identity.started_at if identity else None,
@@ -129,6 +143,32 @@ class Supervisor:
             version=self.version,
             detail=detail[:4096] if detail else None,
         )
+
+    @property
+    def group(self) -> ServiceCgroup | None:
+        """The cgroup of the current service start (None: none, or cgroups unavailable)."""
+        return self._group
+
+    def cgroup_status(self) -> CgroupStatus | None:
+        """The service's cgroup as the kernel counts it, for the node's report."""
+        if self._group is None:
+            return None
+        usage = self._group.usage()
+        return CgroupStatus(
+            path=str(self._group.path),
+            members=usage.members,
+            memory_bytes=usage.memory_bytes,
+            oom_kills=usage.oom_kills,
+            pids_limit_hits=usage.pids_limit_hits,
+        )
+
+    def identity(self) -> ServiceIdentity | None:
+        """The running service for the process audit: its group, release and cgroup members."""
+        record = self.record()
+        if record is None:
+            return None
+        members = frozenset(self._group.members()) if self._group is not None else None
+        return ServiceIdentity(pgid=record.pid, digest=record.digest, members=members)
 
     def record(self) -> ServiceRecord | None:
         """Return the journal record naming the running process, if any."""
@@ -159,6 +199,7 @@ class Supervisor:
         self._crashes.clear()
         self._last_exit = None
         self.version = None
+        self._group = self._new_group(launch)
         try:
             process = await self._spawn(launch)
         except ServiceError as exc:
@@ -186,7 +227,17 @@ class Supervisor:
         process, launch = self._process, self._launch
         gone_at = self._clock.now()
         pids: tuple[int, ...] = ()
-        if process is not None and process.returncode is None and launch is not None:
+        group = self._group
+        if group is not None and launch is not None and group.members():
+            pids = tuple(group.members())
+            await terminate_cgroup(group, launch.spec.halt, launch)
+            if process is not None:
+                await process.wait()
+            gone_at = self._clock.now()
+            event(
+                "service-stopped", cgroup=str(group.path), release=launch.release_id, halted=halted
+            )
+        elif process is not None and process.returncode is None and launch is not None:
             family = descendants(process.pid)
             await terminate_group(process.pid, launch.spec.halt, launch, leader=process)
             await process.wait()
@@ -197,6 +248,8 @@ class Supervisor:
             pids = tuple(family)
             event("service-stopped", pid=process.pid, release=launch.release_id, halted=halted)
         self._resolve_ready("the service was stopped")
+        if group is not None and group.remove():
+            self._group = None
         self._process = None
         self._identity = None
         if launch is not None or halted:
@@ -227,7 +280,15 @@ class Supervisor:
         halt = launch.spec.halt if launch is not None else HaltSpec()
         event("service-adopted", pid=record.pid, digest=record.digest, action="stop")
         await terminate_group(record.pid, halt, launch)
+        self.remove_stale_groups()
         return True
+
+    def remove_stale_groups(self) -> None:
+        """Remove this node's empty cgroups left by an earlier agent run (not the current one)."""
+        if self.cgroups is None:
+            return
+        for name in remove_empty_groups(self.cgroups, f"{self._node}."):
+            event("cgroup-removed", group=name)
 
     async def close(self) -> None:
         """Cancel the supervisor's background tasks (the service keeps running)."""
@@ -256,6 +317,7 @@ class Supervisor:
                 stdout=fd,
                 stderr=fd,
                 start_new_session=True,
+                preexec_fn=self._group.join() if self._group is not None else None,
             )
         except OSError as exc:
             raise ServiceError(
@@ -334,6 +396,18 @@ class Supervisor:
             self._detail = reason
         ready.set_result(reason)
         self._notify()
+
+    def _new_group(self, launch: ServiceLaunch) -> ServiceCgroup | None:
+        """A cgroup for this start, named by node, release digest and start; None without."""
+        if self.cgroups is None:
+            return None
+        stamp = self._clock.now().strftime("%Y%m%dT%H%M%S%f")
+        name = f"{self._node}.{launch.digest.removeprefix('sha256:')[:16]}.{stamp}"
+        try:
+            return create_group(self.cgroups, name, launch.spec.limits)
+        except OSError as exc:
+            event("cgroup-unavailable", group=name, reason=exc.strerror or str(exc))
+            return None
 
     # --- bookkeeping ---------------------------------------------------------------------
 

@@ -18,17 +18,19 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from knightwatch.agent.cgroup import ServiceCgroup
 from knightwatch.agent.checks import run_command
 from knightwatch.agent.events import event
-from knightwatch.agent.procaudit import ProcessFinding, audit_processes
+from knightwatch.agent.procaudit import ProcessFinding, ServiceIdentity, audit_processes
 from knightwatch.agent.process import group_alive, read_stat, signal_group, signal_number
 from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.bundle.spec import HaltSpec
 
-__all__ = ["stop_strays", "terminate_group", "terminate_processes"]
+__all__ = ["stop_strays", "terminate_cgroup", "terminate_group", "terminate_processes"]
 
 _POLL_S = 0.05
 _KILL_WAIT_S = 10.0
+_KILL_AGAIN_S = 0.2
 _STRAY_ROUNDS = 3
 
 
@@ -44,14 +46,7 @@ async def terminate_group(
     With our own child as ``leader``, its exit (reaped by waitpid) is awaited
     first, so a service that stops at once costs one /proc scan, not a poll.
     """
-    if halt.hook is not None and launch is not None:
-        status, output = await run_command(
-            launch.argv(halt.hook),
-            cwd=os.fspath(launch.release_dir),
-            env=launch.environment(),
-            timeout_s=halt.grace_s,
-        )
-        event("halt-hook", status=status, output=output or None)
+    await _run_hook(halt, launch)
     signal_group(pgid, signal_number(halt.signal))
     grace_ends = asyncio.get_running_loop().time() + halt.grace_s
     if leader is not None:
@@ -63,6 +58,49 @@ async def terminate_group(
     event("service-kill", pgid=pgid, grace_s=halt.grace_s)
     signal_group(pgid, signal.SIGKILL)
     await _wait_group_gone(pgid, _KILL_WAIT_S)
+
+
+async def terminate_cgroup(group: ServiceCgroup, halt: HaltSpec, launch: ServiceLaunch) -> bool:
+    """Hook, halt signal to every member, grace, then freeze and kill; True once it is empty.
+
+    The group's membership is the kernel's, so a worker that double-forked
+    or left the session is in it all the same; frozen, none can fork or
+    escape before the kill. An empty group (no member left, zombies
+    included) is the moment the service is gone.
+    """
+    await _run_hook(halt, launch)
+    group.signal(signal_number(halt.signal))
+    if await _wait_empty(group, halt.grace_s):
+        return True
+    event("service-kill", cgroup=str(group.path), grace_s=halt.grace_s)
+    deadline = asyncio.get_running_loop().time() + _KILL_WAIT_S
+    while asyncio.get_running_loop().time() < deadline:
+        group.kill()  # again: on v1 a fork racing the freeze may add a member after the read
+        if await _wait_empty(group, _KILL_AGAIN_S):
+            return True
+    return False
+
+
+async def _run_hook(halt: HaltSpec, launch: ServiceLaunch | None) -> None:
+    """Run the release's halt hook, if it has one (block new orders, cancel working ones)."""
+    if halt.hook is not None and launch is not None:
+        status, output = await run_command(
+            launch.argv(halt.hook),
+            cwd=os.fspath(launch.release_dir),
+            env=launch.environment(),
+            timeout_s=halt.grace_s,
+        )
+        event("halt-hook", status=status, output=output or None)
+
+
+async def _wait_empty(group: ServiceCgroup, timeout_s: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while group.members():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(_POLL_S / 5)
+    return True
 
 
 async def terminate_processes(family: dict[int, int], halt: HaltSpec) -> None:
@@ -93,11 +131,12 @@ async def stop_strays(
     current: str | None,
     *,
     only: Callable[[ProcessFinding], bool] | None = None,
+    service: ServiceIdentity | None = None,
 ) -> list[ProcessFinding]:
     """Stop every process the process audit flags under ``root`` (those ``only`` accepts).
 
-    The predicate is the audit's own (:func:`audit_processes`, with no
-    supervised service: call this once the service is stopped), so whatever
+    The predicate is the audit's own (:func:`audit_processes`, with the
+    same ``service`` — its cgroup members are never strays), so whatever
     the audit calls an unmanaged process — running from ROOT, mapping a
     release's code, or an interpreter started on a release script from
     anywhere — is stopped, and nothing else: each flagged process by its
@@ -107,7 +146,7 @@ async def stop_strays(
     """
     stopped: list[ProcessFinding] = []
     for _ in range(_STRAY_ROUNDS):
-        found = await asyncio.to_thread(audit_processes, root, current, None, None)
+        found = await asyncio.to_thread(audit_processes, root, current, service, None)
         found = [f for f in found if only is None or only(f)]
         if not found:
             break

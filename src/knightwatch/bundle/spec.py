@@ -40,6 +40,7 @@ __all__ = [
     "GuardSpec",
     "HaltSpec",
     "HealthCheck",
+    "LimitsSpec",
     "LogPattern",
     "MetricsSpec",
     "ReleaseInfo",
@@ -135,6 +136,19 @@ class HaltSpec(_Strict):
     hook: Argv | None = None
 
 
+class LimitsSpec(_Strict):
+    """``[service.limits]``: what the service's cgroup allows it (unset: no limit)."""
+
+    memory: Annotated[int, Field(ge=4 * 1024 * 1024, le=1 << 50)] | None = None
+    """Most bytes of memory the service's processes may use together (at least 4 MiB)."""
+    cpu: Annotated[float, Field(gt=0, le=1024)] | None = None
+    """A CPU quota in cores (``0.5`` is half of one core)."""
+    cpu_weight: Annotated[int, Field(ge=1, le=10000)] | None = None
+    """A CPU share relative to other groups (100 is the default weight)."""
+    pids: Annotated[int, Field(ge=1, le=4194304)] | None = None
+    """Most processes and threads the service may have at once."""
+
+
 class MetricsSpec(_Strict):
     """``[service.metrics]``: the Prometheus endpoint the agent scrapes."""
 
@@ -174,6 +188,7 @@ class ServiceSpec(_Strict):
     health: HealthCheck | None = None
     smoke: Annotated[list[SmokeCheck], Field(max_length=256)] = []
     halt: HaltSpec = HaltSpec()
+    limits: LimitsSpec | None = None
     metrics: MetricsSpec | None = None
     version_url: Url | None = None
     """GET returns the version the service reports about itself (else its env is used)."""

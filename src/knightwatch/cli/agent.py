@@ -81,6 +81,14 @@ def agent(
     health_timeout: Annotated[
         float, typer.Option("--health-timeout", help="Seconds a new service has to turn healthy")
     ] = 30.0,
+    cgroup_mount: Annotated[
+        Path,
+        typer.Option(
+            "--cgroup-mount",
+            help="Where cgroups are mounted; each service start gets a group there "
+            "(none can be created: best-effort /proc accounting)",
+        ),
+    ] = Path("/sys/fs/cgroup"),
     audit_interval: Annotated[
         float,
         typer.Option(
@@ -132,6 +140,7 @@ def agent(
             service_port=service_port,
             heartbeat_s=heartbeat,
             health_timeout_s=health_timeout,
+            cgroup_mount=cgroup_mount,
             audit=AuditSettings(
                 sweep_interval_s=audit_interval,
                 stat_interval_s=stat_interval,

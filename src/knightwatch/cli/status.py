@@ -47,6 +47,26 @@ def status(json_output: JsonOpt = False) -> None:
     out.print(table)
     if any(node.get("last_known") for node in data["nodes"]):
         out.print("  (last known): from the node's last report, as old as its report age")
+    for node in data["nodes"]:
+        if line := _processes_line(node):
+            out.print(line)
+
+
+def _processes_line(node: dict[str, Any]) -> str:
+    """How a node accounts for its service's processes, said only when not exact or in use."""
+    processes = node.get("processes") or {}
+    accounting = processes.get("accounting")
+    if accounting is None:
+        return ""
+    group = processes.get("cgroup")
+    if group is None:
+        return f"  {shown(node['name'])}: process accounting {shown(accounting)}"
+    memory = group.get("memory_bytes")
+    used = f", {memory / 2**20:.1f} MiB" if memory is not None else ""
+    return (
+        f"  {shown(node['name'])}: process accounting {shown(accounting)}, "
+        f"{group['members']} processes{used} in {shown(group['path'])}"
+    )
 
 
 def _condition_age(data: dict[str, Any]) -> str:

@@ -110,6 +110,10 @@ class NodeStatus:
     halted: bool = False
     halt_source: str | None = None
     """What halted the node: ``kill``, ``dead-man`` or ``guard``."""
+    processes: dict[str, Any] = field(default_factory=dict)
+    """How the node accounts for its service's processes, as last reported: ``accounting``
+    (``exact (cgroup v1|v2)`` or ``best effort (no cgroup)``) and ``cgroup`` (path,
+    members, memory_bytes, oom_kills, pids_limit_hits; None while no service runs)."""
     halt_reason: str | None = None
     halted_since: datetime | None = None
 
@@ -238,11 +242,22 @@ def _node_status(
         drift_since=node.drift_since,
         findings=json.loads(node.drift_findings or "[]"),
         audit=_audit_summary(node),
+        processes=_processes(node) if current else {},
         halted=node.halted,
         halt_source=node.halt_source,
         halt_reason=node.halt_reason,
         halted_since=node.halted_since,
     )
+
+
+def _processes(node: Node) -> dict[str, Any]:
+    """The service's process accounting and cgroup, from the node's last report."""
+    if not node.last_report:
+        return {}
+    service = json.loads(node.last_report).get("state", {}).get("service", {})
+    if service.get("accounting") is None:
+        return {}  # an agent from before cgroups: it does not say
+    return {"accounting": service["accounting"], "cgroup": service.get("cgroup")}
 
 
 def _audit_summary(node: Node) -> dict[str, Any]:

@@ -37,6 +37,7 @@ __all__ = [
     "Ack",
     "AckPhase",
     "AgentCommand",
+    "CgroupStatus",
     "Commit",
     "DeployCommand",
     "Hello",
@@ -150,6 +151,17 @@ def parse_server_message(data: str | bytes) -> ServerMessage:
     return _SERVER_MESSAGE.validate_json(data)
 
 
+class CgroupStatus(_Message):
+    """The service's cgroup as the kernel counts it (check with ``cat <path>/cgroup.procs``)."""
+
+    path: Annotated[str, Field(max_length=4096)]
+    members: Count = 0
+    memory_bytes: Count | None = None
+    oom_kills: Count = 0
+    pids_limit_hits: Count = 0
+    """Forks refused because the group was at its ``pids`` limit."""
+
+
 class ServiceStatus(_Message):
     """The supervised service as the agent sees it."""
 
@@ -161,6 +173,9 @@ class ServiceStatus(_Message):
     version: Annotated[str, Field(max_length=200)] | None = None
     """The version the service reports about itself."""
     detail: Reason | None = None
+    accounting: Annotated[str, Field(max_length=200)] | None = None
+    """``exact (cgroup v1|v2)``, or ``best effort (no cgroup)`` when the agent reads /proc."""
+    cgroup: CgroupStatus | None = None
 
 
 class NodeState(_Message):
