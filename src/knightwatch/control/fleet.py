@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.canonical import canonical_json
 from knightwatch.control.fleet_conditions import (
+    is_current,
     live_nodes,
     lock_fleet,
     mixed_reasons,
@@ -89,9 +90,11 @@ def mark_disconnected(session: Session, name: str, *, now: datetime) -> None:
     """Record that node ``name``'s agent is gone: from now on its facts are last-known only."""
     lock_fleet(session, now)
     node = _get_node(session, name)
+    reported = is_current(node)  # a session that never reported changed nothing it knew
     node.connected = False
     node.disconnected_at = now
-    record_fleet_conditions(session, now)
+    if reported:
+        record_fleet_conditions(session, now)
 
 
 def record_fleet_conditions(session: Session, now: datetime) -> None:

@@ -34,6 +34,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from knightwatch.control import auditlog
+from knightwatch.control.fleet_conditions import lock_fleet
 from knightwatch.control.halt_rows import active_halt_rows, detail_with, last_halt_id
 from knightwatch.control.policy import Action, Proposal, enforce
 from knightwatch.errors import InvalidInputError
@@ -100,6 +101,7 @@ def issue_halt(
     ``halt_fleet``), recorded on every node it halts and carried to the agents.
     """
     reason = _reason(reason)
+    lock_fleet(session, now)  # the fleet row before any node row: the order every writer keeps
     nodes = _selected(session, selector)
     halt = Halt(selector=selector or None, reason=reason, requested_by=requested_by, issued_at=now)
     session.add(halt)

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.control.deploy import ServiceFacts
 from knightwatch.control.fleet import record_fleet_conditions
+from knightwatch.control.fleet_conditions import lock_fleet
 from knightwatch.control.ingest import Ingested, ingest_agent_report
 from knightwatch.protocol import Ack, Report
 from knightwatch.store import Database
@@ -128,6 +129,10 @@ class ReportBatcher:
         requeued = False
         try:
             with self._db.session() as session:
+                # The fleet row first, then node rows, as every writer does: on PostgreSQL a
+                # batch writing nodes in arrival order against a halt writing them in bulk
+                # deadlocked at 1,000 agents.
+                lock_fleet(session, self._now())
                 greeted: set[int] = set()
                 deadline = time.monotonic() + MAX_BATCH_S
                 for item in queued:
