@@ -67,6 +67,22 @@ async def enroll_hollow(
     on_enrolled: Callable[[int], None] | None = None,
 ) -> list[HollowNode]:
     """Enroll ``names`` into ``group`` as real nodes; SwarmError naming the first refusal."""
+    try:
+        return await _enroll(target, names, group=group, on_enrolled=on_enrolled)
+    except httpx.HTTPError as exc:
+        raise SwarmError(
+            f"cannot reach the control plane at {target.url}: {exc or type(exc).__name__}",
+            hint="check KNIGHTWATCH_SERVER (or --server) and that the server runs",
+        ) from None
+
+
+async def _enroll(
+    target: ServerTarget,
+    names: Sequence[str],
+    *,
+    group: str,
+    on_enrolled: Callable[[int], None] | None,
+) -> list[HollowNode]:
     verify: ssl.SSLContext | bool = tls_for(target) or False
     operator_headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
     limit = asyncio.Semaphore(ENROLL_CONCURRENCY)
