@@ -43,11 +43,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -56,7 +57,10 @@ import psycopg  # noqa: E402
 
 from bench.deploy import machine as host_machine  # noqa: E402
 from knightwatch.bundle import build_release, generate_keypair, load_signing_key  # noqa: E402
+from knightwatch.errors import KnightwatchError  # noqa: E402
 from knightwatch.localfleet import LocalFleet  # noqa: E402
+
+T = TypeVar("T")
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
@@ -224,6 +228,14 @@ def deploy_round(fleet: LocalFleet, release: str, timeout: float) -> float:
     return time.monotonic() - started
 
 
+def unfinished(step: Callable[[], T], timeout: float) -> T | str:
+    """Run one measured step; a step that did not finish is a figure too, not an abort."""
+    try:
+        return step()
+    except (SystemExit, KnightwatchError) as exc:
+        return f"not finished in {timeout:.0f} s ({exc})"
+
+
 def start_swarm(fleet: LocalFleet, count: int, ramp_s: float) -> SwarmProcess:
     """Start ``knightwatch swarm`` against the fleet's control plane."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KNIGHTWATCH_")}
@@ -275,10 +287,13 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
             figures["api_idle"] = {p: percentiles(v) for p, v in idle_api.samples.items()}
             print(f"… {database} × {count}: kill fan-out", file=sys.stderr)
             with ApiSampler(fleet) as busy_api:
-                figures["kill"] = kill_fanout(fleet, timeout)
+                figures["kill"] = unfinished(lambda: kill_fanout(fleet, timeout), timeout)
                 print(f"… {database} × {count}: deploy round", file=sys.stderr)
-                figures["deploy_round_s"] = deploy_round(fleet, releases[0], timeout)
+                figures["deploy_round_s"] = unfinished(
+                    lambda: deploy_round(fleet, releases[0], timeout), timeout
+                )
             figures["api_busy"] = {p: percentiles(v) for p, v in busy_api.samples.items()}
+            print(json.dumps(figures), file=sys.stderr)  # what is known so far, if the rest fails
             print(f"… {database} × {count}: server restart (reconnect storm)", file=sys.stderr)
             fleet.stop_server()
             stopped = time.monotonic()
@@ -329,14 +344,26 @@ def report(results: list[dict[str, Any]], machine: dict[str, str], heartbeat: fl
         [f"{r['idle']['swarm_rss_bytes'] / r['agents'] / 1024:.0f}" for r in results],
         "aim: a few hundred",
     )
+
+    def kill(r: dict[str, Any], key: str, fmt: str) -> str:
+        value = r["kill"][key] if isinstance(r["kill"], dict) else None
+        return "unfinished" if value is None else format(value, fmt)
+
     for q in ("p50", "p99", "max"):
         row(
             f"kill fan-out {q} (s)",
-            [f"{r['kill'][q]:.2f}" for r in results],
+            [kill(r, q, ".2f") for r in results],
             "goal p99 ≤ 2 s at 10,000" if q == "p99" else "",
         )
     row(
-        "deploy round (s)", [f"{r['deploy_round_s']:.1f}" for r in results], "goal ≤ 10 s at 10,000"
+        "deploy round (s)",
+        [
+            format(r["deploy_round_s"], ".1f")
+            if isinstance(r["deploy_round_s"], float)
+            else "unfinished"
+            for r in results
+        ],
+        "goal ≤ 10 s at 10,000",
     )
     for phase in ("api_idle", "api_busy"):
         for path in ("/status", "/deployments"):
