@@ -223,8 +223,8 @@ def _serve(fleet: LocalFleet) -> None:
     out.print(f"  export KNIGHTWATCH_TOKEN=$(cat {fleet.token_file})")
     out.print("  knightwatch status; knightwatch alerts; knightwatch audit-log")
     out.print(f"or open the dashboard at {fleet.url}/ui/ and sign in with that token.")
-    out.print("Press Ctrl-C to stop every process the demo started.")
-    try:
+    try:  # the prompt inside: a Ctrl-C right after it must land in this handler
+        out.print("Press Ctrl-C to stop every process the demo started.")
         threading.Event().wait()
     except KeyboardInterrupt:
         err.print("stopping the demo's fleet and market …")
