@@ -77,10 +77,6 @@ class HashProofs:
                 continue
         self.record(proofs)
 
-    def holds(self, st: os.stat_result, digest: str) -> bool:
-        """True when ``st`` is exactly the inode's stat when it was hashed as ``digest``."""
-        return self._proofs.get((st.st_dev, st.st_ino)) == (stat_key(st), digest)
-
     def carry(self, before: os.stat_result, after: os.stat_result) -> None:
         """Move a proof across the agent's own link or chmod of an inode (ctime moved).
 

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["RACY_NS", "SourceHashCache", "SourceStat", "source_stat"]
@@ -97,7 +97,3 @@ class SourceHashCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def as_mapping(self) -> Mapping[str, tuple[SourceStat, str]]:
-        """Every cached entry (for tests and diagnostics)."""
-        return dict(self._entries)

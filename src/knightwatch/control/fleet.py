@@ -44,7 +44,8 @@ __all__ = ["ingest_report", "mark_connected", "mark_disconnected", "record_fleet
 def ingest_report(session: Session, node: Node, report: Report, now: datetime) -> bool:
     """Copy a verified report's facts onto the node's row; True if the fleet may have changed.
 
-    The caller records the fleet's conditions (:func:`record_fleet_conditions`)
+    The caller holds the fleet row (:func:`lock_fleet`, taken before any node
+    row) and records the fleet's conditions (:func:`record_fleet_conditions`)
     once for all the reports it stores together: a deployment changes every
     node's release, and recording them per report is quadratic in the fleet.
     """
@@ -54,8 +55,6 @@ def ingest_report(session: Session, node: Node, report: Report, now: datetime) -
     # current one; the background tick records that within a second, so a reconnect
     # storm of 10,000 agents does not recompute the fleet 10,000 times.
     changes_fleet = node.active_digest != state.active_digest
-    if changes_fleet:
-        lock_fleet(session, now)
     node.active_digest = state.active_digest
     node.previous_digest = state.previous_digest
     service = state.service

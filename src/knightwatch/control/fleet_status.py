@@ -219,6 +219,7 @@ def _node_status(
         )
     candidates = unconfirmed.digests if unconfirmed else ()
     possible = [names.get(d or "", d or "nothing") for d in candidates]
+    reported = _reported_state(node)
     return NodeStatus(
         name=node.name,
         group=node.group_name,
@@ -241,8 +242,8 @@ def _node_status(
         drift_count=node.drift_count,
         drift_since=node.drift_since,
         findings=json.loads(node.drift_findings or "[]"),
-        audit=_audit_summary(node),
-        processes=_processes(node) if current else {},
+        audit=_audit_summary(reported),
+        processes=_processes(reported) if current else {},
         halted=node.halted,
         halt_source=node.halt_source,
         halt_reason=node.halt_reason,
@@ -250,19 +251,25 @@ def _node_status(
     )
 
 
-def _processes(node: Node) -> dict[str, Any]:
-    """The service's process accounting and cgroup, from the node's last report."""
+def _reported_state(node: Node) -> dict[str, Any]:
+    """The ``state`` of the node's last report, parsed once for every view of it."""
     if not node.last_report:
         return {}
-    service = json.loads(node.last_report).get("state", {}).get("service", {})
+    state: dict[str, Any] = json.loads(node.last_report).get("state", {})
+    return state
+
+
+def _processes(reported: dict[str, Any]) -> dict[str, Any]:
+    """The service's process accounting and cgroup, from the node's last report."""
+    service = reported.get("service", {})
     if service.get("accounting") is None:
-        return {}  # an agent from before cgroups: it does not say
+        return {}  # an agent from before cgroups, or no report: it does not say
     return {"accounting": service["accounting"], "cgroup": service.get("cgroup")}
 
 
-def _audit_summary(node: Node) -> dict[str, Any]:
-    if not node.last_report:
+def _audit_summary(reported: dict[str, Any]) -> dict[str, Any]:
+    if not reported:
         return {}
-    audit = json.loads(node.last_report).get("state", {}).get("audit", {})
+    audit = reported.get("audit", {})
     keys = ("watching", "files", "last_sweep_at", "last_process_check_at")
     return {key: audit.get(key) for key in (*keys, "last_functional_check_at")}

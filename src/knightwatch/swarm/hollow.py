@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
@@ -64,8 +63,6 @@ class SwarmCounters:
     halts: int = 0
     disconnects: int = 0
     last_error: str = ""
-    connected_at: dict[str, float] = field(default_factory=dict)
-    """node → monotonic time its current session opened."""
 
 
 class HollowAgent:
@@ -80,7 +77,6 @@ class HollowAgent:
         clock: Clock,
         counters: SwarmCounters,
         tls: ssl.SSLContext | None,
-        backoff: Callable[[], Backoff] = Backoff,
     ) -> None:
         self.node = credential.node
         self._credential = credential
@@ -89,7 +85,7 @@ class HollowAgent:
         self._clock = clock
         self._counters = counters
         self._tls = tls if self._url.startswith("wss://") else None
-        self._backoff = backoff()
+        self._backoff = Backoff()
         self.current: str | None = None
         self.previous: str | None = None
         self.staged: list[str] = []
@@ -137,13 +133,11 @@ class HollowAgent:
             counters = self._counters
             counters.connected += 1
             counters.sessions += 1
-            counters.connected_at[self.node] = self._clock.monotonic()
             try:
                 await self._serve(websocket, reporter, hello.heartbeat_s)
             finally:
                 counters.connected -= 1
                 counters.disconnects += 1
-                counters.connected_at.pop(self.node, None)
 
     async def _hello(self, websocket: ClientConnection) -> Hello:
         async with asyncio.timeout(60):
