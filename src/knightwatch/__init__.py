@@ -76,7 +76,7 @@ def __getattr__(name: str) -> typing.Any:
     return value
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "BuildResult",
