@@ -23,6 +23,7 @@ status the CLI exits with::
     │   └── PolicyRefusedError                the safety policy refused it, every reason listed
     ├── VerificationError             exit 1  bytes or signatures do not match
     ├── StoreError                    exit 1  the disk or database failed us
+    │   └── SchemaTooNewError                 the database was written by a newer knightwatch
     ├── AuthenticationError           exit 1  (control.enrollment) a credential was refused
     ├── PermissionDeniedError         exit 2  (control.users) the user's role does not allow it
     │   └── CsrfRefusedError                  (server.web_sessions) no CSRF token from the dashboard
@@ -211,3 +212,18 @@ class VerificationError(KnightwatchError):
 
 class StoreError(KnightwatchError):
     """The blob store, release store or database could not be read or written."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database's schema is newer than this knightwatch: a downgrade, never attempted."""
+
+    def __init__(self, revision: str, head: str, version: str) -> None:
+        super().__init__(
+            f"the database's schema is at {revision}, which this knightwatch "
+            f"({version}, schema {head}) does not know: it was written by a newer "
+            "version, and a downgrade is never attempted",
+            hint="run the knightwatch version that wrote it (or newer), "
+            "or restore the backup taken before the upgrade",
+        )
+        self.revision = revision
+        self.head = head

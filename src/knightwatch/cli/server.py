@@ -53,6 +53,16 @@ def server(
             help="Serve plain HTTP on a non-loopback --host (tokens travel in clear)",
         ),
     ] = False,
+    check_upgrade: Annotated[
+        bool,
+        typer.Option(
+            "--check-upgrade",
+            help="Say which schema migrations a start would apply, change nothing, and exit",
+        ),
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="With --check-upgrade: print the plan as JSON")
+    ] = False,
 ) -> None:
     """Run the control plane (operator API, agent API, orchestrator).
 
@@ -67,6 +77,9 @@ def server(
     from knightwatch.server.plane import ControlPlane
     from knightwatch.server.settings import ServerSettings
 
+    if check_upgrade:
+        _check_upgrade(data, db, as_json=json_output)
+        return
     configure_logging("server")
     settings = ServerSettings.load(
         {
@@ -100,9 +113,26 @@ def server(
     )
 
 
+def _check_upgrade(data: Path, db: str | None, *, as_json: bool) -> None:
+    """``--check-upgrade``: the migrations a start would apply (exit 1 if it would refuse)."""
+    from knightwatch.cli.output import report_failure
+    from knightwatch.cli.schema import check_upgrade_command
+    from knightwatch.errors import KnightwatchError
+    from knightwatch.server.settings import ServerSettings
+
+    try:
+        settings = ServerSettings.load({"data_dir": data, "database_url": db})
+        url = settings.database_url.reveal() if settings.database_url else None
+        check_upgrade_command(settings.data_dir, url, as_json=as_json)
+    except KnightwatchError as exc:
+        report_failure(exc, as_json=as_json)
+        raise typer.Exit(exc.exit_code) from None
+
+
 def register(app: typer.Typer) -> None:
     """Add ``server`` to the CLI."""
     app.command(
         "server",
-        epilog="Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub",
+        epilog="Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub"
+        "\n\nExample: knightwatch server --data /var/lib/knightwatch --check-upgrade",
     )(server)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +26,10 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from knightwatch.errors import StoreError
-from knightwatch.store.migrate import upgrade
+from knightwatch.store.migrate import UpgradePlan, plan_upgrade, upgrade
 from knightwatch.store.translate import display_url, opening, using
 
-__all__ = ["DB_FILENAME", "Database", "DialectName", "open_database"]
+__all__ = ["DB_FILENAME", "Database", "DialectName", "check_upgrade", "open_database"]
 
 DB_FILENAME = "knightwatch.db"
 CONNECT_TIMEOUT_S = 10
@@ -139,11 +140,79 @@ def open_database(url: str | None, data_dir: Path) -> Database:
     engine = _create_engine(parsed)
     try:
         with opening(parsed), engine.connect() as connection:
+            _back_up_before_upgrade(connection, parsed)
             upgrade(connection)
     except BaseException:
         engine.dispose()
         raise
     return Database(engine)
+
+
+def check_upgrade(url: str | None, data_dir: Path) -> UpgradePlan:
+    """What :func:`open_database` would migrate, without changing or creating anything.
+
+    A SQLite database that does not exist yet would be created at head: every
+    migration is pending. A schema newer than this code raises
+    :class:`~knightwatch.errors.SchemaTooNewError`.
+    """
+    if url is None:
+        path = data_dir / DB_FILENAME
+        if not path.exists():
+            return plan_upgrade_of_nothing()
+        parsed = URL.create("sqlite+pysqlite", database=str(path))
+    else:
+        parsed = _parse_url(url)
+    engine = _create_engine(parsed)
+    try:
+        with opening(parsed), engine.connect() as connection:
+            return plan_upgrade(connection)
+    finally:
+        engine.dispose()
+
+
+def plan_upgrade_of_nothing() -> UpgradePlan:
+    """The plan for a database that does not exist yet: every migration, from nothing."""
+    engine = create_engine("sqlite+pysqlite://")
+    try:
+        with engine.connect() as connection:
+            return plan_upgrade(connection)
+    finally:
+        engine.dispose()
+
+
+def _back_up_before_upgrade(connection: Connection, url: URL) -> None:
+    """Copy a SQLite database that is about to be migrated to ``<file>.before-<head>``.
+
+    A migration runs in one transaction, so a failed one changes nothing; the
+    copy is for the day after, when an upgrade turned out to be unwanted (a
+    downgrade is refused). PostgreSQL is backed up by its own tools.
+    """
+    if url.get_backend_name() != "sqlite" or not url.database:
+        return
+    plan = plan_upgrade(connection)
+    connection.rollback()  # the plan's read must not hold the file while it is copied
+    if plan.current is None or plan.up_to_date:
+        return
+    target = Path(f"{url.database}.before-{plan.head}")
+    if target.exists():
+        return
+    partial = target.with_name(f"{target.name}.partial")
+    source = connection.connection.dbapi_connection
+    if source is None:
+        return
+    try:
+        backup = sqlite3.connect(partial)
+        try:
+            source.backup(backup)
+        finally:
+            backup.close()
+        os.chmod(partial, 0o600)
+        os.replace(partial, target)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(
+            f"cannot back up the database to {target} before upgrading it: {exc}",
+            hint="free space next to the database, or copy it away and start again",
+        ) from exc
 
 
 def _default_url(data_dir: Path) -> URL:

@@ -10,6 +10,7 @@ its ``revision`` to the same name.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -18,7 +19,19 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "current_revision", "head_revision", "upgrade"]
+from knightwatch import __version__
+from knightwatch.errors import SchemaTooNewError
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "Migration",
+    "UpgradePlan",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "plan_upgrade",
+    "upgrade",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -49,6 +62,48 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+@dataclass(frozen=True)
+class Migration:
+    """One migration a start would apply: its revision and what it does."""
+
+    revision: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class UpgradePlan:
+    """What opening the database would migrate: from ``current`` (None: empty) to ``head``."""
+
+    current: str | None
+    head: str
+    pending: tuple[Migration, ...]
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when a start would migrate nothing."""
+        return not self.pending
+
+
+def plan_upgrade(connection: Connection) -> UpgradePlan:
+    """The migrations a start would apply to the database behind ``connection``, oldest first.
+
+    A database at a revision this code does not know was written by a newer
+    knightwatch: :class:`SchemaTooNewError`, and nothing is attempted.
+    """
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = head_revision()
+    current = current_revision(connection)
+    known = {script.revision for script in scripts.walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaTooNewError(current, head, __version__)
+    pending = [
+        Migration(script.revision, (script.doc or "").strip().split("\n")[0])
+        for script in scripts.iterate_revisions("heads", current or "base")
+    ]
+    pending.reverse()  # iterate_revisions goes newest first, and stops above ``current``
+    return UpgradePlan(current, head, tuple(pending))
+
+
 def upgrade(connection: Connection) -> None:
     """Apply every migration not yet applied, in one transaction; commit it.
 
@@ -60,4 +115,5 @@ def upgrade(connection: Connection) -> None:
     the whole upgrade, revision check included, holds the write lock.
     """
     with _ALEMBIC_LOCK, connection.begin():
+        plan_upgrade(connection)  # a newer schema is refused before anything runs
         command.upgrade(alembic_config(connection), "head")
