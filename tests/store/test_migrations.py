@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -14,8 +16,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, select, text
 
-from knightwatch.errors import StoreError
+from knightwatch.errors import SchemaTooNewError, StoreError
 from knightwatch.store import Base, Database, Deployment, DeploymentNode, Node
+from knightwatch.store.database import check_upgrade
 from knightwatch.store.migrate import alembic_config, current_revision, head_revision
 from tests.databases import Target
 
@@ -136,12 +139,101 @@ def test_replicas_starting_together_all_migrate(target: Target) -> None:
 
 
 def test_database_from_a_newer_knightwatch_is_refused(target: Target) -> None:
-    """A database at a revision this code does not know raises StoreError, not a traceback."""
+    """A schema this code does not know is refused before any migration runs, and left as is."""
+    with target.open() as db, db.session() as session:
+        session.add(Node(name="kept", status="pending", created_at=datetime.now(UTC)))
     with target.open() as db, db.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
-    with pytest.raises(StoreError, match="cannot migrate the database") as caught:
+    with pytest.raises(SchemaTooNewError) as caught:
         target.open()
-    assert "newer knightwatch" in (caught.value.hint or "")
+    assert "schema is at 9999_future" in caught.value.message
+    assert f"schema {HEAD}" in caught.value.message
+    assert "newer" in caught.value.message and "restore the backup" in (caught.value.hint or "")
+    with pytest.raises(SchemaTooNewError):
+        check_upgrade(target.url, target.data_dir)
+    engine = create_engine(target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}")
+    try:
+        with engine.connect() as connection:
+            assert current_revision(connection) == "9999_future"
+            assert connection.execute(text("SELECT name FROM nodes")).scalars().all() == ["kept"]
+    finally:
+        engine.dispose()
+
+
+def _database_at(target: Target, revision: str) -> str:
+    """Create ``target``'s database at ``revision`` (not head); return its URL."""
+    url = target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}"
+    target.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            command.upgrade(alembic_config(connection), revision)
+            connection.commit()
+    finally:
+        engine.dispose()
+    return url
+
+
+def test_check_upgrade_lists_what_a_start_would_apply_and_changes_nothing(
+    target: Target,
+) -> None:
+    """--check-upgrade's plan: the revisions after the database's, oldest first; none applied."""
+    url = _database_at(target, "0006_audit_log")
+    plan = check_upgrade(target.url, target.data_dir)
+    scripts = ScriptDirectory.from_config(alembic_config())
+    expected = [r.revision for r in scripts.iterate_revisions("heads", "0006_audit_log")][::-1]
+    assert plan.current == "0006_audit_log" and plan.head == HEAD and not plan.up_to_date
+    assert [m.revision for m in plan.pending] == expected
+    assert plan.pending[0].revision == "0007_users" and plan.pending[0].summary.startswith("People")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert current_revision(connection) == "0006_audit_log"
+    finally:
+        engine.dispose()
+    with target.open():
+        pass
+    assert check_upgrade(target.url, target.data_dir).up_to_date
+
+
+def test_check_upgrade_of_no_database_creates_nothing(tmp_path: Path) -> None:
+    """With no SQLite file yet, every migration is pending and no file or directory appears."""
+    data = tmp_path / "data"
+    plan = check_upgrade(None, data)
+    assert plan.current is None and len(plan.pending) == len(
+        list(ScriptDirectory.from_config(alembic_config()).walk_revisions())
+    )
+    assert not data.exists()
+
+
+def test_a_sqlite_database_is_copied_aside_before_it_is_migrated(tmp_path: Path) -> None:
+    """The copy is the database as it was: at its old revision, with its rows."""
+    target = Target("sqlite", None, tmp_path / "data")
+    url = _database_at(target, "0006_audit_log")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO nodes (name, group_name, status, created_at, drift_state, "
+                "drift_findings) VALUES ('old', 'default', 'enrolled', :now, 'unknown', '[]')"
+            ),
+            {"now": datetime.now(UTC)},
+        )
+    engine.dispose()
+    with target.open():
+        pass
+    backup = tmp_path / "data" / f"knightwatch.db.before-{HEAD}"
+    assert backup.exists() and backup.stat().st_mode & 0o777 == 0o600
+    copy = sqlite3.connect(backup)
+    try:
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchone() == (
+            "0006_audit_log",
+        )
+        assert copy.execute("SELECT name FROM nodes").fetchall() == [("old",)]
+    finally:
+        copy.close()
+    with target.open():  # up to date: no second copy is attempted
+        pass
 
 
 def test_upgrade_from_the_first_schema_keeps_the_data(target: Target) -> None:
