@@ -28,7 +28,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tlsca": BASE,
     "protocol": BASE,
     "bundle": BASE,
-    "store": BASE,
+    "store": BASE | {"knightwatch"},  # the version, in the refusal of a newer schema
     "client": BASE | {"tlsca"},
     "push": BASE | {"bundle", "client", "protocol"},
     "control": BASE | {"bundle", "protocol", "store"},

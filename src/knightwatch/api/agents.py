@@ -152,6 +152,10 @@ async def connect(socket: WebSocket) -> None:
     await session.run()
 
 
+class _ServerStopping(Exception):  # noqa: N818 - control flow, never shown to anyone
+    """The control plane began to stop before this session was recorded."""
+
+
 class _Session:
     """The server side of one agent connection."""
 
@@ -171,9 +175,10 @@ class _Session:
         if replaced is not None:
             with contextlib.suppress(Exception):
                 await replaced.socket.close(code=4409, reason="replaced by a newer connection")
-        await self.plane.in_store(self._mark_connected)
-        writer = asyncio.create_task(self._write())
+        writer: asyncio.Task[None] | None = None
         try:
+            await self.plane.in_store(self._mark_connected)
+            writer = asyncio.create_task(self._write())
             await self.socket.send_text(
                 Hello(
                     node=self.node,
@@ -186,11 +191,18 @@ class _Session:
                 ).model_dump_json()
             )
             await self._read()
-        except (WebSocketDisconnect, RuntimeError, TimeoutError):
+        except (WebSocketDisconnect, RuntimeError, TimeoutError, _ServerStopping):
             pass
+        except asyncio.CancelledError:
+            if not self.plane.stopping:
+                raise
+            # The server stops, and uvicorn cancels what outlived its graceful shutdown:
+            # nothing is lost (the plane records every node disconnected at once), so the
+            # session ends quietly instead of leaving a traceback per agent.
         finally:
-            writer.cancel()
-            if self.plane.hub.detach(self.connection):
+            if writer is not None:
+                writer.cancel()
+            if self.plane.hub.detach(self.connection) and not self.plane.stopping:
                 with contextlib.suppress(RuntimeError):  # the store thread is shut down
                     await self.plane.in_store(self._mark_disconnected)
 
@@ -259,6 +271,8 @@ class _Session:
                 self.plane.hub.send(self.node, command)
 
     def _mark_connected(self) -> None:
+        if self.plane.stopping:  # queued behind others while the server began to stop
+            raise _ServerStopping
         with self.plane.db.session() as session:
             node = mark_connected(session, self.node, nonce=self.nonce, now=self.plane.clock.now())
             self.group = node.group_name

@@ -53,6 +53,11 @@ def create_app(plane: ControlPlane) -> FastAPI:
         try:
             yield
         finally:
+            plane.stopping = True
+            try:
+                await plane.in_store(plane.disconnect_everyone)
+            except Exception:
+                log.exception("recording every agent disconnected failed")
             for task in (ticker, notifying):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.table import Table
 
 from knightwatch.cli.output import out, print_json
-from knightwatch.store.migrate import UpgradePlan
+from knightwatch.server.settings import ServerSettings
+from knightwatch.server.upgrade import UpgradePlan
 
 __all__ = ["check_upgrade_command", "plan_document"]
 
 
-def check_upgrade_command(data: Path, database_url: str | None, *, as_json: bool) -> None:
-    """Print what opening the database would migrate; change and create nothing."""
+def check_upgrade_command(settings: ServerSettings, *, as_json: bool) -> None:
+    """Print what opening the settings' database would migrate; change and create nothing."""
     from knightwatch import __version__
-    from knightwatch.store.database import check_upgrade
+    from knightwatch.server.upgrade import upgrade_plan
 
-    plan = check_upgrade(database_url, data)
+    plan = upgrade_plan(settings)
     if as_json:
         print_json({**plan_document(plan), "version": __version__})
         return

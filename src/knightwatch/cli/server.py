@@ -75,6 +75,7 @@ def server(
     from knightwatch.logs import configure_logging
     from knightwatch.protocol import MAX_MESSAGE_BYTES
     from knightwatch.server.plane import ControlPlane
+    from knightwatch.server.serving import STARTUP_FAILED, serve
     from knightwatch.server.settings import ServerSettings
 
     if check_upgrade:
@@ -96,7 +97,7 @@ def server(
     settings.check_transport()
     plane = ControlPlane.open(settings)
     app = create_app(plane)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -111,6 +112,8 @@ def server(
         # would wait for it forever: a SIGTERM'd control plane must still stop.
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    if not serve(app, plane, config):
+        raise typer.Exit(STARTUP_FAILED)
 
 
 def _check_upgrade(data: Path, db: str | None, *, as_json: bool) -> None:
@@ -122,8 +125,7 @@ def _check_upgrade(data: Path, db: str | None, *, as_json: bool) -> None:
 
     try:
         settings = ServerSettings.load({"data_dir": data, "database_url": db})
-        url = settings.database_url.reveal() if settings.database_url else None
-        check_upgrade_command(settings.data_dir, url, as_json=as_json)
+        check_upgrade_command(settings, as_json=as_json)
     except KnightwatchError as exc:
         report_failure(exc, as_json=as_json)
         raise typer.Exit(exc.exit_code) from None

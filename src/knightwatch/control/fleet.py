@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.canonical import canonical_json
@@ -38,7 +39,13 @@ from knightwatch.errors import NotFoundError
 from knightwatch.protocol import Report
 from knightwatch.store import Node
 
-__all__ = ["ingest_report", "mark_connected", "mark_disconnected", "record_fleet_conditions"]
+__all__ = [
+    "ingest_report",
+    "mark_all_disconnected",
+    "mark_connected",
+    "mark_disconnected",
+    "record_fleet_conditions",
+]
 
 
 def ingest_report(session: Session, node: Node, report: Report, now: datetime) -> bool:
@@ -94,6 +101,19 @@ def mark_disconnected(session: Session, name: str, *, now: datetime) -> None:
     node.disconnected_at = now
     if reported:
         record_fleet_conditions(session, now)
+
+
+def mark_all_disconnected(session: Session, *, now: datetime) -> int:
+    """Record every connected node's agent as gone (the control plane stops); return how many."""
+    lock_fleet(session, now)
+    nodes = list(session.scalars(select(Node).where(Node.connected.is_(True))))
+    reported = any(is_current(node) for node in nodes)
+    for node in nodes:
+        node.connected = False
+        node.disconnected_at = now
+    if reported:
+        record_fleet_conditions(session, now)
+    return len(nodes)
 
 
 def record_fleet_conditions(session: Session, now: datetime) -> None:

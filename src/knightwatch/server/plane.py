@@ -19,6 +19,7 @@ from knightwatch.clock import Clock, SystemClock
 from knightwatch.control import auditlog
 from knightwatch.control.deploy import Orchestrator
 from knightwatch.control.deploy_requests import DeployTimeouts
+from knightwatch.control.fleet import mark_all_disconnected
 from knightwatch.control.guards import FleetGuards
 from knightwatch.control.killswitch import HaltPlan, issue_halt
 from knightwatch.control.releases import ReleaseCatalog
@@ -81,6 +82,8 @@ class ControlPlane:
     checkpointed_seq: int = -1
     next_upload_sweep: float = 0.0
     """When (``clock.monotonic``) the tick next deletes abandoned uploads."""
+    stopping: bool = False
+    """Set when the server begins to stop: agent sessions end without store work."""
 
     def __post_init__(self) -> None:
         self.reports = ReportBatcher(
@@ -99,6 +102,16 @@ class ControlPlane:
         this work in order, as it was on the loop, without ever blocking it.
         """
         return await asyncio.get_running_loop().run_in_executor(self.store_worker, work)
+
+    def disconnect_everyone(self) -> None:
+        """Record every node as disconnected now, in one transaction (the server is stopping).
+
+        A stopping server has a session per agent; each marking its node
+        alone would queue one transaction per agent behind the others, past
+        the graceful shutdown's deadline at a thousand agents.
+        """
+        with self.db.session() as session:
+            mark_all_disconnected(session, now=self.clock.now())
 
     def record_halt(
         self,
