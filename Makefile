@@ -9,7 +9,8 @@ PYTEST_WORKERS ?= auto
 
 all: test
 
-$(STAMP): pyproject.toml
+# __init__.py holds the version: the installed metadata must follow it.
+$(STAMP): pyproject.toml src/knightwatch/__init__.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -25,6 +25,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "vocabulary": frozenset(),
     "sdk": frozenset(),  # services import it: the standard library only (and openfeature)
     "logs": BASE,
+    "shipped": BASE,  # release sources shipped in the package (the example, the simulator's)
     "tlsca": BASE,
     "protocol": BASE,
     "bundle": BASE,
@@ -40,10 +41,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     # hollow agents: the agent's protocol side without its node, for scale measurements
     "swarm": BASE | {"agent", "client", "protocol", "tlsca"},
     # the simulator and its drill: a user of the product, through its API and a local fleet
-    "sim": BASE | {"knightwatch", "agent", "bundle", "client", "localfleet", "sdk"},
+    "sim": BASE | {"knightwatch", "agent", "bundle", "client", "localfleet", "sdk", "shipped"},
     "cli": BASE
     | {"knightwatch", "agent", "api", "bundle", "client", "localfleet", "logs", "protocol"}
-    | {"push", "server", "sim", "swarm", "tlsca"},
+    | {"push", "server", "shipped", "sim", "swarm", "tlsca"},
     "__main__": frozenset({"cli"}),
     "__init__": BASE | {"bundle"},
 }

@@ -17,7 +17,19 @@ def test_pyproject_takes_the_version_from_the_package() -> None:
     assert "version" not in project["project"]
     assert project["project"]["dynamic"] == ["version"]
     assert project["tool"]["hatch"]["version"]["path"] == "src/knightwatch/__init__.py"
-    assert importlib.metadata.version("knightwatch") == knightwatch.__version__
+
+
+def test_the_installed_distribution_has_the_package_version() -> None:
+    """The installed metadata's version is ``__version__`` (tests/install checks a real wheel).
+
+    An editable install keeps the version it was installed with: after a
+    version bump, ``make venv`` (or ``pip install -e '.[dev]'``) installs again.
+    """
+    installed = importlib.metadata.version("knightwatch")
+    assert installed == knightwatch.__version__, (
+        f"the installed knightwatch metadata says {installed}, the code {knightwatch.__version__}: "
+        "reinstall (make venv, or pip install -e '.[dev]')"
+    )
 
 
 def test_version_flag_and_command_print_it() -> None:

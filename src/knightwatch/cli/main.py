@@ -16,6 +16,7 @@ from knightwatch.cli import (
     changes,
     deploy,
     drill,
+    example,
     flags,
     fleet,
     history,
@@ -63,6 +64,7 @@ history.register(app)
 policy.register(app)
 users.register(app)
 drill.register(app)
+example.register(app)
 swarm.register(app)
 
 

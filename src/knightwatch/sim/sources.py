@@ -2,7 +2,10 @@
 
 ``assemble("2012.08", target)`` copies ``sources/common`` and then
 ``sources/2012.08`` over it into ``target``: a source tree with its
-``knightwatch.toml``, ready for ``knightwatch bundle build``.
+``knightwatch.toml``, ready for ``knightwatch bundle build``. The copy
+leaves out bytecode and sets file modes as in the checkout
+(:func:`knightwatch.shipped.copy_source_tree`), so an installed knightwatch
+builds the same releases as a checkout.
 
 * ``2012.07`` — production on 31 July 2012: still carries Power Peg, woken
   by ``power_peg``;
@@ -17,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from knightwatch.errors import InvalidInputError
+from knightwatch.shipped import copy_source_tree
 
 __all__ = ["LABELS", "SOURCES", "assemble"]
 
@@ -31,6 +35,6 @@ def assemble(label: str, target: Path) -> Path:
             f"no SMARS release {label!r}", hint=f"the releases are: {', '.join(LABELS)}"
         )
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(SOURCES / "common", target)
-    shutil.copytree(SOURCES / label, target, dirs_exist_ok=True)
+    copy_source_tree(SOURCES / "common", target)
+    copy_source_tree(SOURCES / label, target)
     return target
