@@ -196,9 +196,8 @@ class _Session:
         except asyncio.CancelledError:
             if not self.plane.stopping:
                 raise
-            # The server stops, and uvicorn cancels what outlived its graceful shutdown:
-            # nothing is lost (the plane records every node disconnected at once), so the
-            # session ends quietly instead of leaving a traceback per agent.
+            # The server stops (serving.py ends every session): nothing is lost, the plane
+            # records every node disconnected at once; the session ends quietly.
         finally:
             if writer is not None:
                 writer.cancel()

@@ -33,6 +33,8 @@ class Connection:
     outgoing: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     """The event loop that serves the socket (the connection is made on it)."""
+    task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
+    """The task serving the session (the connection is made on it)."""
 
 
 class AgentHub:
@@ -74,6 +76,13 @@ class AgentHub:
             connection.loop.call_soon_threadsafe(connection.outgoing.put_nowait, text)
         log.info("sent %s to %s", message.type, node)
         return True
+
+    def end_sessions(self) -> int:
+        """Cancel every session's task (the server stops); return how many (call on the loop)."""
+        tasks = [c.task for c in self._connections.values() if c.task is not None]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
     async def disconnect(self, node: str, *, code: int = 4403, reason: str = "") -> bool:
         """Close ``node``'s live connection (its session then ends as usual); False if none."""
