@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
 
 from knightwatch.api.auth import agent_from_headers, node_from_headers
 from knightwatch.api.fields import SafeLine
@@ -42,6 +43,7 @@ from knightwatch.protocol import (
 )
 from knightwatch.server.documents import DocumentKind
 from knightwatch.server.hub import Connection
+from knightwatch.server.report_batch import SessionChange
 from knightwatch.store import Release
 
 __all__ = ["router"]
@@ -177,7 +179,7 @@ class _Session:
                 await replaced.socket.close(code=4409, reason="replaced by a newer connection")
         writer: asyncio.Task[None] | None = None
         try:
-            await self.plane.in_store(self._mark_connected)
+            await self.plane.reports.record(SessionChange(self._record_connected))
             writer = asyncio.create_task(self._write())
             await self.socket.send_text(
                 Hello(
@@ -202,8 +204,9 @@ class _Session:
             if writer is not None:
                 writer.cancel()
             if self.plane.hub.detach(self.connection) and not self.plane.stopping:
+                gone = SessionChange(self._record_disconnected, after=self._after_disconnect)
                 with contextlib.suppress(RuntimeError):  # the store thread is shut down
-                    await self.plane.in_store(self._mark_disconnected)
+                    await self.plane.reports.record(gone)
 
     async def _write(self) -> None:
         while True:
@@ -241,7 +244,7 @@ class _Session:
         return report
 
     def _public_key(self) -> Ed25519PublicKey:
-        if self.public_key is None:  # _mark_connected loads it before the first read
+        if self.public_key is None:  # _record_connected loads it before the first read
             raise ReportError("the session has not started: no key to check the report with")
         return self.public_key
 
@@ -269,15 +272,17 @@ class _Session:
             for command in ingested.retires:
                 self.plane.hub.send(self.node, command)
 
-    def _mark_connected(self) -> None:
+    def _record_connected(self, session: Session) -> bool:
         if self.plane.stopping:  # queued behind others while the server began to stop
             raise _ServerStopping
-        with self.plane.db.session() as session:
-            node = mark_connected(session, self.node, nonce=self.nonce, now=self.plane.clock.now())
-            self.group = node.group_name
-            self.public_key = public_key_from_text(node.public_key or "")  # enrolled: has one
+        node = mark_connected(session, self.node, nonce=self.nonce, now=self.plane.clock.now())
+        self.group = node.group_name
+        self.public_key = public_key_from_text(node.public_key or "")  # enrolled: has one
+        return False  # the fleet's facts change with the first report, not the connect
 
-    def _mark_disconnected(self) -> None:
-        with self.plane.db.session() as session:
-            mark_disconnected(session, self.node, now=self.plane.clock.now())
+    def _record_disconnected(self, session: Session) -> bool:
+        now = self.plane.clock.now()
+        return mark_disconnected(session, self.node, now=now, record_conditions=False)
+
+    def _after_disconnect(self) -> None:
         self.plane.orchestrator.on_disconnect(self.node)

@@ -92,15 +92,24 @@ def mark_connected(session: Session, name: str, *, nonce: str, now: datetime) ->
     return node
 
 
-def mark_disconnected(session: Session, name: str, *, now: datetime) -> None:
-    """Record that node ``name``'s agent is gone: from now on its facts are last-known only."""
-    lock_fleet(session, now)
+def mark_disconnected(
+    session: Session, name: str, *, now: datetime, record_conditions: bool = True
+) -> bool:
+    """Record that node ``name``'s agent is gone: from now on its facts are last-known only.
+
+    Returns whether the fleet's conditions may have changed. With
+    ``record_conditions`` False the caller (a batch of them) holds the fleet
+    row already and records them once for all.
+    """
+    if record_conditions:
+        lock_fleet(session, now)
     node = _get_node(session, name)
     reported = is_current(node)  # a session that never reported changed nothing it knew
     node.connected = False
     node.disconnected_at = now
-    if reported:
+    if reported and record_conditions:
         record_fleet_conditions(session, now)
+    return reported
 
 
 def mark_all_disconnected(session: Session, *, now: datetime) -> int:

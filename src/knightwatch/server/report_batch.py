@@ -13,6 +13,11 @@ on the strength of a report that could still be lost.
 If the control plane dies before the commit, nothing of the batch is stored
 and nothing was acted on; each agent reconnects and greets with its whole
 state (its halt latch included), which the new process stores once.
+
+A session's start and end (:class:`SessionChange`) go through the same queue:
+a thousand agents reconnecting after a restart are a thousand connects in a
+few transactions, not a thousand fsyncs in a row, and each stays in order
+with its session's reports.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from knightwatch.control.ingest import Ingested, ingest_agent_report
 from knightwatch.protocol import Ack, Report
 from knightwatch.store import Database
 
-__all__ = ["PAUSE_ENV", "ReportBatcher", "ReportSender", "report_commit_fault"]
+__all__ = ["PAUSE_ENV", "ReportBatcher", "ReportSender", "SessionChange", "report_commit_fault"]
 
 log = logging.getLogger("knightwatch.server")
 
@@ -66,11 +71,31 @@ class ReportSender(Protocol):
         """Act on a stored report (on the store thread, after its transaction committed)."""
 
 
+@dataclass(frozen=True)
+class SessionChange:
+    """A session's connect or disconnect, recorded in a batch like a report."""
+
+    record: Callable[[Session], bool]
+    """Writes the change in the batch's transaction; True if the fleet may have changed."""
+    after: Callable[[], None] | None = None
+    """Runs on the store thread once the change is committed."""
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    fleet_changed: bool
+
+
 @dataclass
 class _Queued:
-    sender: ReportSender
-    report: Report
+    sender: ReportSender | None
+    report: Report | SessionChange
     done: asyncio.Future[None]
+
+    @property
+    def agent_report(self) -> Report | None:
+        """The agent's report, if this is one (not a session's change)."""
+        return self.report if isinstance(self.report, Report) else None
 
 
 class ReportBatcher:
@@ -99,6 +124,13 @@ class ReportBatcher:
 
     async def store(self, sender: ReportSender, report: Report) -> None:
         """Store ``report`` (with whatever else is queued) and act on it; raise if it failed."""
+        await self._enqueue(sender, report)
+
+    async def record(self, change: SessionChange) -> None:
+        """Record a session's change in the next batch; raise what its ``record`` raised."""
+        await self._enqueue(None, change)
+
+    async def _enqueue(self, sender: ReportSender | None, report: Report | SessionChange) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -124,7 +156,7 @@ class ReportBatcher:
                     _settle(loop, item.done, exc)
 
     def _store(self, queued: list[_Queued], loop: asyncio.AbstractEventLoop) -> None:
-        outcomes: list[Ingested | BaseException] = []
+        outcomes: list[Ingested | _Recorded | BaseException] = []
         batch: list[_Queued] = []
         requeued = False
         try:
@@ -142,10 +174,10 @@ class ReportBatcher:
                     outcomes.append(self._one(session, item, greeted))
                 self._requeue(queued[len(batch) :])
                 requeued = True
-                if any(isinstance(o, Ingested) and o.fleet_changed for o in outcomes):
+                if any(isinstance(o, Ingested | _Recorded) and o.fleet_changed for o in outcomes):
                     record_fleet_conditions(session, self._now())  # once for the batch
                 if self._before_commit is not None:
-                    self._before_commit([item.report for item in batch])
+                    self._before_commit([r for item in batch if (r := item.agent_report)])
         except Exception as exc:  # the commit itself failed: every report of the batch did
             log.exception("storing %d agent reports failed", len(batch))
             if not requeued:
@@ -159,9 +191,9 @@ class ReportBatcher:
                 _settle(loop, item.done, outcome)
                 continue
             try:
-                item.sender.after_commit(item.report, outcome)
+                _act(item, outcome)
             except Exception as exc:  # one connection's trouble is not the batch's
-                log.exception("acting on a report from %s failed", item.sender.node)
+                log.exception("acting on a stored report or session change failed")
                 _settle(loop, item.done, exc)
                 continue
             acted.append(item)
@@ -170,16 +202,20 @@ class ReportBatcher:
 
     def _acks(self, acted: list[_Queued]) -> list[Exception | None]:
         """Hand the deployment acks of the stored reports over in one call; each one's failure."""
-        with_ack = [(item, item.report.ack) for item in acted if item.report.ack is not None]
+        with_ack = [
+            (item, sender, report, report.ack)
+            for item in acted
+            if (report := item.agent_report) and report.ack and (sender := item.sender)
+        ]
         if not with_ack or self._on_acks is None:
             return [None] * len(acted)
-        acks = [(item.sender.node, ack, _service_facts(item.report)) for item, ack in with_ack]
+        acks = [(sender.node, ack, _service_facts(report)) for _, sender, report, ack in with_ack]
         try:
             results = zip(with_ack, self._on_acks(acks), strict=True)
-            failures = {id(item): failure for (item, _), failure in results}
+            failures = {id(entry[0]): failure for entry, failure in results}
         except Exception as exc:  # the acks' transaction failed: each sender hears of it
             log.exception("recording %d deployment acks failed", len(acks))
-            failures = {id(item): exc for item, _ in with_ack}
+            failures = {id(entry[0]): exc for entry in with_ack}
         return [failures.get(id(item)) for item in acted]
 
     def _requeue(self, rest: list[_Queued]) -> None:
@@ -188,18 +224,33 @@ class ReportBatcher:
             with self._lock:
                 self._queued[:0] = rest
 
-    def _one(self, session: Session, item: _Queued, greeted: set[int]) -> Ingested | Exception:
-        sender = item.sender
-        first = not sender.greeted and id(sender) not in greeted
+    def _one(
+        self, session: Session, item: _Queued, greeted: set[int]
+    ) -> Ingested | _Recorded | Exception:
+        sender, report = item.sender, item.report
         try:
             with session.begin_nested():
-                ingested = ingest_agent_report(
-                    session, sender.node, item.report, self._now(), first=first
-                )
+                if isinstance(report, SessionChange):
+                    return _Recorded(report.record(session))
+                if sender is None:
+                    raise ValueError("an agent report without its connection")
+                first = not sender.greeted and id(sender) not in greeted
+                now = self._now()
+                ingested = ingest_agent_report(session, sender.node, report, now, first=first)
         except Exception as exc:  # rolled back to the savepoint: the others stand
             return exc
         greeted.add(id(sender))
         return ingested
+
+
+def _act(item: _Queued, outcome: Ingested | _Recorded) -> None:
+    """Run a stored item's effects: the connection's for a report, the change's own else."""
+    report = item.report
+    if isinstance(report, SessionChange):
+        if report.after is not None:
+            report.after()
+    elif item.sender is not None and isinstance(outcome, Ingested):
+        item.sender.after_commit(report, outcome)
 
 
 def _service_facts(report: Report) -> ServiceFacts:
