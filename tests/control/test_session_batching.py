@@ -1,0 +1,79 @@
+"""Session changes (connects, disconnects) share the report batcher's transactions."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from knightwatch.server.report_batch import ReportBatcher, SessionChange
+from knightwatch.store import Database, Node
+
+COUNT = 60
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def test_changes_that_arrive_together_are_recorded_in_few_transactions(db: Database) -> None:
+    """Sixty connects queued at once: all recorded, in far fewer batches than changes."""
+    with db.session() as session:
+        for i in range(COUNT):
+            session.add(Node(name=f"n{i:03d}", status="enrolled", created_at=_now()))
+    after: list[str] = []
+
+    def connect(name: str) -> SessionChange:
+        def record(session: Session) -> bool:
+            node = session.get(Node, name)
+            assert node is not None
+            node.connected = True
+            return False
+
+        return SessionChange(record, after=lambda: after.append(name))
+
+    async def run(batcher: ReportBatcher) -> None:
+        await asyncio.gather(*(batcher.record(connect(f"n{i:03d}")) for i in range(COUNT)))
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        batcher = ReportBatcher(db, worker, _now)
+        asyncio.run(run(batcher))
+    with db.session() as session:
+        assert all(session.scalars(select(Node.connected)))
+    assert sorted(after) == [f"n{i:03d}" for i in range(COUNT)]
+    assert batcher.batches < COUNT / 2
+
+
+def test_a_failing_change_fails_alone(db: Database) -> None:
+    """One change that raises is rolled back to its savepoint; its caller hears; others stand."""
+    with db.session() as session:
+        session.add(Node(name="good", status="enrolled", created_at=_now()))
+
+    def good(session: Session) -> bool:
+        node = session.get(Node, "good")
+        assert node is not None
+        node.connected = True
+        return False
+
+    def bad(session: Session) -> bool:
+        session.add(Node(name="bad", status="enrolled", created_at=_now()))
+        session.flush()
+        raise RuntimeError("refused")
+
+    async def run(batcher: ReportBatcher) -> list[BaseException | None]:
+        return await asyncio.gather(
+            batcher.record(SessionChange(bad)),
+            batcher.record(SessionChange(good)),
+            return_exceptions=True,
+        )
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        outcomes = asyncio.run(run(ReportBatcher(db, worker, _now)))
+    assert isinstance(outcomes[0], RuntimeError) and outcomes[1] is None
+    with db.session() as session:
+        assert session.get(Node, "bad") is None
+        good_node = session.get(Node, "good")
+        assert good_node is not None and good_node.connected
