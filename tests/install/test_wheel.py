@@ -230,7 +230,9 @@ class TestInstalled:
         assert Path(seen["prefix"]) == installed.venv
         assert seen["metadata"] == VERSION
         checkout = REPO.resolve()
-        inside = [p for p in seen["path"] if p and Path(p).resolve().is_relative_to(checkout)]
+        borrowed = {Path(p).resolve() for p in sysconfig.get_paths().values()}  # dependencies
+        entries = [Path(p).resolve() for p in seen["path"] if p]
+        inside = [p for p in entries if p.is_relative_to(checkout) and p not in borrowed]
         assert inside == [], "the checkout is on the installed knightwatch's sys.path"
         others = [  # an editable install's src/, wherever its checkout is
             entry
