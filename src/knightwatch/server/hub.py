@@ -33,6 +33,9 @@ class Connection:
     outgoing: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     """The event loop that serves the socket (the connection is made on it)."""
+    protocol: int = 1
+    """The protocol version the session speaks (a message a later protocol added must
+    not go to an agent of an earlier one)."""
 
 
 class AgentHub:
