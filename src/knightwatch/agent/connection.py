@@ -139,6 +139,11 @@ class Backoff:
         """Start again from the first delay (after a successful handshake)."""
         self._attempt = 0
 
+    @property
+    def failures(self) -> int:
+        """Delays drawn since the last reset: how many connects in a row have failed."""
+        return self._attempt
+
     def next_delay(self) -> float:
         """Return the next delay to sleep: a uniform draw below a doubling, capped ceiling."""
         ceiling = min(self.cap_s, self.initial_s * 2**self._attempt)
@@ -178,7 +183,8 @@ class Connection:
         self._state = state
         self._commands = commands
         self._heartbeat_s = heartbeat_s
-        self._backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff()
+        """The delay before each reconnect: grows while connects fail, reset by a ``Hello``."""
         self._on_audit = on_audit
         self._on_halt = on_halt
         self._on_flags = on_flags
@@ -239,7 +245,7 @@ class Connection:
                 logger.exception("session-failed")
             finally:
                 self.connected.clear()
-            delay = self._backoff.next_delay()
+            delay = self.backoff.next_delay()
             event("disconnect", server=self.url, reason=why, retry_in_s=delay)
             await asyncio.sleep(delay)
 
@@ -257,7 +263,7 @@ class Connection:
             hello = self.hello = await self._hello(websocket)
             self.protocol = chosen_protocol(hello.protocol)
             self._heard()
-            self._backoff.reset()
+            self.backoff.reset()
             self.sessions += 1
             reporter = Reporter(self.node, self._key, self._clock, hello.nonce)
             lock = asyncio.Lock()
