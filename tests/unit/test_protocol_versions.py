@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from knightwatch.clock import VirtualClock
 from knightwatch.protocol.messages import Hello, parse_server_message
 from knightwatch.protocol.versions import (
     LEGACY_VERSION,
@@ -16,6 +17,7 @@ from knightwatch.protocol.versions import (
     offer_headers,
     read_offer,
 )
+from knightwatch.server.refusals import RECORD_EVERY_S, RefusalRecords
 
 SERVER = "0.2.0.dev0"
 
@@ -144,3 +146,17 @@ def test_a_protocol_1_hello_has_exactly_the_fields_of_0_1() -> None:
     back = parse_server_message(current.wire())
     assert isinstance(back, Hello)
     assert (back.protocol, back.server_version) == (2, SERVER)
+
+
+def test_a_retrying_refused_agent_is_written_once_per_period_or_on_news() -> None:
+    """Every try of a refused agent is not a store write: a new reason or 30 s is."""
+    clock = VirtualClock()
+    records = RefusalRecords(clock)
+    assert records.due("n1", "speaks protocol 3")
+    assert not records.due("n1", "speaks protocol 3")
+    assert records.due("n2", "speaks protocol 3")  # another node is news
+    assert records.due("n1", "speaks protocol 4")  # another reason is news
+    clock.advance(RECORD_EVERY_S)
+    assert records.due("n1", "speaks protocol 4")  # and so is time
+    records.accepted("n1")
+    assert records.due("n1", "speaks protocol 4")  # served in between: news again

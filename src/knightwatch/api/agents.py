@@ -171,6 +171,7 @@ async def connect(socket: WebSocket) -> None:
     except (ProtocolHeaderError, ProtocolMismatchError) as exc:
         await _refuse(plane, socket, name, exc)
         return
+    plane.refusals.accepted(name)
     session = _Session(plane, socket, name, offer, protocol)
     await session.run()
 
@@ -181,8 +182,9 @@ async def _refuse(
     """Tell the agent why it is not served (``refused``: every protocol reads it), record it."""
     log.warning("agent %s refused at connect: %s", node, error.message)
     code = CLOSE_BAD_HANDSHAKE if isinstance(error, ProtocolHeaderError) else CLOSE_UNSUPPORTED
-    with contextlib.suppress(RuntimeError):  # the store thread is shut down
-        await plane.in_store(functools.partial(_record_refusal, plane, node, error.message))
+    if plane.refusals.due(node, error.message):  # not every retry: one write per 30 s
+        with contextlib.suppress(RuntimeError):  # the store thread is shut down
+            await plane.in_store(functools.partial(_record_refusal, plane, node, error.message))
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         await socket.send_text(Refused(reason=error.message).model_dump_json())
         await socket.close(code=code, reason=error.message[:120])
