@@ -9,6 +9,10 @@
   protocol the server chose and the server's version. Every other message is
   protocol 1's.
 
+A server serves each agent in the protocol chosen for its session: it never
+sends a field or a message that protocol lacks (the agent's models refuse
+them), which is why a later protocol is a number here and not a guess.
+
 The server picks the highest protocol both speak (:func:`negotiate`); an
 agent that sends no protocol header is a protocol-1 agent. An agent the
 server cannot serve gets a ``refused`` message — the one message every
