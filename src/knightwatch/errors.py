@@ -18,7 +18,8 @@ status the CLI exits with::
     │   ├── UnexpectedAnswerError             (client) the server's answer is not ours
     │   ├── UserExistsError                   (control.users) a user name is taken (HTTP 409)
     │   ├── MarketInputError                  (sim.market) the exchange refused an order
-    │   └── AgentSetupError                   (agent.errors) the agent cannot start as asked
+    │   ├── AgentSetupError                   (agent.errors) the agent cannot start as asked
+    │   └── ProtocolHeaderError               (protocol.versions) an agent's version header is bad
     ├── GateRefusedError              exit 2  a safety gate refused the operation
     │   └── PolicyRefusedError                the safety policy refused it, every reason listed
     ├── VerificationError             exit 1  bytes or signatures do not match
@@ -29,6 +30,7 @@ status the CLI exits with::
     │   └── CsrfRefusedError                  (server.web_sessions) no CSRF token from the dashboard
     ├── IllegalTransitionError        exit 1  (control.states) an undeclared move (a bug)
     ├── ReportError                   exit 1  (protocol.reports) an agent report was refused
+    ├── ProtocolMismatchError         exit 1  (protocol.versions) agent and server share no protocol
     ├── WaitTimedOutError             exit 1  (polling) a condition did not hold in time
     ├── FleetError                    exit 1  (localfleet) a local fleet did not start
     ├── DrillError                    exit 1  (sim.drill.links) a drill could not do a step

@@ -14,6 +14,13 @@ under test still enrolls with, fetches from and reports to a real
     Something else listening where the control plane was: it completes the
     agent's WebSocket handshake, greets it, then sends malformed frames. It
     checks nothing the agent sends; it only records it.
+
+:class:`RefusingPeer`
+    Something else listening where the control plane was that answers every
+    handshake the way a control plane refuses an agent it shares no protocol
+    with (``refused``, close 4426): what today's agent meets once the control
+    plane has outgrown its protocol. The refusal is made by the real
+    negotiation code, given the later protocols.
 """
 
 from __future__ import annotations
@@ -30,7 +37,13 @@ from typing import Any, TypeVar
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from knightwatch.protocol import Hello
+from knightwatch.protocol import Hello, Refused
+from knightwatch.protocol.versions import (
+    CLOSE_UNSUPPORTED,
+    ProtocolMismatchError,
+    negotiate,
+    read_offer,
+)
 from knightwatch.testing import free_port
 
 T = TypeVar("T")
@@ -343,3 +356,61 @@ class HostilePeer:
                 self.received.append(await websocket.recv())
             self.done.set()
             await websocket.wait_closed()
+
+
+# --- RefusingPeer --------------------------------------------------------------------------
+
+
+class RefusingPeer:
+    """Listens on ``port`` where the control plane was; refuses every agent's protocols.
+
+    It stands for a control plane at ``version`` that speaks only
+    ``protocols``: the offer in each upgrade request is read and negotiated by
+    knightwatch's own code, and the refusal it raises is sent as a control
+    plane sends it. :attr:`offers` keeps each request's version headers.
+    """
+
+    def __init__(self, port: int, *, version: str, protocols: Sequence[int]) -> None:
+        self.port = port
+        self.version = version
+        self.protocols = tuple(protocols)
+        self.offers: list[tuple[str | None, str | None]] = []
+        self.refusals: list[str] = []
+        self._server: Server | None = None
+        self._loop: _LoopThread | None = None
+
+    def __enter__(self) -> RefusingPeer:
+        self._loop = _LoopThread("refusing-peer")
+        self._server = self._loop.call(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is None:
+            return
+        self._loop.call(self._stop())
+        self._loop.close()
+        self._loop = None
+
+    async def _start(self) -> Server:
+        return await serve(self._refuse, "127.0.0.1", self.port)
+
+    async def _stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _refuse(self, websocket: ServerConnection) -> None:
+        assert websocket.request is not None
+        headers = {k.lower(): v for k, v in websocket.request.headers.raw_items()}
+        self.offers.append(
+            (headers.get("x-knightwatch-protocol"), headers.get("x-knightwatch-version"))
+        )
+        try:
+            negotiate(read_offer(headers), self.version, self.protocols)
+        except ProtocolMismatchError as exc:
+            self.refusals.append(exc.message)
+            with contextlib.suppress(ConnectionClosed):
+                await websocket.send(Refused(reason=exc.message).model_dump_json())
+                await websocket.close(CLOSE_UNSUPPORTED, exc.message[:120])
+            return
+        raise AssertionError("the peer was meant to refuse this agent")

@@ -23,12 +23,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from knightwatch import __version__
 from knightwatch.agent.errors import AgentSetupError
 from knightwatch.agent.main import Agent
 from knightwatch.agent.settings import AgentSettings
 from knightwatch.agent.supervisor import RestartPolicy
 from knightwatch.bundle.signing import load_trusted_key
 from knightwatch.localfleet import LocalFleet
+from knightwatch.logs import KeyValueFormatter
 from knightwatch.protocol import SignedReport, load_node_key, open_report, public_key_from_text
 from knightwatch.testing import free_port, wait_until
 from tests.agent.conftest import (
@@ -45,7 +47,7 @@ from tests.agent.conftest import (
     wait_disconnected,
     wait_fresh_report,
 )
-from tests.agent.network_faults import FlakyLink, HostilePeer
+from tests.agent.network_faults import FlakyLink, HostilePeer, RefusingPeer
 
 BLOBS = "/api/agent/v1/blobs"
 NO_SERVICE_SPEC = """\
@@ -279,6 +281,44 @@ class TestSession:
             done = deploy(fleet, releases.store, built, node_name)
             assert done["state"] == "SUCCEEDED", done
             assert running.sessions == 3
+
+    def test_a_control_plane_past_its_protocol_is_logged_once_a_try_and_retried(
+        self,
+        own_control_plane: LocalFleet,
+        node_name: str,
+        agent_events: list[logging.LogRecord],
+    ) -> None:
+        """Refused for its protocol: one line naming both versions per try, back-off, no spin."""
+        fleet = own_control_plane
+        with joined(fleet, node_name) as running:
+            wait_fresh_report(fleet, node_name)
+            connection = running.agent.connection
+            assert connection.protocol == 2
+            assert connection.hello is not None and connection.hello.server_version == __version__
+            fleet.stop_server()
+            with RefusingPeer(fleet.port, version="0.9.0", protocols=(3,)) as peer:
+                wait_until(lambda: len(peer.refusals) >= 2, timeout=60, what="two refused tries")
+            expected = (
+                f"agent knightwatch {__version__} speaks protocol 1-2; this server (0.9.0) "
+                "speaks 3: upgrade the agent"
+            )
+            assert peer.offers[0] == ("1,2", __version__)
+            assert set(peer.refusals) == {expected}
+            lines = [
+                KeyValueFormatter("agent").format(r)
+                for r in agent_events
+                if r.getMessage() == "disconnect"
+                and expected in KeyValueFormatter("agent").format(r)
+            ]
+            assert len(lines) >= 2, [r.getMessage() for r in agent_events]
+            assert all("\n" not in line and "refused by the server: " in line for line in lines)
+            assert running.alive and running.sessions == 1  # no session with the refusing peer
+            assert connection.backoff.failures >= 2  # not reset: the delays grow, no spinning
+
+            fleet.start_server()
+            wait_connected(fleet, node_name)
+            wait_fresh_report(fleet, node_name)
+            assert running.sessions == 2 and connection.backoff.failures == 0
 
 
 class TestHttp:

@@ -16,11 +16,13 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from knightwatch import __version__
 from knightwatch.bundle import SigningKey, build_release
 from knightwatch.client import ApiClient
 from knightwatch.errors import NotFoundError, PolicyRefusedError, ReleaseNotFoundError
 from knightwatch.protocol.reports import NodeKey
 from knightwatch.push import push_release
+from knightwatch.store.migrate import head_revision
 from tests.api.conftest import TOKEN, URL
 from tests.api.inprocess import PortalTransport
 
@@ -128,6 +130,21 @@ def test_operator_calls_need_the_operator_token(
         answer = client.post("/api/v1/halts", json={"reason": "x"}, headers=headers)
         assert answer.status_code == 401, answer.text
         assert client.get("/api/v1/halts", headers=OPERATOR).json() == []
+
+
+def test_the_version_is_open_to_read_and_nothing_else_is(transport: PortalTransport) -> None:
+    """GET /api/v1/version needs no token (like /healthz); any other method still does."""
+    with http(transport) as client:
+        answer = client.get("/api/v1/version")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {
+            "version": __version__,
+            "protocols": [1, 2],
+            "schema": head_revision(),
+        }
+        assert client.post("/api/v1/version").status_code == 401
+        assert client.get("/api/v1/version/").status_code in (401, 404)
+        assert client.get("/api/v1/status").status_code == 401
 
 
 def test_an_agent_credential_cannot_call_the_operator_api(transport: PortalTransport) -> None:

@@ -126,7 +126,9 @@ def report(
 def connect(db: Database, clock: VirtualClock, name: str) -> None:
     """Node ``name``'s agent connects."""
     with db.session() as session:
-        mark_connected(session, name, nonce="n" * 24, now=clock.now())
+        mark_connected(
+            session, name, nonce="n" * 24, now=clock.now(), agent_version="0.2.0", protocol=2
+        )
 
 
 def disconnect(db: Database, clock: VirtualClock, name: str) -> None:

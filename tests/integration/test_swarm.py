@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from knightwatch import __version__
 from knightwatch.client import ServerTarget
 from knightwatch.localfleet import LocalFleet
 from knightwatch.swarm import Swarm, enroll_hollow, hollow_names
@@ -89,6 +90,8 @@ def test_every_hollow_agent_is_a_connected_reporting_node(
     nodes = {n["name"]: n for n in local.status()["nodes"]}
     assert sorted(nodes) == hollow_names("hollow", COUNT)
     assert all(n["connected"] and n["group"] == "swarm" for n in nodes.values()), nodes
+    # they speak this knightwatch's protocol, as the real agent does
+    assert {(n["agent_version"], n["agent_protocol"]) for n in nodes.values()} == {(__version__, 2)}
     assert running.swarm.counters.reports >= COUNT
     assert running.swarm.counters.last_error == ""
 

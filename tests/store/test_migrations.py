@@ -54,7 +54,7 @@ TABLES = {
 }
 
 
-HEAD = "0008_changes"
+HEAD = "0009_agent_versions"
 
 
 def test_history_is_one_line_ending_at_head() -> None:
@@ -63,6 +63,7 @@ def test_history_is_one_line_ending_at_head() -> None:
     revisions = list(scripts.walk_revisions())
     assert [r.revision for r in revisions] == [
         HEAD,
+        "0008_changes",
         "0007_users",
         "0006_audit_log",
         "0005_flags",
@@ -307,3 +308,39 @@ def test_upgrade_to_the_vocabulary_keeps_deployments_and_then_refuses_unknown_wo
             )
         )
         session.flush()
+
+
+def test_upgrade_to_agent_versions_keeps_nodes_and_knows_nothing_of_their_agents(
+    target: Target,
+) -> None:
+    """A 0008 (knightwatch 0.1.0) node upgrades: its row kept, no agent version, no refusal."""
+    url = target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}"
+    target.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    now = datetime.now(UTC)
+    try:
+        with engine.connect() as connection:
+            command.upgrade(alembic_config(connection), "0008_changes")
+            connection.commit()
+            connection.execute(
+                text(
+                    "INSERT INTO nodes (name, group_name, status, created_at, connected, "
+                    "service_state) VALUES ('old', 'edge', 'enrolled', :now, true, 'running')"
+                ),
+                {"now": now},
+            )
+            connection.commit()
+    finally:
+        engine.dispose()
+    with target.open() as db, db.session() as session:
+        node = session.get(Node, "old")
+        assert node is not None
+        assert (node.group_name, node.status, node.service_state) == ("edge", "enrolled", "running")
+        assert (node.agent_version, node.agent_protocol) == (None, None)
+        assert (node.refused_at, node.refusal) == (None, None)
+        node.agent_version, node.agent_protocol = "0.1.x", 1
+        node.refused_at, node.refusal = now, "agent knightwatch 0.9.0 speaks protocol 3"
+    with target.open() as db, db.session() as session:
+        node = session.get(Node, "old")
+        assert node is not None and (node.agent_version, node.agent_protocol) == ("0.1.x", 1)
+        assert node.refusal == "agent knightwatch 0.9.0 speaks protocol 3"

@@ -33,13 +33,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     "client": BASE | {"tlsca"},
     "push": BASE | {"bundle", "client", "protocol"},
     "control": BASE | {"bundle", "protocol", "store"},
-    "agent": BASE | {"bundle", "protocol", "tlsca", "logs"},
+    "agent": BASE | {"knightwatch", "bundle", "protocol", "tlsca", "logs"},
     "server": BASE | {"bundle", "control", "protocol", "store", "tlsca"},
     "api": BASE | {"knightwatch", "bundle", "control", "protocol", "server", "store"},
     "localfleet": BASE | {"agent", "client", "push", "tlsca"},
     "testing": BASE | {"localfleet"},
     # hollow agents: the agent's protocol side without its node, for scale measurements
-    "swarm": BASE | {"agent", "client", "protocol", "tlsca"},
+    "swarm": BASE | {"knightwatch", "agent", "client", "protocol", "tlsca"},
     # the simulator and its drill: a user of the product, through its API and a local fleet
     "sim": BASE | {"knightwatch", "agent", "bundle", "client", "localfleet", "sdk", "shipped"},
     "cli": BASE
@@ -50,7 +50,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 """For each part (a subpackage or a root module), the other parts it may import.
 
-``knightwatch`` is the package itself (``from knightwatch import __version__``).
+``knightwatch`` is the package itself (``from knightwatch import __version__``: the
+agent and the hollow agents state it when they connect).
 """
 
 FORBIDDEN_LIBRARIES: dict[str, frozenset[str]] = {

@@ -1,8 +1,14 @@
 """The agent's one WebSocket to the control plane, re-established forever.
 
-A session starts with the server's ``Hello`` (the nonce and heartbeat
-period); the agent answers with a signed ``inventory`` report, then sends a
-``heartbeat`` report every period, a ``drift`` report the moment its audit
+The upgrade request states the protocol versions the agent speaks and its
+knightwatch version (:mod:`knightwatch.protocol.versions`). A session starts
+with the server's ``Hello`` (the nonce, the heartbeat period, the protocol the
+server chose); a server that speaks none of the agent's protocols answers
+``refused`` instead, naming both versions and which side to upgrade: the agent
+logs it (its ``disconnect`` line) and tries again after its usual back-off,
+so a control plane upgraded meanwhile finds it. The agent answers the
+``Hello`` with a signed ``inventory`` report, then sends a ``heartbeat``
+report every period, a ``drift`` report the moment its audit
 findings change, and an ``ack``, ``audit`` or ``retire`` report for each
 finished command, while commands coming down are queued for the command
 worker (audit requests go to their own handler: they never wait behind a
@@ -28,13 +34,14 @@ import contextlib
 import random
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from knightwatch import __version__
 from knightwatch.agent.enroll import Credential, auth_headers
 from knightwatch.agent.errors import AgentTransportError
 from knightwatch.agent.events import event, logger
@@ -61,8 +68,15 @@ from knightwatch.protocol.safety import (
     Rearm,
     RearmAck,
 )
+from knightwatch.protocol.versions import (
+    LEGACY_VERSION,
+    PROTOCOLS,
+    ProtocolMismatchError,
+    chosen_protocol,
+    offer_headers,
+)
 
-__all__ = ["Backoff", "Connection", "keepalive_timing", "websocket_url"]
+__all__ = ["Backoff", "Connection", "keepalive_timing", "session_headers", "websocket_url"]
 
 CONNECT_PATH = "/api/agent/v1/connect"
 _HELLO_TIMEOUT_S = 10.0
@@ -92,6 +106,13 @@ def websocket_url(server: str) -> str:
     return base + CONNECT_PATH
 
 
+def session_headers(
+    credential: Credential, *, protocols: Sequence[int] = PROTOCOLS, version: str = __version__
+) -> dict[str, str]:
+    """The WebSocket upgrade's headers: the node's credential, its protocols and version."""
+    return {**auth_headers(credential), **offer_headers(version, protocols)}
+
+
 def keepalive_timing(dead_man_s: float | None) -> tuple[float, float]:
     """Return (ping interval, pong timeout): tight enough for the dead man's period T."""
     if dead_man_s is None:
@@ -117,6 +138,11 @@ class Backoff:
     def reset(self) -> None:
         """Start again from the first delay (after a successful handshake)."""
         self._attempt = 0
+
+    @property
+    def failures(self) -> int:
+        """Delays drawn since the last reset: how many connects in a row have failed."""
+        return self._attempt
 
     def next_delay(self) -> float:
         """Return the next delay to sleep: a uniform draw below a doubling, capped ceiling."""
@@ -151,13 +177,14 @@ class Connection:
                 verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
             )
         self.node = credential.node
-        self._headers = auth_headers(credential)
+        self._headers = session_headers(credential)
         self._key = key
         self._clock = clock
         self._state = state
         self._commands = commands
         self._heartbeat_s = heartbeat_s
-        self._backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff()
+        """The delay before each reconnect: grows while connects fail, reset by a ``Hello``."""
         self._on_audit = on_audit
         self._on_halt = on_halt
         self._on_flags = on_flags
@@ -173,6 +200,8 @@ class Connection:
         self.sessions = 0
         self.hello: Hello | None = None
         """The server's greeting of the current (or last) session."""
+        self.protocol: int | None = None
+        """The protocol version of the current (or last) session."""
 
     def send_ack(self, ack: Outgoing) -> None:
         """Queue an answer; it is sent now if connected, else first thing on the next session."""
@@ -203,14 +232,20 @@ class Connection:
             try:
                 await self._session()
                 why = "closed by the server"
-            except (OSError, TimeoutError, WebSocketException, AgentTransportError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                WebSocketException,
+                AgentTransportError,
+                ProtocolMismatchError,
+            ) as exc:
                 why = _describe(exc)
             except Exception as exc:
                 why = f"unexpected {type(exc).__name__}: {exc}"
                 logger.exception("session-failed")
             finally:
                 self.connected.clear()
-            delay = self._backoff.next_delay()
+            delay = self.backoff.next_delay()
             event("disconnect", server=self.url, reason=why, retry_in_s=delay)
             await asyncio.sleep(delay)
 
@@ -226,8 +261,9 @@ class Connection:
             compression=None,  # small JSON on a fleet's network: deflate would only cost CPU
         ) as websocket:
             hello = self.hello = await self._hello(websocket)
+            self.protocol = chosen_protocol(hello.protocol)
             self._heard()
-            self._backoff.reset()
+            self.backoff.reset()
             self.sessions += 1
             reporter = Reporter(self.node, self._key, self._clock, hello.nonce)
             lock = asyncio.Lock()
@@ -245,7 +281,14 @@ class Connection:
             period = self._heartbeat_s or hello.heartbeat_s
             await send("inventory", None)
             self.connected.set()
-            event("connect", server=self.url, heartbeat_s=period, session=self.sessions)
+            event(
+                "connect",
+                server=self.url,
+                heartbeat_s=period,
+                session=self.sessions,
+                protocol=self.protocol,
+                server_version=hello.server_version or LEGACY_VERSION,
+            )
             self._drift_changed.clear()
             await _first_to_finish(
                 self._heartbeats(send, period),
@@ -398,7 +441,7 @@ def _describe(exc: BaseException) -> str:  # noqa: PLR0911 - one branch per kind
         reason = f" {exc.rcvd.reason}" if exc.rcvd and exc.rcvd.reason else ""
         code = exc.rcvd.code if exc.rcvd else 1006
         return f"connection closed (code {code}{reason})"
-    if isinstance(exc, AgentTransportError):
+    if isinstance(exc, AgentTransportError | ProtocolMismatchError):
         return exc.message
     if isinstance(exc, TimeoutError):
         return "timed out"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -16,12 +17,13 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
+from knightwatch import __version__
 from knightwatch.api.auth import agent_from_headers, node_from_headers
 from knightwatch.api.fields import SafeLine
 from knightwatch.api.plane import Plane
 from knightwatch.bundle.blobstore import BlobStore, is_digest
 from knightwatch.control.enrollment import enroll
-from knightwatch.control.fleet import mark_connected, mark_disconnected
+from knightwatch.control.fleet import mark_connected, mark_disconnected, record_refusal
 from knightwatch.control.ingest import Ingested
 from knightwatch.control.killswitch import dead_man_seconds
 from knightwatch.errors import (
@@ -40,6 +42,16 @@ from knightwatch.protocol import (
     blob_header,
     open_report,
     public_key_from_text,
+)
+from knightwatch.protocol.versions import (
+    CLOSE_BAD_HANDSHAKE,
+    CLOSE_UNSUPPORTED,
+    LEGACY_PROTOCOL,
+    Offer,
+    ProtocolHeaderError,
+    ProtocolMismatchError,
+    negotiate,
+    read_offer,
 )
 from knightwatch.server.documents import DocumentKind
 from knightwatch.server.hub import Connection
@@ -141,7 +153,12 @@ async def _frames(blobs: BlobStore, digests: list[str]) -> AsyncIterator[bytes]:
 
 @router.websocket("/connect")
 async def connect(socket: WebSocket) -> None:
-    """One agent's session: hello with a nonce, then signed reports up, commands down."""
+    """One agent's session: hello with a nonce, then signed reports up, commands down.
+
+    The agent's protocol offer is read once it is authenticated; one the
+    server cannot serve, or malformed headers, get a ``refused`` message and a
+    close (:func:`_refuse`) before the node's session or row changes.
+    """
     plane = socket.app.state.plane
     try:
         name = await agent_from_headers(plane, socket.headers)
@@ -150,7 +167,14 @@ async def connect(socket: WebSocket) -> None:
         await socket.close(code=4401, reason=exc.message[:120])
         return
     await socket.accept()
-    session = _Session(plane, socket, name)
+    try:
+        offer = read_offer(socket.headers)
+        protocol = negotiate(offer, __version__)
+    except (ProtocolHeaderError, ProtocolMismatchError) as exc:
+        await _refuse(plane, socket, name, exc)
+        return
+    plane.refusals.accepted(name)
+    session = _Session(plane, socket, name, offer, protocol)
     await session.run()
 
 
@@ -158,15 +182,38 @@ class _ServerStopping(Exception):  # noqa: N818 - control flow, never shown to a
     """The control plane began to stop before this session was recorded."""
 
 
+async def _refuse(
+    plane: Any, socket: WebSocket, node: str, error: ProtocolHeaderError | ProtocolMismatchError
+) -> None:
+    """Tell the agent why it is not served (``refused``: every protocol reads it), record it."""
+    log.warning("agent %s refused at connect: %s", node, error.message)
+    code = CLOSE_BAD_HANDSHAKE if isinstance(error, ProtocolHeaderError) else CLOSE_UNSUPPORTED
+    if plane.refusals.due(node, error.message):  # not every retry: one write per 30 s
+        with contextlib.suppress(RuntimeError):  # the store thread is shut down
+            await plane.in_store(functools.partial(_record_refusal, plane, node, error.message))
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        await socket.send_text(Refused(reason=error.message).model_dump_json())
+        await socket.close(code=code, reason=error.message[:120])
+
+
+def _record_refusal(plane: Any, node: str, reason: str) -> None:
+    with plane.db.session() as session:
+        record_refusal(session, node, reason=reason, now=plane.clock.now())
+
+
 class _Session:
     """The server side of one agent connection."""
 
-    def __init__(self, plane: Any, socket: WebSocket, node: str) -> None:
+    def __init__(
+        self, plane: Any, socket: WebSocket, node: str, offer: Offer, protocol: int
+    ) -> None:
         self.plane = plane
         self.socket = socket
         self.node = node
+        self.offer = offer
+        self.protocol = protocol
         self.nonce = secrets.token_urlsafe(24)
-        self.connection = Connection(node, socket)
+        self.connection = Connection(node, socket, protocol=protocol)
         self.last_seq = 0
         self.public_key: Ed25519PublicKey | None = None
         self.greeted = False
@@ -181,17 +228,7 @@ class _Session:
         try:
             await self.plane.reports.record(SessionChange(self._record_connected))
             writer = asyncio.create_task(self._write())
-            await self.socket.send_text(
-                Hello(
-                    node=self.node,
-                    nonce=self.nonce,
-                    heartbeat_s=self.plane.settings.heartbeat_s,
-                    server_time=self.plane.clock.now(),
-                    dead_man_s=dead_man_seconds(
-                        self.group, self.plane.settings.armed_groups, self.plane.settings.dead_man_s
-                    ),
-                ).model_dump_json()
-            )
+            await self.socket.send_text(self._hello().wire())
             await self._read()
         except (WebSocketDisconnect, RuntimeError, TimeoutError, _ServerStopping):
             pass
@@ -207,6 +244,21 @@ class _Session:
                 gone = SessionChange(self._record_disconnected, after=self._after_disconnect)
                 with contextlib.suppress(RuntimeError):  # the store thread is shut down
                     await self.plane.reports.record(gone)
+
+    def _hello(self) -> Hello:
+        """The greeting in the session's protocol (protocol 1's has no version fields)."""
+        legacy = self.protocol == LEGACY_PROTOCOL
+        return Hello(
+            node=self.node,
+            nonce=self.nonce,
+            heartbeat_s=self.plane.settings.heartbeat_s,
+            server_time=self.plane.clock.now(),
+            dead_man_s=dead_man_seconds(
+                self.group, self.plane.settings.armed_groups, self.plane.settings.dead_man_s
+            ),
+            protocol=None if legacy else self.protocol,
+            server_version=None if legacy else __version__,
+        )
 
     async def _write(self) -> None:
         while True:
@@ -275,7 +327,14 @@ class _Session:
     def _record_connected(self, session: Session) -> bool:
         if self.plane.stopping:  # queued behind others while the server began to stop
             raise _ServerStopping
-        node = mark_connected(session, self.node, nonce=self.nonce, now=self.plane.clock.now())
+        node = mark_connected(
+            session,
+            self.node,
+            nonce=self.nonce,
+            now=self.plane.clock.now(),
+            agent_version=self.offer.version,
+            protocol=self.protocol,
+        )
         self.group = node.group_name
         self.public_key = public_key_from_text(node.public_key or "")  # enrolled: has one
         return False  # the fleet's facts change with the first report, not the connect

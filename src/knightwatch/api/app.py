@@ -23,6 +23,7 @@ from knightwatch.api import (
     operator,
     policy,
     users,
+    version,
 )
 from knightwatch.api.dashboard import routes as dashboard
 from knightwatch.api.errors import install_error_handlers
@@ -85,6 +86,7 @@ def create_app(plane: ControlPlane) -> FastAPI:
     app.include_router(users.router)
     app.include_router(changes.router)
     app.include_router(dashboard.router)
+    app.include_router(version.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

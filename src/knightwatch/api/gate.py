@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 
 from knightwatch.api.auth import agent_from_headers, authorize_operator
 from knightwatch.api.errors import RequestTooLargeError, error_body, status_for
+from knightwatch.api.version import VERSION_PATH
 from knightwatch.control.enrollment import AuthenticationError
 from knightwatch.errors import InvalidInputError, KnightwatchError
 from knightwatch.server.plane import ControlPlane
@@ -36,6 +37,8 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Message, Receive, Send], Awaitable[None]]
 
 OPERATOR_PREFIX = "/api/v1/"
+OPERATOR_OPEN = frozenset({VERSION_PATH})
+"""Operator routes anyone may read: the server's version (api/version.py says why)."""
 AGENT_PREFIX = "/api/agent/v1/"
 AGENT_OPEN = {"/api/agent/v1/enroll"}
 """Agent routes a node calls before it has a credential (the join token is in the body)."""
@@ -92,6 +95,8 @@ class RequestGate:
 
     async def _authenticate(self, scope: Message, headers: Headers) -> None:
         path = scope["path"]
+        if path in OPERATOR_OPEN and scope["method"] in SAFE_METHODS:
+            return
         if path.startswith(OPERATOR_PREFIX):
             method = scope["method"]
             presented: Mapping[str, str] = headers

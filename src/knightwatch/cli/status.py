@@ -18,7 +18,9 @@ def status(json_output: JsonOpt = False) -> None:
     """Fleet state (CONVERGED, DRIFTED, MIXED, UNKNOWN, DEPLOYING, DEGRADED) and every node.
 
     A node whose agent is gone is UNKNOWN: its release, service and pid are shown
-    as "last known" with that report's age, never as current.
+    as "last known" with that report's age, never as current. The agent column is
+    each node's knightwatch version and protocol (p1: 0.1.x); an agent the control
+    plane refused at connect (no protocol in common) is listed under the table, why.
     """
     data = connect().get("/status")
     if json_output:
@@ -40,6 +42,7 @@ def status(json_output: JsonOpt = False) -> None:
         "service",
         "pid",
         "version",
+        "agent",
         "report age",
     )
     for node in data["nodes"]:
@@ -50,6 +53,10 @@ def status(json_output: JsonOpt = False) -> None:
     for node in data["nodes"]:
         if line := _processes_line(node):
             out.print(line)
+    for node in data["nodes"]:
+        if node.get("refusal"):
+            name, why = shown(node["name"]), shown(node["refusal"])
+            out.print(f"  [red]{name}: agent refused at connect:[/] {why}")
 
 
 def _processes_line(node: dict[str, Any]) -> str:
@@ -111,7 +118,17 @@ def _node_row(node: dict[str, Any]) -> list[str]:
     if known is not None:
         drift += " (last known)"
     state = node.get("state", "CONNECTED")
-    return [shown(node["name"]), paint(state), facts[0], facts[1], drift, *facts[2:], age]
+    agent = _agent(node)
+    return [shown(node["name"]), paint(state), facts[0], facts[1], drift, *facts[2:], agent, age]
+
+
+def _agent(node: dict[str, Any]) -> str:
+    """The node's agent version and its session's protocol (``0.1.x p1``), or ``-``."""
+    version = node.get("agent_version")
+    if version is None:
+        return "-"
+    protocol = node.get("agent_protocol")
+    return shown(version) + (f" p{protocol}" if protocol is not None else "")
 
 
 def register(app: typer.Typer) -> None:

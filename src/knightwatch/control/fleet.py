@@ -45,6 +45,7 @@ __all__ = [
     "mark_connected",
     "mark_disconnected",
     "record_fleet_conditions",
+    "record_refusal",
 ]
 
 
@@ -77,8 +78,16 @@ def ingest_report(session: Session, node: Node, report: Report, now: datetime) -
     return changes_fleet
 
 
-def mark_connected(session: Session, name: str, *, nonce: str, now: datetime) -> Node:
-    """Record that node ``name``'s agent connected with session ``nonce``.
+def mark_connected(
+    session: Session,
+    name: str,
+    *,
+    nonce: str,
+    now: datetime,
+    agent_version: str,
+    protocol: int,
+) -> Node:
+    """Record that node ``name``'s agent (``agent_version``, ``protocol``) connected.
 
     The fleet's conditions do not change here: until the agent's first report
     its facts stay last-known (see :func:`is_current`), and that report is
@@ -89,7 +98,20 @@ def mark_connected(session: Session, name: str, *, nonce: str, now: datetime) ->
     node.connected_at = now
     node.session_nonce = nonce
     node.last_seq = 0
+    node.agent_version = agent_version
+    node.agent_protocol = protocol
     return node
+
+
+def record_refusal(session: Session, name: str, *, reason: str, now: datetime) -> None:
+    """Record that node ``name``'s agent was refused at connect, and why; nothing else changes.
+
+    The node keeps its session (a live one goes on), its facts and its agent's
+    version: the refused agent never became its agent.
+    """
+    node = _get_node(session, name)
+    node.refused_at = now
+    node.refusal = reason
 
 
 def mark_disconnected(

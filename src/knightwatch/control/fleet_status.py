@@ -116,6 +116,15 @@ class NodeStatus:
     members, memory_bytes, oom_kills, pids_limit_hits; None while no service runs)."""
     halt_reason: str | None = None
     halted_since: datetime | None = None
+    agent_version: str | None = None
+    """The knightwatch version of the node's agent as of its last session (``0.1.x``: one
+    that states none, i.e. speaks protocol 1; None: it never connected)."""
+    agent_protocol: int | None = None
+    """The protocol version of that session."""
+    refused_at: datetime | None = None
+    refusal: str | None = None
+    """Why an agent of this node was refused at connect, when that happened after its
+    last accepted session (an older refusal is history: None)."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,18 @@ def _node_status(
         halt_source=node.halt_source,
         halt_reason=node.halt_reason,
         halted_since=node.halted_since,
+        agent_version=node.agent_version,
+        agent_protocol=node.agent_protocol,
+        **_refusal(node),
     )
+
+
+def _refusal(node: Node) -> dict[str, Any]:
+    """The node's last refusal at connect, unless an agent was accepted since."""
+    refused = node.refused_at
+    if refused is None or (node.connected_at is not None and node.connected_at > refused):
+        return {}
+    return {"refused_at": refused, "refusal": node.refusal}
 
 
 def _reported_state(node: Node) -> dict[str, Any]:

@@ -5,7 +5,8 @@ Down (server → agent): ``hello``, ``prepare``, ``commit``, ``rollback``,
 Up (agent → server): only
 ``report`` — a :class:`SignedReport` wrapping a :class:`Report` (heartbeat,
 inventory, a change of drift, the acknowledgement of a command, an audit's
-result, or a retirement's result).
+result, or a retirement's result). Which protocol version a session speaks is
+agreed at connect (:mod:`knightwatch.protocol.versions`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ class Hello(_Message):
     dead_man_s: Annotated[float, Field(gt=0, le=86400)] | None = None
     """Set for a node of an ``armed`` group: halt the service by itself after this
     long without the control plane."""
+    protocol: Annotated[int, Field(ge=2, le=999)] | None = None
+    """Protocol 2 on: the protocol the server chose from the agent's offer. A
+    protocol-1 ``Hello`` has neither this nor ``server_version`` (see :meth:`wire`)."""
+    server_version: Annotated[str, Field(pattern=r"^[0-9][0-9A-Za-z.+-]{0,31}$")] | None = None
+    """Protocol 2 on: the control plane's knightwatch version."""
+
+    def wire(self) -> str:
+        """The JSON sent: fields that are None are left out, so a protocol-1 agent
+        (whose ``Hello`` forbids unknown fields) reads exactly 0.1's greeting."""
+        return self.model_dump_json(exclude_none=True)
 
 
 class Prepare(_Message):

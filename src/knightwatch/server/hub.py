@@ -35,6 +35,9 @@ class Connection:
     """The event loop that serves the socket (the connection is made on it)."""
     task: asyncio.Task[object] | None = field(default_factory=asyncio.current_task)
     """The task serving the session (the connection is made on it)."""
+    protocol: int = 1
+    """The protocol version the session speaks (a message a later protocol added must
+    not go to an agent of an earlier one)."""
 
 
 class AgentHub:

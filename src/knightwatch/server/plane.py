@@ -28,6 +28,7 @@ from knightwatch.server.credentials import CredentialCache
 from knightwatch.server.documents import ReleaseDocuments
 from knightwatch.server.hub import AgentHub
 from knightwatch.server.login_failures import LoginFailures
+from knightwatch.server.refusals import RefusalRecords
 from knightwatch.server.report_batch import ReportBatcher, report_commit_fault
 from knightwatch.server.settings import ServerSettings
 from knightwatch.server.signals import ChangeSignal
@@ -73,6 +74,8 @@ class ControlPlane:
     """Refused operator credentials per address: counted, slowed, recorded."""
     web_sessions: WebSessions = field(default_factory=lambda: WebSessions(SystemClock()))
     """Signed-in dashboard browsers (cookie sessions, in memory only)."""
+    refusals: RefusalRecords = field(default_factory=lambda: RefusalRecords(SystemClock()))
+    """Agents refused at connect: which refusals to write (not every retry)."""
     reports: ReportBatcher = field(init=False)
     """Agent reports, stored in batches on the store thread (group commit)."""
     checkpoints: CheckpointLog | None = None

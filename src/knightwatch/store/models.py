@@ -175,6 +175,13 @@ class Node(Base):
     halt_source: Mapped[str | None] = mapped_column(WORD)
     halt_reason: Mapped[str | None] = mapped_column(Text)
     halted_since: Mapped[datetime | None]
+    agent_version: Mapped[str | None] = mapped_column(String(32))
+    """The knightwatch version of the agent last served (``0.1.x`` for one that states none)."""
+    agent_protocol: Mapped[int | None] = mapped_column(Integer)
+    """The protocol version of the agent's last session."""
+    refused_at: Mapped[datetime | None]
+    refusal: Mapped[str | None] = mapped_column(Text)
+    """Why the node's agent was last refused at connect (its protocol, its headers)."""
 
 
 class JoinToken(Base):

@@ -3,7 +3,8 @@
 A :class:`HollowAgent` holds what a node would report — the active, previous
 and staged releases, the halt latch, the flag version — and speaks to the
 control plane exactly as the real agent does: its own WebSocket, the
-server's ``Hello`` and nonce, Ed25519-signed reports numbered from 1,
+server's ``Hello`` and nonce (after the same protocol offer in the upgrade
+request), Ed25519-signed reports numbered from 1,
 heartbeats at the period the server asks for, an ``ack`` for every deploy
 command, a ``halt``/``rearm`` report for the kill switch and a ``flags``
 report for new flag values. What it does not have is a file tree or a
@@ -16,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from knightwatch.agent.connection import Backoff, websocket_url
-from knightwatch.agent.enroll import Credential, auth_headers
+from knightwatch import __version__
+from knightwatch.agent.connection import Backoff, session_headers, websocket_url
+from knightwatch.agent.enroll import Credential
 from knightwatch.agent.reporting import Reporter
 from knightwatch.clock import Clock
 from knightwatch.protocol.audit import AuditRequest, AuditResult, Retire, RetireResult
@@ -45,6 +48,7 @@ from knightwatch.protocol.messages import (
 )
 from knightwatch.protocol.reports import NodeKey
 from knightwatch.protocol.safety import Halt, HaltAck, HaltState, Rearm, RearmAck
+from knightwatch.protocol.versions import PROTOCOLS, ProtocolMismatchError, chosen_protocol
 from knightwatch.vocabulary import ServiceState
 
 __all__ = ["HollowAgent", "SwarmCounters"]
@@ -66,7 +70,12 @@ class SwarmCounters:
 
 
 class HollowAgent:
-    """A simulated node speaking the real agent protocol."""
+    """A simulated node speaking the real agent protocol.
+
+    ``protocols`` and ``version`` are what it offers when it connects: this
+    knightwatch's by default; another release's to simulate a node the
+    control plane has not been upgraded for (or has outgrown).
+    """
 
     def __init__(
         self,
@@ -77,9 +86,12 @@ class HollowAgent:
         clock: Clock,
         counters: SwarmCounters,
         tls: ssl.SSLContext | None,
+        protocols: Sequence[int] = PROTOCOLS,
+        version: str = __version__,
     ) -> None:
         self.node = credential.node
-        self._credential = credential
+        self._headers = session_headers(credential, protocols=protocols, version=version)
+        self._protocols = tuple(protocols)
         self._key = key
         self._url = websocket_url(server)
         self._clock = clock
@@ -99,7 +111,13 @@ class HollowAgent:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (OSError, TimeoutError, WebSocketException, ValidationError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                WebSocketException,
+                ValidationError,
+                ProtocolMismatchError,
+            ) as exc:
                 self._counters.last_error = f"{type(exc).__name__}: {exc}"[:200]
             await asyncio.sleep(self._backoff.next_delay())
 
@@ -119,7 +137,7 @@ class HollowAgent:
         async with connect(
             self._url,
             ssl=self._tls,
-            additional_headers=auth_headers(self._credential),
+            additional_headers=self._headers,
             max_size=MAX_MESSAGE_BYTES,
             open_timeout=60,
             close_timeout=2,
@@ -145,6 +163,7 @@ class HollowAgent:
         if not isinstance(message, Hello):
             detail = message.reason if isinstance(message, Refused) else message.type
             raise OSError(f"no hello: {detail}")
+        chosen_protocol(message.protocol, self._protocols)
         return message
 
     async def _serve(self, websocket: ClientConnection, reporter: Reporter, period: float) -> None:
