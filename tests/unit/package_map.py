@@ -30,12 +30,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bundle": BASE,
     "store": BASE,
     "client": BASE | {"tlsca"},
+    # running on hosts: the settings files' places and the systemd units
+    "hosting": BASE,
     "push": BASE | {"bundle", "client", "protocol"},
     "control": BASE | {"bundle", "protocol", "store"},
     "agent": BASE | {"bundle", "protocol", "tlsca", "logs"},
-    "server": BASE | {"bundle", "control", "protocol", "store", "tlsca"},
+    "server": BASE | {"bundle", "control", "hosting", "protocol", "store", "tlsca"},
     "api": BASE | {"knightwatch", "bundle", "control", "protocol", "server", "store"},
-    "localfleet": BASE | {"agent", "client", "push", "tlsca"},
+    "localfleet": BASE | {"agent", "client", "hosting", "push", "tlsca"},
     "testing": BASE | {"localfleet"},
     # hollow agents: the agent's protocol side without its node, for scale measurements
     "swarm": BASE | {"agent", "client", "protocol", "tlsca"},
@@ -43,7 +45,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sim": BASE | {"knightwatch", "agent", "bundle", "client", "localfleet", "sdk"},
     "cli": BASE
     | {"knightwatch", "agent", "api", "bundle", "client", "localfleet", "logs", "protocol"}
-    | {"push", "server", "sim", "swarm", "tlsca"},
+    | {"hosting", "push", "server", "sim", "swarm", "tlsca"},
     "__main__": frozenset({"cli"}),
     "__init__": BASE | {"bundle"},
 }

@@ -1,4 +1,8 @@
-"""``knightwatch server``: run the control plane."""
+"""``knightwatch server``: run the control plane (and its ``install-unit`` and ``config show``).
+
+``knightwatch server [OPTIONS]`` runs the server, as it always has; the group
+also holds subcommands, which take their own options.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,20 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["DEFAULT_DATA", "GRACEFUL_SHUTDOWN_S", "DataOpt", "DatabaseOpt", "register", "server"]
+from knightwatch.cli import hostconfig, hostunits
+from knightwatch.cli.options import refuse_group_options
+
+__all__ = [
+    "DEFAULT_DATA",
+    "EPILOG",
+    "GRACEFUL_SHUTDOWN_S",
+    "ConfigOpt",
+    "DataOpt",
+    "DatabaseOpt",
+    "app",
+    "register",
+    "server",
+]
 
 GRACEFUL_SHUTDOWN_S = 5
 """How long a stopping server waits for open connections before it closes them."""
@@ -23,11 +40,32 @@ DatabaseOpt = Annotated[
     ),
 ]
 """``--db URL``: the control plane's database (default: SQLite in the data directory)."""
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Settings file (TOML; default /etc/knightwatch/server.toml if it exists; "
+        "env KNIGHTWATCH_SERVER_CONFIG)",
+    ),
+]
+"""``--config FILE``: the server's settings file (it must exist when named)."""
+EPILOG = "Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub"
+
+app = typer.Typer()
+"""The ``knightwatch server`` group: its callback runs it, its subcommands set it up."""
 
 
+@app.callback(invoke_without_command=True, epilog=EPILOG)
 def server(
-    data: DataOpt = DEFAULT_DATA,
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Data directory (SQLite, blobs, keys) (default knightwatch-data)"
+        ),
+    ] = None,
     db: DatabaseOpt = None,
+    config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option("--port", help="TCP port (default 7400)")] = None,
     trust: Annotated[
@@ -57,11 +95,19 @@ def server(
     """Run the control plane (operator API, agent API, orchestrator).
 
     Off loopback it serves HTTPS (--tls-cert/--tls-key); plain HTTP on another
-    address needs --insecure-plaintext.
+    address needs --insecure-plaintext. Settings come from the options, then
+    KNIGHTWATCH_* variables, then --config (or /etc/knightwatch/server.toml),
+    then DATA/server.toml.
     """
+    if ctx.invoked_subcommand is not None:
+        refuse_group_options(ctx)
+        return
+    import os
+
     import uvicorn
 
     from knightwatch.api import create_app
+    from knightwatch.hosting.configfiles import server_config_file
     from knightwatch.logs import configure_logging
     from knightwatch.protocol import MAX_MESSAGE_BYTES
     from knightwatch.server.plane import ControlPlane
@@ -78,7 +124,8 @@ def server(
             "tls_cert": tls_cert,
             "tls_key": tls_key,
             "insecure_plaintext": insecure_plaintext or None,
-        }
+        },
+        config=server_config_file(config, os.environ),
     )
     settings.check_transport()
     plane = ControlPlane.open(settings)
@@ -100,9 +147,10 @@ def server(
     )
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``server`` to the CLI."""
-    app.command(
-        "server",
-        epilog="Example: knightwatch server --data /var/lib/knightwatch --trust keys/release.pub",
-    )(server)
+def register(main: typer.Typer) -> None:
+    """Add ``server`` and its subcommands to ``main`` as ``knightwatch server``."""
+    main.add_typer(app, name="server")
+
+
+hostunits.register_server(app)
+hostconfig.register_server(app)
