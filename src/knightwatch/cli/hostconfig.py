@@ -116,7 +116,9 @@ def _report(rows: list[dict[str, Any]], files: list[dict[str, Any]], *, as_json:
         return
     import json
 
-    table = Table("setting", "value", "from")
+    table = Table()
+    for column in ("setting", "value", "from"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         value = row["value"]
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
