@@ -226,9 +226,9 @@ def _deliver(
     filename: str, text: str, output_dir: Path, *, stdout: bool, dry_run: bool, as_json: bool
 ) -> None:
     """Print or write the unit, and say what was done."""
-    from knightwatch.hosting.units import absolute, write_unit
+    from knightwatch.hosting.units import write_unit
 
-    target = absolute("--output-dir", output_dir) / filename
+    target = output_dir.absolute() / filename
     if stdout and not as_json:
         out.file.write(text)
         return

@@ -202,7 +202,7 @@ def executable(path: Path) -> Path:
 
 def write_unit(directory: Path, filename: str, text: str) -> Path:
     """Write ``directory/filename`` atomically (temporary file, fsync, rename); its path."""
-    absolute("--output-dir", directory)
+    directory = directory.absolute()
     if not directory.is_dir():
         raise InvalidInputError(f"--output-dir {directory} is not a directory")
     target = directory / filename
