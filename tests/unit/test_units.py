@@ -49,6 +49,7 @@ AGENT_CASES = {
         *("--trust", "/etc/knightwatch/release.pub", "--trust", "/etc/knightwatch/other.pub"),
         *("--trust-fingerprint", FINGERPRINT, "--cgroup-mount", "/mnt/cgroup"),
     ],
+    "no-capabilities": ["--server", "https://cp:7400", "--name", "n", "--capabilities", "none"],
     "root-under-home": ["--root", "/home/ops/kw", "--server", "https://cp:7400", "--name", "n"],
 }
 
@@ -267,6 +268,11 @@ class TestInstallUnit:
             ("agent", ["--name", "n1"], "no --server given and"),
             ("agent", ["--root", "r", "--server", "http://x:1", "--name", "n"], "not an absolute"),
             ("agent", ["--root", "/", "--server", "http://x:1", "--name", "n"], "whole system"),
+            (
+                "agent",
+                ["--server", "http://x:1", "--name", "n", "--capabilities", "CAP_FLY"],
+                "'CAP_FLY' is not a Linux capability",
+            ),
         ],
     )
     def test_bad_input_is_refused_and_nothing_written(

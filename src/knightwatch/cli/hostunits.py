@@ -132,6 +132,14 @@ def install_agent_unit(
     cgroup_mount: Annotated[
         Path | None, typer.Option("--cgroup-mount", help="Where cgroups are mounted")
     ] = None,
+    capabilities: Annotated[
+        str | None,
+        typer.Option(
+            "--capabilities",
+            help="Capabilities the agent's service may use, comma-separated, or none "
+            "(default: bind a port below 1024, change user, own files, signal)",
+        ),
+    ] = None,
     output_dir: OutputDirOpt = DEFAULT_OUTPUT,
     stdout: StdoutOpt = False,
     dry_run: DryRunOpt = False,
@@ -146,6 +154,7 @@ def install_agent_unit(
     from knightwatch.hosting import units
 
     _check_agent_identity(server, name, config)
+    chosen = _capabilities(capabilities)
     unit = units.AgentUnit(
         executable=units.executable(executable or _running_knightwatch()),
         root=root,
@@ -157,6 +166,7 @@ def install_agent_unit(
         trust=tuple(trust or ()),
         trust_fingerprints=tuple(trust_fingerprint or ()),
         cgroup_mount=cgroup_mount,
+        capabilities=units.SERVICE_CAPABILITIES if chosen is None else chosen,
     )
     _deliver(
         units.AGENT_UNIT,
@@ -192,6 +202,16 @@ def _check_agent_identity(server: str | None, name: str | None, config: Path | N
                 f"no {flag} given and {file.path} does not set {key}",
                 hint=f"give {flag}, or write {key} = ... into {file.path} first",
             )
+
+
+def _capabilities(given: str | None) -> tuple[str, ...] | None:
+    """``--capabilities``: None when not given, () for ``none``, else the names (CAP_ added)."""
+    if given is None:
+        return None
+    names = [name.strip().upper() for name in given.split(",") if name.strip()]
+    if names in ([], ["NONE"]):
+        return ()
+    return tuple(name if name.startswith("CAP_") else f"CAP_{name}" for name in names)
 
 
 def _optional(file: ConfigFile) -> ConfigFile:

@@ -22,6 +22,7 @@ from knightwatch.errors import InvalidInputError
 __all__ = [
     "AGENT_UNIT",
     "SERVER_UNIT",
+    "SERVICE_CAPABILITIES",
     "SYSTEMD_DIR",
     "AgentUnit",
     "ServerUnit",
@@ -38,6 +39,65 @@ STATE_ROOT = Path("/var/lib")
 HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
 """What ``ProtectHome=yes`` hides: a path the unit needs there gets ``read-only`` instead."""
 PRIVILEGED_PORTS = 1024
+SERVICE_CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETGID",
+    "CAP_SETUID",
+)
+"""The agent unit's default capabilities: none is the agent's own need (it runs as root and
+touches only its root and its cgroups); they let the service it supervises bind a port below
+1024, drop to another user and own its files. ``--capabilities none`` keeps none."""
+KNOWN_CAPABILITIES = frozenset(
+    "CAP_" + name
+    for name in [
+        "AUDIT_CONTROL",
+        "AUDIT_READ",
+        "AUDIT_WRITE",
+        "BLOCK_SUSPEND",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "KILL",
+        "LEASE",
+        "LINUX_IMMUTABLE",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "MKNOD",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_RAW",
+        "PERFMON",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_CHROOT",
+        "SYS_MODULE",
+        "SYS_NICE",
+        "SYS_PACCT",
+        "SYS_PTRACE",
+        "SYS_RAWIO",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "SYSLOG",
+        "WAKE_ALARM",
+    ]
+)
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_./:@+=,-]+$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 
@@ -128,6 +188,8 @@ class AgentUnit:
     trust: tuple[Path, ...] = ()
     trust_fingerprints: tuple[str, ...] = ()
     cgroup_mount: Path | None = None
+    capabilities: tuple[str, ...] = SERVICE_CAPABILITIES
+    """The capability bounding set of the agent and so of its service (empty: none)."""
 
     def render(self) -> str:
         """The unit file's text (the inputs are checked first)."""
@@ -152,6 +214,7 @@ class AgentUnit:
             cgroup_mount=self.cgroup_mount or "/sys/fs/cgroup",
             writable=" ".join(_quoted(str(path)) for path in writable),
             state=_state_directory(self.root, "0755"),
+            capabilities=" ".join(self.capabilities),
             protect_home=_protect_home(*paths),
         )
 
@@ -168,6 +231,12 @@ class AgentUnit:
         ):
             if path is not None:
                 absolute(flag, path)
+        for capability in self.capabilities:
+            if capability not in KNOWN_CAPABILITIES:
+                raise InvalidInputError(
+                    f"--capabilities: {capability!r} is not a Linux capability",
+                    hint="e.g. --capabilities CAP_NET_BIND_SERVICE,CAP_KILL, or none",
+                )
         if self.server is not None and not re.fullmatch(r"https?://[^\s\"'\\]+", self.server):
             raise InvalidInputError(
                 f"--server {self.server!r} is not an http:// or https:// URL",
