@@ -1,7 +1,7 @@
 """The systemd units of the server and the agent: rendered from templates, written atomically.
 
-The templates (``units/knightwatch-server.service`` and
-``units/knightwatch-agent.service``) ship inside the package; a unit is one
+The templates (``templates/knightwatch-server.service`` and
+``templates/knightwatch-agent.service``) ship inside the package; a unit is one
 of them with the operator's paths and options filled in. Every input is
 checked before anything is written (absolute paths, an executable that
 exists, names systemd and knightwatch accept), and a unit file appears
@@ -295,7 +295,7 @@ def write_unit(directory: Path, filename: str, text: str) -> Path:
 
 
 def _template(filename: str) -> str:
-    return resources.files("knightwatch.hosting").joinpath("units", filename).read_text("utf-8")
+    return resources.files("knightwatch.hosting").joinpath("templates", filename).read_text("utf-8")
 
 
 def _option(flag: str, value: object) -> list[str]:
