@@ -288,6 +288,16 @@ class TestServerCommand:
         assert by_variable.returncode == 2
         assert "(from KNIGHTWATCH_SERVER_CONFIG) does not exist" in by_variable.stderr
 
+    def test_init_opens_the_servers_store(self, tmp_path: Path) -> None:
+        """``knightwatch init`` reads the same settings file, so it writes the server's store."""
+        etc, data = tmp_path / "etc", tmp_path / "data"
+        etc.mkdir()
+        (etc / "server.toml").write_text(f'data_dir = "{data}"\n')
+        done = kw("init", "--json", env={CONFIG_DIR_ENV: str(etc)})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["name"] == "admin"
+        assert (data / "knightwatch.db").exists()
+
     def test_server_runs_with_its_settings_file(self, tmp_path: Path) -> None:
         """A real server takes its data directory and port from /etc/knightwatch/server.toml."""
         with socket.socket() as probe:
