@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,23 @@ from knightwatch.bundle import (
     load_signing_key,
     load_trusted_key,
 )
+from knightwatch.hosting.configfiles import (
+    AGENT_CONFIG_ENV,
+    AGENT_ENV_PREFIX,
+    CONFIG_DIR_ENV,
+    SERVER_CONFIG_ENV,
+)
 from knightwatch.store import Database
 from tests.databases import ENGINES, Target, target_for
 from tests.helpers import EXAMPLE, SMALL_SPEC, MakeSource
+
+# Never this machine's /etc/knightwatch: every knightwatch a test runs, in this process or
+# in a subprocess (which inherits this environment), finds no settings file of the host's.
+os.environ[CONFIG_DIR_ENV] = "/nonexistent/knightwatch-tests/etc"
+for _name in [n for n in os.environ if n.startswith(AGENT_ENV_PREFIX)]:
+    del os.environ[_name]
+for _name in (SERVER_CONFIG_ENV, AGENT_CONFIG_ENV):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

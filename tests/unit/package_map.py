@@ -31,12 +31,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bundle": BASE,
     "store": BASE | {"knightwatch"},  # the version, in the refusal of a newer schema
     "client": BASE | {"tlsca"},
+    # running on hosts: the settings files' places and the systemd units
+    "hosting": BASE,
     "push": BASE | {"bundle", "client", "protocol"},
     "control": BASE | {"bundle", "protocol", "store"},
     "agent": BASE | {"knightwatch", "bundle", "protocol", "tlsca", "logs"},
-    "server": BASE | {"bundle", "control", "protocol", "store", "tlsca"},
+    "server": BASE | {"bundle", "control", "hosting", "protocol", "store", "tlsca"},
     "api": BASE | {"knightwatch", "bundle", "control", "protocol", "server", "store"},
-    "localfleet": BASE | {"agent", "client", "push", "tlsca"},
+    "localfleet": BASE | {"agent", "client", "hosting", "push", "tlsca"},
     "testing": BASE | {"localfleet"},
     # hollow agents: the agent's protocol side without its node, for scale measurements
     "swarm": BASE | {"knightwatch", "agent", "client", "protocol", "tlsca"},
@@ -44,7 +46,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sim": BASE | {"knightwatch", "agent", "bundle", "client", "localfleet", "sdk", "shipped"},
     "cli": BASE
     | {"knightwatch", "agent", "api", "bundle", "client", "localfleet", "logs", "protocol"}
-    | {"push", "server", "shipped", "sim", "swarm", "tlsca"},
+    | {"hosting", "push", "server", "shipped", "sim", "swarm", "tlsca"},
     "__main__": frozenset({"cli"}),
     "__init__": BASE | {"bundle"},
 }

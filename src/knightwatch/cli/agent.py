@@ -1,36 +1,60 @@
 """``knightwatch agent``: run the node agent (one per node, long-running).
 
-Register it on the main app with :func:`register` (or
-``app.command("agent", epilog=EPILOG)(agent)``).
+``knightwatch agent [OPTIONS]`` runs the agent, as it always has; the group
+also holds ``install-unit`` and ``config show``. Each option may instead come
+from a ``KNIGHTWATCH_AGENT_*`` variable or the agent's configuration file
+(:mod:`knightwatch.cli.agentconfig`). Register it on the main app with
+:func:`register`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from knightwatch.cli import hostconfig, hostunits
+from knightwatch.cli.options import refuse_group_options, require_options
 from knightwatch.cli.output import fail
 from knightwatch.errors import InvalidInputError, KnightwatchError
 
-__all__ = ["EPILOG", "agent", "register"]
+__all__ = ["EPILOG", "AgentConfigOpt", "agent", "app", "register"]
 
 EPILOG = (
     "Example: knightwatch agent --server https://cp.example:7400 --ca ca.pem "
     "--root /var/lib/knightwatch --name node1 --join-file /etc/knightwatch/join.token "
     "--trust release.pub"
 )
+AgentConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Settings file (TOML; default /etc/knightwatch/agent.toml if it exists; "
+        "env KNIGHTWATCH_AGENT_CONFIG)",
+    ),
+]
+"""``--config FILE``: the agent's settings file (it must exist when named)."""
+
+app = typer.Typer()
+"""The ``knightwatch agent`` group: its callback runs it, its subcommands set it up."""
 
 
+@app.callback(invoke_without_command=True, epilog=EPILOG)
 def agent(
+    ctx: typer.Context,
     server: Annotated[
-        str, typer.Option("--server", help="Control plane URL (http[s]://host:port)")
-    ],
+        str | None,
+        typer.Option("--server", help="Control plane URL, http:// or https://host:port (required)"),
+    ] = None,
     root: Annotated[
-        Path, typer.Option("--root", help="Agent root: releases, blobs, journal, logs")
-    ],
-    name: Annotated[str, typer.Option("--name", help="This node's name (a-z 0-9 . _ -)")],
+        Path | None,
+        typer.Option("--root", help="Agent root: releases, blobs, journal, logs (required)"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="This node's name (a-z 0-9 . _ -) (required)")
+    ] = None,
+    config: AgentConfigOpt = None,
     join: Annotated[
         str | None,
         typer.Option(
@@ -79,43 +103,48 @@ def agent(
         typer.Option("--heartbeat", help="Seconds between heartbeats (default: the server's)"),
     ] = None,
     health_timeout: Annotated[
-        float, typer.Option("--health-timeout", help="Seconds a new service has to turn healthy")
-    ] = 30.0,
+        float | None,
+        typer.Option(
+            "--health-timeout",
+            help="Seconds a new service has to turn healthy (default 30.0)",
+        ),
+    ] = None,
     cgroup_mount: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--cgroup-mount",
             help="Where cgroups are mounted; each service start gets a group there "
-            "(none can be created: best-effort /proc accounting)",
+            "(none can be created: best-effort /proc accounting) (default /sys/fs/cgroup)",
         ),
-    ] = Path("/sys/fs/cgroup"),
+    ] = None,
     audit_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
-            "--audit-interval", help="Seconds between full re-hashes of the active release"
+            "--audit-interval",
+            help="Seconds between full re-hashes of the active release (default 600.0)",
         ),
-    ] = 600.0,
+    ] = None,
     stat_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--stat-interval",
-            help="Seconds between stat sweeps that catch changes inotify lost",
+            help="Seconds between stat sweeps that catch changes inotify lost (default 5.0)",
         ),
-    ] = 5.0,
+    ] = None,
     process_check_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--process-check-interval",
-            help="Seconds between checks for stale and unmanaged processes",
+            help="Seconds between checks for stale and unmanaged processes (default 1.0)",
         ),
-    ] = 1.0,
+    ] = None,
     functional_check_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--functional-check-interval",
-            help="Seconds between health, smoke and version re-checks",
+            help="Seconds between health, smoke and version re-checks (default 60.0)",
         ),
-    ] = 60.0,
+    ] = None,
 ) -> None:
     """Run the node agent: stage, verify, switch and supervise releases.
 
@@ -123,36 +152,50 @@ def agent(
     key=value line per event on stderr. On SIGTERM or SIGINT it stops the
     service (halt hook, halt signal, grace period, SIGKILL) and exits 0; if
     it is killed outright, the service keeps running and the next agent
-    start stops it and starts a fresh one.
+    start stops it and starts a fresh one. Every option but --join may come
+    from KNIGHTWATCH_AGENT_<OPTION> or the --config file instead.
     """
-    from knightwatch.agent import AgentSettings, run_agent
-    from knightwatch.agent.settings import AuditSettings
-
+    if ctx.invoked_subcommand is not None:
+        refuse_group_options(ctx)
+        return
+    options = {k: v for k, v in ctx.params.items() if k not in ("ctx", "config", "join")}
     try:
-        settings = AgentSettings(
-            server=server,
-            root=root,
-            name=name,
-            join=_join_token(join, join_file),
-            trust=tuple(trust or ()),
-            trust_fingerprints=tuple(trust_fingerprint or ()),
-            ca=ca,
-            service_port=service_port,
-            heartbeat_s=heartbeat,
-            health_timeout_s=health_timeout,
-            cgroup_mount=cgroup_mount,
-            audit=AuditSettings(
-                sweep_interval_s=audit_interval,
-                stat_interval_s=stat_interval,
-                process_interval_s=process_check_interval,
-                functional_interval_s=functional_check_interval,
-            ),
-        )
-        code = run_agent(settings)
+        from knightwatch.cli.agentconfig import agent_values
+
+        values = agent_values(options, config).values
+        require_options(ctx, values, ["server", "root", "name"])
+        code = _run(values, join)
     except KnightwatchError as exc:
         fail(exc)
         raise typer.Exit(exc.exit_code) from None
     raise typer.Exit(code)
+
+
+def _run(values: dict[str, Any], join: str | None) -> int:
+    """Build the agent's settings from the merged ``values`` and run it until it stops."""
+    from knightwatch.agent import AgentSettings, run_agent
+    from knightwatch.agent.settings import AuditSettings
+
+    settings = AgentSettings(
+        server=values["server"],
+        root=values["root"],
+        name=values["name"],
+        join=_join_token(join, values["join_file"]),
+        trust=tuple(values["trust"]),
+        trust_fingerprints=tuple(values["trust_fingerprint"]),
+        ca=values["ca"],
+        service_port=values["service_port"],
+        heartbeat_s=values["heartbeat"],
+        health_timeout_s=values["health_timeout"],
+        cgroup_mount=values["cgroup_mount"],
+        audit=AuditSettings(
+            sweep_interval_s=values["audit_interval"],
+            stat_interval_s=values["stat_interval"],
+            process_interval_s=values["process_check_interval"],
+            functional_interval_s=values["functional_check_interval"],
+        ),
+    )
+    return run_agent(settings)
 
 
 def _join_token(join: str | None, join_file: Path | None) -> str | None:
@@ -176,6 +219,10 @@ def _join_token(join: str | None, join_file: Path | None) -> str | None:
     return token
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``agent`` to ``app`` as the ``knightwatch agent`` command."""
-    app.command("agent", epilog=EPILOG)(agent)
+def register(main: typer.Typer) -> None:
+    """Add ``agent`` and its subcommands to ``main`` as ``knightwatch agent``."""
+    main.add_typer(app, name="agent")
+
+
+hostunits.register_agent(app)
+hostconfig.register_agent(app)

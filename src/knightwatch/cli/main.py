@@ -51,11 +51,7 @@ app.add_typer(flags.app, name="flags")
 app.add_typer(auditlog.app, name="audit-log")
 app.add_typer(changes.app, name="change")
 server.register(app)
-app.command(
-    "agent",
-    epilog="Example: knightwatch agent --server http://127.0.0.1:7400 "
-    "--root /var/lib/knightwatch --name node1 --join TOKEN",
-)(agent.agent)
+agent.register(app)
 deploy.register(app)
 status.register(app)
 audit.register(app)

@@ -6,14 +6,24 @@ Also :func:`connect`, the client of the control plane a command talks to
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 if TYPE_CHECKING:
     from knightwatch.client import ApiClient
 
-__all__ = ["EmergencyOpt", "JsonOpt", "NodesOpt", "WaitOpt", "connect", "json_scalar"]
+__all__ = [
+    "EmergencyOpt",
+    "JsonOpt",
+    "NodesOpt",
+    "WaitOpt",
+    "connect",
+    "json_scalar",
+    "refuse_group_options",
+    "require_options",
+]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 """``--json``: print the command's document as JSON on stdout, for scripts."""
@@ -53,3 +63,34 @@ def json_scalar(text: str) -> object:
     except ValueError:
         return text
     return value if isinstance(value, bool | int | float | str) else text
+
+
+def refuse_group_options(ctx: typer.Context) -> None:
+    """Refuse options of a command group that runs (``server``, ``agent``) before a subcommand.
+
+    ``knightwatch server --port 1 install-unit`` would silently ignore ``--port``:
+    a subcommand takes its own options after its name.
+    """
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name or "")
+        if source is not None and source.name == "COMMANDLINE":
+            raise typer.BadParameter(
+                f"it is an option of `{ctx.command_path}` itself, not of "
+                f"`{ctx.invoked_subcommand}`: give that command its own options after its name",
+                ctx=ctx,
+                param=cast(Any, param),  # Typer's own click parameter
+            )
+
+
+def require_options(ctx: typer.Context, values: Mapping[str, object], names: list[str]) -> None:
+    """Fail as a required option does ("Missing option '--x'.") for the first of ``names`` unset.
+
+    For a command group whose options are required only when it runs itself
+    (and may come from elsewhere too: ``values`` holds what was found).
+    """
+    from typer._click.exceptions import MissingParameter  # Typer's own click
+
+    for name in names:
+        if values.get(name) is None:
+            param = next(p for p in ctx.command.params if p.name == name)
+            raise MissingParameter(ctx=ctx, param=cast(Any, param))

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from knightwatch.cli.options import JsonOpt, connect
 from knightwatch.cli.output import out, print_json, shown
-from knightwatch.cli.server import DEFAULT_DATA, DatabaseOpt, DataOpt
+from knightwatch.cli.server import ConfigOpt, DatabaseOpt
 from knightwatch.errors import InvalidInputError
 from knightwatch.vocabulary import Role
 
@@ -32,23 +32,32 @@ TokenFileOpt = Annotated[
 
 
 def init(
-    data: DataOpt = DEFAULT_DATA,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="The server's data directory (default knightwatch-data)"),
+    ] = None,
     db: DatabaseOpt = None,
+    config: ConfigOpt = None,
     name: Annotated[str, typer.Option("--name", help="The first admin's name")] = "admin",
     token_file: TokenFileOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Create the first admin of a new control plane and print its token once.
 
-    Runs next to the server's data (it writes the server's store); with no user
-    the server refuses every operator call. Later users come from
-    `knightwatch user add`.
+    Runs next to the server's data (it writes the server's store), with the
+    server's settings (options, KNIGHTWATCH_* variables, its settings file,
+    DATA/server.toml), so it opens the same database. With no user the server
+    refuses every operator call. Later users come from `knightwatch user add`.
     """
     from knightwatch.clock import SystemClock
+    from knightwatch.hosting.configfiles import server_config_file
     from knightwatch.server.settings import ServerSettings
     from knightwatch.server.users import initialize
 
-    settings = ServerSettings.load({"data_dir": data, "database_url": db})
+    settings = ServerSettings.load(
+        {"data_dir": data, "database_url": db},
+        config=server_config_file(config, os.environ),
+    )
     issued = initialize(settings, name, SystemClock())
     _hand_over(
         {"name": issued.name, "role": issued.role.value, "token": issued.token},

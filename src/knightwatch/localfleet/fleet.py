@@ -16,6 +16,12 @@ from typing import Any
 
 from knightwatch.client import ApiClient, ServerTarget
 from knightwatch.errors import InvalidInputError, KnightwatchError
+from knightwatch.hosting.configfiles import (
+    AGENT_CONFIG_ENV,
+    AGENT_ENV_PREFIX,
+    CONFIG_DIR_ENV,
+    SERVER_CONFIG_ENV,
+)
 from knightwatch.localfleet.fleetfile import read_fleet_file, write_fleet_file
 from knightwatch.localfleet.processes import (
     FleetProcess,
@@ -385,12 +391,27 @@ class LocalFleet:
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **self._server_env},
+            env={**self._host_environ(), **self._server_env},
             timeout=120,
             check=False,
         )
         if done.returncode != 0:
             raise FleetError(f"knightwatch init failed: {done.stderr.strip() or done.stdout}")
+
+    def _host_environ(self) -> dict[str, str]:
+        """This process's environment without the host's knightwatch settings files.
+
+        A local fleet on a host that runs knightwatch for real must not pick up
+        /etc/knightwatch/*.toml (its database, its server URL): its pieces read
+        DIR/etc/ instead, and inherit no ``KNIGHTWATCH_AGENT_*`` variable.
+        """
+        inherited = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in (SERVER_CONFIG_ENV, AGENT_CONFIG_ENV)
+            and not key.startswith(AGENT_ENV_PREFIX)
+        }
+        return {**inherited, CONFIG_DIR_ENV: str(self.directory / "etc")}
 
     def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> FleetProcess:
         log = self.directory / "logs" / f"{name}.log"
@@ -401,7 +422,7 @@ class LocalFleet:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, **env},
+            env={**self._host_environ(), **env},
         )
         handle.close()
         (self.directory / "pids" / f"{name}.pid").write_text(f"{process.pid}\n")

@@ -1,17 +1,24 @@
 """One typed, frozen settings object for the control plane.
 
-Values come from (highest first) explicit arguments, ``KNIGHTWATCH_*``
-environment variables, an optional TOML file (``DATA/server.toml``), and
-defaults. Secrets are wrapped in :class:`Secret` so they never appear in a
-``repr`` or a log line.
+Values come from (highest first) explicit arguments (the command's options),
+``KNIGHTWATCH_*`` environment variables, the host's configuration file
+(``/etc/knightwatch/server.toml`` or ``--config FILE``, see
+:mod:`knightwatch.hosting.configfiles`), the data directory's own
+``DATA/server.toml``, and defaults. What is given for one run beats what is
+written down for every run, and the file an operator names (or keeps in
+/etc, where configuration management puts it) beats the one found inside the
+data directory, which that file may itself move (``data_dir``). Both files
+are read strictly: an unknown key is an error naming the file and the key.
+
+Secrets are wrapped in :class:`Secret` so they never appear in a ``repr``
+or a log line.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
@@ -23,10 +30,16 @@ from knightwatch.control.flags.model import DEFAULT_LIFETIMES, parse_lifetimes
 from knightwatch.control.guards import parse_fleet_guards
 from knightwatch.control.routing import AlertRouting
 from knightwatch.errors import InvalidInputError
+from knightwatch.hosting.configfiles import ConfigFile, read_config
 from knightwatch.tlsca import is_loopback
 from knightwatch.vocabulary import FlagKind
 
-__all__ = ["Secret", "ServerSettings", "mask_url"]
+__all__ = ["DEFAULT_SOURCE", "OPTION_SOURCE", "Secret", "ServerSettings", "mask_url"]
+
+DEFAULT_SOURCE = "default"
+"""Where a setting nobody set comes from."""
+OPTION_SOURCE = "option"
+"""Where a setting given as an argument (a command-line option) comes from."""
 
 
 class Secret:
@@ -113,23 +126,60 @@ class ServerSettings:
 
     @classmethod
     def load(
-        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config: ConfigFile | None = None,
     ) -> ServerSettings:
-        """Merge defaults, DATA/server.toml, KNIGHTWATCH_* env and ``overrides``."""
+        """Merge defaults, DATA/server.toml, ``config``, KNIGHTWATCH_* env and ``overrides``."""
+        return cls.resolve(overrides, environ, config)[0]
+
+    @classmethod
+    def resolve(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+        config: ConfigFile | None = None,
+    ) -> tuple[ServerSettings, dict[str, str]]:
+        """The settings, and where each came from (see the module's docstring).
+
+        A source is :data:`OPTION_SOURCE`, an environment variable's name, a
+        file's path or :data:`DEFAULT_SOURCE`. Without ``config`` no host
+        configuration file is read (only DATA/server.toml).
+        """
         env = os.environ if environ is None else environ
-        given = {k: v for k, v in (overrides or {}).items() if v is not None and v != ""}
+        names = [f.name for f in fields(cls)]
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"KNIGHTWATCH_{f.name.upper()}")
-            if raw:
-                values[f.name] = raw
-        values.update(given)
-        data_dir = Path(values.get("data_dir", cls.data_dir))
-        file_values = _read_toml(data_dir / "server.toml")
-        merged = {**file_values, **values, "data_dir": data_dir}
-        return cls(
-            **{f.name: _coerce(f.name, merged[f.name]) for f in fields(cls) if f.name in merged}
+        sources: dict[str, str] = {}
+
+        def layer(found: Mapping[str, Any], source: Callable[[str], str]) -> None:
+            for name, value in found.items():
+                if name not in values:
+                    values[name] = value
+                    sources[name] = source(name)
+
+        layer(
+            {k: v for k, v in (overrides or {}).items() if v is not None and v != ""},
+            lambda _name: OPTION_SOURCE,
         )
+        layer(
+            {
+                n: env[f"KNIGHTWATCH_{n.upper()}"]
+                for n in names
+                if env.get(f"KNIGHTWATCH_{n.upper()}")
+            },
+            lambda name: f"KNIGHTWATCH_{name.upper()}",
+        )
+        if config is not None:
+            layer(read_config(config, names), lambda _name: str(config.path))
+        data_dir = _coerce("data_dir", values.get("data_dir", cls.data_dir), sources)
+        values["data_dir"] = data_dir
+        local = data_dir / "server.toml"
+        layer(
+            read_config(ConfigFile(local, None), set(names) - {"data_dir"}), lambda _n: str(local)
+        )
+        settings = cls(**{name: _coerce(name, value, sources) for name, value in values.items()})
+        return settings, {name: sources.get(name, DEFAULT_SOURCE) for name in names}
 
     def check_transport(self) -> None:
         """Refuse a half-given TLS pair, and plain HTTP on a non-loopback address."""
@@ -160,15 +210,6 @@ class ServerSettings:
         if self.database_url is None:
             return f"sqlite:///{self.data_dir / 'knightwatch.db'}"
         return mask_url(self.database_url.reveal())
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: cannot read settings: {exc}") from exc
 
 
 _FLOATS = {
@@ -209,53 +250,60 @@ def _boolean(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _coerce(name: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per kind
+def _coerce(name: str, value: Any, sources: Mapping[str, str]) -> Any:
+    """``value`` of the setting ``name`` as its type; invalid ones refused, naming the source."""
     try:
-        if name in ("database_url", "operator_token"):
-            return value if isinstance(value, Secret) else Secret(str(value))
-        if name in ("data_dir", "tls_cert", "tls_key", "audit_checkpoints", "audit_checkpoint_key"):
-            return Path(value)
-        if name == "insecure_plaintext":
-            return _boolean(value)
-        if name == "alerts":
-            return AlertRouting.parse(value)
-        if name == "guard":
-            return parse_fleet_guards(value)
-        if name == "approvals":
-            return ApprovalPolicy.parse(value)
-        if name == "freeze":
-            return parse_freezes(value)
-        if name == "port":
-            port = int(value)
-            if not 0 <= port <= 65535:
-                raise ValueError("not a TCP port")
-            return port
-        if name == "armed_groups":
-            return _groups(value)
-        if name == "flag_lifetimes":
-            if isinstance(value, Mapping) and all(
-                v is None or isinstance(v, timedelta) for v in value.values()
-            ):
-                return dict(value)  # already parsed
-            if isinstance(value, Mapping):  # [flag_lifetimes] in server.toml
-                value = ",".join(f"{kind}={days}" for kind, days in value.items())
-            return parse_lifetimes(str(value))
-        if name == "trusted_keys":
-            items = value.split(":") if isinstance(value, str) else value
-            return tuple(Path(v) for v in items if str(v))
-        if name in _SIZES:
-            size = int(value)
-            if size < 1024:
-                raise ValueError("must be at least 1024 bytes")
-            return size
-        if name in _FLOATS:
-            number = float(value)
-            if not 0 < number <= 86_400:
-                raise ValueError("must be between 0 and 86400 seconds")
-            return number
-        return str(value)
+        return _typed(name, value)
     except (TypeError, ValueError) as exc:
+        source = sources.get(name, DEFAULT_SOURCE)
+        where = "the option" if source == OPTION_SOURCE else source
         raise InvalidInputError(
-            f"setting {name}={value!r} is invalid: {exc}",
-            hint=f"check KNIGHTWATCH_{name.upper()} or server.toml",
+            f"setting {name}={value!r} is invalid: {exc}", hint=f"check {name} in {where}"
         ) from exc
+
+
+def _typed(name: str, value: Any) -> Any:  # noqa: PLR0911, PLR0912 - one branch per kind
+    """``value`` as the type of the setting ``name`` (TypeError or ValueError if it is not)."""
+    if name in ("database_url", "operator_token"):
+        return value if isinstance(value, Secret) else Secret(str(value))
+    if name in ("data_dir", "tls_cert", "tls_key", "audit_checkpoints", "audit_checkpoint_key"):
+        return Path(value)
+    if name == "insecure_plaintext":
+        return _boolean(value)
+    if name == "alerts":
+        return AlertRouting.parse(value)
+    if name == "guard":
+        return parse_fleet_guards(value)
+    if name == "approvals":
+        return ApprovalPolicy.parse(value)
+    if name == "freeze":
+        return parse_freezes(value)
+    if name == "port":
+        port = int(value)
+        if not 0 <= port <= 65535:
+            raise ValueError("not a TCP port")
+        return port
+    if name == "armed_groups":
+        return _groups(value)
+    if name == "flag_lifetimes":
+        if isinstance(value, Mapping) and all(
+            v is None or isinstance(v, timedelta) for v in value.values()
+        ):
+            return dict(value)  # already parsed
+        if isinstance(value, Mapping):  # [flag_lifetimes] in server.toml
+            value = ",".join(f"{kind}={days}" for kind, days in value.items())
+        return parse_lifetimes(str(value))
+    if name == "trusted_keys":
+        items = value.split(":") if isinstance(value, str) else value
+        return tuple(Path(v) for v in items if str(v))
+    if name in _SIZES:
+        size = int(value)
+        if size < 1024:
+            raise ValueError("must be at least 1024 bytes")
+        return size
+    if name in _FLOATS:
+        number = float(value)
+        if not 0 < number <= 86_400:
+            raise ValueError("must be between 0 and 86400 seconds")
+        return number
+    return str(value)
