@@ -7,7 +7,8 @@ second person), flag values, a halt and its re-arm, an acknowledged alert,
 users (one revoked), a change request left open, and the audit log with its
 checkpoints. Today's server then starts on the same data directory and
 database. Everything 0.1.0 recorded must still be there, as it was, the
-audit chain must still verify, and the fleet must keep working.
+audit chain must still verify, and the fleet must keep working. Going back
+to 0.1.0 afterwards is refused at start, with nothing changed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from tests.integration.conftest import (
     current_digest,
     kw,
 )
-from tests.upgrade.old_release import unpack_old_release
+from tests.upgrade.old_release import old_command, old_env, unpack_old_release
 
 PENDING = 3
 OLD_HEAD = "0008_changes"
@@ -237,3 +239,19 @@ def test_a_0_1_0_store_with_real_data_upgrades_in_place(
     status = fleet.status()
     assert {n["name"] for n in status["nodes"]} == set(fleet.names)
     assert kw(fleet, "audit-log", "verify").returncode == 0
+
+    # Back to 0.1.0: it refuses the newer schema at start and changes nothing.
+    fleet.stop_server(signal.SIGTERM)
+    downgrade = subprocess.run(
+        old_command("server", *data, "--port", str(fleet.port)),
+        env=old_env(old_release),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert downgrade.returncode != 0, downgrade.stdout + downgrade.stderr
+    assert "newer knightwatch" in downgrade.stderr, downgrade.stderr
+    assert "Traceback" not in downgrade.stderr, downgrade.stderr
+    after_refusal = json.loads(kw(fleet, "server", *data, "--check-upgrade", "--json").stdout)
+    assert after_refusal["current"] == plan["head"] and after_refusal["up_to_date"]
