@@ -46,8 +46,8 @@ def journal(root: Path) -> dict[str, Any]:
 def wait_settled(root: Path) -> None:
     """Wait until the control plane has settled the node's last deployment (not ``awaiting``).
 
-    An agent started while it is unsettled starts no service before the
-    control plane's word, which would blur what these tests look at.
+    An agent started while it is unsettled adopts nothing and starts no
+    service before the control plane's word (test_commands.py tests that).
     """
     wait_until(
         lambda: journal(root)["awaiting"] is None, timeout=SETTLE_S, what="the deployment settled"
@@ -55,12 +55,13 @@ def wait_settled(root: Path) -> None:
 
 
 def wait_service(fleet: LocalFleet, name: str, pid: Callable[[int | None], bool]) -> dict[str, Any]:
-    """Wait until ``name`` is connected with a running, versioned service ``pid`` accepts."""
+    """Wait until ``name``'s new agent reports a running, versioned service ``pid`` accepts."""
 
     def ready() -> dict[str, Any] | None:
         node = node_status(fleet, name)
         running = node.get("connected") and node["service_state"] == "running"
         running = running and node["service_version"] is not None
+        running = running and adoption(node) != ""  # the new agent's report, not the old one's
         return node if running and pid(node["service_pid"]) else None
 
     try:
@@ -108,6 +109,7 @@ class TestAdoptionAfterSigkill:
         wait_connected(fleet, node_name)
         pid = deploy_example(fleet, releases, node_name)
         reap(pid)
+        wait_settled(root)
         group = journal(root)["service"]["cgroup"]
         agents[0].stop(signal.SIGKILL)
         agents.append(AgentProcess(fleet, node_name, port))
@@ -139,6 +141,7 @@ class TestAdoptionAfterSigkill:
         wait_connected(fleet, node_name)
         old = deploy_example(fleet, releases, node_name)
         reap(old)
+        wait_settled(root)
         group = journal(root)["service"]["cgroup"]
         agents[0].stop(signal.SIGKILL)
         agents.append(AgentProcess(fleet, node_name, port))
@@ -168,6 +171,7 @@ class TestInPlaceUpgrade:
         wait_connected(fleet, node_name)
         pid = deploy_example(fleet, releases, node_name)
         reap(pid)
+        wait_settled(root)
         asked = Asker(f"http://127.0.0.1:{port}/version")
         asked.start()
         try:
@@ -329,6 +333,7 @@ class TestUpgradeFromOldRelease:
             assert done["state"] == "SUCCEEDED", done
             pid = node_row(done, "node1")["pid"]
             reap(pid)
+            wait_settled(fleet.root("node1"))
             assert "cgroup" not in journal(fleet.root("node1"))["service"]  # 0.1.0's journal
             assert fleet.stop_agent("node1", signal.SIGKILL) == -signal.SIGKILL
             fleet.start_agent("node1")

@@ -19,14 +19,12 @@ and still the active release's — every proof must hold:
 5. in cgroup mode it is a member of its group: the journaled one, or (a
    record from 0.1.0, which did not journal it) a group of this node named
    after the same release;
-6. the kill-switch latch is not set.
-
-A deployment whose outcome the node has not learned (``awaiting``) does not
-forbid adoption: the process already runs that release, and stopping it
-would interrupt a service the control plane most likely keeps; its first
-command after the connect settles it (a Commit keeps the adopted service if
-it is healthy, a Rollback stops it and switches back), and meanwhile nothing
-*starts* a service (:meth:`knightwatch.agent.commands.CommandRunner.resume`).
+6. neither the kill-switch latch nor a deployment whose outcome the node
+   has not learned (``awaiting``) forbids it to run: a held node runs no
+   service before the control plane's word, adopted or not (the deployment
+   may have been abandoned while no agent ran). A deployment is settled as
+   soon as it succeeds, so this costs a restart only to an agent restarted
+   mid-deployment, which the control plane treats as a lost node anyway.
 
 The tree itself is verified against the manifest by the caller
 (:meth:`knightwatch.agent.service.ServiceController.take_over`), which
@@ -128,6 +126,11 @@ def _not_the_service(
         problem = f"pid {pid} is not in its cgroup ({record.cgroup or 'none journaled'})"
     if problem is None and (halted := halted_reason(state)) is not None:
         problem = halted
+    if problem is None and state.awaiting is not None:
+        problem = (
+            f"held: the outcome of deployment {state.awaiting}, which switched to this release, "
+            "is not known yet"
+        )
     return problem
 
 

@@ -328,29 +328,17 @@ class CommandRunner:
             return
         if state.current is None:
             return
-        held = state.awaiting is not None
-        if adopted and await self.service.check_adopted(restart=not held) is None:
-            adopted_and_healthy = True
-        else:
-            adopted_and_healthy = False
-            if adopted:
-                await self.service.stop()
-        if held:
+        if state.awaiting is not None:
             self.held = state.awaiting
             event(
                 "service-held",
                 release=state.current,
                 deployment=state.awaiting,
-                adopted=adopted_and_healthy,
                 reason="the outcome of the deployment that switched to it is not known yet; "
-                + (
-                    "the adopted service runs on until the control plane's decision"
-                    if adopted_and_healthy
-                    else "waiting for the control plane's decision"
-                ),
+                "waiting for the control plane's decision",
             )
             return
-        if adopted_and_healthy:
+        if adopted and await self.service.check_adopted() is None:
             return
         reason = await self.service.start(state.current, smoke=False)
         if reason is not None:

@@ -255,10 +255,10 @@ class ServiceController:
         )
         return False
 
-    async def check_adopted(self, *, restart: bool) -> str | None:
+    async def check_adopted(self) -> str | None:
         """Health- and version-check the adopted service; None when it passes, else why not.
 
-        ``restart``: the caller starts a fresh service when it fails (else it only stops it).
+        The caller then starts a fresh service (which stops the adopted one first).
         """
         launch = self.supervisor.launch
         if launch is None:
@@ -267,9 +267,10 @@ class ServiceController:
         if reason is None:
             reason = await self._check_version(launch, self._stager.load_manifest(launch.digest))
         if reason is not None:
-            what = "restarted service" if restart else "stopped service (held)"
-            self.supervisor.adoption = f"{what}: the adopted process failed its checks: {reason}"
-            event("service-adopted-unhealthy", reason=reason, action=what)
+            self.supervisor.adoption = (
+                f"restarted service: the adopted pid failed its checks: {reason}"
+            )
+            event("service-adopted-unhealthy", reason=reason, action="restart")
         return reason
 
     async def _verify_tree(self, proven: Adoptable) -> Adoptable | Refusal:
