@@ -7,11 +7,11 @@ and still the active release's — every proof must hold:
 
 1. the pid is alive, in this boot, and its start time (field 22 of
    ``/proc/PID/stat``) is the journaled one: a reused pid is another process;
-2. it still leads its own process group (the agent starts it in a session
-   of its own, and stops it by that group);
-3. it runs from this agent's root (cwd or executable), or is in one of
+2. it runs from this agent's root (cwd or executable), or is in one of
    this node's cgroups — otherwise it is nothing of ours, whatever the
    journal says, and is left alone;
+3. it still leads its own process group (the agent starts it in a session
+   of its own, and stops it by that group);
 4. it runs the active release: the record's digest is ``current``, its
    working directory is that release's tree, and its command line has the
    release's service arguments (the program name may differ: a launcher such
@@ -28,7 +28,7 @@ and still the active release's — every proof must hold:
 
 The tree itself is verified against the manifest by the caller
 (:meth:`knightwatch.agent.service.ServiceController.take_over`), which
-hashes it. Failing proofs 1 to 3 is a :class:`Refusal` that is not ``ours``
+hashes it. Failing proof 1 or 2 is a :class:`Refusal` that is not ``ours``
 (leave the process alone); failing a later one is ``ours`` (stop it, then
 start a fresh service through the health checks).
 """
