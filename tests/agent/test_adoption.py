@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -75,6 +76,20 @@ def adoption(node: dict[str, Any]) -> str:
     return str((node.get("processes") or {}).get("adoption", ""))
 
 
+def status_text(fleet: LocalFleet) -> str:
+    """What ``knightwatch status`` prints (wide, so that no line is wrapped)."""
+    env = {**os.environ, "KNIGHTWATCH_SERVER": fleet.url, "KNIGHTWATCH_TOKEN": fleet.token}
+    done = subprocess.run(
+        [sys.executable, "-m", "knightwatch", "status"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "400"},
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
 def group_members(path: str | None) -> list[int]:
     """The pids in a cgroup ([] once it is gone, or without one)."""
     if path is None:
@@ -122,6 +137,8 @@ class TestAdoptionAfterSigkill:
         assert "event=service-adopted" in log and "child=false" in log
         assert "event=service-start " not in log  # nothing was started afresh
         assert pid in group_members(group) or group is None
+        shown = status_text(fleet)
+        assert f"{node_name}: at agent start, adopted running service pid {pid} " in shown, shown
         assert agents[1].stop(signal.SIGTERM) == 0
         assert identify(pid) is None
         assert group_members(group) == []

@@ -233,11 +233,13 @@ class ServiceController:
             if isinstance(outcome, Adoptable):
                 self._adopt(outcome)
                 return True
+            _reap_if_child(record.pid)  # a service that died across an exec: no zombie kept
             stopped = False
             if outcome.ours:
                 stopped = await self.supervisor.stop_adopted(
                     record, self._launch_or_none(record.digest), outcome.group
                 )
+                _reap_if_child(record.pid)
             self._journal.update(service=None)
         runs = not state.halted and state.awaiting is None and launch is not None
         what = "stopped" if stopped else "left alone (not ours)"
@@ -385,3 +387,9 @@ class ServiceController:
         record = self.supervisor.record()
         if self._journal.state.service != record:
             self._journal.update(service=record)
+
+
+def _reap_if_child(pid: int) -> None:
+    """Reap ``pid`` if it is this process's exited child (after an exec); else do nothing."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
