@@ -214,48 +214,63 @@ class ServiceController:
         :meth:`check_adopted`). Otherwise it is stopped if it is the journaled
         process, left alone if it is not (a reused pid). Either way one
         ``service-adopted`` or ``service-not-adopted`` line says which and why,
-        and the node's report carries it (``service.adoption``).
+        and the node's report carries it (``service.adoption``). The tree is
+        hashed outside the lock (a halt never waits for it); the latch is
+        checked again under it.
         """
-        async with self._lock:  # a halt arriving meanwhile waits, then stops what was adopted
+        outcome = await self._prove(record)
+        async with self._lock:
             state = self._journal.state
-            current = state.current
-            launch = self._launch_or_none(current) if current is not None else None
-            outcome = examine(
-                record,
-                state,
-                launch,
-                root=self._layout.root,
-                cgroups=self.supervisor.cgroups,
-                node=self._node,
-            )
-            if isinstance(outcome, Adoptable):
-                outcome = await self._verify_tree(outcome)
+            if isinstance(outcome, Adoptable) and (halted := halted_reason(state)) is not None:
+                outcome = Refusal(halted, ours=True, group=outcome.group)
             if isinstance(outcome, Adoptable):
                 self._adopt(outcome)
                 return True
             _reap_if_child(record.pid)  # a service that died across an exec: no zombie kept
-            stopped = False
-            if outcome.ours:
-                stopped = await self.supervisor.stop_adopted(
-                    record, self._launch_or_none(record.digest), outcome.group
-                )
-                _reap_if_child(record.pid)
+            stopped = outcome.ours and await self.supervisor.stop_adopted(
+                record, self._launch_or_none(record.digest), outcome.group
+            )
+            _reap_if_child(record.pid)
             self._journal.update(service=None)
-        runs = not state.halted and state.awaiting is None and launch is not None
+        self._not_adopted(record, outcome.reason, stopped=stopped)
+        return False
+
+    async def _prove(self, record: ServiceRecord) -> Adoptable | Refusal:
+        """Every proof of :func:`examine`, then the active tree against its manifest."""
+        state = self._journal.state
+        current = state.current
+        launch = self._launch_or_none(current) if current is not None else None
+        outcome = examine(
+            record,
+            state,
+            launch,
+            root=self._layout.root,
+            cgroups=self.supervisor.cgroups,
+            node=self._node,
+        )
+        if isinstance(outcome, Adoptable):
+            outcome = await self._verify_tree(outcome)
+        return outcome
+
+    def _not_adopted(self, record: ServiceRecord, reason: str, *, stopped: bool) -> None:
+        """Say (log and report) why the left service was not adopted and what became of it."""
+        state = self._journal.state
+        current = state.current
+        has_service = current is not None and self._launch_or_none(current) is not None
+        runs = has_service and not state.halted and state.awaiting is None
         what = "stopped" if stopped else "left alone (not ours)"
         held = "; no service starts before the control plane decides" if state.awaiting else ""
         self.supervisor.adoption = (
-            f"{'restarted service' if runs else 'not adopted'}: {outcome.reason}; "
+            f"{'restarted service' if runs else 'not adopted'}: {reason}; "
             f"pid {record.pid} {what}{held}"
         )
         event(
             "service-not-adopted",
             pid=record.pid,
-            reason=outcome.reason,
+            reason=reason,
             action="stop" if stopped else "leave",
             summary=self.supervisor.adoption,
         )
-        return False
 
     async def check_adopted(self) -> str | None:
         """Health- and version-check the adopted service; None when it passes, else why not.

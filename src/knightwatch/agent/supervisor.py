@@ -9,6 +9,12 @@ on at the slow pace. Stopping runs the halt hook, signals the group, waits
 the grace period and then kills whatever is left of the group
 (:mod:`knightwatch.agent.termination`).
 
+A service an earlier agent left running, once proven to be the active
+release's (:mod:`knightwatch.agent.adoption`), is *adopted*
+(:meth:`Supervisor.adopt`): watched through a pidfd
+(:mod:`knightwatch.agent.childwatch`), health-checked, restarted and
+stopped exactly like one this supervisor spawned.
+
 The agent drives the supervisor through its
 :class:`~knightwatch.agent.service.ServiceController`, the one place that
 decides when the service starts and stops; whoever wants to follow the
@@ -194,12 +200,7 @@ class Supervisor:
         spawns and then dies is restarted, and :meth:`wait_ready` reports it.
         """
         await self.stop()
-        self._launch = launch
-        self._restarts = 0
-        self._crashes.clear()
-        self._last_exit = None
-        self.version = None
-        self._group = self._new_group(launch)
+        self._begin(launch, self._new_group(launch))
         try:
             process = await self._spawn(launch)
         except ServiceError as exc:
@@ -218,12 +219,7 @@ class Supervisor:
         restarted; :meth:`stop` halts it like a child (hook, signal, grace,
         the group's freeze and kill).
         """
-        self._launch = launch
-        self._restarts = 0
-        self._crashes.clear()
-        self._last_exit = None
-        self.version = None
-        self._group = group
+        self._begin(launch, group)
         process = AdoptedProcess(identity)
         self._process = process
         self._identity = identity
@@ -233,6 +229,15 @@ class Supervisor:
         self._watcher = asyncio.create_task(self._watch(process, launch))
         self._rotator = asyncio.create_task(self._rotate_logs())
         self._notify()
+
+    def _begin(self, launch: ServiceLaunch, group: ServiceCgroup | None) -> None:
+        """Start afresh with ``launch`` in ``group``: no restarts, crashes or version yet."""
+        self._launch = launch
+        self._restarts = 0
+        self._crashes.clear()
+        self._last_exit = None
+        self.version = None
+        self._group = group
 
     async def wait_ready(self) -> str | None:
         """Wait until the current process is healthy (None) or why it is not."""
