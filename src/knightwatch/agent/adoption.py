@@ -44,7 +44,6 @@ from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.journal import AgentState, ServiceRecord, halted_reason
 from knightwatch.agent.process import (
     ProcessIdentity,
-    boot_id,
     command_line,
     identify,
     lies_under,
@@ -89,7 +88,7 @@ def examine(
     identity = identify(pid)
     if identity is None:
         return Refusal(f"pid {pid} is gone", ours=False)
-    if identity.boot_id != record.boot_id or identity.boot_id != boot_id():
+    if identity.boot_id != record.boot_id:
         return Refusal(f"pid {pid} is from another boot", ours=False)
     if identity.start_ticks != record.start_ticks:
         return Refusal(f"pid {pid}'s start time does not match the journal", ours=False)
