@@ -76,17 +76,23 @@ def adoption(node: dict[str, Any]) -> str:
     return str((node.get("processes") or {}).get("adoption", ""))
 
 
-def status_text(fleet: LocalFleet) -> str:
-    """What ``knightwatch status`` prints (wide, so that no line is wrapped)."""
+def cli(fleet: LocalFleet, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``knightwatch ARGS`` against the control plane as its admin (wide output)."""
     env = {**os.environ, "KNIGHTWATCH_SERVER": fleet.url, "KNIGHTWATCH_TOKEN": fleet.token}
-    done = subprocess.run(
-        [sys.executable, "-m", "knightwatch", "status"],
+    return subprocess.run(
+        [sys.executable, "-m", "knightwatch", *args],
         capture_output=True,
         text=True,
         env={**env, "COLUMNS": "400"},
         timeout=120,
-        check=True,
+        check=False,
     )
+
+
+def status_text(fleet: LocalFleet) -> str:
+    """What ``knightwatch status`` prints."""
+    done = cli(fleet, "status")
+    assert done.returncode == 0, done.stderr
     return done.stdout
 
 
@@ -143,6 +149,33 @@ class TestAdoptionAfterSigkill:
         assert identify(pid) is None
         assert group_members(group) == []
         assert journal(root)["service"] is None
+
+    def test_the_kill_switch_halts_the_adopted_service(
+        self,
+        control_plane: LocalFleet,
+        releases: Releases,
+        node_name: str,
+        reap: Callable[[int], None],
+        agents: list[AgentProcess],
+    ) -> None:
+        """``knightwatch kill`` halts an adopted service like a spawned one: its group empties."""
+        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
+        agents.append(AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name)))
+        wait_connected(fleet, node_name)
+        pid = deploy_example(fleet, releases, node_name)
+        reap(pid)
+        wait_settled(root)
+        group = journal(root)["service"]["cgroup"]
+        agents[0].stop(signal.SIGKILL)
+        agents.append(AgentProcess(fleet, node_name, port))
+        wait_service(fleet, node_name, lambda p: p == pid)
+        done = cli(fleet, "kill", "--json", "--nodes", node_name, "--reason", "adopted halt")
+        report = json.loads(done.stdout)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert identify(pid) is None, report
+        assert group_members(group) == []
+        assert journal(root)["halted"] is True
+        assert agents[1].stop(signal.SIGTERM) == 0
 
     def test_a_later_deploy_replaces_the_adopted_service(
         self,
