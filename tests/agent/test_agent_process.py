@@ -1,4 +1,7 @@
-"""The agent as a real process against the real control plane: SIGTERM halts, SIGKILL adopts."""
+"""The agent as a real process against the real control plane: SIGTERM halts, bad input exits 2.
+
+What a SIGKILLed (or SIGHUPed) agent leaves running is adopted: tests/agent/test_adoption.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import typer
@@ -100,45 +102,6 @@ class TestLifecycle:
             timeout=SETTLE_S,
             what=f"{node_name} to disconnect",
         )
-
-    def test_killed_agent_leaves_the_service_and_the_next_one_replaces_it(
-        self,
-        control_plane: LocalFleet,
-        releases: Releases,
-        node_name: str,
-        reap: Callable[[int], None],
-    ) -> None:
-        """After SIGKILL the service runs on; the restarted agent stops it and starts afresh."""
-        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
-        first = AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name))
-        second: AgentProcess | None = None
-        try:
-            wait_connected(fleet, node_name)
-            old = deploy_example(fleet, releases, node_name)
-            reap(old)
-            first.stop(signal.SIGKILL)
-            assert identify(old) is not None
-            second = AgentProcess(fleet, node_name, port)
-
-            def new_service() -> dict[str, Any] | None:
-                node = node_status(fleet, node_name)
-                fresh = node["service_pid"] not in (None, old)
-                running = node["connected"] and node["service_state"] == "running"
-                return node if fresh and running else None
-
-            node = wait_until(new_service, timeout=SETTLE_S, what="a fresh service", interval=0.1)
-            new = node["service_pid"]
-            reap(new)
-            assert identify(old) is None
-            state = json.loads((root / "state.json").read_text())
-            assert state["service"]["pid"] == new
-            assert node["active_digest"] == state["current"]
-            assert second.stop(signal.SIGTERM) == 0
-            assert identify(new) is None
-        finally:
-            first.kill()
-            if second is not None:
-                second.kill()
 
 
 class TestCli:

@@ -309,15 +309,19 @@ class CommandRunner:
         return _ack(command, AckPhase.ABORTED, reason)
 
     async def resume(self) -> None:
-        """At agent start: stop a service left by an earlier run, then run the current one.
+        """At agent start: adopt (or stop) a service an earlier run left, then run the current one.
 
-        Not while the deployment that switched ``current`` has an outcome this
-        node has not learned: then the service waits (:attr:`held`) for the
-        control plane's word, which comes as the first command after connecting.
+        A left service proven to be the active release's is adopted and
+        health-checked like a fresh start (:meth:`ServiceController.take_over`);
+        one that fails its checks is restarted. Not while the deployment that
+        switched ``current`` has an outcome this node has not learned: then
+        the service waits (:attr:`held`) for the control plane's word, which
+        comes as the first command after connecting.
         """
+        adopted = False
+        if self.journal.state.service is not None:
+            adopted = await self.service.take_over(self.journal.state.service)
         state = self.journal.state
-        if state.service is not None:
-            await self.service.stop_adopted(state.service)
         await self.service.stop_strays(state.current, only=runs_a_release)
         if state.halted:  # the kill-switch latch survives agent restarts
             await self.service.stop(halted=True)
@@ -333,6 +337,8 @@ class CommandRunner:
                 reason="the outcome of the deployment that switched to it is not known yet; "
                 "waiting for the control plane's decision",
             )
+            return
+        if adopted and await self.service.check_adopted() is None:
             return
         reason = await self.service.start(state.current, smoke=False)
         if reason is not None:

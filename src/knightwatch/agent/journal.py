@@ -45,6 +45,8 @@ class ServiceRecord(_Record):
     boot_id: str
     started_at: float
     digest: Digest
+    cgroup: Annotated[str, Field(max_length=4096)] | None = None
+    """The service's cgroup (its membership directory); None without one, or from 0.1.0."""
 
 
 class PendingSwitch(_Record):

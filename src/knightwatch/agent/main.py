@@ -4,16 +4,20 @@ Start-up (:meth:`Agent.setup`, :mod:`knightwatch.agent.startup`) prepares
 the layout, removes what a crash left half-done, loads the node key, enrolls
 if needed, loads the trusted keys and reconciles the journal with
 ``current``. Serving
-(:meth:`Agent.serve`) first stops a service left running by an earlier,
-killed agent (identified by pid *and* start time, so a reused pid is never
-touched) and starts the current release's service afresh; then it runs the
-WebSocket connection and the command worker side by side.
+(:meth:`Agent.serve`) first adopts a service left running by an earlier
+agent, or stops it (identified by pid *and* start time, so a reused pid is
+never touched) and starts the current release's service afresh; then it runs
+the WebSocket connection and the command worker side by side.
 
 On SIGTERM or SIGINT the agent stops the service (halt hook, halt signal,
-grace, SIGKILL) and exits 0: ``fleet down`` relies on that. If the agent is
-SIGKILLed instead, the service (its own process group) keeps running, and
-the next agent stops it (logging ``service-adopted`` with ``action=stop``)
-and starts a fresh one — unless the journal says the deployment that
+grace, SIGKILL) and exits 0: ``fleet down`` relies on that. On SIGHUP it
+upgrades in place: it stops serving, leaves the service running (journaled),
+and ``exec``s its own command line, so freshly installed code runs in the
+same pid and adopts the service. If the agent is SIGKILLed, the service (its
+own process group) keeps running, and the next agent adopts it when it can
+prove it is the active release's service (:mod:`knightwatch.agent.adoption`;
+``service-adopted``), or stops it and starts a fresh one
+(``service-not-adopted``) — unless the journal says the deployment that
 switched ``current`` has an outcome this node has not learned: then no
 service runs until the control plane says what became of it (Commit of the
 current release: run it; Rollback: go back), and the node reports its
@@ -24,9 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
+import sys
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from knightwatch.agent.auditor import Auditor
 from knightwatch.agent.cgroup import CgroupHost, probe_cgroups
@@ -70,18 +78,39 @@ from knightwatch.protocol.reports import NodeKey
 from knightwatch.protocol.safety import Halt, HaltSource, Rearm
 from knightwatch.tlsca import client_context
 
-__all__ = ["Agent", "run_agent"]
+__all__ = ["Agent", "reexec", "run_agent"]
 
 
 def run_agent(settings: AgentSettings, *, clock: Clock | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; return the exit status (0 after a clean stop).
 
+    After SIGHUP the agent replaces itself (:func:`reexec`) and never returns.
     Raise a KnightwatchError (with its exit code) if the agent cannot start.
     """
     configure_logging("agent")
     agent = Agent(settings, clock=clock)
     agent.setup()
-    return asyncio.run(agent.serve_until_signalled())
+    status = asyncio.run(agent.serve_until_signalled())
+    if agent.upgrading:
+        reexec()
+    return status
+
+
+def reexec() -> NoReturn:
+    """Run this agent's command line again in this process (an in-place upgrade).
+
+    ``exec`` keeps the pid, so the service stays this process's child and the
+    new code adopts it (:mod:`knightwatch.agent.adoption`). Every descriptor
+    Python opened is close-on-exec (PEP 446); the journal is already durable
+    (each write is fsynced); the service writes its log file itself, not
+    through a pipe to the agent, so nothing of it breaks across the exec.
+    """
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    event("agent-reexec", executable=sys.executable, argv=" ".join(argv))
+    logging.shutdown()  # flush every handler before the process image goes
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 -- our own command line, no shell
 
 
 class Agent:
@@ -106,6 +135,8 @@ class Agent:
         self.trusted: list[TrustedKey] = []
         self.verify = client_context(settings.ca)
         """How the control plane's TLS certificate is checked: the pinned --ca, if given."""
+        self.upgrading = False
+        """Set by SIGHUP: stop serving, leave the service running, then re-exec."""
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -117,15 +148,21 @@ class Agent:
     # --- serving -------------------------------------------------------------------------
 
     async def serve_until_signalled(self) -> int:
-        """Serve until SIGTERM or SIGINT arrives, then stop cleanly."""
+        """Serve until SIGTERM or SIGINT (stop cleanly) or SIGHUP (leave the service, upgrade)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def upgrade() -> None:
+            self.upgrading = True
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, upgrade)
         try:
             return await self.serve(stop)
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
 
     async def serve(self, stop: asyncio.Event) -> int:
@@ -133,7 +170,9 @@ class Agent:
 
         Stopping cancels the command in progress (a staging thread stops at
         its next step), halts the service while heartbeats still flow, and
-        only then closes the connection.
+        only then closes the connection. When :attr:`upgrading` (SIGHUP), the
+        service is left running and journaled instead, for the next agent
+        to adopt.
         """
         commands: asyncio.Queue[ReleaseCommand] = asyncio.Queue()
         self._wire(commands)
@@ -157,11 +196,15 @@ class Agent:
             await _cancel(guards)
             await _cancel(limits)
             await _cancel(dead_man)
-            await self.service.shutdown()
+            if self.upgrading:
+                await self.service.leave_running()
+            else:
+                await self.service.shutdown()
             await _cancel(link)
             self.runner.source.close()
-            self.journal.update(service=None)
-        event("agent-stopped", node=self.settings.name)
+            if not self.upgrading:
+                self.journal.update(service=None)
+        event("agent-stopped", node=self.settings.name, service_left_running=self.upgrading)
         return 0
 
     def _wire(self, commands: asyncio.Queue[ReleaseCommand]) -> None:

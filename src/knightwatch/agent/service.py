@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from knightwatch.agent.adoption import Adoptable, Refusal, examine
 from knightwatch.agent.checks import probe, read_version, run_smoke, version_matches
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
@@ -26,6 +29,7 @@ from knightwatch.agent.flagfile import NodeFlags
 from knightwatch.agent.journal import AgentState, Journal, ServiceRecord, halted_reason
 from knightwatch.agent.layout import NodeLayout
 from knightwatch.agent.procaudit import ProcessFinding, runs_a_release
+from knightwatch.agent.process import boot_epoch, read_stat
 from knightwatch.agent.runenv import ServiceLaunch, launch_for
 from knightwatch.agent.staging import Stager
 from knightwatch.agent.supervisor import Stopped, Supervisor
@@ -191,15 +195,136 @@ class ServiceController:
         """Report no service at all (the active release has none); call after a stop."""
         self.supervisor.forget()
 
+    async def leave_running(self) -> None:
+        """The agent re-execs itself: keep the service running and journaled, stop watching it."""
+        await self.supervisor.close()
+        self._record_service()
+
     async def shutdown(self) -> None:
         """The agent is stopping: stop the service, reported HALTED, and the supervisor's tasks."""
         await self.supervisor.stop(halted=True)
         await self.supervisor.close()
 
-    async def stop_adopted(self, record: ServiceRecord) -> None:
-        """Stop the service an earlier agent run left running (if it still is that process)."""
-        await self.supervisor.stop_adopted(record, self._launch_or_none(record.digest))
-        self._journal.update(service=None)
+    async def take_over(self, record: ServiceRecord) -> bool:
+        """Adopt the service an earlier agent run left running, or stop it; True if adopted.
+
+        Adopted only when :func:`~knightwatch.agent.adoption.examine` proves it
+        is the active release's service and that release's tree still verifies;
+        the process is then supervised (and health-checked by
+        :meth:`check_adopted`). Otherwise it is stopped if it is the journaled
+        process, left alone if it is not (a reused pid). Either way one
+        ``service-adopted`` or ``service-not-adopted`` line says which and why,
+        and the node's report carries it (``service.adoption``). The tree is
+        hashed outside the lock (a halt never waits for it); the latch is
+        checked again under it.
+        """
+        outcome = await self._prove(record)
+        async with self._lock:
+            state = self._journal.state
+            if isinstance(outcome, Adoptable) and (halted := halted_reason(state)) is not None:
+                outcome = Refusal(halted, ours=True, group=outcome.group)
+            if isinstance(outcome, Adoptable):
+                self._adopt(outcome)
+                return True
+            _reap_if_child(record.pid)  # a service that died across an exec: no zombie kept
+            stopped = outcome.ours and await self.supervisor.stop_adopted(
+                record, self._launch_or_none(record.digest), outcome.group
+            )
+            _reap_if_child(record.pid)
+            self._journal.update(service=None)
+        self._not_adopted(record, outcome.reason, stopped=stopped)
+        return False
+
+    async def _prove(self, record: ServiceRecord) -> Adoptable | Refusal:
+        """Every proof of :func:`examine`, then the active tree against its manifest."""
+        state = self._journal.state
+        current = state.current
+        launch = self._launch_or_none(current) if current is not None else None
+        outcome = examine(
+            record,
+            state,
+            launch,
+            root=self._layout.root,
+            cgroups=self.supervisor.cgroups,
+            node=self._node,
+        )
+        if isinstance(outcome, Adoptable):
+            outcome = await self._verify_tree(outcome)
+        return outcome
+
+    def _not_adopted(self, record: ServiceRecord, reason: str, *, stopped: bool) -> None:
+        """Say (log and report) why the left service was not adopted and what became of it."""
+        state = self._journal.state
+        current = state.current
+        has_service = current is not None and self._launch_or_none(current) is not None
+        runs = has_service and not state.halted and state.awaiting is None
+        what = "stopped" if stopped else "left alone (not ours)"
+        held = "; no service starts before the control plane decides" if state.awaiting else ""
+        self.supervisor.adoption = (
+            f"{'restarted service' if runs else 'not adopted'}: {reason}; "
+            f"pid {record.pid} {what}{held}"
+        )
+        event(
+            "service-not-adopted",
+            pid=record.pid,
+            reason=reason,
+            action="stop" if stopped else "leave",
+            summary=self.supervisor.adoption,
+        )
+
+    async def check_adopted(self) -> str | None:
+        """Health- and version-check the adopted service; None when it passes, else why not.
+
+        The caller then starts a fresh service (which stops the adopted one first).
+        """
+        launch = self.supervisor.launch
+        if launch is None:
+            return "no service was adopted"
+        reason = await self.supervisor.wait_ready()
+        if reason is None:
+            reason = await self._check_version(launch, self._stager.load_manifest(launch.digest))
+        if reason is not None:
+            self.supervisor.adoption = (
+                f"restarted service: the adopted pid failed its checks: {reason}"
+            )
+            event("service-adopted-unhealthy", reason=reason, action="restart")
+        return reason
+
+    async def _verify_tree(self, proven: Adoptable) -> Adoptable | Refusal:
+        """``proven`` if the active release's tree still matches its manifest, else why not."""
+        manifest = self._stager.load_manifest(proven.launch.digest)
+        tree = proven.launch.release_dir
+        report = await asyncio.to_thread(self._stager.verify, manifest, tree)
+        if report.ok:
+            return proven
+        return Refusal(
+            f"the active release tree differs from its manifest: {report.summary()}",
+            ours=True,
+            group=proven.group,
+        )
+
+    def _adopt(self, proven: Adoptable) -> None:
+        identity, launch = proven.identity, proven.launch
+        stat = read_stat(identity.pid)
+        child = stat is not None and stat.ppid == os.getpid()
+        at = stat.started_at(boot_epoch()) if stat is not None else identity.started_at
+        started = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        self.supervisor.adoption = (
+            f"adopted running service pid {identity.pid} (release {launch.release_id}, "
+            f"started {started} UTC"
+            + ("" if child else "; not this agent's child: its exit status will be unknown")
+            + ")"
+        )
+        event(
+            "service-adopted",
+            pid=identity.pid,
+            release=launch.release_id,
+            started=started,
+            cgroup=str(proven.group.path) if proven.group is not None else None,
+            child=child,
+            summary=self.supervisor.adoption,
+        )
+        self.supervisor.adopt(launch, identity, proven.group)
 
     async def stop_strays(
         self, current: str | None, *, only: Callable[[ProcessFinding], bool] | None = None
@@ -277,3 +402,9 @@ class ServiceController:
         record = self.supervisor.record()
         if self._journal.state.service != record:
             self._journal.update(service=record)
+
+
+def _reap_if_child(pid: int) -> None:
+    """Reap ``pid`` if it is this process's exited child (after an exec); else do nothing."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -9,6 +9,12 @@ on at the slow pace. Stopping runs the halt hook, signals the group, waits
 the grace period and then kills whatever is left of the group
 (:mod:`knightwatch.agent.termination`).
 
+A service an earlier agent left running, once proven to be the active
+release's (:mod:`knightwatch.agent.adoption`), is *adopted*
+(:meth:`Supervisor.adopt`): watched through a pidfd
+(:mod:`knightwatch.agent.childwatch`), health-checked, restarted and
+stopped exactly like one this supervisor spawned.
+
 The agent drives the supervisor through its
 :class:`~knightwatch.agent.service.ServiceController`, the one place that
 decides when the service starts and stops; whoever wants to follow the
@@ -20,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +33,12 @@ from datetime import datetime
 
 from knightwatch.agent.cgroup import CgroupHost, ServiceCgroup, create_group, remove_empty_groups
 from knightwatch.agent.checks import wait_healthy
+from knightwatch.agent.childwatch import (
+    AdoptedProcess,
+    ServiceProcess,
+    SpawnedProcess,
+    describe_exit,
+)
 from knightwatch.agent.errors import ServiceError
 from knightwatch.agent.events import event
 from knightwatch.agent.journal import ServiceRecord
@@ -69,15 +80,6 @@ class RestartPolicy:
     log_check_interval_s: float = 5.0
 
 
-def describe_exit(status: int) -> str:
-    """Describe a return code: ``exit status 3`` or ``killed by SIGKILL``."""
-    if status < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-status).name}"
-        return f"killed by signal {-status}"
-    return f"exit status {status}"
-
-
 class Supervisor:
     """Runs at most one service process and reports what it is doing."""
 
@@ -99,7 +101,7 @@ class Supervisor:
         self._clock = clock or SystemClock()
         self._listeners: list[Callable[[], None]] = []
         self._launch: ServiceLaunch | None = None
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: ServiceProcess | None = None
         self._identity: ProcessIdentity | None = None
         self._state = ServiceState.NONE
         self._detail: str | None = None
@@ -112,6 +114,8 @@ class Supervisor:
         self._rotator: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.version: str | None = None
+        self.adoption: str | None = None
+        """What the agent did at start with the service an earlier agent left (one line)."""
 
     @property
     def launch(self) -> ServiceLaunch | None:
@@ -121,7 +125,7 @@ class Supervisor:
     @property
     def running(self) -> bool:
         """True while a service process is alive."""
-        return self._process is not None and self._process.returncode is None
+        return self._process is not None and self._process.alive
 
     def status(self) -> ServiceStatus:
         """Return the service as the agent reports it."""
@@ -142,6 +146,7 @@ class Supervisor:
             restarts=self._restarts,
             version=self.version,
             detail=detail[:4096] if detail else None,
+            adoption=self.adoption[:4096] if self.adoption else None,
         )
 
     @property
@@ -181,6 +186,7 @@ class Supervisor:
             boot_id=ident.boot_id,
             started_at=ident.started_at,
             digest=self._launch.digest,
+            cgroup=str(self._group.path) if self._group is not None else None,
         )
 
     def listen(self, callback: Callable[[], None]) -> None:
@@ -194,12 +200,7 @@ class Supervisor:
         spawns and then dies is restarted, and :meth:`wait_ready` reports it.
         """
         await self.stop()
-        self._launch = launch
-        self._restarts = 0
-        self._crashes.clear()
-        self._last_exit = None
-        self.version = None
-        self._group = self._new_group(launch)
+        self._begin(launch, self._new_group(launch))
         try:
             process = await self._spawn(launch)
         except ServiceError as exc:
@@ -208,6 +209,35 @@ class Supervisor:
             raise
         self._watcher = asyncio.create_task(self._watch(process, launch))
         self._rotator = asyncio.create_task(self._rotate_logs())
+
+    def adopt(
+        self, launch: ServiceLaunch, identity: ProcessIdentity, group: ServiceCgroup | None
+    ) -> None:
+        """Supervise a service an earlier agent started (proven by the caller) as if spawned.
+
+        Its health is checked as at a start (:meth:`wait_ready`); a crash is
+        restarted; :meth:`stop` halts it like a child (hook, signal, grace,
+        the group's freeze and kill).
+        """
+        self._begin(launch, group)
+        process = AdoptedProcess(identity)
+        self._process = process
+        self._identity = identity
+        self._state, self._detail = ServiceState.STARTING, None
+        self._ready = asyncio.get_running_loop().create_future()
+        self._ready_task = asyncio.create_task(self._check_ready(launch, self._ready))
+        self._watcher = asyncio.create_task(self._watch(process, launch))
+        self._rotator = asyncio.create_task(self._rotate_logs())
+        self._notify()
+
+    def _begin(self, launch: ServiceLaunch, group: ServiceCgroup | None) -> None:
+        """Start afresh with ``launch`` in ``group``: no restarts, crashes or version yet."""
+        self._launch = launch
+        self._restarts = 0
+        self._crashes.clear()
+        self._last_exit = None
+        self.version = None
+        self._group = group
 
     async def wait_ready(self) -> str | None:
         """Wait until the current process is healthy (None) or why it is not."""
@@ -237,7 +267,7 @@ class Supervisor:
             event(
                 "service-stopped", cgroup=str(group.path), release=launch.release_id, halted=halted
             )
-        elif process is not None and process.returncode is None and launch is not None:
+        elif process is not None and process.alive and launch is not None:
             family = descendants(process.pid)
             await terminate_group(process.pid, launch.spec.halt, launch, leader=process)
             await process.wait()
@@ -265,11 +295,18 @@ class Supervisor:
         self._state, self._detail = ServiceState.NONE, None
         self._notify()
 
-    async def stop_adopted(self, record: ServiceRecord, launch: ServiceLaunch | None) -> bool:
+    async def stop_adopted(
+        self,
+        record: ServiceRecord,
+        launch: ServiceLaunch | None,
+        group: ServiceCgroup | None = None,
+    ) -> bool:
         """Stop a service started by an earlier agent run, if it is still that process.
 
         The process must have the recorded pid, start time and boot id; a
-        reused pid is left alone. Return True if a process was stopped.
+        reused pid is left alone. Its process group is stopped (hook, signal,
+        grace, SIGKILL), then whatever is left in its cgroup ``group`` (frozen
+        and killed). Return True if a process was stopped.
         """
         identity = identify(record.pid)
         if identity is None or (identity.start_ticks, identity.boot_id) != (
@@ -278,8 +315,10 @@ class Supervisor:
         ):
             return False
         halt = launch.spec.halt if launch is not None else HaltSpec()
-        event("service-adopted", pid=record.pid, digest=record.digest, action="stop")
+        event("service-stopping-left-over", pid=record.pid, digest=record.digest)
         await terminate_group(record.pid, halt, launch)
+        if group is not None and group.members():
+            await terminate_cgroup(group, HaltSpec(), None)
         self.remove_stale_groups()
         return True
 
@@ -302,14 +341,14 @@ class Supervisor:
 
     # --- processes -----------------------------------------------------------------------
 
-    async def _spawn(self, launch: ServiceLaunch) -> asyncio.subprocess.Process:
+    async def _spawn(self, launch: ServiceLaunch) -> ServiceProcess:
         argv = launch.argv(launch.spec.command)
         env = launch.environment()
         self.log.rotate_if_needed()
         fd = self.log.open_for_child()
         try:
             os.write(fd, f"--- knightwatch: starting {launch.release_id}\n".encode())
-            process = await asyncio.create_subprocess_exec(
+            child = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=os.fspath(launch.release_dir),
                 env=env,
@@ -326,6 +365,7 @@ class Supervisor:
             ) from exc
         finally:
             os.close(fd)
+        process = SpawnedProcess(child)
         self._process = process
         self._identity = identify(process.pid)
         self._state, self._detail = ServiceState.STARTING, None
@@ -335,14 +375,14 @@ class Supervisor:
         self._notify()
         return process
 
-    async def _watch(self, process: asyncio.subprocess.Process, launch: ServiceLaunch) -> None:
+    async def _watch(self, process: ServiceProcess, launch: ServiceLaunch) -> None:
         backoff = self.policy.initial_backoff_s
         while True:
             spawned = self._clock.monotonic()
-            status = await process.wait()
+            how = await process.wait()
             if self._clock.monotonic() - spawned >= self.policy.crash_window_s:
                 backoff = self.policy.initial_backoff_s
-            self._record_crash(describe_exit(status), launch, backoff)
+            self._record_crash(how, launch, backoff)
             while True:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.policy.max_backoff_s)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from knightwatch.agent.cgroup import ServiceCgroup
 from knightwatch.agent.checks import run_command
+from knightwatch.agent.childwatch import ServiceProcess
 from knightwatch.agent.events import event
 from knightwatch.agent.procaudit import ProcessFinding, ServiceIdentity, audit_processes
 from knightwatch.agent.process import group_alive, read_stat, signal_group, signal_number
@@ -39,12 +40,13 @@ async def terminate_group(
     halt: HaltSpec,
     launch: ServiceLaunch | None,
     *,
-    leader: asyncio.subprocess.Process | None = None,
+    leader: ServiceProcess | None = None,
 ) -> None:
     """Hook, halt signal to the group, grace, SIGKILL; return once no process of it lives.
 
-    With our own child as ``leader``, its exit (reaped by waitpid) is awaited
-    first, so a service that stops at once costs one /proc scan, not a poll.
+    With the watched service as ``leader``, its exit (reaped by waitpid, or
+    seen through its pidfd) is awaited first, so a service that stops at once
+    costs one /proc scan, not a poll.
     """
     await _run_hook(halt, launch)
     signal_group(pgid, signal_number(halt.signal))
@@ -60,7 +62,9 @@ async def terminate_group(
     await _wait_group_gone(pgid, _KILL_WAIT_S)
 
 
-async def terminate_cgroup(group: ServiceCgroup, halt: HaltSpec, launch: ServiceLaunch) -> bool:
+async def terminate_cgroup(
+    group: ServiceCgroup, halt: HaltSpec, launch: ServiceLaunch | None
+) -> bool:
     """Hook, halt signal to every member, grace, then freeze and kill; True once it is empty.
 
     The group's membership is the kernel's, so a worker that double-forked

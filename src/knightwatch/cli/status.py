@@ -53,6 +53,8 @@ def status(json_output: JsonOpt = False) -> None:
     for node in data["nodes"]:
         if line := _processes_line(node):
             out.print(line)
+        if adoption := (node.get("processes") or {}).get("adoption"):
+            out.print(f"  {shown(node['name'])}: at agent start, {shown(adoption)}")
     for node in data["nodes"]:
         if node.get("refusal"):
             name, why = shown(node["name"]), shown(node["refusal"])

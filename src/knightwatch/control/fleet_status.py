@@ -113,7 +113,9 @@ class NodeStatus:
     processes: dict[str, Any] = field(default_factory=dict)
     """How the node accounts for its service's processes, as last reported: ``accounting``
     (``exact (cgroup v1|v2)`` or ``best effort (no cgroup)``) and ``cgroup`` (path,
-    members, memory_bytes, oom_kills, pids_limit_hits; None while no service runs)."""
+    members, memory_bytes, oom_kills, pids_limit_hits; None while no service runs), and
+    ``adoption`` when the agent found a service left running at its start: whether it
+    adopted it or restarted it, and why."""
     halt_reason: str | None = None
     halted_since: datetime | None = None
     agent_version: str | None = None
@@ -284,7 +286,10 @@ def _processes(reported: dict[str, Any]) -> dict[str, Any]:
     service = reported.get("service", {})
     if service.get("accounting") is None:
         return {}  # an agent from before cgroups, or no report: it does not say
-    return {"accounting": service["accounting"], "cgroup": service.get("cgroup")}
+    found = {"accounting": service["accounting"], "cgroup": service.get("cgroup")}
+    if service.get("adoption"):
+        found["adoption"] = service["adoption"]
+    return found
 
 
 def _audit_summary(reported: dict[str, Any]) -> dict[str, Any]:

@@ -187,6 +187,9 @@ class ServiceStatus(_Message):
     accounting: Annotated[str, Field(max_length=200)] | None = None
     """``exact (cgroup v1|v2)``, or ``best effort (no cgroup)`` when the agent reads /proc."""
     cgroup: CgroupStatus | None = None
+    adoption: Reason | None = None
+    """What this agent did at its start with the service an earlier agent left running:
+    ``adopted running service pid …`` or ``restarted service: …`` (None: there was none)."""
 
 
 class NodeState(_Message):
