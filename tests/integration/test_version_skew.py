@@ -137,6 +137,27 @@ def test_the_server_states_its_version_without_a_token(
     assert refused.status_code == 401  # only reading it is open
 
 
+def test_todays_agent_works_with_a_0_1_0_control_plane(tmp_path: Path, releases: Releases) -> None:
+    """The other way round: a 0.1.0 server serves today's agent, which speaks protocol 1 to it."""
+    old = unpack_old_release(tmp_path / "knightwatch-0.1.0")
+    with make_fleet(
+        tmp_path / "fleet",
+        releases,
+        nodes=1,
+        server_env={"PYTHONPATH": str(old)},
+        agent_args=("--health-timeout", "30"),
+    ) as fleet:
+        server_env = Path(f"/proc/{fleet.server_pid}/environ").read_bytes().split(b"\0")
+        assert f"PYTHONPATH={old}".encode() in server_env  # the 0.1.0 control plane
+        assert "protocol=1" in _connect_line(fleet, "node1")
+        fleet.push(releases.store, releases.v1.release_id)
+        done = fleet.deploy(releases.v1.release_id, timeout=180)
+        assert done["state"] == "SUCCEEDED", (done["reason"], log_tail(fleet, "node1"))
+        assert_fleet_on(fleet, releases.v1.digest)
+        server_log = log_tail(fleet, "server", 10_000)
+        assert "refused" not in server_log, server_log[-3000:]
+
+
 def _imports_from(fleet: LocalFleet, name: str) -> str:
     """Where node ``name``'s agent process imports knightwatch from (its PYTHONPATH)."""
     environ = Path(f"/proc/{fleet.agent_pid(name)}/environ").read_bytes().split(b"\0")

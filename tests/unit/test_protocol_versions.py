@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+
 import pytest
 
 from knightwatch.clock import VirtualClock
-from knightwatch.protocol.messages import Hello, parse_server_message
+from knightwatch.protocol.messages import (
+    Hello,
+    NodeState,
+    Report,
+    ServiceState,
+    ServiceStatus,
+    parse_server_message,
+)
+from knightwatch.protocol.reports import report_document
 from knightwatch.protocol.versions import (
+    LEGACY_PROTOCOL,
     LEGACY_VERSION,
     PROTOCOLS,
     Offer,
@@ -18,6 +32,7 @@ from knightwatch.protocol.versions import (
     read_offer,
 )
 from knightwatch.server.refusals import RECORD_EVERY_S, RefusalRecords
+from tests.upgrade.old_release import old_env, unpack_old_release
 
 SERVER = "0.2.0.dev0"
 
@@ -160,3 +175,44 @@ def test_a_retrying_refused_agent_is_written_once_per_period_or_on_news() -> Non
     assert records.due("n1", "speaks protocol 4")  # and so is time
     records.accepted("n1")
     assert records.due("n1", "speaks protocol 4")  # served in between: news again
+
+
+OPEN_WITH_0_1_0 = """
+import sys
+from knightwatch.protocol.messages import Report
+Report.model_validate_json(sys.stdin.read())
+print("accepted")
+"""
+
+
+@pytest.mark.parametrize("adoption", [None, "adopted running service pid 7 (release x)"])
+def test_a_protocol_1_report_is_one_0_1_0_accepts(
+    adoption: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """0.1.0's own Report model (extra fields forbidden) accepts what a protocol-1 session sends."""
+    report = Report(
+        node="node1",
+        nonce="n" * 24,
+        seq=1,
+        sent_at=datetime.now(UTC),
+        kind="inventory",
+        state=NodeState(service=ServiceStatus(state=ServiceState.RUNNING, adoption=adoption)),
+    )
+    old = unpack_old_release(tmp_path_factory.mktemp("knightwatch-0.1.0"))
+
+    def opened_by_0_1_0(document: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", OPEN_WITH_0_1_0],
+            input=json.dumps(document),
+            env=old_env(old),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    legacy = opened_by_0_1_0(report_document(report, LEGACY_PROTOCOL))
+    assert legacy.stdout.strip() == "accepted", legacy.stderr
+    current = report_document(report, 2)
+    assert "adoption" in current["state"]["service"]  # type: ignore[index]
+    assert "Extra inputs are not permitted" in opened_by_0_1_0(current).stderr

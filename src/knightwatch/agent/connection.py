@@ -265,7 +265,7 @@ class Connection:
             self._heard()
             self.backoff.reset()
             self.sessions += 1
-            reporter = Reporter(self.node, self._key, self._clock, hello.nonce)
+            reporter = Reporter(self.node, self._key, self._clock, hello.nonce, self.protocol)
             lock = asyncio.Lock()
 
             async def send(kind: ReportKind, answer: Outgoing | None = None) -> None:

@@ -22,6 +22,7 @@ from knightwatch.protocol.messages import (
 )
 from knightwatch.protocol.reports import NodeKey, sign_report
 from knightwatch.protocol.safety import AlertEvent, HaltAck, RearmAck
+from knightwatch.protocol.versions import PROTOCOLS
 
 __all__ = ["Reporter", "node_state"]
 
@@ -49,9 +50,13 @@ def node_state(
 class Reporter:
     """Numbers and signs the reports of one session."""
 
-    def __init__(self, node: str, key: NodeKey, clock: Clock, nonce: str) -> None:
+    def __init__(
+        self, node: str, key: NodeKey, clock: Clock, nonce: str, protocol: int = PROTOCOLS[-1]
+    ) -> None:
         self.node = node
         self.nonce = nonce
+        self.protocol = protocol
+        """The session's protocol: what its reports may carry."""
         self._key = key
         self._clock = clock
         self._seq = 0
@@ -84,4 +89,4 @@ class Reporter:
             rearm=answer if isinstance(answer, RearmAck) else None,
             alerts=list(alerts),
         )
-        return sign_report(report, self._key)
+        return sign_report(report, self._key, protocol=self.protocol)

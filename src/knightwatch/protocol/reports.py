@@ -7,6 +7,7 @@ import binascii
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from knightwatch.canonical import canonical_json
 from knightwatch.errors import KnightwatchError
 from knightwatch.protocol.messages import Report, SignedReport
+from knightwatch.protocol.versions import ADOPTION_PROTOCOL, PROTOCOLS
 
 __all__ = [
     "NodeKey",
@@ -24,6 +26,7 @@ __all__ = [
     "open_report",
     "public_key_from_text",
     "public_key_text",
+    "report_document",
     "sign_report",
 ]
 
@@ -81,9 +84,23 @@ def public_key_from_text(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def sign_report(report: Report, key: NodeKey) -> SignedReport:
-    """Sign ``report`` with the node key."""
-    payload = canonical_json(report.model_dump(mode="json"))
+def report_document(report: Report, protocol: int = PROTOCOLS[-1]) -> dict[str, Any]:
+    """``report`` as JSON for a session of ``protocol``: without the fields a later one added.
+
+    A protocol-1 control plane (0.1.x) refuses a report with a key it does not
+    know, even one whose value is null.
+    """
+    document = report.model_dump(mode="json")
+    if protocol < ADOPTION_PROTOCOL:
+        service = document.get("state", {}).get("service")
+        if isinstance(service, dict):
+            service.pop("adoption", None)
+    return document
+
+
+def sign_report(report: Report, key: NodeKey, *, protocol: int = PROTOCOLS[-1]) -> SignedReport:
+    """Sign ``report`` with the node key, as a session of ``protocol`` carries it."""
+    payload = canonical_json(report_document(report, protocol))
     return SignedReport(
         payload=base64.b64encode(payload).decode("ascii"),
         signature=base64.b64encode(key.key.sign(payload)).decode("ascii"),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from knightwatch.errors import InvalidInputError, KnightwatchError
 
 __all__ = [
+    "ADOPTION_PROTOCOL",
     "CLOSE_BAD_HANDSHAKE",
     "CLOSE_UNSUPPORTED",
     "LEGACY_VERSION",
@@ -49,6 +50,8 @@ VERSION_HEADER = "X-Knightwatch-Version"
 PROTOCOLS: tuple[int, ...] = (1, 2)
 """The protocols this knightwatch speaks, oldest first."""
 LEGACY_PROTOCOL = 1
+ADOPTION_PROTOCOL = 2
+"""The first protocol whose reports may say how the agent found its service at start."""
 LEGACY_VERSION = "0.1.x"
 """The version of an agent (or server) that states none: it speaks protocol 1, so it is 0.1.x."""
 CLOSE_UNSUPPORTED = 4426
