@@ -17,7 +17,7 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -115,6 +115,34 @@ def agents() -> Iterator[list[AgentProcess]]:
         agent.kill()
 
 
+class Orphaned(NamedTuple):
+    """A service left running by a SIGKILLed agent."""
+
+    root: Path
+    port: int
+    pid: int
+    group: str | None
+
+
+def orphan_a_service(
+    fleet: LocalFleet,
+    releases: Releases,
+    node_name: str,
+    reap: Callable[[int], None],
+    agents: list[AgentProcess],
+) -> Orphaned:
+    """Deploy the example through a first agent, then SIGKILL it: its service keeps running."""
+    root, port = fleet.root(node_name), free_port()
+    agents.append(AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name)))
+    wait_connected(fleet, node_name)
+    pid = deploy_example(fleet, releases, node_name)
+    reap(pid)
+    wait_settled(root)
+    group = journal(root)["service"]["cgroup"]
+    agents[0].stop(signal.SIGKILL)
+    return Orphaned(root, port, pid, group)
+
+
 class TestAdoptionAfterSigkill:
     def test_the_next_agent_adopts_the_service_and_halts_it(
         self,
@@ -125,14 +153,8 @@ class TestAdoptionAfterSigkill:
         agents: list[AgentProcess],
     ) -> None:
         """Same pid after the agent's SIGKILL, adoption reported; SIGTERM then stops it whole."""
-        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
-        agents.append(AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name)))
-        wait_connected(fleet, node_name)
-        pid = deploy_example(fleet, releases, node_name)
-        reap(pid)
-        wait_settled(root)
-        group = journal(root)["service"]["cgroup"]
-        agents[0].stop(signal.SIGKILL)
+        fleet = control_plane
+        root, port, pid, group = orphan_a_service(fleet, releases, node_name, reap, agents)
         agents.append(AgentProcess(fleet, node_name, port))
         node = wait_service(fleet, node_name, lambda p: p == pid)
         assert adoption(node).startswith(f"adopted running service pid {pid} (release smars@")
@@ -159,14 +181,8 @@ class TestAdoptionAfterSigkill:
         agents: list[AgentProcess],
     ) -> None:
         """``knightwatch kill`` halts an adopted service like a spawned one: its group empties."""
-        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
-        agents.append(AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name)))
-        wait_connected(fleet, node_name)
-        pid = deploy_example(fleet, releases, node_name)
-        reap(pid)
-        wait_settled(root)
-        group = journal(root)["service"]["cgroup"]
-        agents[0].stop(signal.SIGKILL)
+        fleet = control_plane
+        root, port, pid, group = orphan_a_service(fleet, releases, node_name, reap, agents)
         agents.append(AgentProcess(fleet, node_name, port))
         wait_service(fleet, node_name, lambda p: p == pid)
         done = cli(fleet, "kill", "--json", "--nodes", node_name, "--reason", "adopted halt")
@@ -186,14 +202,8 @@ class TestAdoptionAfterSigkill:
         agents: list[AgentProcess],
     ) -> None:
         """The adopted service is stopped by the next deploy like any other."""
-        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
-        agents.append(AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name)))
-        wait_connected(fleet, node_name)
-        old = deploy_example(fleet, releases, node_name)
-        reap(old)
-        wait_settled(root)
-        group = journal(root)["service"]["cgroup"]
-        agents[0].stop(signal.SIGKILL)
+        fleet = control_plane
+        _root, port, old, group = orphan_a_service(fleet, releases, node_name, reap, agents)
         agents.append(AgentProcess(fleet, node_name, port))
         wait_service(fleet, node_name, lambda p: p == old)
         done = deploy(fleet, releases.store, releases.smars("2012.8.2"), node_name)
@@ -291,13 +301,8 @@ class TestNotAdopted:
         case: str,
     ) -> None:
         """A stranger under the journaled pid is neither adopted nor killed; a new service runs."""
-        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
-        agents.append(AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name)))
-        wait_connected(fleet, node_name)
-        old = deploy_example(fleet, releases, node_name)
-        reap(old)
-        wait_settled(root)
-        agents[0].stop(signal.SIGKILL)
+        fleet = control_plane
+        root, port, old, _group = orphan_a_service(fleet, releases, node_name, reap, agents)
         os.killpg(old, signal.SIGKILL)
         wait_until(lambda: identify(old) is None, timeout=SETTLE_S, what="the service to die")
         stranger = subprocess.Popen(["sleep", "600"], cwd=tmp_path, start_new_session=True)
@@ -332,13 +337,8 @@ class TestNotAdopted:
         agents: list[AgentProcess],
     ) -> None:
         """The service of a tampered tree is stopped and started afresh; the drift is reported."""
-        fleet, root, port = control_plane, control_plane.root(node_name), free_port()
-        agents.append(AgentProcess(fleet, node_name, port, "--join", fleet.enroll(node_name)))
-        wait_connected(fleet, node_name)
-        old = deploy_example(fleet, releases, node_name)
-        reap(old)
-        wait_settled(root)
-        agents[0].stop(signal.SIGKILL)
+        fleet = control_plane
+        root, port, old, _group = orphan_a_service(fleet, releases, node_name, reap, agents)
         config = root / "current" / "config" / "routing.toml"
         config.chmod(0o644)
         config.write_text(config.read_text() + "\n# edited by hand\n")

@@ -239,13 +239,9 @@ def test_a_sqlite_database_is_copied_aside_before_it_is_migrated(tmp_path: Path)
 
 def test_upgrade_from_the_first_schema_keeps_the_data(target: Target) -> None:
     """A database made by 0001 upgrades to head: rows kept, new columns at their defaults."""
-    url = target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}"
-    target.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+    engine = create_engine(_database_at(target, "0001_initial"))
     try:
         with engine.connect() as connection:
-            command.upgrade(alembic_config(connection), "0001_initial")
-            connection.commit()
             now = datetime.now(UTC)
             connection.execute(
                 text(
@@ -270,14 +266,10 @@ def test_upgrade_to_the_vocabulary_keeps_deployments_and_then_refuses_unknown_wo
     target: Target,
 ) -> None:
     """A 0003 database with a deployment upgrades; afterwards an unknown phase is refused."""
-    url = target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}"
-    target.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+    engine = create_engine(_database_at(target, "0003_safety"))
     now = datetime.now(UTC)
     try:
         with engine.connect() as connection:
-            command.upgrade(alembic_config(connection), "0003_safety")
-            connection.commit()
             statements = [
                 "INSERT INTO releases (digest, release_id, name, version, manifest, sbom, "
                 "envelope, signed_by, pushed_at, pushed_by) VALUES ('" + "a" * 64 + "', "
@@ -314,14 +306,10 @@ def test_upgrade_to_agent_versions_keeps_nodes_and_knows_nothing_of_their_agents
     target: Target,
 ) -> None:
     """A 0008 (knightwatch 0.1.0) node upgrades: its row kept, no agent version, no refusal."""
-    url = target.url or f"sqlite:///{target.data_dir / 'knightwatch.db'}"
-    target.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+    engine = create_engine(_database_at(target, "0008_changes"))
     now = datetime.now(UTC)
     try:
         with engine.connect() as connection:
-            command.upgrade(alembic_config(connection), "0008_changes")
-            connection.commit()
             connection.execute(
                 text(
                     "INSERT INTO nodes (name, group_name, status, created_at, connected, "
