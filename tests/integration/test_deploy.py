@@ -8,9 +8,11 @@ tests also pass alone.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from knightwatch.localfleet import LocalFleet
@@ -235,3 +237,48 @@ class TestCli:
         done = kw(fleet, "deploy", "smars@1999.1.1", "--json")
         assert done.returncode == 2, (done.stdout, done.stderr)
         assert "no release matches" in done.stderr
+
+
+class TestLongPoll:
+    """``GET /deployments/ID?wait_s=N[&state=S]`` answers a change as it happens."""
+
+    def test_one_request_waits_for_the_end_or_for_a_change(
+        self, fleet: LocalFleet, releases: Releases
+    ) -> None:
+        """Without ``state`` it answers once the deployment ended; with it, once it moved on."""
+        converge_on(fleet, releases.v1)
+        started = fleet.deploy(releases.v2.release_id, wait=False)
+        moved = fleet.client.get(f"/deployments/{started['id']}?wait_s=30&state={started['state']}")
+        assert moved["state"] != started["state"], moved["state"]
+        ended = fleet.client.get(f"/deployments/{started['id']}?wait_s=60")
+        assert ended["state"] == "SUCCEEDED", ended["reason"]
+        before = time.monotonic()
+        held = fleet.client.get(f"/deployments/{started['id']}?wait_s=1&state=SUCCEEDED")
+        assert held["state"] == "SUCCEEDED" and time.monotonic() - before >= 1.0
+
+    @pytest.mark.parametrize(
+        "query", ["wait_s=61", "wait_s=-1", "wait_s=soon", "state=FINISHED", "state="]
+    )
+    def test_bad_waits_are_refused(self, fleet: LocalFleet, query: str) -> None:
+        """Out of range or unknown: 4xx naming the parameter, nothing waited for."""
+        listed = fleet.client.get("/deployments")
+        assert listed, "the module's fleet has deployments by now"
+        answer = httpx.get(
+            f"{fleet.url}/api/v1/deployments/{listed[0]['id']}?{query}",
+            headers={"Authorization": f"Bearer {fleet.token}"},
+            verify=fleet.verify,
+            timeout=10,
+        )
+        assert 400 <= answer.status_code < 500, answer.text
+        assert query.split("=", maxsplit=1)[0] in answer.text
+
+    def test_an_unknown_deployment_is_404_at_once(self, fleet: LocalFleet) -> None:
+        """Waiting for a deployment that does not exist does not wait."""
+        before = time.monotonic()
+        answer = httpx.get(
+            f"{fleet.url}/api/v1/deployments/999999?wait_s=30",
+            headers={"Authorization": f"Bearer {fleet.token}"},
+            verify=fleet.verify,
+            timeout=60,
+        )
+        assert answer.status_code == 404 and time.monotonic() - before < 10

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import AfterValidator, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic_core import PydanticCustomError
 
@@ -21,12 +21,14 @@ from knightwatch.text import unsafe_characters
 __all__ = [
     "EMPTY_SELECTOR",
     "MAX_ID",
+    "MAX_WAIT_S",
     "UNSAFE_TEXT",
     "IdPath",
     "NamePath",
     "NodeSelector",
     "SafeLine",
     "SafeText",
+    "WaitSeconds",
 ]
 
 MAX_ID = MAX_INT
@@ -74,6 +76,10 @@ SafeText = AfterValidator(_safe_text)
 NodeSelector = Annotated[str, AfterValidator(_selector)]
 """A node selector with at least one term; absent (None) is the whole fleet, empty is refused."""
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+MAX_WAIT_S = 60.0
+"""The longest a long poll (``?wait_s=``) holds a request."""
+WaitSeconds = Annotated[float, Query(ge=0, le=MAX_WAIT_S)]
+"""``?wait_s=N``: answer when what the caller waits for happened, or after N seconds."""
 """A row id in a URL: 1 to 2**63-1."""
 NamePath = Annotated[str, Path(min_length=1, max_length=300), SafeLine]
 """A node name or release reference in a URL."""

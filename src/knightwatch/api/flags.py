@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from knightwatch.api.auth import Operator
 from knightwatch.api.changes import answer
 from knightwatch.api.fields import FlagValue as Value
-from knightwatch.api.fields import IdPath, NamePath, SafeLine, SafeText
+from knightwatch.api.fields import IdPath, NamePath, SafeLine, SafeText, WaitSeconds
 from knightwatch.api.plane import Plane
 from knightwatch.control.changes import ChangeKind
 from knightwatch.control.flags.registry import amend_flag, create_flag, get_flag, retire_flag
@@ -33,7 +33,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/flags")
 
-MAX_WAIT_S = 60.0
 Reason = Annotated[str, Field(min_length=1, max_length=4096), SafeText]
 Description = Annotated[str, Field(min_length=1, max_length=4096), SafeText]
 
@@ -122,7 +121,7 @@ def show_change(
     change_id: IdPath,
     plane: Plane,
     _who: Operator,
-    wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
+    wait_s: WaitSeconds = 0.0,
 ) -> dict[str, Any]:
     """One change and its acknowledgements; with ``wait_s``, once all are in (or time is up)."""
     deadline = time.monotonic() + wait_s
@@ -155,7 +154,7 @@ def set_value(
     response: Response,
     plane: Plane,
     who: Operator,
-    wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
+    wait_s: WaitSeconds = 0.0,
 ) -> dict[str, Any]:
     """Propose setting (or unsetting) the flag in a scope; once it runs, wait for the acks."""
     target = {"flag": name, "scope": body.scope, "value": body.value, "reason": body.reason}

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from knightwatch.api.auth import Operator
 from knightwatch.api.changes import answer
-from knightwatch.api.fields import IdPath, NodeSelector, SafeText
+from knightwatch.api.fields import IdPath, NodeSelector, SafeText, WaitSeconds
 from knightwatch.api.plane import Plane
 from knightwatch.control.changes import ChangeKind
 from knightwatch.control.halt_views import halt_report, list_halts, unacknowledged_count
@@ -54,7 +54,6 @@ def halts(
         return list_halts(session, active=active, limit=limit)
 
 
-MAX_WAIT_S = 60.0
 _GATHER_S = 0.01
 """After an acknowledgement, wait this long for more before counting: a fleet's
 acks arrive together, and one count per ack would cost the server more than them."""
@@ -65,7 +64,7 @@ def show_halt(
     halt_id: IdPath,
     plane: Plane,
     _who: Operator,
-    wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
+    wait_s: WaitSeconds = 0.0,
 ) -> dict[str, Any]:
     """One halt: every node's acknowledgement and time to halt, as of now.
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from knightwatch.api.auth import Operator
 from knightwatch.api.changes import answer
-from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeLine, SafeText
+from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeLine, SafeText, WaitSeconds
 from knightwatch.api.plane import Plane
 from knightwatch.control import views
 from knightwatch.control.changes import ChangeKind
@@ -22,11 +24,15 @@ from knightwatch.control.nodes import drain_node, resume_node, retire_node
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import BlobStreamError, BlobStreamWriter
 from knightwatch.server.changes import deploy_target, deployment_json, submit
-from knightwatch.vocabulary import DeploymentStrategy
+from knightwatch.server.plane import ControlPlane
+from knightwatch.store import Deployment
+from knightwatch.vocabulary import TERMINAL_STATES, DeploymentState, DeploymentStrategy
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1")
+_STATE_CHECK_S = 0.1
+"""How often a long poll of a deployment reads its state."""
 
 
 class _Body(BaseModel):
@@ -182,9 +188,33 @@ def list_deployments(plane: Plane, _who: Operator, limit: int = 50) -> list[dict
 
 
 @router.get("/deployments/{deployment_id}")
-def show_deployment(deployment_id: IdPath, plane: Plane, _who: Operator) -> dict[str, Any]:
-    """One deployment: its state, every node's phase, and its recorded transitions."""
+def show_deployment(
+    deployment_id: IdPath,
+    plane: Plane,
+    _who: Operator,
+    wait_s: WaitSeconds = 0.0,
+    state: DeploymentState | None = None,
+) -> dict[str, Any]:
+    """One deployment: its state, every node's phase, and its recorded transitions.
+
+    With ``wait_s``, answer as soon as its state is no longer ``state`` (without
+    ``state``: as soon as it ended), or after ``wait_s`` seconds. The wait reads
+    one column, not the whole view: a client following a deployment of
+    thousands of nodes must not cost the server a full view every 0.1 s.
+    """
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _unchanged(plane, deployment_id, state):
+        time.sleep(min(_STATE_CHECK_S, max(0.0, deadline - time.monotonic())))
     return deployment_json(plane, deployment_id)
+
+
+def _unchanged(plane: ControlPlane, deployment_id: int, state: DeploymentState | None) -> bool:
+    """The deployment exists and is still as the caller last saw it."""
+    with plane.db.reading() as session:
+        now = session.scalar(select(Deployment.state).where(Deployment.id == deployment_id))
+    if now is None:
+        return False
+    return now == state if state is not None else now not in TERMINAL_STATES
 
 
 def _b64(text: str, what: str) -> bytes:

@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 
 from knightwatch.canonical import canonical_json
 from knightwatch.control.fleet_conditions import (
+    condition_facts,
     is_current,
-    live_nodes,
     lock_fleet,
     mixed_reasons,
     release_names,
@@ -156,7 +156,7 @@ def record_fleet_conditions(session: Session, now: datetime) -> None:
     are ingested.)
     """
     fleet = lock_fleet(session, now)
-    nodes = live_nodes(session, for_conditions=True)
+    nodes = condition_facts(session)
     names = release_names(session)
     mixed = bool(mixed_reasons(nodes, names, unconfirmed_switches(session, nodes), None))
     if mixed and fleet.mixed_since is None:

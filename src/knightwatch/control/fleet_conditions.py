@@ -9,21 +9,25 @@ the fleet became MIXED, :mod:`knightwatch.control.fleet_status` shows it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 
 from knightwatch.store import Deployment, DeploymentNode, Fleet, Node, Release
 from knightwatch.store.queries import get_fleet
 from knightwatch.vocabulary import HaltSource, NodePhase, NodeStatus, ServiceState
 
 __all__ = [
+    "NodeFacts",
+    "NodeLike",
     "Unconfirmed",
     "age_s",
     "ago",
+    "condition_facts",
     "degraded_reasons",
     "drift_reason",
     "earliest",
@@ -65,19 +69,33 @@ def lock_fleet(session: Session, now: datetime) -> Fleet:
         return get_fleet(session, for_update=True, now=now)
 
 
-def live_nodes(session: Session, *, for_conditions: bool = False) -> list[Node]:
-    """Every node not retired, by name.
-
-    ``for_conditions`` loads only the columns the fleet's conditions read (not
-    each node's last report): recording them at 10,000 nodes must stay cheap.
-    """
+def live_nodes(session: Session) -> list[Node]:
+    """Every node not retired, by name."""
     statement = select(Node).where(Node.status != NodeStatus.RETIRED).order_by(Node.name)
-    if for_conditions:
-        statement = statement.options(load_only(*_CONDITION_COLUMNS))
     return list(session.scalars(statement))
 
 
-_CONDITION_COLUMNS = (
+@dataclass(frozen=True)
+class NodeFacts:
+    """The columns of a node the fleet's conditions read, and nothing else.
+
+    Recording the conditions runs every second and after every batch of
+    reports; at 10,000 nodes, plain rows cost a fraction of ORM objects.
+    """
+
+    name: str
+    status: str
+    group_name: str
+    active_digest: str | None
+    desired_digest: str | None
+    connected: bool
+    connected_at: datetime | None
+    last_report_at: datetime | None
+
+
+NodeLike = Node | NodeFacts
+"""A node as the conditions read it: a full row (status views) or its facts (recording)."""
+_CONDITION_COLUMNS = (  # in NodeFacts' order
     Node.name,
     Node.status,
     Node.group_name,
@@ -89,13 +107,21 @@ _CONDITION_COLUMNS = (
 )
 
 
+def condition_facts(session: Session) -> list[NodeFacts]:
+    """:class:`NodeFacts` of every node not retired, by name."""
+    statement = (
+        select(*_CONDITION_COLUMNS).where(Node.status != NodeStatus.RETIRED).order_by(Node.name)
+    )
+    return [NodeFacts(*row) for row in session.execute(statement)]
+
+
 def release_names(session: Session) -> dict[str, str]:
     """Release ID by digest, for every release."""
     rows = session.execute(select(Release.digest, Release.release_id))
     return {row.digest: row.release_id for row in rows}
 
 
-def is_current(node: Node) -> bool:
+def is_current(node: NodeLike) -> bool:
     """The node's facts are current: its agent is connected and has reported since."""
     return (
         node.connected
@@ -105,7 +131,7 @@ def is_current(node: Node) -> bool:
     )
 
 
-def unconfirmed_switches(session: Session, nodes: list[Node]) -> dict[str, Unconfirmed]:
+def unconfirmed_switches(session: Session, nodes: Sequence[NodeLike]) -> dict[str, Unconfirmed]:
     """For each gone node: the switch it may have made after its last report, if any."""
     gone = {n.name: n for n in nodes if n.status != NodeStatus.PENDING and not is_current(n)}
     if not gone:
@@ -119,17 +145,29 @@ def unconfirmed_switches(session: Session, nodes: list[Node]) -> dict[str, Uncon
     )
     for row, release_digest in session.execute(statement):
         latest.setdefault(row.node_name, (row, release_digest))
+    failed = [name for name, (row, _) in latest.items() if row.phase in _FAILED_SWITCH]
+    reports = _last_reports(session, failed)
     found = {}
     for name, (row, release_digest) in latest.items():
-        unconfirmed = _unconfirmed(gone[name], row, release_digest)
+        unconfirmed = _unconfirmed(gone[name], row, release_digest, reports.get(name))
         if unconfirmed is not None:
             found[name] = unconfirmed
     return found
 
 
-def _unconfirmed(node: Node, row: DeploymentNode, release_digest: str) -> Unconfirmed | None:
+def _last_reports(session: Session, names: list[str]) -> dict[str, str | None]:
+    """The last report of each named node (read only where a failed switch needs it)."""
+    if not names:
+        return {}
+    rows = session.execute(select(Node.name, Node.last_report).where(Node.name.in_(names)))
+    return {row.name: row.last_report for row in rows}
+
+
+def _unconfirmed(
+    node: NodeLike, row: DeploymentNode, release_digest: str, last_report: str | None
+) -> Unconfirmed | None:
     if row.phase in _FAILED_SWITCH:
-        if _reported_after(node, row) or _acked(node, row):
+        if _reported_after(node, row) or _acked(last_report, row):
             return None
     elif row.phase not in _UNCONFIRMED:
         return None
@@ -139,7 +177,7 @@ def _unconfirmed(node: Node, row: DeploymentNode, release_digest: str) -> Unconf
     return Unconfirmed(row.deployment_id, row.phase, digests)
 
 
-def _reported_after(node: Node, row: DeploymentNode) -> bool:
+def _reported_after(node: NodeLike, row: DeploymentNode) -> bool:
     """The agent reconnected (and reported) after the row's failure was recorded."""
     return (
         node.connected_at is not None
@@ -149,15 +187,15 @@ def _reported_after(node: Node, row: DeploymentNode) -> bool:
     )
 
 
-def _acked(node: Node, row: DeploymentNode) -> bool:
+def _acked(last_report: str | None, row: DeploymentNode) -> bool:
     """The node's last report was the agent's own answer that gave the row its phase."""
-    report: dict[str, Any] = json.loads(node.last_report) if node.last_report else {}
+    report: dict[str, Any] = json.loads(last_report) if last_report else {}
     ack: dict[str, Any] = report.get("ack") or {}
     return ack.get("deployment_id") == row.deployment_id and ack.get("phase") == row.phase
 
 
 def mixed_reasons(
-    nodes: list[Node],
+    nodes: Sequence[NodeLike],
     names: dict[str, str],
     unconfirmed: dict[str, Unconfirmed],
     now: datetime | None,

@@ -341,12 +341,12 @@ class LocalFleet:
     def wait_deployment(self, deployment_id: int, *, timeout: float = 300.0) -> dict[str, Any]:
         """Wait until deployment ``deployment_id`` is terminal and return it."""
 
-        def done() -> dict[str, Any] | None:
-            data: dict[str, Any] = self.client.get(f"/deployments/{deployment_id}")
+        def done() -> dict[str, Any] | None:  # a long poll: the server waits for the end
+            data: dict[str, Any] = self.client.get(f"/deployments/{deployment_id}?wait_s=5")
             return data if data["state"] in TERMINAL_STATES else None
 
         return wait_until(
-            done, timeout=timeout, what=f"deployment {deployment_id} to end", interval=0.1
+            done, timeout=timeout, what=f"deployment {deployment_id} to end", interval=0.01
         )
 
     def status(self) -> dict[str, Any]:
