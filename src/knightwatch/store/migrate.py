@@ -9,6 +9,7 @@ its ``revision`` to the same name.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,15 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    """The migration scripts, read once: they do not change while the process runs."""
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
     """The revision the code expects the database to be at."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _scripts().get_current_head()
     if head is None:
         raise RuntimeError(f"no migrations in {MIGRATIONS_DIR}")
     return head
@@ -90,7 +97,7 @@ def plan_upgrade(connection: Connection) -> UpgradePlan:
     A database at a revision this code does not know was written by a newer
     knightwatch: :class:`SchemaTooNewError`, and nothing is attempted.
     """
-    scripts = ScriptDirectory.from_config(alembic_config())
+    scripts = _scripts()
     head = head_revision()
     current = current_revision(connection)
     known = {script.revision for script in scripts.walk_revisions()}
