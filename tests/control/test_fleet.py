@@ -18,6 +18,7 @@ from knightwatch.control.deploy import Orchestrator
 from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts
 from knightwatch.control.fleet import (
     ingest_report,
+    mark_all_disconnected,
     mark_connected,
     mark_disconnected,
     record_fleet_conditions,
@@ -228,6 +229,26 @@ class TestAgentGone:
         data = status(db, clock)
         assert data.state is FleetState.MIXED
         assert any(f"n2 last reported {NAMES[NEW]}" in r for r in data.reasons), data.reasons
+
+    def test_a_stopping_control_plane_records_every_agent_gone_at_once(
+        self, db: Database, clock: VirtualClock
+    ) -> None:
+        """Every connected node becomes last-known at the stop; MIXED is recorded once, then."""
+        report(db, clock, "n2", NEW)  # n2 on another release: the fleet is MIXED
+        disconnect(db, clock, "n3")
+        clock.advance(5)
+        with db.session() as session:  # as if the change point had missed it
+            get_fleet(session, now=clock.now()).mixed_since = None
+        with db.session() as session:
+            assert mark_all_disconnected(session, now=clock.now()) == 2  # n1 and n2, not n3
+        data = status(db, clock)
+        assert all(not n.connected and n.state is NodeLiveness.UNKNOWN for n in data.nodes)
+        with db.reading() as session:
+            gone = {n.name: n.disconnected_at for n in session.query(Node)}
+            assert get_fleet(session).mixed_since == clock.now()
+        assert gone["n1"] == gone["n2"] == clock.now() and gone["n3"] < clock.now()
+        with db.session() as session:
+            assert mark_all_disconnected(session, now=clock.now()) == 0
 
 
 class TestUnconfirmedSwitch:

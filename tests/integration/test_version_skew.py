@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,9 +306,13 @@ def test_an_agent_of_a_later_protocol_is_refused_naming_both_versions(
 
         table = kw(fleet, "status")
         assert table.returncode == 0, table.stderr
-        assert f"{name}: agent refused at connect: {expected}" in table.stdout, table.stdout
+        line = next(row for row in table.stdout.splitlines() if "agent refused at connect" in row)
+        assert re.fullmatch(
+            rf"  {name}: agent refused at connect \d+ s ago: {re.escape(expected)}", line
+        ), line
         printed = node_of(json.loads(kw(fleet, "status", "--json").stdout), name)
         assert printed["refusal"] == expected
+        assert 0 <= printed["refused_age_s"] <= 60, printed  # recorded at least every 30 s
     finally:
         runner.close()
     assert "Traceback" not in log_tail(fleet, "server", 10_000)

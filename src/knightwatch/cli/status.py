@@ -58,7 +58,9 @@ def status(json_output: JsonOpt = False) -> None:
     for node in data["nodes"]:
         if node.get("refusal"):
             name, why = shown(node["name"]), shown(node["refusal"])
-            out.print(f"  [red]{name}: agent refused at connect:[/] {why}")
+            age = node.get("refused_age_s")
+            when = f" {age:.0f} s ago" if age is not None else ""
+            out.print(f"  [red]{name}: agent refused at connect{when}:[/] {why}")
 
 
 def _processes_line(node: dict[str, Any]) -> str:

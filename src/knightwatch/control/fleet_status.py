@@ -127,6 +127,8 @@ class NodeStatus:
     refusal: str | None = None
     """Why an agent of this node was refused at connect, when that happened after its
     last accepted session (an older refusal is history: None)."""
+    refused_age_s: float | None = None
+    """How long ago that refusal was recorded (a retrying agent's is at most 30 s old)."""
 
 
 @dataclass(frozen=True)
@@ -261,16 +263,16 @@ def _node_status(
         halted_since=node.halted_since,
         agent_version=node.agent_version,
         agent_protocol=node.agent_protocol,
-        **_refusal(node),
+        **_refusal(node, now),
     )
 
 
-def _refusal(node: Node) -> dict[str, Any]:
-    """The node's last refusal at connect, unless an agent was accepted since."""
+def _refusal(node: Node, now: datetime) -> dict[str, Any]:
+    """The node's last refusal at connect and its age, unless an agent was accepted since."""
     refused = node.refused_at
     if refused is None or (node.connected_at is not None and node.connected_at > refused):
         return {}
-    return {"refused_at": refused, "refusal": node.refusal}
+    return {"refused_at": refused, "refusal": node.refusal, "refused_age_s": age_s(refused, now)}
 
 
 def _reported_state(node: Node) -> dict[str, Any]:
