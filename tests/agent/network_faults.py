@@ -32,7 +32,7 @@ import threading
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -287,10 +287,49 @@ class FlakyLink:
         return None
 
 
+# --- A stand-in control plane ---------------------------------------------------------------
+
+
+class _StandIn:
+    """A WebSocket server on ``port`` where the control plane was, on a loop of its own."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._server: Server | None = None
+        self._loop: _LoopThread | None = None
+
+    def __enter__(self) -> Self:
+        self._loop = _LoopThread(type(self).__name__)
+        self._server = self._loop.call(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop listening and drop the connections (idempotent)."""
+        if self._loop is None:
+            return
+        self._loop.call(self._stop())
+        self._loop.close()
+        self._loop = None
+
+    async def _start(self) -> Server:
+        return await serve(self._serve, "127.0.0.1", self.port)
+
+    async def _stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, websocket: ServerConnection) -> None:
+        raise NotImplementedError
+
+
 # --- HostilePeer ---------------------------------------------------------------------------
 
 
-class HostilePeer:
+class HostilePeer(_StandIn):
     """Listens on ``port`` where the control plane was; greets the agent, then sends garbage.
 
     For the first connection only: it sends a well-formed ``hello`` (so the
@@ -301,41 +340,15 @@ class HostilePeer:
     """
 
     def __init__(self, port: int, frames: Sequence[str | bytes], *, reports_after: int) -> None:
-        self.port = port
+        super().__init__(port)
         self.frames = list(frames)
         self.reports_after = reports_after
         self.nonce = secrets.token_urlsafe(24)
         self.received: list[str | bytes] = []
         self.connections = 0
         self.done = threading.Event()
-        self._server: Server | None = None
-        self._loop: _LoopThread | None = None
 
-    def __enter__(self) -> HostilePeer:
-        self._loop = _LoopThread("hostile-peer")
-        self._server = self._loop.call(self._start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop listening and drop the connection (idempotent)."""
-        if self._loop is None:
-            return
-        self._loop.call(self._stop())
-        self._loop.close()
-        self._loop = None
-
-    async def _start(self) -> Server:
-        return await serve(self._greet_then_garble, "127.0.0.1", self.port)
-
-    async def _stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _greet_then_garble(self, websocket: ServerConnection) -> None:
+    async def _serve(self, websocket: ServerConnection) -> None:
         self.connections += 1
         if self.connections > 1:
             await websocket.wait_closed()
@@ -361,7 +374,7 @@ class HostilePeer:
 # --- RefusingPeer --------------------------------------------------------------------------
 
 
-class RefusingPeer:
+class RefusingPeer(_StandIn):
     """Listens on ``port`` where the control plane was; refuses every agent's protocols.
 
     It stands for a control plane at ``version`` that speaks only
@@ -371,35 +384,13 @@ class RefusingPeer:
     """
 
     def __init__(self, port: int, *, version: str, protocols: Sequence[int]) -> None:
-        self.port = port
+        super().__init__(port)
         self.version = version
         self.protocols = tuple(protocols)
         self.offers: list[tuple[str | None, str | None]] = []
         self.refusals: list[str] = []
-        self._server: Server | None = None
-        self._loop: _LoopThread | None = None
 
-    def __enter__(self) -> RefusingPeer:
-        self._loop = _LoopThread("refusing-peer")
-        self._server = self._loop.call(self._start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is None:
-            return
-        self._loop.call(self._stop())
-        self._loop.close()
-        self._loop = None
-
-    async def _start(self) -> Server:
-        return await serve(self._refuse, "127.0.0.1", self.port)
-
-    async def _stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _refuse(self, websocket: ServerConnection) -> None:
+    async def _serve(self, websocket: ServerConnection) -> None:
         assert websocket.request is not None
         headers = {k.lower(): v for k, v in websocket.request.headers.raw_items()}
         self.offers.append(
