@@ -6,6 +6,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import httpx
+
 from knightwatch.store import Release
 
 __all__ = ["EXAMPLE", "REPO", "SMALL_SPEC", "MakeSource", "release_row"]
@@ -59,3 +61,11 @@ def release_row(digest: str, version: str, now: datetime) -> Release:
         pushed_at=now,
         pushed_by="t",
     )
+
+
+def answers_healthz(port: int) -> bool:
+    """Whether a plain-HTTP control plane on ``port`` answers ``/healthz``."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from knightwatch.cli.agentconfig import resolve
@@ -30,6 +29,7 @@ from knightwatch.hosting.configfiles import (
 )
 from knightwatch.polling import wait_until
 from knightwatch.server.settings import ServerSettings
+from tests.helpers import answers_healthz
 
 KNIGHTWATCH = Path(sys.executable).with_name("knightwatch")
 
@@ -316,15 +316,9 @@ class TestServerCommand:
                 cwd=tmp_path,
             )
         try:
-            wait_until(lambda: _healthy(port), timeout=60, what=f"the server answers ({log})")
+            answered = f"the server answers ({log})"
+            wait_until(lambda: answers_healthz(port), timeout=60, what=answered)
             assert (data / "knightwatch.db").exists()
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -18,11 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from knightwatch.hosting.units import AgentUnit, ServerUnit
 from knightwatch.polling import wait_until
+from tests.helpers import answers_healthz
 
 KNIGHTWATCH = Path(sys.executable).with_name("knightwatch")
 """The real console script: ``verify`` needs the unit's ExecStart binary to exist."""
@@ -363,14 +363,7 @@ def test_server_runs_without_writable_executable_memory(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_until(lambda: _healthy(port), timeout=60, what=f"the server answers ({log})")
+        wait_until(lambda: answers_healthz(port), timeout=60, what=f"the server answers ({log})")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
