@@ -6,7 +6,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from knightwatch.server.report_batch import ReportBatcher, SessionChange
@@ -77,3 +77,47 @@ def test_a_failing_change_fails_alone(db: Database) -> None:
         assert session.get(Node, "bad") is None
         good_node = session.get(Node, "good")
         assert good_node is not None and good_node.connected
+
+
+def test_a_clean_batch_takes_no_savepoint_and_a_commit_failure_is_retried_alone(
+    db: Database,
+) -> None:
+    """A batch stores without savepoints; when its commit fails, each item is stored alone.
+
+    The bad change's duplicate row only fails when the batch is flushed, after
+    every ``record`` returned: the batch is then stored again, one savepoint
+    per change, so the good changes stand and only the bad one's caller hears.
+    """
+    with db.session() as session:
+        for name in ("dup", "a", "b"):
+            session.add(Node(name=name, status="enrolled", created_at=_now()))
+    savepoints: list[str] = []
+    event.listen(db.engine, "savepoint", lambda _conn, name: savepoints.append(name))
+
+    def connect(name: str) -> SessionChange:
+        def record(session: Session) -> bool:
+            node = session.get(Node, name)
+            assert node is not None
+            node.connected = True
+            return False
+
+        return SessionChange(record, node=name)
+
+    def duplicate(session: Session) -> bool:
+        session.add(Node(name="dup", status="enrolled", created_at=_now()))
+        return False
+
+    async def run(batcher: ReportBatcher, changes: list[SessionChange]) -> list[object]:
+        return await asyncio.gather(*(batcher.record(c) for c in changes), return_exceptions=True)
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        asyncio.run(run(ReportBatcher(db, worker, _now), [connect("a")]))
+        assert savepoints == []
+        outcomes = asyncio.run(
+            run(ReportBatcher(db, worker, _now), [connect("b"), SessionChange(duplicate)])
+        )
+    assert outcomes[0] is None and isinstance(outcomes[1], Exception)
+    assert savepoints, "the failed batch was not stored again item by item"
+    with db.session() as session:
+        assert session.get(Node, "a").connected  # type: ignore[union-attr]
+        assert session.get(Node, "b").connected  # type: ignore[union-attr]

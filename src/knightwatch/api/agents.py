@@ -226,7 +226,7 @@ class _Session:
                 await replaced.socket.close(code=4409, reason="replaced by a newer connection")
         writer: asyncio.Task[None] | None = None
         try:
-            await self.plane.reports.record(SessionChange(self._record_connected))
+            await self.plane.reports.record(SessionChange(self._record_connected, node=self.node))
             writer = asyncio.create_task(self._write())
             await self.socket.send_text(self._hello().wire())
             await self._read()
@@ -241,7 +241,9 @@ class _Session:
             if writer is not None:
                 writer.cancel()
             if self.plane.hub.detach(self.connection) and not self.plane.stopping:
-                gone = SessionChange(self._record_disconnected, after=self._after_disconnect)
+                gone = SessionChange(
+                    self._record_disconnected, after=self._after_disconnect, node=self.node
+                )
                 with contextlib.suppress(RuntimeError):  # the store thread is shut down
                     await self.plane.reports.record(gone)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Protocol
 
 from sqlalchemy import select
@@ -55,6 +56,7 @@ from knightwatch.control.policy import (
 )
 from knightwatch.protocol import Ack, AckPhase, DeployCommand
 from knightwatch.store import Database, Deployment, DeploymentNode, Node
+from knightwatch.store.batches import apply_item, fast_then_isolated
 from knightwatch.store.queries import active_deployment, get_fleet, record_event
 from knightwatch.vocabulary import (
     TERMINAL_STATES,
@@ -164,26 +166,36 @@ class Orchestrator:
         rolled back alone and its failure returned in its place; commands go
         out only after the commit.
         """
+        step, failures = fast_then_isolated(
+            lambda isolated: self._record_acks(acks, isolated=isolated), "a batch of acks"
+        )
+        self._finish(step)
+        return failures
+
+    def _record_acks(
+        self, acks: Sequence[tuple[str, Ack, ServiceFacts | None]], *, isolated: bool
+    ) -> tuple[Step, list[Exception | None]]:
+        """One try at recording ``acks`` (see :mod:`knightwatch.store.batches`)."""
         step = Step()
         failures: list[Exception | None] = []
         moved: dict[int, Deployment] = {}
         with self._db.session() as session:
             self._lock(session)
+            held = _load_ack_rows(session, acks)  # one query per deployment, not one per ack
             for node, ack, service in acks:
-                try:
-                    with session.begin_nested():
-                        deployment = self._record_ack(session, node, ack, service, step)
-                except Exception as exc:  # rolled back to the savepoint: the others stand
-                    log.exception("the ack of %s from %s failed", ack.phase, node)
-                    failures.append(exc)
+                record = partial(self._record_ack, session, node, ack, service, step)
+                outcome = apply_item(session, record, isolated=isolated)
+                if isinstance(outcome, Exception):
+                    log.error("the ack of %s from %s failed", ack.phase, node, exc_info=outcome)
+                    failures.append(outcome)
                     continue
-                if deployment is not None:
-                    moved[deployment.id] = deployment
+                if outcome is not None:
+                    moved[outcome.id] = outcome
                 failures.append(None)
             for deployment in moved.values():  # once per deployment, not once per ack
                 self._record.advance(session, deployment, step)
-        self._finish(step)
-        return failures
+            del held
+        return step, failures
 
     def _record_ack(
         self, session: Session, node: str, ack: Ack, service: ServiceFacts | None, step: Step
@@ -364,3 +376,19 @@ class Orchestrator:
         for node, message in outbox:
             if not self._sink.send(node, message):
                 log.info("node %s not connected; %s waits for its return", node, message.type)
+
+
+def _load_ack_rows(
+    session: Session, acks: Sequence[tuple[str, Ack, ServiceFacts | None]]
+) -> list[DeploymentNode]:
+    """Load the rows the acks will write, a query per deployment (the session keeps them)."""
+    nodes_by_deployment: dict[int, set[str]] = {}
+    for node, ack, _ in acks:
+        nodes_by_deployment.setdefault(ack.deployment_id, set()).add(node)
+    rows: list[DeploymentNode] = []
+    for deployment_id, nodes in nodes_by_deployment.items():
+        statement = select(DeploymentNode).where(
+            DeploymentNode.deployment_id == deployment_id, DeploymentNode.node_name.in_(nodes)
+        )
+        rows.extend(session.scalars(statement))
+    return rows

@@ -31,8 +31,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from knightwatch.control.deploy import ServiceFacts
@@ -40,7 +42,8 @@ from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.control.fleet_conditions import lock_fleet
 from knightwatch.control.ingest import Ingested, ingest_agent_report
 from knightwatch.protocol import Ack, Report
-from knightwatch.store import Database
+from knightwatch.store import Database, Node
+from knightwatch.store.batches import apply_item, fast_then_isolated
 
 __all__ = ["PAUSE_ENV", "ReportBatcher", "ReportSender", "SessionChange", "report_commit_fault"]
 
@@ -79,6 +82,8 @@ class SessionChange:
     """Writes the change in the batch's transaction; True if the fleet may have changed."""
     after: Callable[[], None] | None = None
     """Runs on the store thread once the change is committed."""
+    node: str | None = None
+    """The node whose session changed (its row is loaded with the batch's others)."""
 
 
 @dataclass(frozen=True)
@@ -156,33 +161,10 @@ class ReportBatcher:
                     _settle(loop, item.done, exc)
 
     def _store(self, queued: list[_Queued], loop: asyncio.AbstractEventLoop) -> None:
-        outcomes: list[Ingested | _Recorded | BaseException] = []
-        batch: list[_Queued] = []
-        requeued = False
-        try:
-            with self._db.session() as session:
-                # The fleet row first, then node rows, as every writer does: on PostgreSQL a
-                # batch writing nodes in arrival order against a halt writing them in bulk
-                # deadlocked at 1,000 agents.
-                lock_fleet(session, self._now())
-                greeted: set[int] = set()
-                deadline = time.monotonic() + MAX_BATCH_S
-                for item in queued:
-                    if batch and (len(batch) >= MAX_BATCH or time.monotonic() > deadline):
-                        break
-                    batch.append(item)
-                    outcomes.append(self._one(session, item, greeted))
-                self._requeue(queued[len(batch) :])
-                requeued = True
-                if any(isinstance(o, Ingested | _Recorded) and o.fleet_changed for o in outcomes):
-                    record_fleet_conditions(session, self._now())  # once for the batch
-                if self._before_commit is not None:
-                    self._before_commit([r for item in batch if (r := item.agent_report)])
-        except Exception as exc:  # the commit itself failed: every report of the batch did
-            log.exception("storing %d agent reports failed", len(batch))
-            if not requeued:
-                self._requeue(queued[len(batch) :])
-            outcomes = [exc] * len(batch)
+        batch, outcomes = fast_then_isolated(
+            lambda isolated: self._write(queued, isolated=isolated), "a batch of agent reports"
+        )
+        self._requeue(queued[len(batch) :])  # what did not fit, first in line
         self.batches += 1
         self.largest = max(self.largest, len(batch))
         acted: list[_Queued] = []
@@ -199,6 +181,48 @@ class ReportBatcher:
             acted.append(item)
         for item, failure in zip(acted, self._acks(acted), strict=True):
             _settle(loop, item.done, failure)
+
+    def _write(
+        self, queued: list[_Queued], *, isolated: bool
+    ) -> tuple[list[_Queued], list[Ingested | _Recorded | BaseException]]:
+        """Store a batch taken from ``queued`` in one transaction; the batch and each outcome.
+
+        Not ``isolated`` (the first try, see :mod:`knightwatch.store.batches`),
+        any failure raises. The batch is a prefix of ``queued``: what the
+        deadline or the size limit left out is the caller's to requeue.
+        """
+        outcomes: list[Ingested | _Recorded | BaseException] = []
+        batch: list[_Queued] = []
+        try:
+            with self._db.session() as session:
+                # The fleet row first, then node rows, as every writer does: on PostgreSQL a
+                # batch writing nodes in arrival order against a halt writing them in bulk
+                # deadlocked at 1,000 agents.
+                lock_fleet(session, self._now())
+                # One query for the batch's node rows, held here so the session keeps them.
+                held = _load_nodes(session, queued[:MAX_BATCH])
+                greeted: set[int] = set()
+                deadline = time.monotonic() + MAX_BATCH_S
+                for item in queued:
+                    if batch and (len(batch) >= MAX_BATCH or time.monotonic() > deadline):
+                        break
+                    batch.append(item)
+                    ingest = partial(self._ingest, session, item, greeted)
+                    outcome = apply_item(session, ingest, isolated=isolated)
+                    if isinstance(outcome, Ingested) and item.sender is not None:
+                        greeted.add(id(item.sender))
+                    outcomes.append(outcome)
+                if any(isinstance(o, Ingested | _Recorded) and o.fleet_changed for o in outcomes):
+                    record_fleet_conditions(session, self._now())  # once for the batch
+                if self._before_commit is not None:
+                    self._before_commit([r for item in batch if (r := item.agent_report)])
+                del held
+        except Exception as exc:  # the commit itself failed: every report of the batch did
+            if not isolated:
+                raise
+            log.exception("storing %d agent reports failed", len(batch))
+            outcomes = [exc] * len(batch)
+        return batch, outcomes
 
     def _acks(self, acted: list[_Queued]) -> list[Exception | None]:
         """Hand the deployment acks of the stored reports over in one call; each one's failure."""
@@ -224,23 +248,30 @@ class ReportBatcher:
             with self._lock:
                 self._queued[:0] = rest
 
-    def _one(
-        self, session: Session, item: _Queued, greeted: set[int]
-    ) -> Ingested | _Recorded | Exception:
+    def _ingest(self, session: Session, item: _Queued, greeted: set[int]) -> Ingested | _Recorded:
         sender, report = item.sender, item.report
-        try:
-            with session.begin_nested():
-                if isinstance(report, SessionChange):
-                    return _Recorded(report.record(session))
-                if sender is None:
-                    raise ValueError("an agent report without its connection")
-                first = not sender.greeted and id(sender) not in greeted
-                now = self._now()
-                ingested = ingest_agent_report(session, sender.node, report, now, first=first)
-        except Exception as exc:  # rolled back to the savepoint: the others stand
-            return exc
-        greeted.add(id(sender))
-        return ingested
+        if isinstance(report, SessionChange):
+            return _Recorded(report.record(session))
+        if sender is None:
+            raise ValueError("an agent report without its connection")
+        first = not sender.greeted and id(sender) not in greeted
+        return ingest_agent_report(session, sender.node, report, self._now(), first=first)
+
+
+def _load_nodes(session: Session, queued: Sequence[_Queued]) -> list[Node]:
+    """Load the node rows a batch will write in one query (the session then has them)."""
+    names = {name for item in queued if (name := _node_of(item)) is not None}
+    if not names:
+        return []
+    return list(session.scalars(select(Node).where(Node.name.in_(names))))
+
+
+def _node_of(item: _Queued) -> str | None:
+    if item.sender is not None:
+        return item.sender.node
+    if isinstance(item.report, SessionChange):
+        return item.report.node
+    return None
 
 
 def _act(item: _Queued, outcome: Ingested | _Recorded) -> None:
