@@ -270,7 +270,8 @@ class _Session:
     async def _read(self) -> None:
         timeout = max(5.0, 5 * self.plane.settings.heartbeat_s)
         while True:
-            text = await asyncio.wait_for(self.socket.receive_text(), timeout=timeout)
+            async with asyncio.timeout(timeout):  # no task per message, unlike wait_for
+                text = await self.socket.receive_text()
             try:
                 report = self._check(text)
             except ReportError as exc:

@@ -18,6 +18,7 @@ from knightwatch.api.auth import Operator
 from knightwatch.api.changes import answer
 from knightwatch.api.fields import IdPath, NodeSelector, SafeText, WaitSeconds
 from knightwatch.api.plane import Plane
+from knightwatch.api.responses import json_document
 from knightwatch.control.changes import ChangeKind
 from knightwatch.control.halt_views import halt_report, list_halts, unacknowledged_count
 from knightwatch.control.killswitch import MAX_REASON
@@ -65,7 +66,7 @@ def show_halt(
     plane: Plane,
     _who: Operator,
     wait_s: WaitSeconds = 0.0,
-) -> dict[str, Any]:
+) -> Response:
     """One halt: every node's acknowledgement and time to halt, as of now.
 
     With ``wait_s``, answer as soon as every node has acknowledged, or after
@@ -77,7 +78,7 @@ def show_halt(
     while (left := deadline - time.monotonic()) > 0 and _waiting(plane, halt_id):
         seen = plane.halt_acks.wait(seen, left)
         time.sleep(min(_GATHER_S, max(0.0, deadline - time.monotonic())))
-    return _report(plane, halt_id)
+    return json_document(_report(plane, halt_id))
 
 
 class RearmBody(HaltBody):

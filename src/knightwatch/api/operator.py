@@ -15,6 +15,7 @@ from knightwatch.api.auth import Operator
 from knightwatch.api.changes import answer
 from knightwatch.api.fields import IdPath, NamePath, NodeSelector, SafeLine, SafeText, WaitSeconds
 from knightwatch.api.plane import Plane
+from knightwatch.api.responses import json_document
 from knightwatch.control import views
 from knightwatch.control.changes import ChangeKind
 from knightwatch.control.enrollment import create_join_token
@@ -73,10 +74,10 @@ class RollbackBody(_Body):
 
 
 @router.get("/status")
-def status(plane: Plane, _who: Operator) -> dict[str, Any]:
+def status(plane: Plane, _who: Operator) -> Response:
     """The fleet's state and every node's last report (a pure read: one snapshot, no writes)."""
     with plane.db.reading() as session:
-        return fleet_status(session, plane.clock.now()).to_json()
+        return json_document(fleet_status(session, plane.clock.now()).to_json())
 
 
 @router.post("/nodes/{name}/enroll", status_code=201)
@@ -194,7 +195,7 @@ def show_deployment(
     _who: Operator,
     wait_s: WaitSeconds = 0.0,
     state: DeploymentState | None = None,
-) -> dict[str, Any]:
+) -> Response:
     """One deployment: its state, every node's phase, and its recorded transitions.
 
     With ``wait_s``, answer as soon as its state is no longer ``state`` (without
@@ -205,7 +206,7 @@ def show_deployment(
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and _unchanged(plane, deployment_id, state):
         time.sleep(min(_STATE_CHECK_S, max(0.0, deadline - time.monotonic())))
-    return deployment_json(plane, deployment_id)
+    return json_document(deployment_json(plane, deployment_id))
 
 
 def _unchanged(plane: ControlPlane, deployment_id: int, state: DeploymentState | None) -> bool:

@@ -8,7 +8,7 @@ ages it shows are counted from where the conditions were recorded
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -30,6 +30,7 @@ from knightwatch.control.fleet_conditions import (
     unconfirmed_switches,
     unknown_reasons,
 )
+from knightwatch.plain import plain_data
 from knightwatch.store import Fleet, Node
 from knightwatch.store.queries import FLEET_ID, active_deployment
 from knightwatch.vocabulary import DriftState
@@ -151,7 +152,7 @@ class FleetStatus:
 
     def to_json(self) -> dict[str, Any]:
         """Return the status as plain JSON data."""
-        return asdict(self)
+        return plain_data(self)
 
 
 def fleet_status(session: Session, now: datetime) -> FleetStatus:

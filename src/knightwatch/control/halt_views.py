@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from knightwatch.control.halt_rows import halt_detail
 from knightwatch.errors import NotFoundError
+from knightwatch.plain import plain_data
 from knightwatch.store import Halt, HaltNode, Node
 
 __all__ = ["HaltReport", "NodeHalt", "halt_report", "list_halts", "unacknowledged_count"]
@@ -55,7 +56,7 @@ class HaltReport:
 
     def to_json(self) -> dict[str, Any]:
         """Return the report as plain JSON data."""
-        return asdict(self)
+        return plain_data(self)
 
 
 def halt_report(session: Session, halt_id: int) -> HaltReport:
