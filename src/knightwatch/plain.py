@@ -17,7 +17,14 @@ __all__ = ["plain_data"]
 
 def plain_data(view: Any) -> dict[str, Any]:
     """The dataclass instance ``view`` as a dict of its fields, nested dataclasses included."""
-    return {f.name: _plain(getattr(view, f.name)) for f in fields(view)}
+    try:
+        values = dict(vars(view))  # the fields, in their order (what __init__ set)
+    except TypeError:  # a slotted dataclass has no __dict__
+        values = {f.name: getattr(view, f.name) for f in fields(view)}
+    for name, value in values.items():
+        if is_dataclass(value) or (isinstance(value, list) and value and is_dataclass(value[0])):
+            values[name] = _plain(value)
+    return values
 
 
 def _plain(value: Any) -> Any:

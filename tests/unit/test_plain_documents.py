@@ -71,3 +71,15 @@ def test_json_document_refuses_what_is_not_json_data() -> None:
         json_document({"x": object()})
     with pytest.raises(ValueError):
         json_document({"x": float("nan")})
+
+
+@dataclass(frozen=True, slots=True)
+class Slotted:
+    at: datetime
+    inner: Inner
+
+
+def test_plain_data_of_a_slotted_dataclass() -> None:
+    at = datetime(2026, 12, 5, tzinfo=UTC)
+    view = Slotted(at, Inner(at, ["x"]))
+    assert plain_data(view) == asdict(view)
