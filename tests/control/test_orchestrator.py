@@ -369,6 +369,19 @@ class TestRecovery:
         orchestrator.on_connect("n2")
         assert kinds(sink.take()) == [("n2", "rollback")]
 
+    def test_nodes_that_reconnect_together_are_each_sent_what_they_owe(
+        self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
+    ) -> None:
+        """on_connects (a reconnect storm's batch) owes each node what on_connect would."""
+        deployment = orchestrator.start(DeployRequest(release=NEW))
+        for node in NODES:
+            ack(orchestrator, node, deployment, AckPhase.PREPARED)
+        ack(orchestrator, "n1", deployment, AckPhase.ACTIVE)
+        sink.take()
+        orchestrator.recover()
+        orchestrator.on_connects(["n2", "n3"])
+        assert sorted(kinds(sink.take())) == [("n2", "rollback"), ("n3", "rollback")]
+
     def test_offline_node_is_caught_up_when_it_returns(
         self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
     ) -> None:

@@ -321,11 +321,8 @@ class _Session:
                 self.plane.halt(None, halt.reason, halt.requested_by)
             except Exception:  # the session must go on; the alert is recorded already
                 log.exception("fleet halt for guard %s failed", halt.rule)
-        if not self.greeted:
-            self.greeted = True
-            self.plane.orchestrator.on_connect(self.node)
-            for command in ingested.retires:
-                self.plane.hub.send(self.node, command)
+        if ingested.greeting:
+            self.greeted = True  # greet_sessions then tells the orchestrator, for the batch
 
     def _record_connected(self, session: Session) -> bool:
         if self.plane.stopping:  # queued behind others while the server began to stop

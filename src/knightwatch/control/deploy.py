@@ -26,6 +26,7 @@ a release it staged in vain, Rollback for one it may have switched to, Commit
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -255,16 +256,21 @@ class Orchestrator:
         not running (an agent restarted mid-deployment waits for exactly this
         before it starts any service). Then what it owes the running deployment.
         """
-        self._catchup.forget(node)
+        self.on_connects([node])
+
+    def on_connects(self, nodes: Sequence[str]) -> None:
+        """:meth:`on_connect` for nodes that greeted together, in one transaction."""
         outbox: Outbox = []
         with self._db.session() as session:
             self._lock(session)
             deployment = active_deployment(session)
-            outbox.extend(outcomes_for(session, node))
-            if deployment is not None:
-                row = session.get(DeploymentNode, (deployment.id, node))
-                if row is not None:
-                    outbox.extend(resend(session, deployment, row))
+            for node in nodes:
+                self._catchup.forget(node)
+                outbox.extend(outcomes_for(session, node))
+                if deployment is not None:
+                    row = session.get(DeploymentNode, (deployment.id, node))
+                    if row is not None:
+                        outbox.extend(resend(session, deployment, row))
         self._send(outbox)
 
     def on_disconnect(self, node: str) -> None:
@@ -373,9 +379,14 @@ class Orchestrator:
         self._send(step.outbox)
 
     def _send(self, outbox: Outbox) -> None:
+        sent: Counter[str] = Counter()
         for node, message in outbox:
-            if not self._sink.send(node, message):
+            if self._sink.send(node, message):
+                sent[message.type] += 1
+            else:
                 log.info("node %s not connected; %s waits for its return", node, message.type)
+        if sent:  # one line for a fan-out to thousands of nodes
+            log.info("sent %s", ", ".join(f"{k} to {n} node(s)" for k, n in sorted(sent.items())))
 
 
 def _load_ack_rows(

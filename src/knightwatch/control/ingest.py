@@ -46,6 +46,8 @@ class Ingested:
     """The node's flags.json moved to another version (wake whoever waits for acks)."""
     fleet_changed: bool = False
     """The node's release changed: the fleet's conditions must be recorded before the commit."""
+    greeting: bool = False
+    """This was the session's first report."""
 
 
 def ingest_agent_report(
@@ -72,4 +74,4 @@ def ingest_agent_report(
     retires = pending_retires(session, node_name) if first else []
     flags_acked = ingest_flag_state(session, node, report.state, now)
     flags = values_for_node(session, node) if first else None
-    return Ingested(latched, fleet_halts, change, retires, flags, flags_acked, fleet_changed)
+    return Ingested(latched, fleet_halts, change, retires, flags, flags_acked, fleet_changed, first)

@@ -192,8 +192,7 @@ def _perform(
 def _retire(plane: ControlPlane, target: dict[str, Any], who: str) -> dict[str, Any]:
     with plane.db.session() as session:
         plan = start_retirement(session, target["digest"], target["reason"], who, plane.clock.now())
-    for node in plan.online:
-        plane.hub.send(node, plan.command)
+    plane.hub.send_each((node, plan.command) for node in plan.online)
     with plane.db.session() as session:
         return retirement_report(session, plan.retirement_id)
 
@@ -201,8 +200,7 @@ def _retire(plane: ControlPlane, target: dict[str, Any], who: str) -> dict[str, 
 def _rearm(plane: ControlPlane, target: dict[str, Any], who: str) -> dict[str, Any]:
     with plane.db.session() as session:
         plan = lift_halts(session, target.get("nodes"), target["reason"], who, plane.clock.now())
-    for node, message in plan.messages:
-        plane.hub.send(node, message)
+    plane.hub.send_each(plan.messages)
     return {
         "lifted": plan.lifted,
         "nodes": [{"node": node, "halt_id": m.halt_id} for node, m in plan.messages],
@@ -222,8 +220,7 @@ def _set_flag(plane: ControlPlane, target: dict[str, Any], who: str) -> dict[str
             reason=target.get("reason") or "",
             at=plane.clock.now(),
         )
-    for node, message in plan.messages:
-        plane.hub.send(node, message)
+    plane.hub.send_each(plan.messages)
     return flag_change(plane, plan.change_id)
 
 

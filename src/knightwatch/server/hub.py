@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fastapi import WebSocket
@@ -45,6 +47,7 @@ class AgentHub:
 
     def __init__(self) -> None:
         self._connections: dict[str, Connection] = {}
+        self._last_wire: tuple[AgentCommand | None, str] = (None, "")
 
     def attach(self, connection: Connection) -> Connection | None:
         """Register a connection; return the one it replaces, if any."""
@@ -72,13 +75,35 @@ class AgentHub:
         connection = self._connections.get(node)
         if connection is None:
             return False
-        text = message.model_dump_json()
+        text = self._wire(message)
         if _on(connection.loop):
             connection.outgoing.put_nowait(text)
         else:
             connection.loop.call_soon_threadsafe(connection.outgoing.put_nowait, text)
-        log.info("sent %s to %s", message.type, node)
+        log.debug("sent %s to %s", message.type, node)  # a fan-out's callers log it once
         return True
+
+    def send_each(self, sends: Iterable[tuple[str, AgentCommand]]) -> list[str]:
+        """Send each (node, message); log one line for the lot; return the nodes not connected."""
+        sent: Counter[str] = Counter()
+        missed: list[str] = []
+        for node, message in sends:
+            if self.send(node, message):
+                sent[message.type] += 1
+            else:
+                missed.append(node)
+        if sent:
+            counts = ", ".join(f"{kind} to {count} node(s)" for kind, count in sorted(sent.items()))
+            log.info("sent %s", counts)
+        return missed
+
+    def _wire(self, message: AgentCommand) -> str:
+        """The message's JSON, made once when the same (frozen) message goes to many nodes."""
+        last, text = self._last_wire
+        if message is not last:
+            text = message.model_dump_json()
+            self._last_wire = (message, text)
+        return text
 
     def end_sessions(self) -> int:
         """Cancel every session's task (the server stops); return how many (call on the loop)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,6 +21,7 @@ from knightwatch.control.deploy import Orchestrator
 from knightwatch.control.deploy_requests import DeployTimeouts
 from knightwatch.control.fleet import mark_all_disconnected
 from knightwatch.control.guards import FleetGuards
+from knightwatch.control.ingest import Ingested
 from knightwatch.control.killswitch import HaltPlan, issue_halt
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.server.checkpoints import Checkpoint, CheckpointLog
@@ -29,7 +30,7 @@ from knightwatch.server.documents import ReleaseDocuments
 from knightwatch.server.hub import AgentHub
 from knightwatch.server.login_failures import LoginFailures
 from knightwatch.server.refusals import RefusalRecords
-from knightwatch.server.report_batch import ReportBatcher, report_commit_fault
+from knightwatch.server.report_batch import ReportBatcher, ReportSender, report_commit_fault
 from knightwatch.server.settings import ServerSettings
 from knightwatch.server.signals import ChangeSignal
 from knightwatch.server.users import UserCache, adopt_operator_token, load_users_key
@@ -95,6 +96,19 @@ class ControlPlane:
             self.clock.now,
             before_commit=report_commit_fault(),
             on_acks=self.orchestrator.on_acks,
+            on_greetings=self.greet,
+        )
+
+    def greet(self, greeted: Sequence[tuple[ReportSender, Ingested]]) -> None:
+        """What the sessions that greeted in one report batch are owed (the batcher calls it).
+
+        The orchestrator first, for every node at once (how past deployments
+        ended, what the running one needs), then the retire commands each node
+        still owes an answer to.
+        """
+        self.orchestrator.on_connects([sender.node for sender, _ in greeted])
+        self.hub.send_each(
+            (sender.node, command) for sender, ingested in greeted for command in ingested.retires
         )
 
     async def in_store(self, work: Callable[[], T]) -> T:
@@ -136,8 +150,7 @@ class ControlPlane:
         Only queue puts happen between two sends: no store work, so the last
         node hears of the halt as soon as the first.
         """
-        for node in plan.online:
-            self.hub.send(node, plan.message)
+        self.hub.send_each((node, plan.message) for node in plan.online)
 
     def record_login_failures(self, address: str, route: str, failures: int) -> None:
         """Write refused operator credentials from ``address`` to the audit log."""

@@ -60,6 +60,9 @@ MAX_BATCH_S = 0.25
 operator's halt among them) never wait on SQLite's write lock for long."""
 
 
+GreetingSink = Callable[[Sequence[tuple["ReportSender", Ingested]]], None]
+"""Acts on the sessions whose first report the batch stored, together (they reconnect in storms)."""
+
 AckSink = Callable[[Sequence[tuple[str, Ack, ServiceFacts | None]]], list[Exception | None]]
 """Records deployment acks that arrived together (``Orchestrator.on_acks``)."""
 
@@ -113,10 +116,13 @@ class ReportBatcher:
         now: Callable[[], datetime],
         before_commit: Callable[[list[Report]], None] | None = None,
         on_acks: AckSink | None = None,
+        on_greetings: GreetingSink | None = None,
     ) -> None:
         self._db = db
         self._on_acks = on_acks
         """Where the batch's deployment acks go, together, once every report's effects ran."""
+        self._on_greetings = on_greetings
+        """Where the sessions greeted in a batch go, once every report's own effects ran."""
         self._worker = worker
         self._now = now
         self._before_commit = before_commit
@@ -167,7 +173,7 @@ class ReportBatcher:
         self._requeue(queued[len(batch) :])  # what did not fit, first in line
         self.batches += 1
         self.largest = max(self.largest, len(batch))
-        acted: list[_Queued] = []
+        acted: list[tuple[_Queued, Ingested | _Recorded]] = []
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 _settle(loop, item.done, outcome)
@@ -178,9 +184,11 @@ class ReportBatcher:
                 log.exception("acting on a stored report or session change failed")
                 _settle(loop, item.done, exc)
                 continue
-            acted.append(item)
-        for item, failure in zip(acted, self._acks(acted), strict=True):
-            _settle(loop, item.done, failure)
+            acted.append((item, outcome))
+        failed = self._greetings(acted)
+        items = [item for item, _ in acted]
+        for item, failure in zip(items, self._acks(items), strict=True):
+            _settle(loop, item.done, failed.get(id(item), failure))
 
     def _write(
         self, queued: list[_Queued], *, isolated: bool
@@ -223,6 +231,22 @@ class ReportBatcher:
             log.exception("storing %d agent reports failed", len(batch))
             outcomes = [exc] * len(batch)
         return batch, outcomes
+
+    def _greetings(self, acted: list[tuple[_Queued, Ingested | _Recorded]]) -> dict[int, Exception]:
+        """Hand the sessions greeted in this batch over in one call; on failure, each one's."""
+        greeted = [
+            (item, sender, outcome)
+            for item, outcome in acted
+            if isinstance(outcome, Ingested) and outcome.greeting and (sender := item.sender)
+        ]
+        if not greeted or self._on_greetings is None:
+            return {}
+        try:
+            self._on_greetings([(sender, outcome) for _, sender, outcome in greeted])
+        except Exception as exc:  # each session hears of it, ends, and greets again
+            log.exception("acting on %d greetings failed", len(greeted))
+            return {id(item): exc for item, _, _ in greeted}
+        return {}
 
     def _acks(self, acted: list[_Queued]) -> list[Exception | None]:
         """Hand the deployment acks of the stored reports over in one call; each one's failure."""
