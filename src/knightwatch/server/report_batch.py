@@ -42,7 +42,7 @@ from knightwatch.control.fleet import record_fleet_conditions
 from knightwatch.control.fleet_conditions import lock_fleet
 from knightwatch.control.ingest import Ingested, ingest_agent_report
 from knightwatch.protocol import Ack, Report
-from knightwatch.store import Database, Node
+from knightwatch.store import Database, Halt, HaltNode, Node
 from knightwatch.store.batches import apply_item, fast_then_isolated
 
 __all__ = ["PAUSE_ENV", "ReportBatcher", "ReportSender", "SessionChange", "report_commit_fault"]
@@ -163,8 +163,7 @@ class ReportBatcher:
                 self._store(batch, loop)
             except Exception as exc:  # a bug here must not leave every sender waiting
                 log.exception("the report batch failed")
-                for item in batch:
-                    _settle(loop, item.done, exc)
+                _settle_all(loop, [(item.done, exc) for item in batch])
 
     def _store(self, queued: list[_Queued], loop: asyncio.AbstractEventLoop) -> None:
         batch, outcomes = fast_then_isolated(
@@ -174,21 +173,23 @@ class ReportBatcher:
         self.batches += 1
         self.largest = max(self.largest, len(batch))
         acted: list[tuple[_Queued, Ingested | _Recorded]] = []
+        settled: list[tuple[asyncio.Future[None], BaseException | None]] = []
         for item, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                _settle(loop, item.done, outcome)
+                settled.append((item.done, outcome))
                 continue
             try:
                 _act(item, outcome)
             except Exception as exc:  # one connection's trouble is not the batch's
                 log.exception("acting on a stored report or session change failed")
-                _settle(loop, item.done, exc)
+                settled.append((item.done, exc))
                 continue
             acted.append((item, outcome))
         failed = self._greetings(acted)
         items = [item for item, _ in acted]
         for item, failure in zip(items, self._acks(items), strict=True):
-            _settle(loop, item.done, failed.get(id(item), failure))
+            settled.append((item.done, failed.get(id(item), failure)))
+        _settle_all(loop, settled)
 
     def _write(
         self, queued: list[_Queued], *, isolated: bool
@@ -207,8 +208,8 @@ class ReportBatcher:
                 # batch writing nodes in arrival order against a halt writing them in bulk
                 # deadlocked at 1,000 agents.
                 lock_fleet(session, self._now())
-                # One query for the batch's node rows, held here so the session keeps them.
-                held = _load_nodes(session, queued[:MAX_BATCH])
+                # The batch's rows in a few queries, held here so the session keeps them.
+                held = _load_rows(session, queued[:MAX_BATCH])
                 greeted: set[int] = set()
                 deadline = time.monotonic() + MAX_BATCH_S
                 for item in queued:
@@ -282,12 +283,32 @@ class ReportBatcher:
         return ingest_agent_report(session, sender.node, report, self._now(), first=first)
 
 
-def _load_nodes(session: Session, queued: Sequence[_Queued]) -> list[Node]:
-    """Load the node rows a batch will write in one query (the session then has them)."""
+def _load_rows(session: Session, queued: Sequence[_Queued]) -> list[object]:
+    """Load the rows a batch will write in a query each (the session then has them).
+
+    Every sender's node row; the halts its reports name (the one that holds
+    its latch, the one it acknowledges) and the rows its halt and re-arm
+    acknowledgements write: a fleet's answers to one halt or lift, and its
+    latched reports after a lift, arrive together.
+    """
     names = {name for item in queued if (name := _node_of(item)) is not None}
     if not names:
         return []
-    return list(session.scalars(select(Node).where(Node.name.in_(names))))
+    rows: list[object] = list(session.scalars(select(Node).where(Node.name.in_(names))))
+    reports = [(item.sender.node, r) for item in queued if (r := item.agent_report) and item.sender]
+    halt_ids = {r.state.halt.halt_id for _, r in reports if r.state.halt.halt_id is not None}
+    acks = [(node, r.halt.halt_id) for node, r in reports if r.halt is not None]
+    acks += [(node, r.rearm.halt_id) for node, r in reports if r.rearm is not None]
+    halt_ids.update(halt_id for _, halt_id in acks)
+    if halt_ids:
+        rows.extend(session.scalars(select(Halt).where(Halt.id.in_(halt_ids))))
+    if acks:
+        statement = select(HaltNode).where(
+            HaltNode.halt_id.in_({halt_id for _, halt_id in acks}),
+            HaltNode.node_name.in_({node for node, _ in acks}),
+        )
+        rows.extend(session.scalars(statement))
+    return rows
 
 
 def _node_of(item: _Queued) -> str | None:
@@ -313,18 +334,23 @@ def _service_facts(report: Report) -> ServiceFacts:
     return (service.pid, service.started_at, service.version)
 
 
-def _settle(
-    loop: asyncio.AbstractEventLoop, done: asyncio.Future[None], outcome: BaseException | None
+def _settle_all(
+    loop: asyncio.AbstractEventLoop,
+    settled: Sequence[tuple[asyncio.Future[None], BaseException | None]],
 ) -> None:
-    def settle() -> None:
-        if done.done():
-            return
-        if outcome is None:
-            done.set_result(None)
-        else:
-            done.set_exception(outcome)
+    """Settle the batch's futures on their loop, in one wake-up of it (not one per report)."""
 
-    loop.call_soon_threadsafe(settle)
+    def settle() -> None:
+        for done, outcome in settled:
+            if done.done():
+                continue
+            if outcome is None:
+                done.set_result(None)
+            else:
+                done.set_exception(outcome)
+
+    if settled:
+        loop.call_soon_threadsafe(settle)
 
 
 def report_commit_fault() -> Callable[[list[Report]], None] | None:
