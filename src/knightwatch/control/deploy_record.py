@@ -71,10 +71,19 @@ class DeploymentRecord:
     def facts(self, session: Session, deployment: Deployment) -> list[NodeFacts]:
         """The deployment's targets as the decisions see them (OFFLINE rows left out).
 
-        One query for rows and nodes together: this runs on every acknowledgement.
+        One query for rows and nodes together, of plain columns, not ORM objects:
+        this runs after every batch of acknowledgements, over every target.
         """
-        pairs = session.execute(
-            select(DeploymentNode, Node)
+        rows = session.execute(
+            select(
+                DeploymentNode.node_name,
+                DeploymentNode.phase,
+                DeploymentNode.role,
+                DeploymentNode.reason,
+                Node.connected,
+                Node.service_state,
+                Node.active_digest,
+            )
             .join(Node, Node.name == DeploymentNode.node_name)
             .where(
                 DeploymentNode.deployment_id == deployment.id,
@@ -82,23 +91,25 @@ class DeploymentRecord:
             )
             .order_by(DeploymentNode.node_name)
         )
+        release = deployment.release_digest
         return [
             NodeFacts(
-                name=row.node_name,
-                phase=P(row.phase),
-                role=row.role,
-                reason=row.reason,
-                connected=node.connected,
-                running_release=node.service_state == ServiceState.RUNNING
-                and node.active_digest == deployment.release_digest,
+                name=name,
+                phase=P(phase),
+                role=role,
+                reason=reason,
+                connected=connected,
+                running_release=service_state == ServiceState.RUNNING and active == release,
             )
-            for row, node in pairs
+            for name, phase, role, reason, connected, service_state, active in rows
         ]
 
     def apply(
         self, session: Session, deployment: Deployment, decision: Decision, step: Step
     ) -> None:
         """Record a decision: nodes it settles first, then the deployment's move."""
+        if decision.move == Move.STAY and not decision.node_phases and not decision.lost:
+            return  # the usual answer to a batch of acks: no need to load every target
         rows = {r.node_name: r for r in targets_of(session, deployment)}
         for name, phase, reason in decision.node_phases:
             self.set_phase(session, rows[name], phase, reason)
