@@ -13,12 +13,14 @@ from typing import Protocol
 
 from knightwatch.errors import InvalidInputError
 
-__all__ = ["matches_selector", "parse_selector"]
+__all__ = ["Named", "matches_selector", "parse_selector"]
 
 _TERM = re.compile(r"^(group=[a-z0-9][a-z0-9._-]{0,62}|[a-z0-9*?\[\]][a-z0-9._*?\[\]!-]{0,62})$")
 
 
-class _Named(Protocol):
+class Named(Protocol):
+    """Anything with a node's name and group: an ORM node or a plain row of both."""
+
     name: str
     group_name: str
 
@@ -42,7 +44,7 @@ def parse_selector(selector: str | None) -> list[str]:
     return terms
 
 
-def matches_selector(node: _Named, terms: Sequence[str]) -> bool:
+def matches_selector(node: Named, terms: Sequence[str]) -> bool:
     """Tell whether ``node`` is selected by the parsed ``terms`` (all when empty)."""
     if not terms:
         return True

@@ -29,8 +29,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, insert, select, update
 from sqlalchemy.orm import Session
 
 from knightwatch.control import auditlog
@@ -40,7 +41,7 @@ from knightwatch.control.policy import Action, Proposal, enforce
 from knightwatch.errors import InvalidInputError
 from knightwatch.protocol import Halt as HaltMessage
 from knightwatch.protocol import Rearm
-from knightwatch.selection import matches_selector, parse_selector
+from knightwatch.selection import Named, matches_selector, parse_selector
 from knightwatch.store import Halt, HaltNode, Node
 from knightwatch.vocabulary import HaltSource, NodeStatus
 
@@ -56,6 +57,8 @@ __all__ = [
 
 DEAD_MAN_RULE = "dead-man"
 MAX_REASON = 1000
+_N = TypeVar("_N", bound=Named)
+
 _HALTABLE = (
     NodeStatus.ENROLLED,
     NodeStatus.DRAINED,
@@ -102,7 +105,7 @@ def issue_halt(
     """
     reason = _reason(reason)
     lock_fleet(session, now)  # the fleet row before any node row: the order every writer keeps
-    nodes = _selected(session, selector)
+    nodes = _selected_facts(session, selector)
     halt = Halt(selector=selector or None, reason=reason, requested_by=requested_by, issued_at=now)
     session.add(halt)
     session.flush()
@@ -205,12 +208,27 @@ def _reason(reason: str) -> str:
 
 
 def _selected(session: Session, selector: str | None) -> list[Node]:
-    terms = parse_selector(selector)
     statement = select(Node).where(Node.status.in_(_HALTABLE)).order_by(Node.name)
-    nodes = [n for n in session.scalars(statement) if matches_selector(n, terms)]
-    if not nodes:
+    return _matching(list(session.scalars(statement)), selector)
+
+
+def _selected_facts(session: Session, selector: str | None) -> list[Row[Any]]:
+    """The selected nodes' name, group, latch and link as plain rows (a fleet halt reads
+    10,000; loading each whole node, its last report with it, took a second)."""
+    statement = (
+        select(Node.name, Node.group_name, Node.halted, Node.connected)
+        .where(Node.status.in_(_HALTABLE))
+        .order_by(Node.name)
+    )
+    return _matching(list(session.execute(statement)), selector)
+
+
+def _matching(nodes: list[_N], selector: str | None) -> list[_N]:
+    terms = parse_selector(selector)
+    chosen = [n for n in nodes if matches_selector(n, terms)]
+    if not chosen:
         raise InvalidInputError(
             f"no enrolled node matches {selector or 'the fleet'}",
             hint="list nodes with: knightwatch status",
         )
-    return nodes
+    return chosen
