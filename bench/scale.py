@@ -18,7 +18,8 @@ sending signed heartbeats and acknowledging every command — and measures:
    every node ACTIVE (the deployment SUCCEEDED);
 5. **API latency**: ``GET /status`` and ``GET /deployments``, p50/p99/max,
    sampled for another ``--idle-s`` seconds while the fleet is idle, and
-   while the kill and the deploy run.
+   during a second kill and deploy round (whose figures are printed too:
+   what an operator polling the API costs them).
 
 Goals (issue 16): 10,000 agents on one control plane on this 2-core
 machine; kill fully acknowledged p99 ≤ 2 s; a deploy round ≤ 10 s; API calls
@@ -298,11 +299,18 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
                 time.sleep(args.idle_s)
             figures["api_idle"] = {p: percentiles(v) for p, v in idle_api.samples.items()}
             print(f"… {database} × {count}: kill fan-out", file=sys.stderr)
+            figures["kill"] = unfinished(lambda: kill_fanout(fleet, timeout), timeout)
+            print(f"… {database} × {count}: deploy round", file=sys.stderr)
+            figures["deploy_round_s"] = unfinished(
+                lambda: deploy_round(fleet, releases[0], timeout), timeout
+            )
+            # Again with the API sampled: its latency under that load, and what an operator
+            # polling status costs the kill and the deploy (a 10,000-node status is not free).
+            print(f"… {database} × {count}: kill and deploy with the API sampled", file=sys.stderr)
             with ApiSampler(fleet) as busy_api:
-                figures["kill"] = unfinished(lambda: kill_fanout(fleet, timeout), timeout)
-                print(f"… {database} × {count}: deploy round", file=sys.stderr)
-                figures["deploy_round_s"] = unfinished(
-                    lambda: deploy_round(fleet, releases[0], timeout), timeout
+                figures["kill_sampled"] = unfinished(lambda: kill_fanout(fleet, timeout), timeout)
+                figures["deploy_round_sampled_s"] = unfinished(
+                    lambda: deploy_round(fleet, releases[1], timeout), timeout
                 )
             figures["api_busy"] = {p: percentiles(v) for p, v in busy_api.samples.items()}
             print(json.dumps(figures), file=sys.stderr)  # what is known so far, if the rest fails
@@ -357,26 +365,24 @@ def report(results: list[dict[str, Any]], machine: dict[str, str], heartbeat: fl
         "aim: a few hundred",
     )
 
-    def kill(r: dict[str, Any], key: str, fmt: str) -> str:
-        value = r["kill"][key] if isinstance(r["kill"], dict) else None
-        return "unfinished" if value is None else format(value, fmt)
+    def kill(r: dict[str, Any], figure: str, key: str) -> str:
+        value = r[figure][key] if isinstance(r[figure], dict) else None
+        return "unfinished" if value is None else f"{value:.2f}"
 
-    for q in ("p50", "p99", "max"):
-        row(
-            f"kill fan-out {q} (s)",
-            [kill(r, q, ".2f") for r in results],
-            "goal p99 ≤ 2 s at 10,000" if q == "p99" else "",
-        )
+    def seconds(value: object) -> str:
+        return format(value, ".1f") if isinstance(value, float) else "unfinished"
+
+    for figure, label in (("kill", ""), ("kill_sampled", ", API sampled")):
+        for q in ("p50", "p99", "max"):
+            row(
+                f"kill fan-out {q}{label} (s)",
+                [kill(r, figure, q) for r in results],
+                "goal p99 ≤ 2 s at 10,000" if q == "p99" else "",
+            )
     row(
-        "deploy round (s)",
-        [
-            format(r["deploy_round_s"], ".1f")
-            if isinstance(r["deploy_round_s"], float)
-            else "unfinished"
-            for r in results
-        ],
-        "goal ≤ 10 s at 10,000",
+        "deploy round (s)", [seconds(r["deploy_round_s"]) for r in results], "goal ≤ 10 s at 10,000"
     )
+    row("deploy round, API sampled (s)", [seconds(r["deploy_round_sampled_s"]) for r in results])
     for phase in ("api_idle", "api_busy"):
         for path in ("/status", "/deployments"):
             row(
