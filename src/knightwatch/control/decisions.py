@@ -190,8 +190,7 @@ def expire(state: DeploymentState, nodes: Sequence[NodeFacts]) -> Decision:
     if state == S.SOAKING:
         return after_soak(state, nodes)
     waiting = [n for n in nodes if n.phase in EXPECTED_ACKS]
-    names = ", ".join(n.name for n in waiting) or "none"
-    reason = f"{state} timed out waiting for: {names}"
+    reason = f"{state} timed out waiting for: {_names([n.name for n in waiting])}"
     timed_out = tuple((n.name, _TIMED_OUT[n.phase], "timed out") for n in waiting)
     if state == S.PREPARING:
         return _decide(state, Move.FAIL, reason, node_phases=timed_out)
@@ -248,4 +247,21 @@ def disconnected(
 
 
 def _reasons(nodes: Sequence[NodeFacts], phase: NodePhase) -> str:
-    return "; ".join(f"{n.name}: {n.reason or phase}" for n in nodes if n.phase == phase)
+    failed = [f"{n.name}: {n.reason or phase}" for n in nodes if n.phase == phase]
+    shown = "; ".join(failed[:NAMES_SHOWN])
+    rest = len(failed) - NAMES_SHOWN
+    return shown if rest <= 0 else f"{shown}; and {rest:,} more ({len(failed):,} nodes)"
+
+
+NAMES_SHOWN = 20
+"""Node names a deployment's reason lists before it counts the rest (a 10,000-node
+timeout named every node: 140 KB in every view of the deployment)."""
+
+
+def _names(names: Sequence[str]) -> str:
+    """``a, b, c``; past ``NAMES_SHOWN`` names, the rest as a count."""
+    if not names:
+        return "none"
+    shown = ", ".join(names[:NAMES_SHOWN])
+    rest = len(names) - NAMES_SHOWN
+    return shown if rest <= 0 else f"{shown} and {rest:,} more ({len(names):,} nodes)"
