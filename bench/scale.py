@@ -161,7 +161,11 @@ SAMPLE_EVERY_S = 1.0
 
 
 def sample_api(
-    fleet: LocalFleet, samples: list[float], paths: list[str], stop: threading.Event
+    fleet: LocalFleet,
+    samples: list[float],
+    failures: list[str],
+    paths: list[str],
+    stop: threading.Event,
 ) -> None:
     """Call the operator API's read endpoints in a loop, recording each call's seconds.
 
@@ -174,7 +178,10 @@ def sample_api(
         due = time.monotonic() + SAMPLE_EVERY_S
         for path in paths:
             started = time.perf_counter()
-            client.get(path)
+            try:
+                client.get(path)
+            except KnightwatchError as exc:  # a call that failed counts, and is counted
+                failures.append(f"{path}: {exc.message}")
             samples.append(time.perf_counter() - started)
         stop.wait(max(0.0, due - time.monotonic()))
 
@@ -184,10 +191,14 @@ class ApiSampler:
 
     def __init__(self, fleet: LocalFleet) -> None:
         self.samples: dict[str, list[float]] = {"/status": [], "/deployments": []}
+        self.failures: list[str] = []
+        """Calls that failed (their time is among the samples)."""
         self._fleet = fleet
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=sample_api, args=(fleet, values, [path], self._stop))
+            threading.Thread(
+                target=sample_api, args=(fleet, values, self.failures, [path], self._stop)
+            )
             for path, values in self.samples.items()
         ]
 
@@ -298,6 +309,7 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
             with ApiSampler(fleet) as idle_api:
                 time.sleep(args.idle_s)
             figures["api_idle"] = {p: percentiles(v) for p, v in idle_api.samples.items()}
+            figures["api_idle_failures"] = idle_api.failures
             print(f"… {database} × {count}: kill fan-out", file=sys.stderr)
             figures["kill"] = unfinished(lambda: kill_fanout(fleet, timeout), timeout)
             print(f"… {database} × {count}: deploy round", file=sys.stderr)
@@ -313,6 +325,7 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
                     lambda: deploy_round(fleet, releases[1], timeout), timeout
                 )
             figures["api_busy"] = {p: percentiles(v) for p, v in busy_api.samples.items()}
+            figures["api_busy_failures"] = busy_api.failures
             print(json.dumps(figures), file=sys.stderr)  # what is known so far, if the rest fails
             print(f"… {database} × {count}: server restart (reconnect storm)", file=sys.stderr)
             fleet.stop_server()
@@ -390,6 +403,7 @@ def report(results: list[dict[str, Any]], machine: dict[str, str], heartbeat: fl
                 [f"{r[phase][path]['p99']:.2f}" for r in results],
                 "goal ≤ 1 s",
             )
+        row(f"API calls failed ({phase[4:]})", [str(len(r[f"{phase}_failures"])) for r in results])
 
 
 def main(argv: list[str] | None = None) -> int:
