@@ -66,6 +66,7 @@ log = logging.getLogger("knightwatch.agents")
 
 REARM_RESEND_S = 5.0
 """A session re-sends a missed re-arm of one halt at most this often."""
+
 router = APIRouter(prefix="/api/agent/v1")
 _DOCUMENTS: dict[str, DocumentKind] = {"manifest": "manifest", "envelope": "envelope"}
 
@@ -346,7 +347,7 @@ class _Session:
             except Exception:  # the session must go on; the alert is recorded already
                 log.exception("fleet halt for guard %s failed", halt.rule)
         if ingested.greeting:
-            self.greeted = True  # greet_sessions then tells the orchestrator, for the batch
+            self.greeted = True  # ControlPlane.greet then tells the orchestrator, for the batch
 
     def _record_connected(self, session: Session) -> bool:
         if self.plane.stopping:  # queued behind others while the server began to stop
