@@ -9,7 +9,6 @@ import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,6 +57,7 @@ from knightwatch.protocol.versions import (
 from knightwatch.server.documents import DocumentKind
 from knightwatch.server.hub import Connection
 from knightwatch.server.report_batch import SessionChange
+from knightwatch.server.resend import ResendThrottle
 from knightwatch.store import Release
 
 __all__ = ["router"]
@@ -65,7 +65,9 @@ __all__ = ["router"]
 log = logging.getLogger("knightwatch.agents")
 
 REARM_RESEND_S = 5.0
-"""A session re-sends a missed re-arm of one halt at most this often."""
+"""A session re-sends a missed re-arm of one halt at most this often: every report
+made before the agent read the re-arm still says it is latched (a new session is
+re-armed at its greeting)."""
 
 router = APIRouter(prefix="/api/agent/v1")
 _DOCUMENTS: dict[str, DocumentKind] = {"manifest": "manifest", "envelope": "envelope"}
@@ -224,8 +226,8 @@ class _Session:
         self.public_key: Ed25519PublicKey | None = None
         self.greeted = False
         self.group = "default"
-        self.rearms_sent: dict[int, datetime] = {}
-        """When this session last sent a missed re-arm of each halt."""
+        self.rearms = ResendThrottle(plane.clock, REARM_RESEND_S)
+        """When to re-send a missed re-arm, by halt (one is on its way otherwise)."""
 
     async def run(self) -> None:
         replaced = self.plane.hub.attach(self.connection)
@@ -306,21 +308,6 @@ class _Session:
         self.last_seq = report.seq
         return report
 
-    def _rearm_due(self, halt_id: int) -> bool:
-        """Whether to re-send a missed re-arm of ``halt_id`` now (else one is on its way).
-
-        Every report made before the agent read the re-arm still says it is
-        latched; answering each with another re-arm made 40,000 of them for a
-        10,000-node lift. Messages on a session arrive in order, so one per
-        ``REARM_RESEND_S`` is enough; a new session is re-armed at its greeting.
-        """
-        now = self.plane.clock.now()
-        last = self.rearms_sent.get(halt_id)
-        if last is not None and (now - last).total_seconds() < REARM_RESEND_S:
-            return False
-        self.rearms_sent[halt_id] = now
-        return True
-
     def _public_key(self) -> Ed25519PublicKey:
         if self.public_key is None:  # _record_connected loads it before the first read
             raise ReportError("the session has not started: no key to check the report with")
@@ -333,7 +320,7 @@ class _Session:
         if ingested.flags_acked:
             self.plane.flag_acks.bump()
         for message in ingested.latched:  # a latched halt (or a missed re-arm) first of all
-            if isinstance(message, Rearm) and not self._rearm_due(message.halt_id):
+            if isinstance(message, Rearm) and not self.rearms.due(message.halt_id):
                 continue
             self.plane.hub.send(self.node, message)
         if ingested.flags is not None:  # before any command that could start a service
