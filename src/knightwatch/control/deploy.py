@@ -26,11 +26,9 @@ a release it staged in vain, Rollback for one it may have switched to, Commit
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -50,6 +48,7 @@ from knightwatch.control.deploy_commands import (
 )
 from knightwatch.control.deploy_record import DeploymentRecord, Step
 from knightwatch.control.deploy_requests import DeployRequest, DeployTimeouts, create_deployment
+from knightwatch.control.fanout import Sink, send_each
 from knightwatch.control.faults import crash_point
 from knightwatch.control.policy import (
     reconcile_target,
@@ -86,12 +85,8 @@ _ACK_PHASE = {
 }
 
 
-class CommandSink(Protocol):
-    """Where commands to agents go (the agent WebSocket hub)."""
-
-    def send(self, node: str, message: DeployCommand) -> bool:
-        """Queue ``message`` for ``node``; False when the node is not connected."""
-        ...
+CommandSink = Sink[DeployCommand]
+"""Where deployment commands go (the agent WebSocket hub)."""
 
 
 class Orchestrator:
@@ -379,14 +374,8 @@ class Orchestrator:
         self._send(step.outbox)
 
     def _send(self, outbox: Outbox) -> None:
-        sent: Counter[str] = Counter()
-        for node, message in outbox:
-            if self._sink.send(node, message):
-                sent[message.type] += 1
-            else:
-                log.info("node %s not connected; %s waits for its return", node, message.type)
-        if sent:  # one line for a fan-out to thousands of nodes
-            log.info("sent %s", ", ".join(f"{k} to {n} node(s)" for k, n in sorted(sent.items())))
+        for node in send_each(self._sink, outbox, log):
+            log.info("node %s not connected; its command waits for its return", node)
 
 
 def _load_ack_rows(

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fastapi import WebSocket
 
+from knightwatch.control.fanout import send_each
 from knightwatch.protocol import AgentCommand
 
 __all__ = ["AgentHub", "Connection"]
@@ -85,17 +85,7 @@ class AgentHub:
 
     def send_each(self, sends: Iterable[tuple[str, AgentCommand]]) -> list[str]:
         """Send each (node, message); log one line for the lot; return the nodes not connected."""
-        sent: Counter[str] = Counter()
-        missed: list[str] = []
-        for node, message in sends:
-            if self.send(node, message):
-                sent[message.type] += 1
-            else:
-                missed.append(node)
-        if sent:
-            counts = ", ".join(f"{kind} to {count} node(s)" for kind, count in sorted(sent.items()))
-            log.info("sent %s", counts)
-        return missed
+        return send_each(self, sends, log)
 
     def _wire(self, message: AgentCommand) -> str:
         """The message's JSON, made once when the same (frozen) message goes to many nodes."""
