@@ -246,22 +246,22 @@ def disconnected(
     return STAY
 
 
-def _reasons(nodes: Sequence[NodeFacts], phase: NodePhase) -> str:
-    failed = [f"{n.name}: {n.reason or phase}" for n in nodes if n.phase == phase]
-    shown = "; ".join(failed[:NAMES_SHOWN])
-    rest = len(failed) - NAMES_SHOWN
-    return shown if rest <= 0 else f"{shown}; and {rest:,} more ({len(failed):,} nodes)"
-
-
 NAMES_SHOWN = 20
-"""Node names a deployment's reason lists before it counts the rest (a 10,000-node
+"""Nodes a deployment's reason names before it counts the rest (a 10,000-node
 timeout named every node: 140 KB in every view of the deployment)."""
+
+
+def _reasons(nodes: Sequence[NodeFacts], phase: NodePhase) -> str:
+    return _capped([f"{n.name}: {n.reason or phase}" for n in nodes if n.phase == phase], "; ")
 
 
 def _names(names: Sequence[str]) -> str:
     """``a, b, c``; past ``NAMES_SHOWN`` names, the rest as a count."""
-    if not names:
-        return "none"
-    shown = ", ".join(names[:NAMES_SHOWN])
-    rest = len(names) - NAMES_SHOWN
-    return shown if rest <= 0 else f"{shown} and {rest:,} more ({len(names):,} nodes)"
+    return _capped(names, ", ") if names else "none"
+
+
+def _capped(items: Sequence[str], separator: str) -> str:
+    """The first ``NAMES_SHOWN`` items joined, then how many more there are."""
+    shown = separator.join(items[:NAMES_SHOWN])
+    rest = len(items) - NAMES_SHOWN
+    return shown if rest <= 0 else f"{shown}{separator}and {rest:,} more ({len(items):,} nodes)"
