@@ -22,12 +22,12 @@ def plain_data(view: Any) -> dict[str, Any]:
     except TypeError:  # a slotted dataclass has no __dict__
         values = {f.name: getattr(view, f.name) for f in fields(view)}
     for name, value in values.items():
-        if is_dataclass(value) or (isinstance(value, list) and value and is_dataclass(value[0])):
-            values[name] = _plain(value)
+        values[name] = _plain(value)
     return values
 
 
 def _plain(value: Any) -> Any:
+    """Nested dataclasses (alone or as a list's items) as dicts; anything else as it is."""
     if is_dataclass(value) and not isinstance(value, type):
         return plain_data(value)
     if isinstance(value, list) and value and is_dataclass(value[0]):
