@@ -344,6 +344,17 @@ class TestRefusals:
             orchestrator.start_rollback()
 
 
+def restart_mid_switch(orchestrator: Orchestrator, sink: RecordingSink) -> int:
+    """A deployment every node prepared and n1 switched to, then a control-plane restart."""
+    deployment = orchestrator.start(DeployRequest(release=NEW))
+    for node in NODES:
+        ack(orchestrator, node, deployment, AckPhase.PREPARED)
+    ack(orchestrator, "n1", deployment, AckPhase.ACTIVE)
+    sink.take()
+    orchestrator.recover()
+    return deployment
+
+
 class TestRecovery:
     def test_restart_during_prepare_abandons(
         self, orchestrator: Orchestrator, db: Database
@@ -358,12 +369,7 @@ class TestRecovery:
         self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
     ) -> None:
         """Restarted mid-switch, it rolls back; each node gets its rollback when it returns."""
-        deployment = orchestrator.start(DeployRequest(release=NEW))
-        for node in NODES:
-            ack(orchestrator, node, deployment, AckPhase.PREPARED)
-        ack(orchestrator, "n1", deployment, AckPhase.ACTIVE)
-        sink.take()
-        orchestrator.recover()
+        deployment = restart_mid_switch(orchestrator, sink)
         assert state(db, deployment) == "ROLLING_BACK"
         assert sink.take() == []  # nobody is connected after a restart
         orchestrator.on_connect("n2")
@@ -373,12 +379,7 @@ class TestRecovery:
         self, orchestrator: Orchestrator, sink: RecordingSink, db: Database
     ) -> None:
         """on_connects (a reconnect storm's batch) owes each node what on_connect would."""
-        deployment = orchestrator.start(DeployRequest(release=NEW))
-        for node in NODES:
-            ack(orchestrator, node, deployment, AckPhase.PREPARED)
-        ack(orchestrator, "n1", deployment, AckPhase.ACTIVE)
-        sink.take()
-        orchestrator.recover()
+        restart_mid_switch(orchestrator, sink)
         orchestrator.on_connects(["n2", "n3"])
         assert sorted(kinds(sink.take())) == [("n2", "rollback"), ("n3", "rollback")]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -19,6 +20,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def mark_connected(name: str) -> Callable[[Session], bool]:
+    """A change that marks node ``name`` connected (and asks for no catch-up)."""
+
+    def record(session: Session) -> bool:
+        node = session.get(Node, name)
+        assert node is not None
+        node.connected = True
+        return False
+
+    return record
+
+
 def test_changes_that_arrive_together_are_recorded_in_few_transactions(db: Database) -> None:
     """Sixty connects queued at once: all recorded, in far fewer batches than changes."""
     with db.session() as session:
@@ -27,13 +40,7 @@ def test_changes_that_arrive_together_are_recorded_in_few_transactions(db: Datab
     after: list[str] = []
 
     def connect(name: str) -> SessionChange:
-        def record(session: Session) -> bool:
-            node = session.get(Node, name)
-            assert node is not None
-            node.connected = True
-            return False
-
-        return SessionChange(record, after=lambda: after.append(name))
+        return SessionChange(mark_connected(name), after=lambda: after.append(name))
 
     async def run(batcher: ReportBatcher) -> None:
         await asyncio.gather(*(batcher.record(connect(f"n{i:03d}")) for i in range(COUNT)))
@@ -52,12 +59,6 @@ def test_a_failing_change_fails_alone(db: Database) -> None:
     with db.session() as session:
         session.add(Node(name="good", status="enrolled", created_at=_now()))
 
-    def good(session: Session) -> bool:
-        node = session.get(Node, "good")
-        assert node is not None
-        node.connected = True
-        return False
-
     def bad(session: Session) -> bool:
         session.add(Node(name="bad", status="enrolled", created_at=_now()))
         session.flush()
@@ -66,7 +67,7 @@ def test_a_failing_change_fails_alone(db: Database) -> None:
     async def run(batcher: ReportBatcher) -> list[BaseException | None]:
         return await asyncio.gather(
             batcher.record(SessionChange(bad)),
-            batcher.record(SessionChange(good)),
+            batcher.record(SessionChange(mark_connected("good"))),
             return_exceptions=True,
         )
 
@@ -95,13 +96,7 @@ def test_a_clean_batch_takes_no_savepoint_and_a_commit_failure_is_retried_alone(
     event.listen(db.engine, "savepoint", lambda _conn, name: savepoints.append(name))
 
     def connect(name: str) -> SessionChange:
-        def record(session: Session) -> bool:
-            node = session.get(Node, name)
-            assert node is not None
-            node.connected = True
-            return False
-
-        return SessionChange(record, node=name)
+        return SessionChange(mark_connected(name), node=name)
 
     def duplicate(session: Session) -> bool:
         session.add(Node(name="dup", status="enrolled", created_at=_now()))
