@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,12 +49,22 @@ def spawn(reap: Callable[[int], None]) -> Iterator[Callable[..., subprocess.Pope
         process = subprocess.Popen(argv, cwd=cwd, start_new_session=True)
         reap(process.pid)
         started.append(process)
+        wait_for_exec(process.pid, argv[-1])
         return process
 
     yield start
     for process in started:
         process.kill()
         process.wait()
+
+
+def wait_for_exec(pid: int, last_arg: str) -> None:
+    """Wait until ``pid`` runs its own command line (before exec it shows pytest's)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    deadline = time.monotonic() + 30
+    while last_arg.encode() not in cmdline.read_bytes():
+        assert time.monotonic() < deadline, f"pid {pid} did not exec {last_arg}"
+        time.sleep(0.01)
 
 
 def record_of(pid: int, *, ticks_off: int = 0) -> ServiceRecord:
@@ -125,6 +136,9 @@ class TestProofs:
         assert isinstance(halted, Refusal) and halted.ours and "kill switch" in halted.reason
         held = judge(record_of(process.pid), release, awaiting=7)
         assert isinstance(held, Refusal) and held.ours and held.reason.startswith("held:")
+        both = judge(record_of(process.pid), release, halted=True, halt_source="kill", awaiting=7)
+        assert isinstance(both, Refusal) and both.ours
+        assert "kill switch" in both.reason and "held:" in both.reason  # every reason listed
 
     def test_a_gone_pid_is_refused(
         self, release: Path, spawn: Callable[..., subprocess.Popen[bytes]]

@@ -113,24 +113,28 @@ def _not_the_service(
     group: ServiceCgroup | None,
     cgroups: CgroupHost | None,
 ) -> str | None:
-    """Why the (journaled) process is not the active release's service to keep; None if it is."""
+    """Why the (journaled) process is not the active release's service to keep; None if it is.
+
+    A process of another release, or with no service to be, is refused for that
+    alone; otherwise every reason found is listed.
+    """
     pid = identity.pid
     if record.digest != state.current:
         active = state.current[:12] + "…" if state.current else "none"
         return f"pid {pid} runs release {record.digest[:12]}…, the active release is {active}"
     if launch is None:
         return "the active release has no service (or its manifest cannot be read)"
-    problem = _not_its_process(launch, pid, cwd)
-    if problem is None and cgroups is not None and group is None:
-        problem = f"pid {pid} is not in its cgroup ({record.cgroup or 'none journaled'})"
-    if problem is None and (halted := halted_reason(state)) is not None:
-        problem = halted
-    if problem is None and state.awaiting is not None:
-        problem = (
+    problems = [p for p in (_not_its_process(launch, pid, cwd),) if p is not None]
+    if cgroups is not None and group is None:
+        problems.append(f"pid {pid} is not in its cgroup ({record.cgroup or 'none journaled'})")
+    if (halted := halted_reason(state)) is not None:
+        problems.append(halted)
+    if state.awaiting is not None:
+        problems.append(
             f"held: the outcome of deployment {state.awaiting}, which switched to this release, "
             "is not known yet"
         )
-    return problem
+    return "; ".join(problems) or None  # every reason, not the first one found
 
 
 def _not_its_process(launch: ServiceLaunch, pid: int, cwd: str) -> str | None:
