@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, select, text
 
 from knightwatch.errors import SchemaTooNewError, StoreError
-from knightwatch.store import Base, Database, Deployment, DeploymentNode, Node
+from knightwatch.store import Base, Database, Deployment, DeploymentNode, Node, database
 from knightwatch.store.database import check_upgrade
 from knightwatch.store.migrate import alembic_config, current_revision, head_revision
 from tests.databases import Target
@@ -118,6 +118,35 @@ def test_concurrent_first_opens_both_succeed(target: Target) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_an_open_waits_for_another_openers_migration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An opener whose write lock is held longer than a request would wait still opens.
+
+    Another process migrating (here: a raw connection holding the write lock)
+    may take longer than the ``busy_timeout`` requests use, cut to 0.2 s here;
+    opening waits for it instead of failing with "database is locked".
+    """
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(database, "SQLITE_PRAGMAS", ("PRAGMA busy_timeout = 200",))
+    holder = sqlite3.connect(
+        tmp_path / "knightwatch.db", isolation_level=None, check_same_thread=False
+    )
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(1.5, holder.rollback)
+    release.start()
+    try:
+        db = database.open_database(None, tmp_path)
+    finally:
+        release.join()
+        holder.close()
+    with db.reading() as session:
+        assert current_revision(session.connection()) == head_revision()
+        assert session.connection().exec_driver_sql("PRAGMA busy_timeout").scalar() == 200
+    db.close()
 
 
 OPEN_ONCE = """

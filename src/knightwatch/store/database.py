@@ -43,6 +43,9 @@ _URL_HINT = "use postgresql+psycopg://user:password@host:5432/dbname or leave it
 BUSY_TIMEOUT_MS = 5000
 """How long a SQLite writer waits for the write lock (and for its turn) before failing."""
 
+MIGRATION_BUSY_TIMEOUT_MS = 120_000
+"""How long opening a SQLite database waits for another process's migration to end."""
+
 # Set on every new SQLite connection. busy_timeout comes first so that the switch
 # to WAL waits for other connections instead of failing.
 #
@@ -102,16 +105,12 @@ class Database:
         it is discarded. Use it for reports and status, not for decisions
         that write.
         """
-        token = _READING.set(True)
-        try:
-            with using(self._engine.url), self._sessions() as session:
-                session.begin()
-                try:
-                    yield session
-                finally:
-                    session.rollback()
-        finally:
-            _READING.reset(token)
+        with _reading_only(), using(self._engine.url), self._sessions() as session:
+            session.begin()
+            try:
+                yield session
+            finally:
+                session.rollback()
 
     def close(self) -> None:
         """Close every pooled connection. The object must not be used afterwards."""
@@ -139,7 +138,7 @@ def open_database(url: str | None, data_dir: Path) -> Database:
     parsed = _default_url(data_dir) if url is None else _parse_url(url)
     engine = _create_engine(parsed)
     try:
-        with opening(parsed), engine.connect() as connection:
+        with opening(parsed), engine.connect() as connection, _waiting_for_migrations(connection):
             _back_up_before_upgrade(connection, parsed)
             upgrade(connection)
     except BaseException:
@@ -164,7 +163,7 @@ def check_upgrade(url: str | None, data_dir: Path) -> UpgradePlan:
         parsed = _parse_url(url)
     engine = _create_engine(parsed)
     try:
-        with opening(parsed), engine.connect() as connection:
+        with opening(parsed), engine.connect() as connection, _reading_only():
             return plan_upgrade(connection)
     finally:
         engine.dispose()
@@ -189,7 +188,8 @@ def _back_up_before_upgrade(connection: Connection, url: URL) -> None:
     """
     if url.get_backend_name() != "sqlite" or not url.database:
         return
-    plan = plan_upgrade(connection)
+    with _reading_only():  # a snapshot: another process's migration may hold the write lock
+        plan = plan_upgrade(connection)
     connection.rollback()  # the plan's read must not hold the file while it is copied
     if plan.current is None or plan.up_to_date:
         return
@@ -342,6 +342,36 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: object) -> None:
 
 _READING: ContextVar[bool] = ContextVar("knightwatch_reading", default=False)
 """True inside :meth:`Database.reading`: a SQLite transaction begins deferred."""
+
+
+@contextmanager
+def _reading_only() -> Iterator[None]:
+    """SQLite transactions begun inside begin deferred: they read a snapshot, take no lock."""
+    token = _READING.set(True)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
+@contextmanager
+def _waiting_for_migrations(connection: Connection) -> Iterator[None]:
+    """On SQLite, wait up to ``MIGRATION_BUSY_TIMEOUT_MS`` for another opener's migration.
+
+    Replicas started together all open the database; one migrates while the
+    others wait for its write lock, and on a loaded machine a full migration
+    can take longer than the ``busy_timeout`` that suits a request.
+    """
+    raw = connection.connection.dbapi_connection
+    if connection.dialect.name != "sqlite" or raw is None:
+        yield
+        return
+    # on the driver's connection: through SQLAlchemy the pragma would begin a transaction
+    raw.execute(f"PRAGMA busy_timeout = {MIGRATION_BUSY_TIMEOUT_MS}")
+    try:
+        yield
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 def _on_sqlite_begin(connection: Connection) -> None:
