@@ -33,6 +33,9 @@ from knightwatch.protocol import (
     NodeState,
     Refused,
     Report,
+    ReportKind,
+    ServiceState,
+    ServiceStatus,
     Severity,
     load_node_key,
     parse_server_message,
@@ -107,14 +110,16 @@ def session(fleet: LocalFleet) -> Iterator[tuple[ClientConnection, Hello]]:
         yield ws, hello
 
 
-def report(nonce: str, seq: int, *, state: NodeState | None = None) -> Report:
-    """An inventory report of node1."""
+def report(
+    nonce: str, seq: int, *, state: NodeState | None = None, kind: ReportKind = "inventory"
+) -> Report:
+    """A report of node1 (an inventory unless ``kind`` says otherwise)."""
     return Report(
         node="node1",
         nonce=nonce,
         seq=seq,
         sent_at=datetime.now(UTC),
-        kind="inventory",
+        kind=kind,
         state=state or NodeState(),
     )
 
@@ -320,6 +325,37 @@ class TestReports:
                 message = parse_server_message(ws.recv(timeout=TIMEOUT))
                 assert isinstance(message, Refused), message
         assert closed.value.rcvd is not None and closed.value.rcvd.code in (1008, 1009)
+
+    def test_a_forged_heartbeat_is_refused_when_nothing_came_after_it(
+        self, fleet: LocalFleet, session: tuple[ClientConnection, Hello]
+    ) -> None:
+        """Only a heartbeat a later message caught up with goes unchecked; this one is checked."""
+        ws, hello = session
+        forger = NodeKey(Ed25519PrivateKey.generate())
+        ws.send(sign_report(report(hello.nonce, 1, kind="heartbeat"), forger).model_dump_json())
+        expect_refusal(ws, "signature does not verify")
+
+    def test_a_burst_of_heartbeats_ends_in_the_last_state(
+        self, fleet: LocalFleet, session: tuple[ClientConnection, Hello]
+    ) -> None:
+        """Heartbeats sent faster than they are stored: the session stands, the last one counts."""
+        ws, hello = session
+        key = node_key(fleet, "node1")
+        ws.send(sign_report(report(hello.nonce, 1), key).model_dump_json())
+        assert isinstance(parse_server_message(ws.recv(timeout=TIMEOUT)), FlagValues)
+        last = 200
+        for seq in range(2, last + 1):
+            service = ServiceStatus(state=ServiceState.STOPPED, detail=f"heartbeat {seq}")
+            beat = report(hello.nonce, seq, kind="heartbeat", state=NodeState(service=service))
+            ws.send(sign_report(beat, key).model_dump_json())
+
+        def shows_the_last() -> bool:
+            node1 = next(n for n in fleet.status()["nodes"] if n["name"] == "node1")
+            return node1["service_detail"] == f"heartbeat {last}"
+
+        wait_until(shows_the_last, timeout=SETTLE_S, what=f"node1's heartbeat {last} stored")
+        with pytest.raises(TimeoutError):  # nothing refused: the session is still open
+            ws.recv(timeout=0.5)
 
 
 class TestBlobs:

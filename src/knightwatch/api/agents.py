@@ -41,6 +41,7 @@ from knightwatch.protocol import (
     ReportError,
     SignedReport,
     blob_header,
+    is_plain_heartbeat,
     open_report,
     public_key_from_text,
 )
@@ -56,6 +57,7 @@ from knightwatch.protocol.versions import (
 )
 from knightwatch.server.documents import DocumentKind
 from knightwatch.server.hub import Connection
+from knightwatch.server.inbox import Inbox
 from knightwatch.server.report_batch import SessionChange
 from knightwatch.server.resend import ResendThrottle
 from knightwatch.store import Release
@@ -278,10 +280,29 @@ class _Session:
             await self.socket.send_text(text)
 
     async def _read(self) -> None:
+        inbox = Inbox(is_plain_heartbeat)
+        receiver = asyncio.create_task(self._receive(inbox))
+        try:
+            await self._take_each(inbox)
+        finally:
+            receiver.cancel()
+            if inbox.dropped:
+                log.debug("%s: %d stale heartbeat(s) dropped", self.node, inbox.dropped)
+
+    async def _receive(self, inbox: Inbox) -> None:
+        """Read the socket into ``inbox`` until it fails or stays silent for five heartbeats."""
         timeout = max(5.0, 5 * self.plane.settings.heartbeat_s)
+        try:
+            while True:
+                async with asyncio.timeout(timeout):  # no task per message, unlike wait_for
+                    text = await self.socket.receive_text()
+                await inbox.put(text)
+        except Exception as exc:  # a disconnect, the silence, or a bad frame: the session's end
+            inbox.end(exc)  # what is in the inbox is still checked and stored first
+
+    async def _take_each(self, inbox: Inbox) -> None:
         while True:
-            async with asyncio.timeout(timeout):  # no task per message, unlike wait_for
-                text = await self.socket.receive_text()
+            text = await inbox.take()
             try:
                 report = self._check(text)
             except ReportError as exc:

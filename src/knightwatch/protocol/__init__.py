@@ -55,6 +55,7 @@ from knightwatch.protocol.messages import (
 from knightwatch.protocol.reports import (
     NodeKey,
     ReportError,
+    is_plain_heartbeat,
     load_node_key,
     open_report,
     public_key_from_text,
@@ -120,6 +121,7 @@ __all__ = [
     "Severity",
     "SignedReport",
     "blob_header",
+    "is_plain_heartbeat",
     "load_node_key",
     "open_report",
     "parse_server_message",

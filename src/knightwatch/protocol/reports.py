@@ -22,6 +22,7 @@ from knightwatch.protocol.versions import ADOPTION_PROTOCOL, PROTOCOLS
 __all__ = [
     "NodeKey",
     "ReportError",
+    "is_plain_heartbeat",
     "load_node_key",
     "open_report",
     "public_key_from_text",
@@ -127,3 +128,20 @@ def open_report(signed: SignedReport, public_key: Ed25519PublicKey) -> Report:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ReportError(f"malformed report: {where}: {first['msg']}") from None
+
+
+def is_plain_heartbeat(text: str) -> bool:
+    """Whether the message ``text``, read but not verified, is a heartbeat and nothing more.
+
+    Every report carries the node's whole state, so a later report from the
+    same session makes a plain heartbeat (no answer, no alert) redundant.
+    Nothing is believed here: a message that does not parse is not a plain
+    heartbeat, and whatever is kept is verified as before.
+    """
+    try:
+        payload = base64.b64decode(SignedReport.model_validate_json(text).payload, validate=True)
+        report = Report.model_validate_json(payload)
+    except (ValidationError, binascii.Error, ValueError):
+        return False
+    answers = (report.ack, report.audit, report.retire, report.halt, report.rearm)
+    return report.kind == "heartbeat" and all(a is None for a in answers) and not report.alerts
