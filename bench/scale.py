@@ -316,6 +316,7 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
             figures["deploy_round_s"] = unfinished(
                 lambda: deploy_round(fleet, releases[0], timeout), timeout
             )
+            print(json.dumps(figures), file=sys.stderr)  # the quiet figures, if the rest hangs
             # Again with the API sampled: its latency under that load, and what an operator
             # polling status costs the kill and the deploy (a 10,000-node status is not free).
             print(f"… {database} × {count}: kill and deploy with the API sampled", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from knightwatch.agent import cgroup
 from knightwatch.agent.cgroup import (
     CgroupHost,
     ServiceCgroup,
@@ -459,15 +460,17 @@ class TestV2Group:
 
 @needs_cgroups
 def test_empty_groups_of_an_earlier_run_are_removed_and_only_those(
-    groups: list[ServiceCgroup],
+    groups: list[ServiceCgroup], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The node's empty groups go; a group with members and another node's group stay."""
+    """The node's empty groups go; a group with members, a new one and another node's stay."""
     assert HOST is not None
     mine = f"sweep{os.getpid()}."
     empty = create_group(HOST, mine + "old", None)
     other = create_group(HOST, f"other{os.getpid()}.old", None)
     busy = create_group(HOST, mine + "busy", None)
     groups.extend([empty, other, busy])
+    assert remove_empty_groups(HOST, mine) == []  # just made: a start may be about to join it
+    monkeypatch.setattr(cgroup, "YOUNG_GROUP_S", 0.0)  # as if made a minute ago
     sleeper = subprocess.Popen(["sleep", "60"], preexec_fn=busy.join())  # noqa: PLW1509
     try:
         assert remove_empty_groups(HOST, mine) == [mine + "old"]

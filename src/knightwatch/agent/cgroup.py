@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +203,10 @@ def create_group(host: CgroupHost, name: str, limits: LimitsSpec | None) -> Serv
 def remove_empty_groups(host: CgroupHost, prefix: str) -> list[str]:
     """Remove the empty groups whose name starts with ``prefix`` (left by an earlier agent run).
 
-    A group with members is left alone. Return the names removed.
+    A group with members is left alone, and so is one made in the last
+    ``YOUNG_GROUP_S`` seconds: between its creation and its first member's
+    exec it is empty, and removing it then makes that start fail (the process
+    cannot join). Return the names removed.
     """
     membership = "unified" if host.version == "v2" else "freezer"
     removed: list[str] = []
@@ -211,12 +215,24 @@ def remove_empty_groups(host: CgroupHost, prefix: str) -> list[str]:
     except OSError:
         return []
     for name in names:
-        if not name.startswith(prefix):
+        if not name.startswith(prefix) or _young(host.parents[membership] / name):
             continue
         group = ServiceCgroup(host.version, {c: p / name for c, p in host.parents.items()})
         if not group.members() and group.remove():
             removed.append(name)
     return removed
+
+
+YOUNG_GROUP_S = 60.0
+"""A group this young may be about to get its first member: it is never removed as stale."""
+
+
+def _young(path: Path) -> bool:
+    # The kernel's own creation time of the directory, on its wall clock (not the agent's).
+    try:
+        return time.time() - path.stat().st_mtime < YOUNG_GROUP_S
+    except OSError:
+        return False
 
 
 def _probe_v2(root: Path, parent: str) -> CgroupHost:
