@@ -124,7 +124,9 @@ def _not_the_service(
         return f"pid {pid} runs release {record.digest[:12]}…, the active release is {active}"
     if launch is None:
         return "the active release has no service (or its manifest cannot be read)"
-    problems = [p for p in (_not_its_process(launch, pid, cwd),) if p is not None]
+    problems: list[str] = []
+    if (process := _not_its_process(launch, pid, cwd)) is not None:
+        problems.append(process)
     if cgroups is not None and group is None:
         problems.append(f"pid {pid} is not in its cgroup ({record.cgroup or 'none journaled'})")
     if (halted := halted_reason(state)) is not None:
