@@ -57,14 +57,10 @@ class AgentHub:
 
     def detach(self, connection: Connection) -> bool:
         """Forget a connection; False if a newer one for the node replaced it already."""
-        if self.holds(connection):
+        if self._connections.get(connection.node) is connection:
             del self._connections[connection.node]
             return True
         return False
-
-    def holds(self, connection: Connection) -> bool:
-        """Tell whether ``connection`` is still its node's current one (not replaced)."""
-        return self._connections.get(connection.node) is connection
 
     def is_connected(self, node: str) -> bool:
         """Tell whether ``node`` has a live connection."""
