@@ -27,6 +27,7 @@ from datetime import datetime
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from knightwatch.agent.checks import probe_client
 from knightwatch.agent.events import event
 from knightwatch.clock import Clock
 from knightwatch.protocol.safety import AlertEvent
@@ -207,7 +208,7 @@ class Scraper:
         While ``active()`` is false (the service is not running: starting,
         stopped, halted) nothing is scraped and the history is forgotten.
         """
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with probe_client() as client:
             while True:
                 started = self._clock.monotonic()
                 if not active():
