@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -94,6 +95,29 @@ class TestHttpChecks:
         reason = run(wait_healthy(check, launch, timeout_s=0.5, interval_s=0.1))
         assert reason is not None
         assert reason.startswith("health check 'health' still failing after 0.5 s: GET ")
+
+    def test_polling_does_not_load_the_ca_bundle_per_probe(
+        self, example_source: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Every probe shares one TLS context: loading the CA bundle costs ~25 ms of CPU each.
+
+        A client per probe, five probes a second per starting service, starved the
+        services of eight agents on two cores past their health deadline.
+        """
+        made: list[object] = []
+        real = ssl.create_default_context
+
+        def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+            made.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ssl, "create_default_context", counted)
+        port = free_port()
+        check = HealthCheck(http=f"http://127.0.0.1:{port}/health", timeout_s=1.0)
+        launch = smars_launch(example_source, port)
+        for _ in range(3):
+            assert run(wait_healthy(check, launch, timeout_s=0.3, interval_s=0.05)) is not None
+        assert len(made) <= 1, f"{len(made)} TLS contexts made for one poller"
 
 
 class TestCommandChecks:
