@@ -43,3 +43,18 @@ def test_an_unknown_node_is_not_sent_anything() -> None:
     hub = AgentHub()
     any_message: Any = Halt(halt_id=2, reason="x", issued_at=NOW)
     assert hub.send("ghost", any_message) is False
+
+
+def test_a_replaced_connection_is_no_longer_held() -> None:
+    """A session replaced by a newer one of its node knows it (and stops storing what it holds)."""
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        hub = AgentHub()
+        old = Connection("node1", cast(WebSocket, object()))
+        new = Connection("node1", cast(WebSocket, object()))
+        hub.attach(old)
+        held_alone = hub.holds(old)
+        assert hub.attach(new) is old
+        return held_alone, hub.holds(old), hub.holds(new), hub.detach(old)
+
+    assert asyncio.run(scenario()) == (True, False, True, False)

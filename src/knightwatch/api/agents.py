@@ -303,6 +303,8 @@ class _Session:
     async def _take_each(self, inbox: Inbox) -> None:
         while True:
             text = await inbox.take()
+            if not self.plane.hub.holds(self.connection):
+                return  # a newer session of the node began: what this one still holds is older
             try:
                 report = self._check(text)
             except ReportError as exc:

@@ -57,10 +57,14 @@ class AgentHub:
 
     def detach(self, connection: Connection) -> bool:
         """Forget a connection; False if a newer one for the node replaced it already."""
-        if self._connections.get(connection.node) is connection:
+        if self.holds(connection):
             del self._connections[connection.node]
             return True
         return False
+
+    def holds(self, connection: Connection) -> bool:
+        """Tell whether ``connection`` is still its node's current one (not replaced)."""
+        return self._connections.get(connection.node) is connection
 
     def is_connected(self, node: str) -> bool:
         """Tell whether ``node`` has a live connection."""
