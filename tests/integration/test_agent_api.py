@@ -11,6 +11,7 @@ ever reaches the hand-made connections.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -356,6 +357,46 @@ class TestReports:
         wait_until(shows_the_last, timeout=SETTLE_S, what=f"node1's heartbeat {last} stored")
         with pytest.raises(TimeoutError):  # nothing refused: the session is still open
             ws.recv(timeout=0.5)
+
+    def test_a_replaced_session_stores_nothing_over_the_new_one(self, fleet: LocalFleet) -> None:
+        """A reconnect's greeting is the node's state: the old session's backlog never lands on it.
+
+        The old session is flooded with reports that are never dropped (inventories), so
+        its inbox still holds some when the new session greets; none may be stored after.
+        """
+        key = node_key(fleet, "node1")
+        secret = credential(fleet, "node1")
+
+        def state(detail: str) -> NodeState:
+            return NodeState(service=ServiceStatus(state=ServiceState.STOPPED, detail=detail))
+
+        def detail() -> str:
+            node1 = next(n for n in fleet.status()["nodes"] if n["name"] == "node1")
+            return str(node1["service_detail"])
+
+        with open_session(fleet, headers("node1", secret)) as old:
+            hello = parse_server_message(old.recv(timeout=TIMEOUT))
+            assert isinstance(hello, Hello)
+            for seq in range(1, 301):
+                inventory = report(hello.nonce, seq, state=state(f"old {seq}"))
+                old.send(sign_report(inventory, key).model_dump_json())
+            with open_session(fleet, headers("node1", secret)) as new:
+                fresh = parse_server_message(new.recv(timeout=TIMEOUT))
+                assert isinstance(fresh, Hello)
+                new.send(
+                    sign_report(report(fresh.nonce, 1, state=state("new")), key).model_dump_json()
+                )
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        old.recv(timeout=TIMEOUT)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4409
+                wait_until(lambda: detail() == "new", timeout=SETTLE_S, what="the new greeting")
+                seen = set()
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline:
+                    seen.add(detail())
+                    time.sleep(0.1)
+                assert seen == {"new"}, f"the replaced session stored over the new one: {seen}"
 
 
 class TestBlobs:
