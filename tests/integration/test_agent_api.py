@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -357,6 +358,13 @@ class TestReports:
         wait_until(shows_the_last, timeout=SETTLE_S, what=f"node1's heartbeat {last} stored")
         with pytest.raises(TimeoutError):  # nothing refused: the session is still open
             ws.recv(timeout=0.5)
+        text = httpx.get(f"{fleet.url}/metrics", trust_env=False, verify=fleet.verify).text
+        dropped = {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }["knightwatch_heartbeats_dropped_total"]
+        assert 0 <= dropped < last - 1, "at most every heartbeat but the last was dropped"
 
     def test_a_replaced_session_stores_nothing_over_the_new_one(self, fleet: LocalFleet) -> None:
         """A reconnect's greeting is the node's state: the old session's backlog never lands on it.

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from knightwatch.api import create_app
@@ -357,6 +358,32 @@ async def metric(http: httpx.AsyncClient, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_dropped_heartbeats_are_counted_on_metrics(app: FastAPI, plane: ControlPlane) -> None:
+    """knightwatch_heartbeats_dropped_total is the replica's count, read by Prometheus's parser."""
+
+    async def scenario() -> list[float]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://kw", headers=AUTH
+        ) as http:
+            seen = [await counter(http, "knightwatch_heartbeats_dropped")]
+            plane.hub.count_dropped(3)
+            plane.hub.count_dropped(2)
+            seen.append(await counter(http, "knightwatch_heartbeats_dropped"))
+            return seen
+
+    assert asyncio.run(scenario()) == [0.0, 5.0]
+
+
+async def counter(http: httpx.AsyncClient, family: str) -> float:
+    """The ``_total`` sample of counter ``family`` on GET /metrics, parsed by prometheus-client."""
+    text = (await http.get("/metrics")).text
+    for metric in text_string_to_metric_families(text):
+        if metric.name == family and metric.type == "counter":
+            return float(next(s.value for s in metric.samples if s.name == family + "_total"))
+    raise AssertionError(f"counter {family} is not in /metrics")
 
 
 def test_abandoned_upload_expires_on_the_server_clock(

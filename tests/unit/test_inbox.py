@@ -35,14 +35,17 @@ async def drain(inbox: Inbox) -> list[str]:
 
 
 def test_a_heartbeat_caught_up_with_is_dropped_and_the_order_kept() -> None:
+    told: list[int] = []
+
     async def main() -> tuple[list[str], int]:
-        inbox = Inbox(plain)
+        inbox = Inbox(plain, on_drop=told.append)
         for text in ("hb1", "ack1", "hb2", "hb3", "alert1", "hb4"):
             await inbox.put(text)
         inbox.end(EOFError())
         return await drain(inbox), inbox.dropped
 
     assert asyncio.run(main()) == (["ack1", "alert1", "hb4"], 3)
+    assert sum(told) == 3 and 0 not in told, "the replica's counter is told every drop, only drops"
 
 
 def test_nothing_is_dropped_while_the_session_keeps_up() -> None:

@@ -280,7 +280,7 @@ class _Session:
             await self.socket.send_text(text)
 
     async def _read(self) -> None:
-        inbox = Inbox(is_plain_heartbeat)
+        inbox = Inbox(is_plain_heartbeat, on_drop=self.plane.hub.count_dropped)
         receiver = asyncio.create_task(self._receive(inbox))
         try:
             await self._take_each(inbox)

@@ -29,10 +29,17 @@ from knightwatch.control.alerts import ALERT_STATES, SEVERITY_RANK
 from knightwatch.control.fleet_status import FleetState
 from knightwatch.control.releases import ReleaseCatalog
 from knightwatch.control.statistics import FleetStatistics, fleet_statistics
+from knightwatch.server.hub import AgentHub
 from knightwatch.store import Database
 from knightwatch.vocabulary import TERMINAL_STATES, DeploymentKind
 
-__all__ = ["TIME_TO_HALT_BUCKETS", "FleetCollector", "UploadCollector", "router"]
+__all__ = [
+    "TIME_TO_HALT_BUCKETS",
+    "FleetCollector",
+    "SessionCollector",
+    "UploadCollector",
+    "router",
+]
 
 router = APIRouter()
 TIME_TO_HALT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -83,12 +90,29 @@ class UploadCollector(Collector):
         )
 
 
+class SessionCollector(Collector):
+    """What this replica's agent sessions shed: stale heartbeats dropped unchecked."""
+
+    def __init__(self, hub: AgentHub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield knightwatch_heartbeats_dropped_total."""
+        yield CounterMetricFamily(
+            "knightwatch_heartbeats_dropped",
+            "Agent heartbeats this replica dropped unchecked because a later report of the same"
+            " node had already arrived: a rising rate means the control plane is behind.",
+            self._hub.heartbeats_dropped,
+        )
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(plane: Plane) -> Response:
     """The Prometheus text exposition of the control plane's figures."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(plane.db, plane.clock))
     registry.register(UploadCollector(plane.catalog))
+    registry.register(SessionCollector(plane.hub))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -48,6 +48,12 @@ class AgentHub:
     def __init__(self) -> None:
         self._connections: dict[str, Connection] = {}
         self._last_wire: tuple[AgentCommand | None, str] = (None, "")
+        self.heartbeats_dropped = 0
+        """Stale heartbeats the sessions of this replica dropped unchecked (server/inbox.py)."""
+
+    def count_dropped(self, count: int) -> None:
+        """Add ``count`` heartbeats a session dropped because a later report had arrived."""
+        self.heartbeats_dropped += count
 
     def attach(self, connection: Connection) -> Connection | None:
         """Register a connection; return the one it replaces, if any."""

@@ -33,9 +33,16 @@ class _Message:
 class Inbox:
     """Messages in arrival order; a plain heartbeat is dropped once a later one arrives."""
 
-    def __init__(self, is_plain: Callable[[str], bool], limit: int = INBOX_LIMIT) -> None:
+    def __init__(
+        self,
+        is_plain: Callable[[str], bool],
+        limit: int = INBOX_LIMIT,
+        on_drop: Callable[[int], None] = lambda count: None,
+    ) -> None:
         self._is_plain = is_plain
         self._limit = limit
+        self._on_drop = on_drop
+        """Told how many heartbeats were dropped, each time some are (the replica's metric)."""
         self._messages: deque[_Message] = deque()
         self._end: BaseException | None = None
         self._arrived = asyncio.Event()
@@ -76,8 +83,10 @@ class Inbox:
         for message in self._messages:
             if message.plain is None:
                 message.plain = self._is_plain(message.text)
-            if message.plain:
-                self.dropped += 1
-            else:
+            if not message.plain:
                 kept.append(message)
+        dropped = len(self._messages) - len(kept)
         self._messages = kept
+        if dropped:
+            self.dropped += dropped
+            self._on_drop(dropped)
