@@ -55,7 +55,9 @@ from typing import Any, TypeVar
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import httpx  # noqa: E402
 import psycopg  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench.deploy import machine as host_machine  # noqa: E402
 from knightwatch.bundle import build_release, generate_keypair, load_signing_key  # noqa: E402
@@ -131,6 +133,13 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def heartbeats_dropped(fleet: LocalFleet) -> float:
+    """The server's knightwatch_heartbeats_dropped_total (stale heartbeats shed unchecked)."""
+    text = httpx.get(f"{fleet.url}/metrics", timeout=120, trust_env=False, verify=fleet.verify).text
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return float(samples["knightwatch_heartbeats_dropped_total"])
 
 
 def build_releases(work: Path) -> tuple[Path, Path, list[str]]:
@@ -281,7 +290,7 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
     url = fresh_postgres(f"kw_scale_{count}") if database == "postgresql" else None
     timeout = max(120.0, count / 20)
     env = {"KNIGHTWATCH_HEARTBEAT_S": str(args.heartbeat)}
-    figures: dict[str, Any] = {"agents": count, "database": database}
+    figures: dict[str, Any] = {"agents": count, "database": database, "idle_s": args.idle_s}
     with LocalFleet(
         work / "fleet", 0, trust=[public_key], database_url=url, server_env=env
     ) as fleet:
@@ -298,8 +307,10 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
                 cpu_seconds(swarm.process.pid),
                 time.monotonic(),
             )
+            dropped0 = heartbeats_dropped(fleet)
             time.sleep(args.idle_s)  # no API calls: what the fleet alone costs
             elapsed = time.monotonic() - t0
+            figures["dropped_idle"] = heartbeats_dropped(fleet) - dropped0
             figures["idle"] = {
                 "server_cpu_share": (cpu_seconds(server) - cpu0) / elapsed,
                 "server_rss_bytes": rss_bytes(server),
@@ -327,6 +338,7 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
                 )
             figures["api_busy"] = {p: percentiles(v) for p, v in busy_api.samples.items()}
             figures["api_busy_failures"] = busy_api.failures
+            figures["dropped_total"] = heartbeats_dropped(fleet)
             print(json.dumps(figures), file=sys.stderr)  # what is known so far, if the rest fails
             print(f"… {database} × {count}: server restart (reconnect storm)", file=sys.stderr)
             fleet.stop_server()
@@ -342,6 +354,11 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
             if swarm.process.poll() is None:
                 swarm.process.kill()
     return figures
+
+
+def sent_while_idle(run: dict[str, Any], heartbeat: float) -> float:
+    """About how many heartbeats the swarm sent in the idle window."""
+    return float(run["agents"] * run["idle_s"] / heartbeat)
 
 
 def report(results: list[dict[str, Any]], machine: dict[str, str], heartbeat: float) -> None:
@@ -378,6 +395,15 @@ def report(results: list[dict[str, Any]], machine: dict[str, str], heartbeat: fl
         [f"{r['idle']['swarm_rss_bytes'] / r['agents'] / 1024:.0f}" for r in results],
         "aim: a few hundred",
     )
+
+    row(
+        "heartbeats dropped, idle window",
+        [
+            f"{r['dropped_idle']:,.0f} of ~{r['agents'] * r['idle_s'] / heartbeat:,.0f}"
+            for r in results
+        ],
+    )
+    row("heartbeats dropped, up to the restart", [f"{r['dropped_total']:,.0f}" for r in results])
 
     def kill(r: dict[str, Any], figure: str, key: str) -> str:
         value = r[figure][key] if isinstance(r[figure], dict) else None
