@@ -302,21 +302,23 @@ def measure(work: Path, database: str, count: int, args: argparse.Namespace) -> 
             figures["first_connect_s"] = swarm.wait_connected(count, timeout * 4)
             time.sleep(args.heartbeat)  # every agent has reported at least once more
             server = fleet.server_pid
+            scrape0 = time.monotonic()
+            dropped0 = heartbeats_dropped(fleet)  # outside the window: /metrics is not free
+            figures["metrics_scrape_s"] = time.monotonic() - scrape0
             cpu0, swarm_cpu0, t0 = (
                 cpu_seconds(server),
                 cpu_seconds(swarm.process.pid),
                 time.monotonic(),
             )
-            dropped0 = heartbeats_dropped(fleet)
             time.sleep(args.idle_s)  # no API calls: what the fleet alone costs
             elapsed = time.monotonic() - t0
-            figures["dropped_idle"] = heartbeats_dropped(fleet) - dropped0
             figures["idle"] = {
                 "server_cpu_share": (cpu_seconds(server) - cpu0) / elapsed,
                 "server_rss_bytes": rss_bytes(server),
                 "swarm_cpu_share": (cpu_seconds(swarm.process.pid) - swarm_cpu0) / elapsed,
                 "swarm_rss_bytes": rss_bytes(swarm.process.pid),
             }
+            figures["dropped_idle"] = heartbeats_dropped(fleet) - dropped0
             with ApiSampler(fleet) as idle_api:
                 time.sleep(args.idle_s)
             figures["api_idle"] = {p: percentiles(v) for p, v in idle_api.samples.items()}
@@ -404,6 +406,11 @@ def report(results: list[dict[str, Any]], machine: dict[str, str], heartbeat: fl
         ],
     )
     row("heartbeats dropped, up to the restart", [f"{r['dropped_total']:,.0f}" for r in results])
+    row(
+        "/metrics, one scrape after connect (s)",
+        [f"{r['metrics_scrape_s']:.2f}" for r in results],
+        "Prometheus's default scrape timeout: 10 s",
+    )
 
     def kill(r: dict[str, Any], figure: str, key: str) -> str:
         value = r[figure][key] if isinstance(r[figure], dict) else None
