@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             results.append(measure(work, database, count, args))
+            print(json.dumps(results[-1]), file=sys.stderr)  # each run whole, if a later one hangs
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(
