@@ -43,9 +43,9 @@ SERVER_ENV = {
     "KNIGHTWATCH_ROLLBACK_TIMEOUT_S": "30",
     "KNIGHTWATCH_CANARY_SOAK_S": "1",
 }
-# A new service has 10 s to turn healthy: short enough that the tests of broken releases
+# A new service has 20 s to turn healthy: short enough that the tests of broken releases
 # stay quick, long enough that a loaded 2-core machine does not fail a healthy one.
-AGENT_ARGS = ("--health-timeout", "10")
+AGENT_ARGS = ("--health-timeout", "20")
 SETTLE_S = 60.0  # generous: the machine is shared; nothing here measures speed
 
 
