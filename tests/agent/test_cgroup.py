@@ -28,7 +28,7 @@ from knightwatch.agent.cgroup import (
 from knightwatch.agent.errors import CgroupUnavailableError
 from knightwatch.agent.limitwatch import OOM_RULE, PIDS_RULE, LimitWatch, Usage
 from knightwatch.agent.procaudit import audit_processes
-from knightwatch.agent.process import read_stat
+from knightwatch.agent.process import ProcessStat, read_stat
 from knightwatch.agent.runenv import ServiceLaunch
 from knightwatch.agent.servicelog import ServiceLog
 from knightwatch.agent.supervisor import BEST_EFFORT, Supervisor
@@ -149,22 +149,20 @@ class TestMembership:
             groups.append(group)
             leader = sup.status().pid  # type: ignore[union-attr]
 
-            def daemons() -> list[int]:
-                """Members that left the leader's process group (its first fork setsid'd)."""
-                stats = [read_stat(pid) for pid in group.members() if pid != leader]
-                return [s.pid for s in stats if s is not None and not s.dead and s.pgid != leader]
+            def others() -> list[ProcessStat]:
+                """The live members besides the leader."""
+                stats = (read_stat(pid) for pid in group.members() if pid != leader)
+                return [s for s in stats if s is not None and not s.dead]
 
-            def settled() -> bool:
-                """The intermediate child has exited, leaving its daemon behind."""
-                others = [read_stat(pid) for pid in group.members() if pid != leader]
-                alive = [s for s in others if s is not None and not s.dead]
-                return bool(alive) and all(s.pgid != leader for s in alive)
-
-            # The intermediate child is briefly a member in the leader's group; wait for
-            # the daemon it leaves behind, in a session of its own, yet still a member.
-            await until(settled)
+            # The intermediate child is briefly a member in the leader's process group;
+            # wait until it has exited, leaving its daemon in a session of its own.
+            await until(lambda: bool(now := others()) and all(s.pgid != leader for s in now))
             members = group.members()
-            assert leader in members and set(daemons()) <= set(members)
+            daemons = others()
+            assert leader in members and daemons
+            assert all(s.pgid != leader and s.pid in members for s in daemons), (
+                "the daemon left the service's session, yet is a member"
+            )
             status = sup.status()
             assert status.accounting == f"exact (cgroup {HOST.version})"  # type: ignore[union-attr]
             assert status.cgroup is not None and status.cgroup.members == len(members)
