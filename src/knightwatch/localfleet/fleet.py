@@ -23,10 +23,10 @@ from knightwatch.hosting.configfiles import (
     SERVER_CONFIG_ENV,
 )
 from knightwatch.localfleet.fleetfile import read_fleet_file, write_fleet_file
+from knightwatch.localfleet.ports import claim_port, release_ports
 from knightwatch.localfleet.processes import (
     FleetProcess,
     alive,
-    free_port,
     kill_strays,
     stop_process,
 )
@@ -60,7 +60,7 @@ class LocalFleet:
     ) -> None:
         self.directory = directory.resolve()
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
-        self.port = port or free_port()
+        self.port = port or claim_port(self.directory)
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._trust = [Path(p).resolve() for p in trust]
@@ -70,7 +70,7 @@ class LocalFleet:
         self._server_env = {"KNIGHTWATCH_APPROVALS": "solo", **(server_env or {})}
         self._agent_args = list(agent_args)
         self._agent_env = dict(agent_env or {})  # services inherit their agent's environment
-        self._service_ports = {name: free_port() for name in self.names}
+        self._service_ports = {name: claim_port(self.directory) for name in self.names}
         self._server: FleetProcess | None = None
         self._agents: dict[str, FleetProcess] = {}
         self._client: ApiClient | None = None
@@ -143,6 +143,7 @@ class LocalFleet:
             self._client = None
         self.stop_server()
         kill_strays(self.directory)
+        release_ports(self.directory)
 
     # -- the server -----------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knightwatch.agent.process import groups_running_under
+from knightwatch.localfleet.ports import release_ports
 
 __all__ = ["FleetProcess", "alive", "free_port", "kill_strays", "stop_fleet", "stop_process"]
 
@@ -79,6 +80,7 @@ def stop_fleet(directory: Path, grace: float = 15.0) -> list[str]:
         for path in group:
             path.unlink(missing_ok=True)
     kill_strays(directory)
+    release_ports(directory.resolve())
     return stopped
 
 
